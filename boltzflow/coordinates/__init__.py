@@ -1,0 +1,1 @@
+"""Internal coordinates for molecules."""

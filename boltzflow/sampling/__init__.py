@@ -1,0 +1,1 @@
+"""MCMC kernels over immutable state, flow-based samplers and reweighting."""
