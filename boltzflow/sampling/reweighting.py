@@ -144,7 +144,7 @@ def pareto_k(log_w) -> float:
 
 
 def _bootstrap_stderr(data: tuple, statistic: Callable, n_bootstrap: int, seed) -> float:
-    """Bootstrap standard error of ``statistic(*data, axis=-1)`` via :func:`scipy.stats.bootstrap`."""
+    """Bootstrap standard error of ``statistic(*data, axis=-1)`` (:func:`scipy.stats.bootstrap`)."""
     n = data[0].shape[-1]
     batch = max(1, min(n_bootstrap, int(2e7 // max(n, 1))))
     with warnings.catch_warnings():
