@@ -62,10 +62,21 @@ def log_acceptance_ratio(
 ) -> torch.Tensor:
     r"""``log α = -(u_new - u_old) + log q_ratio``, with non-finite proposals mapped to ``-inf``.
 
-    A NaN or ``+inf`` proposed energy is never accepted; NaN is never produced.
+    A non-finite proposed energy (NaN, ``+inf`` or ``-inf``) is never accepted, and a NaN
+    ``log_q_ratio`` rejects. A chain whose current energy is non-finite (NaN or ``+inf``, e.g.
+    a bad starting point) accepts any proposal with finite energy and finite ``log_q_ratio``,
+    so it can escape. NaN is never produced.
     """
+    energy_old = torch.as_tensor(energy_old)
+    energy_new = torch.as_tensor(energy_new)
+    neg_inf = torch.tensor(-torch.inf, dtype=energy_new.dtype, device=energy_new.device)
+    # a non-finite current energy is treated as +inf: any finite proposal is an improvement
+    energy_old = torch.where(
+        torch.isfinite(energy_old), energy_old, torch.full_like(energy_old, torch.inf)
+    )
     log_alpha = energy_old - energy_new + log_q_ratio
-    return torch.where(torch.isnan(log_alpha), torch.full_like(log_alpha, -torch.inf), log_alpha)
+    log_alpha = torch.where(torch.isfinite(energy_new), log_alpha, neg_inf)
+    return torch.where(torch.isnan(log_alpha), neg_inf, log_alpha)
 
 
 def metropolis_hastings_accept(

@@ -1,0 +1,125 @@
+r"""Shared plumbing for Metropolis–Hastings kernels: energies with gradients, per-chain
+selection, RNG round trips and the accept/reject step.
+
+Every kernel in :mod:`boltzflow.sampling.kernels` builds a proposal ``(x_new, log_q_ratio)``
+with ``log_q_ratio = log q(x_old | x_new) - log q(x_new | x_old)`` and calls
+:func:`mh_select`, which wraps the one acceptance rule
+:func:`boltzflow.sampling.base.metropolis_hastings_accept` (Metropolis et al. 1953;
+Hastings 1970). Non-finite proposed energies are rejected, and rejected chains keep their old
+values exactly, so NaN never enters a state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import NamedTuple
+
+import torch
+
+from boltzflow.energies.base import Energy
+from boltzflow.sampling.base import (
+    generator_from_state,
+    log_acceptance_ratio,
+    make_generator,
+    metropolis_hastings_accept,
+)
+
+__all__ = [
+    "EnergyAndGrad",
+    "energy_and_grad",
+    "where_chains",
+    "MHDecision",
+    "mh_select",
+    "start_generator",
+    "generator_for",
+    "importance_log_weight",
+    "warn_nonfinite_start",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class EnergyAndGrad(NamedTuple):
+    """Reduced energy ``u [chains]`` (kT) and its gradient ``∂u/∂x`` (shape of ``x``)."""
+
+    energy: torch.Tensor
+    grad: torch.Tensor
+
+
+def energy_and_grad(target: Energy, x: torch.Tensor) -> EnergyAndGrad:
+    r"""``(u(x), ∂u/∂x)`` in one forward and one backward pass (one energy evaluation per chain).
+
+    The result is detached. Entries of non-finite energies may have non-finite gradients;
+    kernels reject the proposals that reach them.
+    """
+    with torch.enable_grad():
+        xr = x.detach().requires_grad_(True)
+        u = target.energy(xr)
+        if u.requires_grad:
+            (g,) = torch.autograd.grad(u.sum(), xr)
+        else:  # energy independent of x
+            g = torch.zeros_like(xr)
+    return EnergyAndGrad(u.detach(), g.detach())
+
+
+def where_chains(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Per-chain ``torch.where``: ``mask [chains]`` broadcast over the trailing event dims."""
+    return torch.where(mask.reshape(mask.shape + (1,) * (new.dim() - mask.dim())), new, old)
+
+
+class MHDecision(NamedTuple):
+    """Outcome of one accept/reject: ``accepted`` (bool) and ``acceptance_prob``, ``[chains]``."""
+
+    accepted: torch.Tensor
+    acceptance_prob: torch.Tensor
+
+
+def mh_select(
+    energy_old: torch.Tensor,
+    energy_new: torch.Tensor,
+    log_q_ratio: torch.Tensor | float,
+    generator: torch.Generator,
+) -> MHDecision:
+    r"""Accept with probability :math:`\min(1, e^{u_{old} - u_{new} + \log q_{ratio}})`.
+
+    Thin wrapper over :func:`~boltzflow.sampling.base.log_acceptance_ratio` and
+    :func:`~boltzflow.sampling.base.metropolis_hastings_accept` (draws one uniform per chain).
+    """
+    log_alpha = log_acceptance_ratio(energy_old, energy_new, log_q_ratio)
+    accepted, prob = metropolis_hastings_accept(log_alpha, generator)
+    return MHDecision(accepted, prob)
+
+
+def start_generator(x0: torch.Tensor, seed: int | torch.Generator | None) -> torch.Generator:
+    """A generator on ``x0``'s device, from a seed (or a copy of a given generator's state)."""
+    if isinstance(seed, torch.Generator):
+        return generator_from_state(seed.get_state(), x0.device)
+    return make_generator(seed, x0.device)
+
+
+def generator_for(rng_state: torch.Tensor, like: torch.Tensor) -> torch.Generator:
+    """Rebuild the generator stored in a state, on the device of ``like``."""
+    return generator_from_state(rng_state, like.device)
+
+
+def importance_log_weight(energy: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    r"""``log w = -u - log q`` with non-finite ``u`` (or NaN) mapped to ``-inf``, never NaN."""
+    log_w = -energy - log_q
+    bad = ~torch.isfinite(energy) | torch.isnan(log_w)
+    return torch.where(bad, torch.full_like(log_w, -math.inf), log_w)
+
+
+def warn_nonfinite_start(energy: torch.Tensor, grad: torch.Tensor | None, name: str) -> None:
+    """Log a warning when some chains start at a non-finite energy (or gradient).
+
+    Gradient-based kernels cannot leave such a point: every proposal from it is rejected.
+    """
+    bad = ~torch.isfinite(energy)
+    if grad is not None:
+        bad = bad | ~torch.isfinite(grad.reshape(grad.shape[0], -1)).all(-1)
+    n_bad = int(bad.sum())
+    if n_bad:
+        logger.warning(
+            "%s: %d of %d chains start at a non-finite energy or gradient", name, n_bad, bad.numel()
+        )
