@@ -1,0 +1,118 @@
+"""The ``boltzflow`` command line.
+
+* ``boltzflow systems`` lists the catalogue;
+* ``boltzflow run [NAME|PATH] [--budget smoke|default|long] [--seed N] [--out DIR]
+  [--device cpu|cuda] [--workers N] [--scheduler ADDRESS]`` runs a recipe end to end;
+* further subcommands (``md``, ``umbrella``) are added by the modules that provide them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from boltzflow import __version__
+
+__all__ = ["main", "build_parser", "DEFAULT_SYSTEM"]
+
+#: The system ``boltzflow run`` runs when no name is given.
+DEFAULT_SYSTEM = "gmm40"
+
+#: Modules contributing subcommands through an ``add_parser(subparsers)`` function.
+_PLUGIN_PARSERS = ("boltzflow.molecular.md", "boltzflow.molecular.umbrella")
+
+
+def _cmd_systems(args) -> int:
+    from boltzflow.recipes import list_systems, systems_dir
+
+    systems = list_systems()
+    if not systems:
+        print(f"no systems found in {systems_dir()}")
+        return 1
+    width = max(len(n) for n in systems)
+    for name, desc in systems.items():
+        print(f"{name:<{width}}  {desc}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from boltzflow.pipeline import run
+
+    summary = run(
+        args.system,
+        budget=args.budget,
+        seed=args.seed,
+        out=args.out,
+        device=args.device,
+        workers=args.workers,
+        scheduler=args.scheduler,
+    )
+    rw = summary["reweighting"]
+    out = args.out or f"runs/{summary['system']}-{args.budget}-s{args.seed}"
+    lz = rw["log_z"]
+    print(
+        f"{summary['system']}: ESS fraction {rw['ess_fraction']:.3f}, "
+        f"log Z {lz['mean']:.4f} ± {lz['stderr']:.2g}, PSIS k {rw['pareto_k']:.2f}"
+    )
+    for group in ("observables", "free_energies"):
+        for name, v in summary[group].items():
+            print(f"  {name}: {v['mean']:.4g} ± {v['stderr']:.2g} {v['unit']}")
+    print(f"report: {out}/report.md")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for docs and tests)."""
+    p = argparse.ArgumentParser(
+        prog="boltzflow", description="Boltzmann generators: train, sample, reweight, report."
+    )
+    p.add_argument("--version", action="version", version=f"boltzflow {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("systems", help="list the systems catalogue")
+    s.set_defaults(func=_cmd_systems)
+
+    r = sub.add_parser("run", help="run a system recipe: train, sample, reweight, report")
+    r.add_argument(
+        "system",
+        nargs="?",
+        default=DEFAULT_SYSTEM,
+        help=f"catalogue name or recipe path (default: {DEFAULT_SYSTEM})",
+    )
+    r.add_argument("--budget", choices=("smoke", "default", "long"), default="default")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", default=None, help="output directory (default runs/NAME-BUDGET-sSEED)")
+    r.add_argument("--device", default=None, help="cpu or cuda (default: the recipe's)")
+    r.add_argument("--workers", type=int, default=None, help="energy worker processes")
+    r.add_argument("--scheduler", default=None, help="dask.distributed scheduler address")
+    r.set_defaults(func=_cmd_run)
+
+    for mod in _PLUGIN_PARSERS:
+        try:
+            importlib.import_module(mod).add_parser(sub)
+        except ImportError:
+            continue
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``boltzflow`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from boltzflow.recipes import RecipeError
+
+    try:
+        return int(args.func(args) or 0)
+    except RecipeError as exc:
+        print(f"boltzflow: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

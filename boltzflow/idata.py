@@ -1,0 +1,89 @@
+"""Samples as :class:`arviz.InferenceData` (written to ``samples.nc``).
+
+Layout (the run contract in DESIGN.md):
+
+* ``posterior``: the samples (``x`` with dims ``chain, draw, x_dim_0, ...``, or one variable
+  per parameter when ``names`` are given) and scalar observables ``[chain, draw]``;
+* ``sample_stats``: ``log_weight`` (importance log-weights; zeros for exact MCMC output),
+  ``energy`` (reduced, kT) and ``accepted`` where MCMC was used.
+
+arviz has no first-class sample weights; ``sample_stats.log_weight`` is the convention.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["to_inference_data", "write_samples", "read_samples"]
+
+
+def _arviz():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz as az
+    return az
+
+
+def _np(t) -> np.ndarray:
+    if isinstance(t, torch.Tensor):
+        t = t.detach().cpu()
+        return t.numpy() if t.dtype == torch.bool else t.double().numpy()
+    return np.asarray(t)
+
+
+def to_inference_data(
+    result,
+    observables: Mapping[str, torch.Tensor] | None = None,
+    names: Sequence[str] | None = None,
+    attrs: Mapping | None = None,
+):
+    """Build InferenceData from a :class:`~boltzflow.sampling.runners.SamplingResult`.
+
+    Args:
+        result: samples ``x [chains, draws, *event]`` with ``log_weight``, ``energy`` and
+            optionally ``accepted`` (all ``[chains, draws]``).
+        observables: extra posterior variables ``{name: Tensor[chains, draws]}``.
+        names: if given (flat events only), one posterior variable per coordinate.
+        attrs: metadata stored on every group (system, method, budget, ...).
+    """
+    az = _arviz()
+    x = _np(result.x)
+    if x.ndim < 2:
+        raise ValueError(f"samples must be [chains, draws, ...], got shape {x.shape}")
+    posterior: dict[str, np.ndarray] = {}
+    if names is not None:
+        if x.ndim != 3 or x.shape[-1] != len(names):
+            raise ValueError(f"{len(names)} names for samples of shape {x.shape}")
+        for i, n in enumerate(names):
+            posterior[str(n)] = x[..., i]
+    else:
+        posterior["x"] = x
+    for name, val in (observables or {}).items():
+        if name in posterior:
+            raise ValueError(f"observable '{name}' clashes with a sample variable")
+        posterior[name] = _np(val).reshape(x.shape[:2])
+    stats = {"log_weight": _np(result.log_weight), "energy": _np(result.energy)}
+    if result.accepted is not None:
+        stats["accepted"] = _np(result.accepted).astype(bool)
+    idata = az.from_dict(posterior=posterior, sample_stats=stats)
+    meta = {
+        str(k): (v if isinstance(v, (int, float, str)) else str(v))
+        for k, v in (attrs or {}).items()
+    }
+    for group in idata.groups():
+        idata[group].attrs.update(meta)
+    return idata
+
+
+def write_samples(idata, path) -> None:
+    """Write InferenceData to netCDF (``samples.nc``)."""
+    idata.to_netcdf(str(path))
+
+
+def read_samples(path):
+    """Read ``samples.nc`` back as InferenceData."""
+    return _arviz().from_netcdf(str(path))

@@ -1,0 +1,269 @@
+"""The ``boltzflow run`` pipeline: recipe → target → flow → train → sample → reweight → report.
+
+:func:`run` validates the whole recipe before it writes anything, then produces the files of
+the run contract (DESIGN.md): ``summary.json``, ``samples.nc``, ``flow.pt`` + ``flow.json``,
+PNG figures and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+
+import boltzflow
+from boltzflow import registry
+from boltzflow.recipes import Recipe, load_recipe
+from boltzflow.sampling.reweighting import expectation, free_energy_difference, reweight
+from boltzflow.sampling.runners import SamplingResult, importance_sampling
+
+__all__ = ["run", "build_target", "build_flow"]
+
+logger = logging.getLogger(__name__)
+
+
+def _call_with_supported(fn, *args, **kwargs):
+    """Call ``fn`` passing only the keyword arguments its signature accepts (plus **kwargs)."""
+    sig = inspect.signature(fn)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return fn(*args, **kwargs)
+    return fn(*args, **{k: v for k, v in kwargs.items() if k in sig.parameters})
+
+
+def build_target(recipe: Recipe, **runtime):
+    """Build the recipe's target Energy. ``runtime`` (workers, scheduler, system_dir, device)
+    is passed to builders that accept those keywords."""
+    params = {k: v for k, v in recipe.target.items() if k != "kind"}
+    fn = registry.resolve(registry.TARGETS, recipe.target["kind"], "target")
+    extra = {k: v for k, v in runtime.items() if k not in params}
+    return _call_with_supported(fn, **params, **extra)
+
+
+def build_flow(recipe: Recipe, target, seed: int):
+    """Build the recipe's flow for ``target`` (builders accepting ``seed`` get it)."""
+    params = {k: v for k, v in recipe.flow.items() if k != "kind"}
+    fn = registry.resolve(registry.FLOWS, recipe.flow["kind"], "flow")
+    return _call_with_supported(fn, target, **params, seed=seed)
+
+
+def _device(recipe: Recipe, device: str | None) -> torch.device:
+    dev = torch.device(device or recipe.system.get("default_device", "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda requested but CUDA is not available")
+    return dev
+
+
+def _estimate_observables(target, result: SamplingResult) -> dict:
+    """Observable means ± stderr: self-normalized IS for weighted draws, MCSE for chains."""
+    out, values = {}, {}
+    if not target.observables():
+        return out, values
+    x = result.x.reshape(-1, *result.x.shape[2:])
+    with torch.no_grad():
+        for name, obs in target.observables().items():
+            v = obs.fn(x).reshape(result.x.shape[:2])
+            values[name] = v
+            if result.weighted:
+                est = expectation(v, result.log_weight)
+                out[name] = {"mean": est.mean, "stderr": est.stderr, "unit": obs.unit}
+            else:
+                from boltzflow.sampling.diagnostics import mcse
+
+                m = float(v.double().mean())
+                out[name] = {"mean": m, "stderr": float(mcse(v)), "unit": obs.unit}
+    return out, values
+
+
+def _estimate_free_energies(target, x, log_w, n_bootstrap, seed) -> dict:
+    out = {}
+    with torch.no_grad():
+        for name, sets in target.state_sets().items():
+            est = free_energy_difference(
+                sets.in_a(x), sets.in_b(x), log_w, n_bootstrap=n_bootstrap, seed=seed
+            )
+            out[name] = {"mean": est.mean, "stderr": est.stderr, "unit": "kT"}
+    return out
+
+
+def _references(target, summary: dict) -> dict:
+    ref = {}
+    if target.log_z is not None:
+        lz = summary["reweighting"]["log_z"]
+        ref["log_z"] = float(target.log_z)
+        if lz["stderr"] and math.isfinite(lz["stderr"]) and lz["stderr"] > 0:
+            ref["log_z_z_score"] = round((lz["mean"] - target.log_z) / lz["stderr"], 3)
+        ref["log_z_abs_error"] = abs(lz["mean"] - target.log_z)
+    for group, method in (
+        ("observables", "exact_observable"),
+        ("free_energies", "exact_free_energy"),
+    ):
+        exact = getattr(target, method, None)
+        if not callable(exact):
+            continue
+        for name, est in summary[group].items():
+            try:
+                val = float(exact(name))
+            except (KeyError, ValueError, NotImplementedError):
+                continue
+            est["reference"] = val
+            if est["stderr"] and math.isfinite(est["stderr"]) and est["stderr"] > 0:
+                est["z_score"] = round((est["mean"] - val) / est["stderr"], 3)
+    return ref
+
+
+def run(
+    name_or_path: str = "gmm40",
+    *,
+    budget: str = "default",
+    seed: int = 0,
+    out: str | Path | None = None,
+    device: str | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+) -> dict:
+    """Run a recipe end to end and write the run directory. Returns the summary dict.
+
+    Args:
+        name_or_path: catalogue name (``boltzflow systems``) or path to a recipe.
+        budget: ``smoke`` (≈1 min), ``default`` or ``long``.
+        seed: seeds flow initialisation, training, sampling and bootstraps.
+        out: output directory (default ``runs/<name>-<budget>-s<seed>``).
+        device: ``cpu`` or ``cuda`` (default: the recipe's ``default_device``).
+        workers, scheduler: energy worker pool settings for targets that use one.
+    """
+    from boltzflow.training.pipeline_training import train_stages
+
+    recipe = load_recipe(name_or_path, budget)  # validates everything before any output
+    dev = _device(recipe, device)
+    dtype = getattr(torch, recipe.system.get("dtype", "float32"))
+    out_dir = Path(out or f"runs/{recipe.name}-{budget}-s{seed}")
+    torch.manual_seed(seed)
+    runtime = {
+        "workers": workers,
+        "scheduler": scheduler,
+        "system_dir": recipe.folder,
+        "device": dev,
+        "seed": seed,
+    }
+    with contextlib.ExitStack() as stack:
+        target = build_target(recipe, **runtime)
+        if hasattr(target, "close"):
+            stack.callback(target.close)
+        flow = build_flow(recipe, target, seed).to(device=dev, dtype=dtype)
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+        t0 = time.perf_counter()
+        n0 = target.n_evaluations
+        training = train_stages(flow, target, recipe, seed=seed, out_dir=out_dir)
+        train_summary = {
+            "loss": "+".join(st["loss"] for st in recipe.stages) or "none",
+            "steps": training.steps,
+            "energy_evaluations": target.n_evaluations - n0,
+            "wall_seconds": time.perf_counter() - t0,
+        }
+        flow.eval()
+        summary = _sample_and_summarise(recipe, flow, target, seed, train_summary)
+        _write_outputs(recipe, flow, target, summary, training, out_dir, seed)
+    return summary
+
+
+def _sample_and_summarise(recipe, flow, target, seed, train_summary) -> dict:
+    sp = dict(recipe.sampling)
+    method = sp.pop("method")
+    n_samples = int(sp.pop("n_samples"))
+    n_importance = int(sp.pop("n_importance", n_samples))
+    n_boot = int(recipe.reweighting.get("n_bootstrap", 200))
+
+    n0 = target.n_evaluations
+    t0 = time.perf_counter()
+    imp = importance_sampling(flow, target, n_samples=n_importance, seed=seed + 1)
+    if method == "importance":
+        result = imp
+    else:
+        sampler = registry.resolve(registry.SAMPLERS, method, "sampler")
+        result = sampler(flow, target, n_samples=n_samples, seed=seed + 2, **sp)
+    wall = time.perf_counter() - t0
+    rw = reweight(imp.log_weight, n_bootstrap=n_boot, seed=seed)
+    observables, obs_values = _estimate_observables(target, result)
+    fx = result.x.reshape(-1, *result.x.shape[2:])
+    free = _estimate_free_energies(target, fx, result.log_weight.reshape(-1), n_boot, seed)
+    acc = None if result.accepted is None else float(result.accepted.double().mean())
+    summary = {
+        "system": recipe.name,
+        "boltzflow_version": boltzflow.__version__,
+        "seed": seed,
+        "budget": recipe.budget,
+        "training": train_summary,
+        "sampling": {
+            "method": result.method,
+            "n_samples": int(result.x.shape[0] * result.x.shape[1]),
+            "energy_evaluations": target.n_evaluations - n0,
+            "acceptance_rate": acc,
+            "wall_seconds": wall,
+            **{k: v for k, v in result.info.items() if k != "acceptance_rate"},
+        },
+        "reweighting": rw.as_dict(),
+        "observables": observables,
+        "free_energies": free,
+    }
+    summary["reference"] = _references(target, summary)
+    assign = getattr(target, "mode_assignment", None)
+    if callable(assign):
+        modes = assign(result.x.reshape(-1, *result.x.shape[2:]))
+        counts = torch.bincount(modes.reshape(-1), minlength=int(target.n_modes))
+        summary["sampling"]["n_modes"] = int(target.n_modes)
+        summary["sampling"]["modes_covered"] = int((counts > 0).sum())
+    summary["_result"] = result
+    summary["_importance"] = imp
+    summary["_obs_values"] = obs_values
+    return summary
+
+
+def _write_outputs(recipe, flow, target, summary, training, out_dir: Path, seed: int) -> None:
+    from boltzflow import plots
+    from boltzflow.idata import to_inference_data, write_samples
+    from boltzflow.io import save_checkpoint
+    from boltzflow.report import write_report, write_summary
+
+    result = summary.pop("_result")
+    imp = summary.pop("_importance")
+    obs_values = summary.pop("_obs_values")
+    attrs = {"system": recipe.name, "method": result.method, "budget": recipe.budget, "seed": seed}
+    names = getattr(target, "parameter_names", None)
+    idata = to_inference_data(result, obs_values, names=names, attrs=attrs)
+    write_samples(idata, out_dir / "samples.nc")
+    save_checkpoint(out_dir, flow, {"system": recipe.name, "flow": recipe.flow, "seed": seed})
+
+    figs = {}
+    if training.history.get("loss"):
+        plots.plot_training(training.history, out_dir / "training.png")
+        figs["Training curve"] = "training.png"
+    plots.plot_log_weights(imp.log_weight, out_dir / "log_weights.png")
+    figs["Log-weights"] = "log_weights.png"
+    x = imp.x[0]
+    if x.dim() == 2 and x.shape[1] <= 64:
+        ref = None
+        with contextlib.suppress(NotImplementedError):
+            ref = target.sample(
+                min(20000, x.shape[0]), generator=torch.Generator().manual_seed(seed)
+            )
+        plots.plot_marginals(x, imp.log_weight[0], out_dir / "marginals.png", reference=ref)
+        figs["Marginals: flow, reweighted, exact"] = "marginals.png"
+        if x.shape[1] >= 2:
+            plots.plot_samples_2d(
+                x,
+                imp.log_weight[0],
+                out_dir / "samples_2d.png",
+                centers=getattr(target, "means", None),
+            )
+            figs["Samples (first two coordinates)"] = "samples_2d.png"
+    hook = getattr(target, "extra_figures", None)
+    if callable(hook):
+        figs.update(hook(out_dir, imp.x[0], imp.log_weight[0]) or {})
+    write_summary(summary, out_dir)
+    write_report(summary, figs, out_dir)

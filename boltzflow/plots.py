@@ -1,0 +1,148 @@
+"""Report figures (matplotlib, Agg backend): training curve, log-weights, marginals.
+
+Each function takes plain arrays/tensors and a path, writes a PNG and returns the path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["plot_training", "plot_log_weights", "plot_marginals", "plot_samples_2d"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _np(a) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().double().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _weights(log_w) -> np.ndarray:
+    lw = _np(log_w).reshape(-1)
+    lw = np.where(np.isfinite(lw), lw, -np.inf)
+    if not np.isfinite(lw).any():
+        return np.zeros_like(lw)
+    w = np.exp(lw - lw.max())
+    return w / w.sum()
+
+
+def plot_training(history: Mapping[str, Sequence[float]], path) -> Path:
+    """Loss (and held-out ESS fraction, when recorded) against the training step."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = np.asarray(history.get("step", range(len(history.get("loss", [])))))
+    loss = np.asarray(history.get("loss", []), dtype=float)
+    if loss.size:
+        ax.plot(steps[: loss.size], loss, lw=0.8, color="C0", label="loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if history.get("ess_fraction"):
+        ax2 = ax.twinx()
+        ax2.plot(history["ess_step"], history["ess_fraction"], "o-", color="C1", ms=3)
+        ax2.set_ylabel("held-out ESS fraction", color="C1")
+        ax2.set_ylim(0, 1)
+    ax.set_title("Training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_log_weights(log_w, path) -> Path:
+    """Histogram of finite log-weights relative to their maximum (a spike at 0 is ideal)."""
+    plt = _plt()
+    lw = _np(log_w).reshape(-1)
+    finite = lw[np.isfinite(lw)]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    if finite.size:
+        rel = finite - finite.max()
+        ax.hist(rel, bins=80, color="C0", alpha=0.8)
+    ax.set_xlabel(r"$\log w - \max \log w$")
+    ax.set_ylabel("count")
+    ax.set_title(f"Log-weights ({lw.size - finite.size} non-finite)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_marginals(
+    x, log_w, path, reference=None, max_dims: int = 4, labels: Sequence[str] | None = None
+) -> Path:
+    """1-D marginals: raw flow samples, reweighted samples and (optional) exact reference.
+
+    Args:
+        x: samples ``[n, d]``.
+        log_w: log-weights ``[n]`` (zeros for MCMC samples).
+        reference: exact samples ``[m, d]`` from the target, if available.
+    """
+    plt = _plt()
+    x = _np(x).reshape(len(_np(log_w).reshape(-1)), -1)
+    w = _weights(log_w)
+    d = min(x.shape[1], max_dims)
+    fig, axes = plt.subplots(1, d, figsize=(3.2 * d, 3), squeeze=False)
+    ref = None if reference is None else _np(reference).reshape(-1, x.shape[1])
+    for i, ax in enumerate(axes[0]):
+        lo, hi = np.percentile(x[:, i], [0.1, 99.9])
+        bins = np.linspace(lo, hi, 70)
+        ax.hist(x[:, i], bins=bins, density=True, histtype="step", label="flow", color="C0")
+        ax.hist(
+            x[:, i],
+            bins=bins,
+            weights=w,
+            density=True,
+            histtype="step",
+            label="reweighted",
+            color="C1",
+        )
+        if ref is not None:
+            ax.hist(
+                ref[:, i],
+                bins=bins,
+                density=True,
+                histtype="stepfilled",
+                alpha=0.25,
+                color="k",
+                label="exact",
+            )
+        ax.set_xlabel(labels[i] if labels else f"x[{i}]")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_samples_2d(x, log_w, path, centers=None, dims=(0, 1)) -> Path:
+    """2-D histograms of flow samples and of reweighted samples (log colour scale)."""
+    plt = _plt()
+    from matplotlib.colors import LogNorm
+
+    x = _np(x).reshape(len(_np(log_w).reshape(-1)), -1)[:, list(dims)]
+    w = _weights(log_w)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharex=True, sharey=True)
+    rng = [np.percentile(x[:, k], [0.05, 99.95]) for k in range(2)]
+    for ax, ww, title in ((axes[0], None, "flow samples"), (axes[1], w, "reweighted")):
+        ax.hist2d(x[:, 0], x[:, 1], bins=120, range=rng, weights=ww, norm=LogNorm(), cmap="viridis")
+        if centers is not None:
+            c = _np(centers)
+            ax.plot(c[:, dims[0]], c[:, dims[1]], "r+", ms=6)
+        ax.set_title(title)
+        ax.set_xlabel(f"x[{dims[0]}]")
+    axes[0].set_ylabel(f"x[{dims[1]}]")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,206 @@
+"""Read and validate system recipes (``systems/<name>/system.toml``).
+
+A recipe names a target, a flow, training stages and a sampler (see ``docs/cli.md``). Any
+scalar value may be a per-budget table ``{smoke = .., default = .., long = ..}``;
+:func:`load_recipe` resolves it for the chosen budget. Validation happens before anything
+is written: unknown keys, systems, losses, flows and samplers raise :class:`RecipeError`
+naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from boltzflow import registry
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "BUDGETS",
+    "Recipe",
+    "RecipeError",
+    "systems_dir",
+    "list_systems",
+    "find_system",
+    "load_recipe",
+]
+
+BUDGETS = ("smoke", "default", "long")
+
+_SECTIONS = {
+    "system": {"name", "description", "dtype", "default_device"},
+    "target": None,  # kind + builder kwargs
+    "flow": None,
+    "training": {"stages"},
+    "sampling": None,  # method, n_samples, n_importance + runner kwargs
+    "reweighting": {"n_bootstrap"},
+}
+_REQUIRED = {
+    "system": ("name", "description"),
+    "target": ("kind",),
+    "flow": ("kind",),
+    "sampling": ("method", "n_samples"),
+}
+STAGE_KEYS = {
+    "loss",
+    "steps",
+    "batch_size",
+    "lr",
+    "data",
+    "weight_forward",
+    "grad_clip",
+    "warmup_steps",
+    "energy_cap",
+    "eval_every",
+    "patience",
+    "temperature_scale",
+}
+
+
+class RecipeError(ValueError):
+    """An invalid recipe; the message names the file and the offending key."""
+
+
+@dataclass
+class Recipe:
+    """A validated recipe with budget-dependent values resolved."""
+
+    path: Path
+    budget: str
+    system: dict
+    target: dict
+    flow: dict
+    stages: list[dict]
+    sampling: dict
+    reweighting: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.system["name"]
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+
+def systems_dir() -> Path:
+    """The systems catalogue: ``$BOLTZFLOW_SYSTEMS`` or ``systems/`` next to the package."""
+    env = os.environ.get("BOLTZFLOW_SYSTEMS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "systems"
+
+
+def list_systems() -> dict[str, str]:
+    """``{name: description}`` for every folder in the catalogue with a ``system.toml``."""
+    out = {}
+    root = systems_dir()
+    if not root.is_dir():
+        return out
+    for toml in sorted(root.glob("*/system.toml")):
+        try:
+            data = tomllib.loads(toml.read_text())
+            out[toml.parent.name] = str(data.get("system", {}).get("description", ""))
+        except tomllib.TOMLDecodeError as exc:
+            out[toml.parent.name] = f"(invalid recipe: {exc})"
+    return out
+
+
+def find_system(name_or_path: str | os.PathLike) -> Path:
+    """Path of a recipe: a catalogue name, a folder holding ``system.toml``, or a TOML file."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    if p.is_dir() and (p / "system.toml").is_file():
+        return p / "system.toml"
+    cand = systems_dir() / str(name_or_path) / "system.toml"
+    if cand.is_file():
+        return cand
+    known = ", ".join(list_systems()) or "(none)"
+    raise RecipeError(f"unknown system '{name_or_path}' (known: {known})")
+
+
+def _resolve_budget(value, budget: str, where: str, path: Path):
+    if isinstance(value, dict) and value and set(value) <= set(BUDGETS):
+        if budget not in value:
+            raise RecipeError(f"{path}: {where} has no value for budget '{budget}'")
+        return _resolve_budget(value[budget], budget, where, path)
+    if isinstance(value, dict):
+        return {k: _resolve_budget(v, budget, f"{where}.{k}", path) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_budget(v, budget, f"{where}[{i}]", path) for i, v in enumerate(value)]
+    return value
+
+
+def _check_keys(section: dict, allowed: set, where: str, path: Path) -> None:
+    for key in section:
+        if key not in allowed:
+            raise RecipeError(
+                f"{path}: unknown key '{key}' in [{where}] (allowed: {', '.join(sorted(allowed))})"
+            )
+
+
+def _check_registry(reg: dict, name, what: str, where: str, path: Path) -> None:
+    try:
+        registry.resolve(reg, str(name), what)
+    except KeyError as exc:
+        raise RecipeError(f"{path}: [{where}] {exc.args[0]}") from None
+
+
+def load_recipe(name_or_path: str | os.PathLike, budget: str = "default") -> Recipe:
+    """Load, resolve and validate a recipe for ``budget``.
+
+    Raises:
+        RecipeError: unknown system, budget, section, key, target, flow, loss or sampler.
+    """
+    if budget not in BUDGETS:
+        raise RecipeError(f"unknown budget '{budget}' (choose from {', '.join(BUDGETS)})")
+    path = find_system(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: invalid TOML: {exc}") from None
+    for sec in raw:
+        if sec not in _SECTIONS:
+            raise RecipeError(f"{path}: unknown section [{sec}] (allowed: {', '.join(_SECTIONS)})")
+    data = _resolve_budget(raw, budget, "recipe", path)
+    for sec, keys in _REQUIRED.items():
+        if sec not in data:
+            raise RecipeError(f"{path}: missing section [{sec}]")
+        for key in keys:
+            if key not in data[sec]:
+                raise RecipeError(f"{path}: missing key '{key}' in [{sec}]")
+    for sec, allowed in _SECTIONS.items():
+        if allowed is not None and sec in data:
+            _check_keys(data[sec], allowed, sec, path)
+    if data["system"].get("dtype", "float32") not in ("float32", "float64"):
+        raise RecipeError(f"{path}: [system] dtype must be 'float32' or 'float64'")
+    _check_registry(registry.TARGETS, data["target"]["kind"], "target", "target", path)
+    _check_registry(registry.FLOWS, data["flow"]["kind"], "flow", "flow", path)
+    _check_registry(registry.SAMPLERS, data["sampling"]["method"], "sampler", "sampling", path)
+    stages = data.get("training", {}).get("stages", [])
+    if not isinstance(stages, list):
+        raise RecipeError(f"{path}: [training] stages must be an array of tables")
+    for i, st in enumerate(stages):
+        where = f"training.stages[{i}]"
+        _check_keys(st, STAGE_KEYS, where, path)
+        for key in ("loss", "steps"):
+            if key not in st:
+                raise RecipeError(f"{path}: missing key '{key}' in [{where}]")
+        _check_registry(registry.LOSSES, st["loss"], "loss", where, path)
+    return Recipe(
+        path=path,
+        budget=budget,
+        system=data["system"],
+        target=data["target"],
+        flow=data["flow"],
+        stages=stages,
+        sampling=data["sampling"],
+        reweighting=data.get("reweighting", {}),
+    )
