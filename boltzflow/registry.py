@@ -26,6 +26,8 @@ TARGETS: dict[str, str] = {
     "gmm40": "boltzflow.energies.gaussians:gmm40",
     "funnel": "boltzflow.energies.gaussians:Funnel",
     "correlated-gaussian": "boltzflow.energies.gaussians:CorrelatedGaussian",
+    "phi4": "boltzflow.energies.lattice:Phi4",
+    "u1": "boltzflow.energies.lattice:U1Wilson",
 }
 
 FLOWS: dict[str, str] = {
