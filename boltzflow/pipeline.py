@@ -58,6 +58,77 @@ def _device(recipe: Recipe, device: str | None) -> torch.device:
     return dev
 
 
+def _stage_data(data, target, recipe: Recipe, dtype, device):
+    """Resolve a stage's ``data``: ``"exact"``, a target-provided set, or a file in the system."""
+    if data is None or data == "exact":
+        return data
+    provider = getattr(target, "training_data", None)
+    if callable(provider):
+        tensor = provider(data)
+    else:
+        path = recipe.folder / str(data)
+        if not path.is_file():
+            raise FileNotFoundError(f"{recipe.path}: training data '{data}' not found ({path})")
+        if path.suffix == ".npy":
+            import numpy as np
+
+            tensor = torch.from_numpy(np.load(path))
+        else:
+            tensor = torch.load(path, weights_only=True)
+    return tensor.to(device=device, dtype=dtype)
+
+
+def _train(flow, target, recipe: Recipe, seed: int, out_dir: Path):
+    """Run the recipe's training stages with :class:`~boltzflow.training.trainer.Trainer`."""
+    from boltzflow.training.trainer import Stage, Trainer
+
+    if not recipe.stages:
+        return None
+    anchor = next(iter(flow.parameters()))
+    stages, eval_every, eval_target = [], None, target
+    for spec in recipe.stages:
+        spec = dict(spec)
+        eval_every = spec.pop("eval_every", eval_every)
+        spec.pop("patience", None)
+        if "grad_clip" in spec:
+            spec["clip_grad_norm"] = spec.pop("grad_clip")
+        temperature = spec.pop("temperature_scale", None)
+        spec["data"] = _stage_data(spec.get("data"), target, recipe, anchor.dtype, anchor.device)
+        if temperature is not None:
+            spec["loss"] = _tempered_loss(spec["loss"], target.at_temperature(temperature))
+        stages.append(Stage.from_dict(spec))
+    trainer = Trainer(
+        flow,
+        eval_target,
+        stages,
+        seed=seed,
+        eval_every=eval_every,
+        checkpoint_every=None,
+        checkpoint_path=None,
+    )
+    return trainer.fit()
+
+
+def _tempered_loss(name: str, tempered_target):
+    """A loss evaluated against ``tempered_target`` instead of the trainer's target."""
+    base = registry.resolve(registry.LOSSES, name, "loss")
+
+    def loss(flow, target, batch, **kwargs):
+        return base(flow, tempered_target, batch, **kwargs)
+
+    loss.__name__ = f"{name}@T={tempered_target.temperature_scale:g}"
+    return loss
+
+
+def _training_history(training) -> dict:
+    """Columns for the training-curve figure."""
+    if training is None:
+        return {}
+    steps, loss = training.column("loss")
+    ess_steps, ess = training.column("ess_fraction")
+    return {"step": steps, "loss": loss, "ess_step": ess_steps, "ess_fraction": list(ess)}
+
+
 def _estimate_observables(target, result: SamplingResult) -> dict:
     """Observable means ± stderr: self-normalized IS for weighted draws, MCSE for chains."""
     out, values = {}, {}
@@ -136,8 +207,6 @@ def run(
         device: ``cpu`` or ``cuda`` (default: the recipe's ``default_device``).
         workers, scheduler: energy worker pool settings for targets that use one.
     """
-    from boltzflow.training.pipeline_training import train_stages
-
     recipe = load_recipe(name_or_path, budget)  # validates everything before any output
     dev = _device(recipe, device)
     dtype = getattr(torch, recipe.system.get("dtype", "float32"))
@@ -158,12 +227,11 @@ def run(
         out_dir.mkdir(parents=True, exist_ok=True)
 
         t0 = time.perf_counter()
-        n0 = target.n_evaluations
-        training = train_stages(flow, target, recipe, seed=seed, out_dir=out_dir)
+        training = _train(flow, target, recipe, seed, out_dir)
         train_summary = {
             "loss": "+".join(st["loss"] for st in recipe.stages) or "none",
-            "steps": training.steps,
-            "energy_evaluations": target.n_evaluations - n0,
+            "steps": training.steps if training else 0,
+            "energy_evaluations": training.energy_evaluations if training else 0,
             "wall_seconds": time.perf_counter() - t0,
         }
         flow.eval()
@@ -240,8 +308,9 @@ def _write_outputs(recipe, flow, target, summary, training, out_dir: Path, seed:
     save_checkpoint(out_dir, flow, {"system": recipe.name, "flow": recipe.flow, "seed": seed})
 
     figs = {}
-    if training.history.get("loss"):
-        plots.plot_training(training.history, out_dir / "training.png")
+    history = _training_history(training)
+    if len(history.get("loss", [])):
+        plots.plot_training(history, out_dir / "training.png")
         figs["Training curve"] = "training.png"
     plots.plot_log_weights(imp.log_weight, out_dir / "log_weights.png")
     figs["Log-weights"] = "log_weights.png"

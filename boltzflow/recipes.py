@@ -9,6 +9,7 @@ naming the key and the file.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from dataclasses import dataclass, field
@@ -146,11 +147,35 @@ def _check_keys(section: dict, allowed: set, where: str, path: Path) -> None:
             )
 
 
-def _check_registry(reg: dict, name, what: str, where: str, path: Path) -> None:
+def _check_registry(reg: dict, name, what: str, where: str, path: Path):
     try:
-        registry.resolve(reg, str(name), what)
+        return registry.resolve(reg, str(name), what)
     except KeyError as exc:
         raise RecipeError(f"{path}: [{where}] {exc.args[0]}") from None
+
+
+#: Keywords the pipeline supplies at run time; builders may accept them.
+RUNTIME_KEYWORDS = {"workers", "scheduler", "system_dir", "device", "seed"}
+
+
+def _check_kwargs(fn, params: dict, where: str, path: Path, skip_first: bool = False) -> None:
+    """Unknown builder arguments are recipe errors (unless the builder takes ``**kwargs``)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return
+    ps = list(sig.parameters.values())[1 if skip_first else 0 :]
+    if any(p.kind is p.VAR_KEYWORD for p in ps):
+        return
+    allowed = {p.name for p in ps if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for key in params:
+        if key not in allowed or key in RUNTIME_KEYWORDS:
+            ok = ", ".join(sorted(allowed - RUNTIME_KEYWORDS)) or "(none)"
+            raise RecipeError(f"{path}: unknown key '{key}' in [{where}] (allowed: kind, {ok})")
+
+
+def _params(section: dict, drop) -> dict:
+    return {k: v for k, v in section.items() if k not in drop}
 
 
 def load_recipe(name_or_path: str | os.PathLike, budget: str = "default") -> Recipe:
@@ -181,9 +206,13 @@ def load_recipe(name_or_path: str | os.PathLike, budget: str = "default") -> Rec
             _check_keys(data[sec], allowed, sec, path)
     if data["system"].get("dtype", "float32") not in ("float32", "float64"):
         raise RecipeError(f"{path}: [system] dtype must be 'float32' or 'float64'")
-    _check_registry(registry.TARGETS, data["target"]["kind"], "target", "target", path)
-    _check_registry(registry.FLOWS, data["flow"]["kind"], "flow", "flow", path)
-    _check_registry(registry.SAMPLERS, data["sampling"]["method"], "sampler", "sampling", path)
+    fn = _check_registry(registry.TARGETS, data["target"]["kind"], "target", "target", path)
+    _check_kwargs(fn, _params(data["target"], ("kind",)), "target", path)
+    fn = _check_registry(registry.FLOWS, data["flow"]["kind"], "flow", "flow", path)
+    _check_kwargs(fn, _params(data["flow"], ("kind",)), "flow", path, skip_first=True)
+    fn = _check_registry(registry.SAMPLERS, data["sampling"]["method"], "sampler", "sampling", path)
+    skip = ("method", "n_samples", "n_importance")
+    _check_kwargs(fn, _params(data["sampling"], skip), "sampling", path, skip_first=True)
     stages = data.get("training", {}).get("stages", [])
     if not isinstance(stages, list):
         raise RecipeError(f"{path}: [training] stages must be an array of tables")
