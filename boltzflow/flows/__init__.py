@@ -1,5 +1,6 @@
 """Normalizing flows: the Transform/Flow contract, nflows adapters and builders."""
 
+from boltzflow.flows.affine import ElementwiseAffine
 from boltzflow.flows.base import (
     Compose,
     Flow,
@@ -8,7 +9,21 @@ from boltzflow.flows.base import (
     Transform,
     TransformResult,
 )
-from boltzflow.flows.distributions import StandardNormal, UniformTorus
+from boltzflow.flows.builders import (
+    circular_spline_flow,
+    maf_flow,
+    spline_autoregressive_flow,
+    spline_coupling_flow,
+)
+from boltzflow.flows.circular import (
+    CircularShift,
+    CircularSpline,
+    CircularSplineCoupling,
+    circular_rq_spline,
+    wrap_angle,
+)
+from boltzflow.flows.distributions import MixedNormalTorus, StandardNormal, UniformTorus
+from boltzflow.flows.nflows_adapter import NflowsTransform, to_nflows
 
 __all__ = [
     "Compose",
@@ -19,4 +34,17 @@ __all__ = [
     "TransformResult",
     "StandardNormal",
     "UniformTorus",
+    "MixedNormalTorus",
+    "ElementwiseAffine",
+    "NflowsTransform",
+    "to_nflows",
+    "CircularShift",
+    "CircularSpline",
+    "CircularSplineCoupling",
+    "circular_rq_spline",
+    "wrap_angle",
+    "spline_coupling_flow",
+    "circular_spline_flow",
+    "spline_autoregressive_flow",
+    "maf_flow",
 ]

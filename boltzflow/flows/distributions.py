@@ -14,7 +14,7 @@ from torch import nn
 
 from boltzflow.energies.base import as_event_shape
 
-__all__ = ["StandardNormal", "UniformTorus", "BaseDistribution"]
+__all__ = ["StandardNormal", "UniformTorus", "MixedNormalTorus", "BaseDistribution"]
 
 
 class BaseDistribution(nn.Module):
@@ -68,3 +68,45 @@ class UniformTorus(BaseDistribution):
             z[:, ...].reshape(z.shape[0], -1)[:, 0], -self.dim * math.log(self.high - self.low)
         )
         return torch.where(inside, lp, torch.full_like(lp, -math.inf))
+
+
+class MixedNormalTorus(BaseDistribution):
+    r"""Product base for mixed Euclidean/periodic events: :math:`\mathcal N(0, 1)` on Euclidean
+    features and :math:`U[low, high)` on periodic ones (default :math:`[-\pi, \pi)`).
+
+    .. math:: \log p(z) = \sum_{i \notin P} \big(-\tfrac12 z_i^2 - \tfrac12\log 2\pi\big)
+              - |P| \log(high - low),
+
+    and ``-inf`` if a periodic feature lies outside ``[low, high]``. Used for molecular internal
+    coordinates (torsions periodic; bonds and angles not).
+
+    Args:
+        periodic: bool tensor of ``event_shape``; ``True`` marks a periodic feature.
+        low, high: the periodic interval.
+    """
+
+    def __init__(self, periodic, low: float = -math.pi, high: float = math.pi):
+        periodic = torch.as_tensor(periodic, dtype=torch.bool)
+        super().__init__(periodic.shape)
+        if not high > low:
+            raise ValueError(f"need high > low, got [{low}, {high})")
+        self.low, self.high = float(low), float(high)
+        self.register_buffer("periodic", periodic)
+
+    @property
+    def n_periodic(self) -> int:
+        return int(self.periodic.sum())
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        normal = self._empty(n).normal_(generator=generator)
+        uniform = self._empty(n).uniform_(self.low, self.high, generator=generator)
+        return torch.where(self.periodic, uniform, normal)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        euclid = torch.where(self.periodic, torch.zeros_like(z), z)
+        n_euclid = self.dim - self.n_periodic
+        lp = -0.5 * self._sum_event(euclid * euclid) - 0.5 * n_euclid * math.log(2 * math.pi)
+        lp = lp - self.n_periodic * math.log(self.high - self.low)
+        outside = self.periodic & ((z < self.low) | (z > self.high))
+        outside = outside.reshape(z.shape[0], -1).any(-1)
+        return torch.where(outside, torch.full_like(lp, -math.inf), lp)

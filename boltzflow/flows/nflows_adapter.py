@@ -1,0 +1,227 @@
+r"""Adapter from nflows transforms to boltzflow's direction convention.
+
+nflows runs data → noise: an nflows transform ``t`` has ``t.forward(x) -> (z, log|det ∂z/∂x|)``
+and ``t.inverse(z) -> (x, log|det ∂x/∂z|)``. boltzflow runs latent → configuration. This
+module is the only place where the two directions are converted:
+
+.. math::
+
+    \texttt{NflowsTransform.forward}(z) = t^{-1}(z), \quad
+    \mathrm{ladj} = \log|\det \partial x/\partial z|, \\
+    \texttt{NflowsTransform.inverse}(x) = t(x), \quad
+    \mathrm{ladj\_inv} = \log|\det \partial z/\partial x|.
+
+nflows transforms act on ``[batch, features]`` tensors; the adapter flattens any event shape
+to ``features = prod(event_shape)`` and restores it on output.
+
+The factory functions build the nflows layers boltzflow uses, each wrapped:
+
+* :func:`rq_coupling` -- rational-quadratic spline coupling with linear tails outside
+  ``[-tail_bound, tail_bound]`` and a ResidualNet conditioner (Durkan et al. 2019,
+  "Neural Spline Flows");
+* :func:`rq_elementwise` -- an unconditional elementwise RQ spline (for one-dimensional events);
+* :func:`maf` -- masked affine autoregressive layer with a MADE conditioner (Papamakarios et al.
+  2017, "Masked Autoregressive Flow for Density Estimation");
+* :func:`rq_autoregressive` -- masked RQ spline autoregressive layer (Durkan et al. 2019);
+* :func:`reverse_permutation`, :func:`random_permutation` -- fixed feature permutations.
+
+:func:`to_nflows` converts a boltzflow transform stack back into an nflows ``Transform``
+(data → noise), for interoperability and for benchmarking against bare nflows.
+
+nflows layers initialise their weights from torch's global RNG; seed it (or use
+:mod:`boltzflow.flows.builders`, which does) for reproducible flows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from nflows import transforms as nt
+from nflows.nn.nets import ResidualNet
+
+from boltzflow.flows.affine import ElementwiseAffine
+from boltzflow.flows.base import Compose, InverseTransform, Transform, TransformResult
+
+__all__ = [
+    "NflowsTransform",
+    "rq_coupling",
+    "rq_elementwise",
+    "maf",
+    "rq_autoregressive",
+    "reverse_permutation",
+    "random_permutation",
+    "to_nflows",
+]
+
+
+class NflowsTransform(Transform):
+    r"""A boltzflow :class:`Transform` around an nflows transform ``t`` (data → noise).
+
+    ``forward(z) = t.inverse(z)`` and ``inverse(x) = t.forward(x)``; inputs of shape
+    ``[batch, *event_shape]`` are flattened to ``[batch, prod(event_shape)]`` for nflows.
+
+    Args:
+        transform: an ``nflows.transforms.Transform`` mapping data to noise.
+    """
+
+    def __init__(self, transform: nt.Transform):
+        super().__init__()
+        self.nflows_transform = transform
+
+    def forward(self, z: torch.Tensor) -> TransformResult:
+        x, ladj = self.nflows_transform.inverse(z.reshape(z.shape[0], -1))
+        return TransformResult(x.reshape(z.shape), ladj)
+
+    def inverse(self, x: torch.Tensor) -> TransformResult:
+        z, ladj_inv = self.nflows_transform.forward(x.reshape(x.shape[0], -1))
+        return TransformResult(z.reshape(x.shape), ladj_inv)
+
+
+def _as_mask(mask) -> torch.Tensor:
+    mask = torch.as_tensor(mask).reshape(-1).bool()
+    if mask.all() or not mask.any():
+        raise ValueError("a coupling mask must transform some features and keep some")
+    return mask.to(torch.uint8)
+
+
+def rq_coupling(
+    mask,
+    hidden_features: int = 64,
+    num_blocks: int = 2,
+    num_bins: int = 8,
+    tail_bound: float = 5.0,
+) -> NflowsTransform:
+    r"""Rational-quadratic spline coupling layer (nflows ``PiecewiseRationalQuadraticCoupling``).
+
+    Features with ``mask[i] = True`` are transformed elementwise by monotone RQ splines on
+    ``[-B, B]`` (``B = tail_bound``; identity with unit slope outside), whose ``3K - 1`` knot
+    parameters per feature come from a ResidualNet of the untouched features.
+    ``ladj = Σ_i log s_i'(z_i)``.
+
+    Args:
+        mask: bool ``[features]``; which features the spline transforms.
+        hidden_features, num_blocks: ResidualNet width and number of residual blocks.
+        num_bins: number of spline bins ``K``.
+        tail_bound: half-width ``B`` of the spline interval.
+    """
+
+    def make_net(in_features: int, out_features: int) -> ResidualNet:
+        return ResidualNet(in_features, out_features, hidden_features, num_blocks=num_blocks)
+
+    layer = nt.PiecewiseRationalQuadraticCouplingTransform(
+        mask=_as_mask(mask),
+        transform_net_create_fn=make_net,
+        num_bins=num_bins,
+        tails="linear",
+        tail_bound=tail_bound,
+    )
+    return NflowsTransform(layer)
+
+
+def rq_elementwise(features: int, num_bins: int = 8, tail_bound: float = 5.0) -> NflowsTransform:
+    """Unconditional elementwise RQ spline with linear tails.
+
+    Each feature has its own learnable spline on ``[-tail_bound, tail_bound]`` (nflows
+    ``PiecewiseRationalQuadraticCDF``).
+    """
+    layer = nt.PiecewiseRationalQuadraticCDF(
+        shape=[features], num_bins=num_bins, tails="linear", tail_bound=tail_bound
+    )
+    return NflowsTransform(layer)
+
+
+def maf(
+    features: int, hidden_features: int = 64, num_blocks: int = 2, near_identity: bool = True
+) -> NflowsTransform:
+    r"""Masked affine autoregressive layer (MAF; Papamakarios et al. 2017).
+
+    nflows' data → noise map is ``z_i = s_i(x_{<i}) x_i + m_i(x_{<i})`` with
+    ``s = softplus(·) + 10⁻³``, so the density direction (:meth:`inverse`) is one MADE pass
+    and the sampling direction (:meth:`forward`) takes ``features`` passes. Wrap the result in
+    :class:`~boltzflow.flows.base.InverseTransform` for the inverse-autoregressive (IAF) variant.
+
+    With ``near_identity`` the MADE output layer is scaled by 10⁻² and its bias set so that
+    ``s = 1, m = 0`` at zero output: nflows' default initialisation has scales down to
+    ``~10⁻³``, and sampling through several layers then overflows.
+    """
+    layer = nt.MaskedAffineAutoregressiveTransform(
+        features=features, hidden_features=hidden_features, num_blocks=num_blocks
+    )
+    if near_identity:
+        final = layer.autoregressive_net.final_layer
+        with torch.no_grad():
+            final.weight.mul_(1e-2)
+            final.bias.zero_()
+            # MADE output layout is [features, (unconstrained scale, shift)].
+            final.bias[0::2] = math.log(math.expm1(1.0 - getattr(layer, "_epsilon", 1e-3)))
+    return NflowsTransform(layer)
+
+
+def rq_autoregressive(
+    features: int,
+    hidden_features: int = 64,
+    num_blocks: int = 2,
+    num_bins: int = 8,
+    tail_bound: float = 5.0,
+) -> NflowsTransform:
+    r"""Masked RQ spline autoregressive layer (Durkan et al. 2019), linear tails.
+
+    Same direction costs as :func:`maf`: one MADE pass for :meth:`inverse`, ``features``
+    passes for :meth:`forward`.
+    """
+    layer = nt.MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
+        features=features,
+        hidden_features=hidden_features,
+        num_blocks=num_blocks,
+        num_bins=num_bins,
+        tails="linear",
+        tail_bound=tail_bound,
+    )
+    return NflowsTransform(layer)
+
+
+def reverse_permutation(features: int) -> NflowsTransform:
+    """Fixed reversal of the feature order (``ladj = 0``)."""
+    return NflowsTransform(nt.ReversePermutation(features))
+
+
+def random_permutation(features: int, generator: torch.Generator | None = None) -> NflowsTransform:
+    """Fixed random permutation drawn from ``generator`` (kept as a buffer; ``ladj = 0``)."""
+    return NflowsTransform(nt.Permutation(torch.randperm(features, generator=generator)))
+
+
+def _affine_to_nflows(layer: ElementwiseAffine) -> nt.Transform:
+    # boltzflow: x = loc + e^{s} z.  nflows ActNorm (data → noise): z = e^{a} x + b,
+    # hence a = -s and b = -loc e^{-s}.
+    loc, log_scale = layer.full_loc_and_log_scale()
+    norm = nt.ActNorm(loc.numel()).to(loc)
+    with torch.no_grad():
+        norm.log_scale.copy_(-log_scale)
+        norm.shift.copy_(-loc * torch.exp(-log_scale))
+        norm.initialized.fill_(True)
+    return norm
+
+
+def to_nflows(transform: Transform) -> nt.Transform:
+    """Convert a boltzflow transform stack to an nflows ``Transform`` (data → noise).
+
+    Supports :class:`~boltzflow.flows.base.Compose`,
+    :class:`~boltzflow.flows.base.InverseTransform`, :class:`NflowsTransform` (the wrapped
+    module is shared, not copied) and :class:`~boltzflow.flows.affine.ElementwiseAffine`
+    (converted to an nflows ``ActNorm`` holding a copy of its current values). Event shapes
+    must be flat.
+
+    Raises:
+        TypeError: for transforms without an nflows counterpart.
+    """
+    if isinstance(transform, NflowsTransform):
+        return transform.nflows_transform
+    if isinstance(transform, Compose):
+        # boltzflow applies transforms[0] first on z → x; nflows applies its list on x → z.
+        return nt.CompositeTransform([to_nflows(t) for t in reversed(transform.transforms)])
+    if isinstance(transform, InverseTransform):
+        return nt.InverseTransform(to_nflows(transform.transform))
+    if isinstance(transform, ElementwiseAffine):
+        return _affine_to_nflows(transform)
+    raise TypeError(f"{type(transform).__name__} has no nflows counterpart")
