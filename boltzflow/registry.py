@@ -34,6 +34,7 @@ FLOWS: dict[str, str] = {
     "spline-coupling": "boltzflow.flows.builders:spline_coupling_flow",
     "spline-autoregressive": "boltzflow.flows.builders:spline_autoregressive_flow",
     "maf": "boltzflow.flows.builders:maf_flow",
+    "circular-spline-coupling": "boltzflow.flows.builders:circular_spline_flow",
 }
 
 SAMPLERS: dict[str, str] = {
