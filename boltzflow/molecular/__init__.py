@@ -1,0 +1,1 @@
+"""Molecular systems: alanine dipeptide, MD data generation, umbrella sampling with MBAR."""

@@ -1,0 +1,332 @@
+r"""Batched OpenMM energy + force evaluation through a ``concurrent.futures.Executor``.
+
+Two pieces:
+
+* :func:`evaluate_chunk` -- the worker side. It receives a :class:`SystemSpec` (a serialized
+  ``openmm.System`` as XML, the platform and its properties, and a content hash) and a chunk of
+  configurations as a ``numpy`` array ``[n, n_atoms, 3]`` in nm. Each worker process builds
+  one ``openmm.Context`` per spec, once, and caches it under the spec's SHA-256 content hash
+  (never under a printed tensor). It returns potential energies ``[n]`` in kJ/mol and forces
+  ``[n, n_atoms, 3]`` in kJ/mol/nm. A configuration that OpenMM cannot evaluate (NaN
+  positions raise inside the ``CPU`` platform) gets ``energy = nan`` and zero forces; the
+  exception is caught per configuration, so no result ever leaks from one configuration to
+  the next.
+* :class:`EnergyPool` -- the parent side. It splits a batch into a few chunks per worker (one
+  task per chunk, never one message per configuration), submits them to an executor and
+  gathers the results in order. The executor is one of
+
+  - local processes (``workers=N``; ``spawn`` context, each worker pinned to one core, which
+    the ``CPU`` platform needs to avoid a thread wake-up penalty);
+  - a ``dask.distributed`` cluster (``scheduler="tcp://host:port"`` or ``client=Client``);
+  - any ``concurrent.futures.Executor`` passed as ``executor=``.
+
+``EnergyPool`` is a context manager and always shuts down what it created (also when it is
+garbage-collected; there is no module-level pool). A worker that dies makes the evaluation
+fail with :class:`WorkerPoolError` or, for pools that it owns, rebuilds the executor and
+retries (``retries`` times); a task that does not return within ``timeout`` seconds fails the
+evaluation rather than hang.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import logging
+import os
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["SystemSpec", "evaluate_chunk", "EnergyPool", "WorkerPoolError", "worker_info"]
+
+log = logging.getLogger(__name__)
+
+#: Contexts kept per process (keyed by ``SystemSpec.key``); small, so memory stays bounded.
+_MAX_CONTEXTS = 4
+_CONTEXTS: OrderedDict[str, object] = OrderedDict()
+
+
+class WorkerPoolError(RuntimeError):
+    """An energy evaluation could not be completed by the worker pool."""
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    """A picklable description of an OpenMM evaluation setup.
+
+    Attributes:
+        xml: ``openmm.XmlSerializer.serialize(system)``.
+        platform: OpenMM platform name (``"Reference"``, ``"CPU"``, ``"CUDA"``, ...).
+        properties: platform properties as sorted ``(name, value)`` string pairs.
+        key: SHA-256 of ``(xml, platform, properties)``; the worker-side cache key.
+    """
+
+    xml: str
+    platform: str = "Reference"
+    properties: tuple[tuple[str, str], ...] = ()
+    key: str = field(default="", compare=False)
+
+    def __post_init__(self):
+        props = tuple(sorted((str(k), str(v)) for k, v in dict(self.properties).items()))
+        object.__setattr__(self, "properties", props)
+        h = hashlib.sha256()
+        for part in (self.xml, self.platform, repr(props)):
+            h.update(part.encode())
+            h.update(b"\0")
+        object.__setattr__(self, "key", h.hexdigest())
+
+    @classmethod
+    def from_system(cls, system, platform: str = "Reference", properties=None) -> SystemSpec:
+        """Serialize an ``openmm.System``."""
+        import openmm
+
+        xml = openmm.XmlSerializer.serialize(system)
+        return cls(xml, platform, tuple((properties or {}).items()))
+
+    @property
+    def n_atoms(self) -> int:
+        return _context(self).getSystem().getNumParticles()
+
+
+def _context(spec: SystemSpec):
+    """The cached Context for ``spec`` in this process (built on first use)."""
+    ctx = _CONTEXTS.get(spec.key)
+    if ctx is not None:
+        _CONTEXTS.move_to_end(spec.key)
+        return ctx
+    import openmm
+
+    system = openmm.XmlSerializer.deserialize(spec.xml)
+    platform = openmm.Platform.getPlatformByName(spec.platform)
+    integrator = openmm.VerletIntegrator(0.001)
+    ctx = openmm.Context(system, integrator, platform, dict(spec.properties))
+    ctx._boltzflow_integrator = integrator  # keep the integrator alive with the context
+    _CONTEXTS[spec.key] = ctx
+    while len(_CONTEXTS) > _MAX_CONTEXTS:
+        _CONTEXTS.popitem(last=False)
+    return ctx
+
+
+def evaluate_chunk(spec: SystemSpec, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Energies and forces of a chunk of configurations in this process.
+
+    Args:
+        spec: the system to evaluate.
+        positions: ``float[n, n_atoms, 3]`` in nm.
+
+    Returns:
+        ``(energies [n] in kJ/mol, forces [n, n_atoms, 3] in kJ/mol/nm)`` as float64. Where
+        the positions are not finite or OpenMM raises, the energy is ``nan`` and the forces 0.
+    """
+    ctx = _context(spec)
+    pos = np.asarray(positions, dtype=np.float64)
+    n = pos.shape[0]
+    energies = np.full(n, np.nan)
+    forces = np.zeros(pos.shape, dtype=np.float64)
+    finite = np.isfinite(pos).reshape(n, -1).all(axis=1)
+    for i in np.flatnonzero(finite):
+        try:
+            ctx.setPositions(pos[i])
+            state = ctx.getState(getEnergy=True, getForces=True)
+            # OpenMM's internal units are nm, kJ/mol and kJ/mol/nm: ``_value`` is exact here.
+            e = float(state.getPotentialEnergy()._value)
+            f = np.asarray(state.getForces(asNumpy=True)._value)
+        except Exception as exc:  # OpenMMException on NaN/overflow; keep this config only
+            log.debug("OpenMM failed on configuration %d: %s", i, exc)
+            continue
+        energies[i] = e
+        if np.isfinite(e) and np.isfinite(f).all():
+            forces[i] = f
+    return energies, forces
+
+
+def worker_info() -> tuple[int, tuple[int, ...]]:
+    """``(pid, cpu affinity)`` of the calling process (used by tests to find workers)."""
+    aff = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()
+    return os.getpid(), aff
+
+
+def _pin_worker(counter, cores: tuple[int, ...]) -> None:
+    """Process-pool initializer: pin this worker to one core (round robin)."""
+    with counter.get_lock():
+        idx = counter.value
+        counter.value += 1
+    if cores and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {cores[idx % len(cores)]})
+        except OSError:  # pragma: no cover - containers may forbid it
+            pass
+
+
+def _shutdown(executor, client, cluster) -> None:
+    """Shut down whatever the pool created (idempotent; safe at interpreter exit)."""
+    if executor is not None:
+        executor.shutdown(wait=True, cancel_futures=True)
+    if client is not None:
+        client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+class EnergyPool:
+    """Evaluate OpenMM energies in parallel over an executor.
+
+    Args:
+        workers: number of local worker processes (default: all available cores). Ignored when
+            ``executor``, ``client`` or ``scheduler`` is given.
+        executor: any ``concurrent.futures.Executor`` (not shut down by the pool).
+        scheduler: address of a ``dask.distributed`` scheduler, e.g. ``"tcp://127.0.0.1:8786"``.
+        client: an existing ``dask.distributed.Client`` (not closed by the pool).
+        chunks_per_worker: tasks per worker and batch (more chunks balance load better).
+        timeout: seconds to wait for one batch before failing with :class:`WorkerPoolError`.
+        retries: how often a batch is retried after a worker death (owned local pools only;
+            the broken executor is rebuilt first). Dask reschedules tasks of a lost worker
+            by itself.
+        pin: pin local workers to one core each (round robin over the allowed cores).
+
+    Example:
+        >>> with EnergyPool(workers=2) as pool:                      # doctest: +SKIP
+        ...     energies, forces = pool.evaluate(spec, positions)
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        executor: cf.Executor | None = None,
+        scheduler: str | None = None,
+        client=None,
+        chunks_per_worker: int = 1,
+        timeout: float = 60.0,
+        retries: int = 1,
+        pin: bool = True,
+    ):
+        self.timeout = float(timeout)
+        self.retries = int(retries)
+        self.chunks_per_worker = max(1, int(chunks_per_worker))
+        self._pin = bool(pin)
+        self._owned_executor = None
+        self._client = None
+        self._cluster = None
+        self._closed = False
+        if executor is not None:
+            self._executor = executor
+            self.n_workers = int(getattr(executor, "_max_workers", None) or workers or 1)
+            self.kind = "executor"
+        elif scheduler is not None or client is not None:
+            from dask.distributed import Client
+
+            if client is None:
+                client = self._client = Client(scheduler, timeout=self.timeout)
+            self._executor = client.get_executor()
+            self.n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+            self.kind = "dask"
+        else:
+            cores = worker_info()[1]
+            self.n_workers = int(workers) if workers else max(1, len(cores) or os.cpu_count() or 1)
+            self._cores = cores
+            self._executor = self._owned_executor = self._new_local_executor()
+            self.kind = "local"
+        self._finalizer = weakref.finalize(
+            self, _shutdown, self._owned_executor, self._client, self._cluster
+        )
+
+    # ---------------------------------------------------------------- lifecycle
+    def _new_local_executor(self) -> cf.ProcessPoolExecutor:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        if self._pin:
+            counter = ctx.Value("i", 0)
+            return cf.ProcessPoolExecutor(
+                self.n_workers,
+                mp_context=ctx,
+                initializer=_pin_worker,
+                initargs=(counter, self._cores),
+            )
+        return cf.ProcessPoolExecutor(self.n_workers, mp_context=ctx)
+
+    def close(self) -> None:
+        """Shut down the executor/client the pool created (idempotent)."""
+        self._closed = True
+        self._finalizer()
+
+    def __enter__(self) -> EnergyPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EnergyPool(kind={self.kind!r}, n_workers={self.n_workers})"
+
+    # --------------------------------------------------------------- evaluation
+    def map(self, fn, args_list: list[tuple]) -> list:
+        """Run ``fn(*args)`` for each tuple on the executor; results in order.
+
+        Raises:
+            WorkerPoolError: a worker died (after ``retries`` rebuilds of an owned pool) or
+                the results did not arrive within ``timeout`` seconds.
+        """
+        if self._closed:
+            raise WorkerPoolError("the EnergyPool is closed")
+        attempt = 0
+        while True:
+            try:
+                futures = [self._executor.submit(fn, *a) for a in args_list]
+                done, pending = cf.wait(futures, timeout=self.timeout)
+                if pending:
+                    for f in pending:
+                        f.cancel()
+                    raise TimeoutError(f"{len(pending)} task(s) unfinished after {self.timeout}s")
+                return [f.result() for f in futures]
+            except Exception as exc:
+                broken = isinstance(exc, (cf.process.BrokenProcessPool, TimeoutError))
+                if self._owned_executor is not None and broken and attempt < self.retries:
+                    attempt += 1
+                    log.warning("worker pool failed (%s); rebuilding and retrying", exc)
+                    self._rebuild()
+                    continue
+                if isinstance(exc, (cf.process.BrokenProcessPool, TimeoutError, OSError)) or (
+                    type(exc).__name__ in ("KilledWorker", "CommClosedError", "CancelledError")
+                ):
+                    raise WorkerPoolError(
+                        f"energy evaluation failed in the {self.kind} worker pool: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                raise
+
+    def _rebuild(self) -> None:
+        old = self._owned_executor
+        self._finalizer.detach()
+        old.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._owned_executor = self._new_local_executor()
+        self._finalizer = weakref.finalize(
+            self, _shutdown, self._owned_executor, self._client, self._cluster
+        )
+
+    def evaluate(self, spec: SystemSpec, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Energies ``[n]`` (kJ/mol) and forces ``[n, n_atoms, 3]`` (kJ/mol/nm) of a batch.
+
+        The batch is split into ``n_workers * chunks_per_worker`` contiguous chunks, one task
+        each; see :func:`evaluate_chunk` for the conventions.
+        """
+        pos = np.ascontiguousarray(positions, dtype=np.float64)
+        n = pos.shape[0]
+        if n == 0:
+            return np.zeros(0), np.zeros_like(pos)
+        n_chunks = min(n, self.n_workers * self.chunks_per_worker)
+        bounds = np.linspace(0, n, n_chunks + 1).astype(int)
+        args = [(spec, pos[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+        results = self.map(evaluate_chunk, args)
+        energies = np.concatenate([r[0] for r in results])
+        forces = np.concatenate([r[1] for r in results])
+        return energies, forces
+
+    def worker_pids(self) -> list[int]:
+        """PIDs of the local worker processes (owned local pools only; empty otherwise)."""
+        if self._owned_executor is None:
+            return []
+        return sorted(p.pid for p in (self._owned_executor._processes or {}).values())
