@@ -19,7 +19,12 @@ import torch
 import boltzflow
 from boltzflow import registry
 from boltzflow.recipes import Recipe, load_recipe
-from boltzflow.sampling.reweighting import expectation, free_energy_difference, reweight
+from boltzflow.sampling.reweighting import (
+    expectation,
+    free_energy_difference,
+    free_energy_difference_chains,
+    reweight,
+)
 from boltzflow.sampling.runners import SamplingResult, importance_sampling
 
 __all__ = ["run", "build_target", "build_flow"]
@@ -150,13 +155,20 @@ def _estimate_observables(target, result: SamplingResult) -> dict:
     return out, values
 
 
-def _estimate_free_energies(target, x, log_w, n_bootstrap, seed) -> dict:
+def _estimate_free_energies(target, result: SamplingResult, n_bootstrap, seed) -> dict:
+    """ΔF per state-set pair: bootstrap for weighted draws, MCSE delta method for chains."""
     out = {}
+    x = result.x.reshape(-1, *result.x.shape[2:])
+    shape = result.x.shape[:2]
     with torch.no_grad():
         for name, sets in target.state_sets().items():
-            est = free_energy_difference(
-                sets.in_a(x), sets.in_b(x), log_w, n_bootstrap=n_bootstrap, seed=seed
-            )
+            in_a, in_b = sets.in_a(x), sets.in_b(x)
+            if result.weighted:
+                est = free_energy_difference(
+                    in_a, in_b, result.log_weight, n_bootstrap=n_bootstrap, seed=seed
+                )
+            else:
+                est = free_energy_difference_chains(in_a.reshape(shape), in_b.reshape(shape))
             out[name] = {"mean": est.mean, "stderr": est.stderr, "unit": "kT"}
     return out
 
@@ -258,8 +270,7 @@ def _sample_and_summarise(recipe, flow, target, seed, train_summary) -> dict:
     wall = time.perf_counter() - t0
     rw = reweight(imp.log_weight, n_bootstrap=n_boot, seed=seed)
     observables, obs_values = _estimate_observables(target, result)
-    fx = result.x.reshape(-1, *result.x.shape[2:])
-    free = _estimate_free_energies(target, fx, result.log_weight.reshape(-1), n_boot, seed)
+    free = _estimate_free_energies(target, result, n_boot, seed)
     acc = None if result.accepted is None else float(result.accepted.double().mean())
     summary = {
         "system": recipe.name,

@@ -39,6 +39,7 @@ __all__ = [
     "reweight",
     "expectation",
     "free_energy_difference",
+    "free_energy_difference_chains",
 ]
 
 logger = logging.getLogger(__name__)
@@ -253,3 +254,25 @@ def free_energy_difference(
         return Estimate(df, math.inf)
     se = _bootstrap_stderr((lw, a, b), _delta_f_axis, n_bootstrap, seed)
     return Estimate(df, se)
+
+
+def free_energy_difference_chains(in_a, in_b) -> Estimate:
+    r"""``ΔF_AB = -ln(P_A / P_B)`` in kT from unweighted MCMC draws ``[chains, draws]``.
+
+    The error is the delta method applied to the Monte Carlo standard error of the series
+    :math:`g_t = 1_A(x_t)/P_A - 1_B(x_t)/P_B` (so that :math:`\delta\Delta F \approx
+    -\overline{g - E g}`), which accounts for autocorrelation through the ESS
+    (:func:`boltzflow.sampling.diagnostics.mcse`).
+    """
+    from boltzflow.sampling.diagnostics import mcse
+
+    a = _to_numpy(in_a).astype(np.float64)
+    b = _to_numpy(in_b).astype(np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError("in_a and in_b must both be [chains, draws]")
+    pa, pb = a.mean(), b.mean()
+    if pa == 0 or pb == 0:
+        return Estimate(math.inf if pa == 0 else -math.inf, math.inf)
+    g = a / pa - b / pb
+    se = float(mcse(g[..., None])[0]) if np.ptp(g) > 0 else 0.0
+    return Estimate(float(-math.log(pa / pb)), se)

@@ -1,0 +1,45 @@
+"""Project-level checks: lint, docs build, tutorials at smoke size."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TUTORIALS = sorted((ROOT / "tutorials").glob("*.py"))
+
+
+def _run(cmd, timeout, env=None):
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_ruff_lint_and_format():
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.fail("ruff is not installed (it is part of the test extras)")
+    r = _run([ruff, "check", "."], 120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = _run([ruff, "format", "--check", "."], 120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_docs_build_strict(tmp_path):
+    r = _run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path)], 600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
+def test_tutorial_runs_at_smoke_size(path, tmp_path):
+    env = {**os.environ, "BOLTZFLOW_SMOKE": "1", "MPLBACKEND": "Agg"}
+    r = subprocess.run(
+        [sys.executable, str(path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
