@@ -1,0 +1,434 @@
+r"""The training loop: stages of a loss, Adam, clipping, cosine LR, evaluation, checkpoints.
+
+A run is a list of :class:`Stage`\ s executed in order (e.g. NLL pre-training on data, then
+reverse KL on energies). Each stage gets a fresh Adam optimizer (Kingma & Ba 2015) with a
+linear-warmup + cosine-decay learning rate (Loshchilov & Hutter 2017, SGDR) and
+gradient-norm clipping. Every ``eval_every`` steps the trainer draws ``eval_samples`` fresh
+flow samples with a separate generator and records the Kish effective sample size of their
+importance weights :math:`\log w = -u(x) - \log q(x)`, the quantity a Boltzmann generator is
+judged by (Noé et al. 2019).
+
+Reproducibility: all randomness comes from three ``torch.Generator``\ s seeded from ``seed``
+(flow samples for the loss, data minibatches, evaluation samples). Minibatches of a data
+tensor follow a per-epoch permutation derived from ``(seed, stage, epoch)``, so the data
+stream is a pure function of the step. The trainer keeps no global state and never touches
+the global torch RNG; the flow's initialisation is the builder's business. With a trainer-state
+checkpoint, a resumed run ends with parameters bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from boltzflow.io import load_trainer_state, save_trainer_state
+from boltzflow.training.callbacks import Callback
+from boltzflow.training.losses import LossOutput, mixed_kl, nll
+
+__all__ = ["Stage", "Trainer", "TrainingResult", "train", "cosine_warmup"]
+
+logger = logging.getLogger(__name__)
+
+_DATA_LOSSES = (nll, mixed_kl)
+
+
+@dataclass
+class Stage:
+    """One training stage.
+
+    Attributes:
+        loss: a ``LOSSES`` registry name (``"reverse_kl"``, ``"nll"``, ``"mixed"``), a
+            ``"module:attr"`` path, or a callable ``loss(flow, target, batch, generator=..,
+            **loss_kwargs)`` returning a :class:`~boltzflow.training.losses.LossOutput` or a
+            scalar tensor.
+        steps: number of optimizer steps.
+        lr: peak learning rate.
+        batch_size: flow samples (reverse KL) or data points (NLL, mixed) per step.
+        data: for data losses: a tensor ``[n, *event_shape]`` (minibatched without replacement,
+            reshuffled every epoch), a callable ``data(batch_size, generator=g) -> Tensor``, or
+            ``"exact"`` for ``target.sample``. When given, the loss receives the minibatch as
+            ``batch``; otherwise it receives ``batch_size``.
+        schedule: ``"cosine"`` (linear warmup, cosine decay to ``min_lr_factor * lr``) or
+            ``"constant"`` (warmup only).
+        warmup_steps: steps of linear warmup from ``lr / warmup_steps``.
+        min_lr_factor: final learning rate as a fraction of ``lr``.
+        weight_decay: Adam L2 penalty.
+        clip_grad_norm: maximum global gradient norm (``None``: no clipping).
+        loss_kwargs: extra keyword arguments for the loss (``energy_cap``, ``weight_forward``).
+    """
+
+    loss: str | Callable = "reverse_kl"
+    steps: int = 1000
+    lr: float = 1e-3
+    batch_size: int = 256
+    data: Any = None
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    min_lr_factor: float = 0.0
+    weight_decay: float = 0.0
+    clip_grad_norm: float | None = 100.0
+    loss_kwargs: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, spec: dict) -> Stage:
+        """Build from a recipe table; keys that are not fields go to ``loss_kwargs``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        known = {k: v for k, v in spec.items() if k in names}
+        extra = {k: v for k, v in spec.items() if k not in names}
+        known["loss_kwargs"] = {**known.get("loss_kwargs", {}), **extra}
+        return cls(**known)
+
+    def fingerprint(self) -> dict:
+        """What must agree between a checkpoint and the run resuming from it."""
+        name = self.loss if isinstance(self.loss, str) else getattr(self.loss, "__name__", "?")
+        return {"loss": name, "steps": int(self.steps), "batch_size": int(self.batch_size)}
+
+
+def cosine_warmup(
+    total_steps: int, warmup_steps: int = 0, min_factor: float = 0.0, cosine: bool = True
+) -> Callable[[int], float]:
+    r"""LR factor at step :math:`t`: :math:`(t+1)/W` for :math:`t < W`, then
+    :math:`m + (1-m)\,\tfrac12\,[1 + \cos(\pi\,(t-W)/(T-W))]` (or 1 if not ``cosine``)."""
+
+    def factor(t: int) -> float:
+        if t < warmup_steps:
+            return (t + 1) / warmup_steps
+        if not cosine or total_steps <= warmup_steps:
+            return 1.0
+        progress = min(1.0, (t - warmup_steps) / (total_steps - warmup_steps))
+        return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+@dataclass
+class TrainingResult:
+    """What a run produced. ``history`` holds one dict per step with ``stage``, ``step``
+    (global), ``loss``, ``lr``, ``grad_norm``, ``n_nonfinite``, ``energy_evaluations``
+    (cumulative) and ``wall_time`` (s); every ``eval_every`` steps also ``mean_loss``,
+    ``ess_fraction`` and ``eval_nonfinite``."""
+
+    history: list
+    steps: int
+    energy_evaluations: int
+    wall_seconds: float
+    n_skipped_steps: int = 0
+
+    def column(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, values)`` of the records that carry ``key`` (for training-curve plots)."""
+        rows = [(r["step"], r[key]) for r in self.history if r.get(key) is not None]
+        steps = np.array([s for s, _ in rows], dtype=np.int64)
+        return steps, np.array([v for _, v in rows], dtype=np.float64)
+
+    def summary(self) -> dict:
+        """The ``training`` block of ``summary.json`` (without the loss name)."""
+        return {
+            "steps": self.steps,
+            "energy_evaluations": self.energy_evaluations,
+            "wall_seconds": self.wall_seconds,
+            "n_skipped_steps": self.n_skipped_steps,
+        }
+
+
+def _seed_for(*keys: int) -> int:
+    """An independent 63-bit seed for the stream named by ``keys`` (numpy SeedSequence)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class Trainer:
+    """Run training stages on ``flow`` towards ``target``.
+
+    Args:
+        flow: a :class:`~boltzflow.flows.Flow` (any ``nn.Module`` with ``sample``/``log_prob``).
+        target: an :class:`~boltzflow.energies.Energy`.
+        stages: :class:`Stage` objects or dicts (see :meth:`Stage.from_dict`).
+        seed: seeds the trainer's generators.
+        callbacks: :class:`~boltzflow.training.callbacks.Callback` instances.
+        eval_every: evaluate every this many steps of a stage (``None``: never).
+        eval_samples: fresh flow samples for the held-out ESS (0: record ``mean_loss`` only).
+        checkpoint_every: save the trainer state to ``checkpoint_path`` every this many steps
+            (and at the end).
+        checkpoint_path: file for the trainer state.
+        progress: show a tqdm bar; ``None`` shows it only on a terminal.
+    """
+
+    def __init__(
+        self,
+        flow,
+        target,
+        stages: Sequence[Stage | dict],
+        *,
+        seed: int = 0,
+        callbacks: Sequence[Callback] = (),
+        eval_every: int | None = None,
+        eval_samples: int = 1024,
+        checkpoint_every: int | None = None,
+        checkpoint_path=None,
+        progress: bool | None = None,
+    ):
+        self.flow, self.target = flow, target
+        self.stages = [s if isinstance(s, Stage) else Stage.from_dict(s) for s in stages]
+        self.seed = int(seed)
+        self.callbacks = list(callbacks)
+        self.eval_every, self.eval_samples = eval_every, int(eval_samples)
+        if checkpoint_every is not None and checkpoint_path is None:
+            raise ValueError("checkpoint_every needs checkpoint_path")
+        self.checkpoint_every, self.checkpoint_path = checkpoint_every, checkpoint_path
+        self.progress = progress
+        anchor = next(iter(list(flow.parameters()) + list(flow.buffers())))
+        self.device, self.dtype = anchor.device, anchor.dtype
+        self.generators = {
+            name: torch.Generator(device=dev).manual_seed(_seed_for(self.seed, i))
+            for i, (name, dev) in enumerate(
+                [("sample", self.device), ("data", "cpu"), ("eval", self.device)]
+            )
+        }
+        self.stage_index = self.stage_step = self.global_step = 0
+        self.energy_evaluations = self.n_skipped_steps = 0
+        self.wall_seconds = 0.0
+        self.history: list[dict] = []
+        self.stop_stage = False
+        self.optimizer = self.scheduler = None
+        self._loss_fn: Callable | None = None
+        self._perm_cache: tuple | None = None
+
+    # ----------------------------------------------------------------- stages
+    def _begin_stage(self) -> None:
+        stage = self.stages[self.stage_index]
+        if isinstance(stage.loss, str):
+            from boltzflow.registry import LOSSES, resolve
+
+            self._loss_fn = resolve(LOSSES, stage.loss, "loss")
+        else:
+            self._loss_fn = stage.loss
+        if stage.data is None and self._loss_fn in _DATA_LOSSES:
+            raise ValueError(f"stage {self.stage_index}: loss {stage.loss!r} needs data")
+        params = [p for p in self.flow.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=stage.lr, weight_decay=stage.weight_decay)
+        if stage.schedule not in ("cosine", "constant"):
+            raise ValueError(f"unknown schedule {stage.schedule!r}")
+        factor = cosine_warmup(
+            stage.steps, stage.warmup_steps, stage.min_lr_factor, stage.schedule == "cosine"
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    def _batch(self, stage: Stage):
+        """The ``batch`` argument of the loss at the current step."""
+        if stage.data is None:
+            return int(stage.batch_size)
+        n = int(stage.batch_size)
+        if isinstance(stage.data, torch.Tensor):
+            x = stage.data[self._data_indices(len(stage.data), n)]
+        else:
+            fn = self.target.sample if stage.data == "exact" else stage.data
+            x = fn(n, generator=self.generators["data"])
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def _data_indices(self, size: int, n: int) -> torch.Tensor:
+        """Rows ``[k n, (k+1) n)`` of the concatenated per-epoch permutations (k = stage step)."""
+        start, out = self.stage_step * n, []
+        while n > 0:
+            epoch, offset = divmod(start, size)
+            if self._perm_cache is None or self._perm_cache[0] != (self.stage_index, epoch):
+                g = torch.Generator().manual_seed(_seed_for(self.seed, 3, self.stage_index, epoch))
+                self._perm_cache = ((self.stage_index, epoch), torch.randperm(size, generator=g))
+            take = min(n, size - offset)
+            out.append(self._perm_cache[1][offset : offset + take])
+            start, n = start + take, n - take
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------- step
+    def _step(self, stage: Stage) -> dict:
+        self.flow.train()
+        before = getattr(self.target, "n_evaluations", 0)
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self._loss_fn(
+            self.flow,
+            self.target,
+            self._batch(stage),
+            generator=self.generators["sample"],
+            **stage.loss_kwargs,
+        )
+        if not isinstance(out, LossOutput):
+            out = LossOutput(out, getattr(self.target, "n_evaluations", 0) - before, 0)
+        out.loss.backward()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        max_norm = math.inf if stage.clip_grad_norm is None else float(stage.clip_grad_norm)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        loss = float(out.loss.detach())
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        if math.isfinite(grad_norm) and math.isfinite(loss):
+            self.optimizer.step()
+            self.scheduler.step()
+        else:
+            self.n_skipped_steps += 1
+            logger.warning(
+                "step %d skipped: loss %g, gradient norm %g", self.global_step, loss, grad_norm
+            )
+            with warnings.catch_warnings():  # the schedule advances with the step count
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
+        self.energy_evaluations += int(out.n_evaluations)
+        self.stage_step += 1
+        self.global_step += 1
+        return {
+            "stage": self.stage_index,
+            "step": self.global_step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "n_nonfinite": int(out.n_nonfinite),
+        }
+
+    @torch.no_grad()
+    def evaluate(self, n: int | None = None) -> dict:
+        """Kish ESS fraction of ``n`` fresh flow samples (uses the evaluation generator)."""
+        from boltzflow.sampling.reweighting import kish_ess, log_weights
+
+        n = self.eval_samples if n is None else int(n)
+        was_training = self.flow.training
+        self.flow.eval()
+        sample = self.flow.sample(n, generator=self.generators["eval"])
+        log_w = log_weights(self.target, sample.x, sample.log_q)
+        self.flow.train(was_training)
+        self.energy_evaluations += n
+        return {
+            "ess_fraction": kish_ess(log_w) / n,
+            "eval_nonfinite": int((~torch.isfinite(log_w)).sum()),
+        }
+
+    # -------------------------------------------------------------------- run
+    def fit(self, resume_from=None) -> TrainingResult:
+        """Run (or, with ``resume_from`` a trainer-state file, continue) all stages."""
+        if resume_from is not None:
+            self.load_state_dict(load_trainer_state(resume_from, map_location=self.device))
+        total = sum(s.steps for s in self.stages)
+        bar = tqdm(
+            total=total,
+            initial=min(self.global_step, total),
+            disable=None if self.progress is None else not self.progress,
+            desc="training",
+            dynamic_ncols=True,
+        )
+        t0 = time.perf_counter() - self.wall_seconds
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        try:
+            while self.stage_index < len(self.stages):
+                stage = self.stages[self.stage_index]
+                if self.optimizer is None:
+                    self._begin_stage()
+                if self.stage_step == 0:
+                    for cb in self.callbacks:
+                        cb.on_stage_begin(self, stage)
+                while self.stage_step < stage.steps and not self.stop_stage:
+                    record = self._step(stage)
+                    if self.eval_every and self.stage_step % self.eval_every == 0:
+                        k = self.eval_every - 1  # earlier steps of this evaluation window
+                        window = [r["loss"] for r in self.history[len(self.history) - k :]]
+                        record["mean_loss"] = float(np.mean(window[:k] + [record["loss"]]))
+                        if self.eval_samples > 0:
+                            record.update(self.evaluate())
+                    self.wall_seconds = time.perf_counter() - t0
+                    record["energy_evaluations"] = self.energy_evaluations
+                    record["wall_time"] = self.wall_seconds
+                    self.history.append(record)
+                    for cb in self.callbacks:
+                        cb.on_step_end(self, record)
+                    bar.update(1)
+                    if self.global_step % 10 == 0 or "ess_fraction" in record:
+                        self._postfix(bar)
+                    if self.checkpoint_every and self.global_step % self.checkpoint_every == 0:
+                        self.save(self.checkpoint_path)
+                for cb in self.callbacks:
+                    cb.on_stage_end(self, stage)
+                self.stage_index, self.stage_step, self.stop_stage = self.stage_index + 1, 0, False
+                self.optimizer = self.scheduler = None
+        finally:
+            bar.close()
+        self.wall_seconds = time.perf_counter() - t0
+        if self.checkpoint_path is not None:
+            self.save(self.checkpoint_path)
+        result = TrainingResult(
+            self.history,
+            self.global_step,
+            self.energy_evaluations,
+            self.wall_seconds,
+            self.n_skipped_steps,
+        )
+        for cb in self.callbacks:
+            cb.on_train_end(self, result)
+        return result
+
+    def _postfix(self, bar) -> None:
+        last = self.history[-1]
+        post = {"loss": f"{last['loss']:.4g}"}
+        ess = [r["ess_fraction"] for r in self.history[-200:] if "ess_fraction" in r]
+        if ess:
+            post["ess"] = f"{ess[-1]:.3f}"
+        bar.set_postfix(post, refresh=False)
+
+    # ------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict:
+        """Everything needed to resume exactly (tensors, numbers, strings, lists, dicts)."""
+        return {
+            "seed": self.seed,
+            "stages": [s.fingerprint() for s in self.stages],
+            "stage_index": self.stage_index,
+            "stage_step": self.stage_step,
+            "global_step": self.global_step,
+            "stop_stage": self.stop_stage,
+            "flow": self.flow.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "generators": {k: g.get_state() for k, g in self.generators.items()},
+            "energy_evaluations": self.energy_evaluations,
+            "n_skipped_steps": self.n_skipped_steps,
+            "wall_seconds": self.wall_seconds,
+            "history": self.history,
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict`; the stages must match the saved run's."""
+        mine = [s.fingerprint() for s in self.stages]
+        if state["stages"] != mine:
+            raise ValueError(f"checkpoint stages {state['stages']} differ from {mine}")
+        if len(state["callbacks"]) != len(self.callbacks):
+            raise ValueError("checkpoint was written with a different number of callbacks")
+        self.flow.load_state_dict(state["flow"])
+        for key in ("seed", "stage_index", "stage_step", "global_step", "energy_evaluations"):
+            setattr(self, key, int(state[key]))
+        self.n_skipped_steps = int(state["n_skipped_steps"])
+        self.stop_stage = bool(state["stop_stage"])
+        self.wall_seconds = float(state["wall_seconds"])
+        self.history = list(state["history"])
+        for k, g in self.generators.items():
+            g.set_state(state["generators"][k].cpu())
+        for cb, s in zip(self.callbacks, state["callbacks"], strict=True):
+            cb.load_state_dict(s)
+        self.optimizer = self.scheduler = None
+        if state["optimizer"] is not None and self.stage_index < len(self.stages):
+            self._begin_stage()
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+
+    def save(self, path) -> None:
+        """Write the trainer state to ``path`` (atomically)."""
+        save_trainer_state(path, self.state_dict())
+
+
+def train(flow, target, stages: Sequence[Stage | dict], **kwargs) -> TrainingResult:
+    """Convenience wrapper: ``Trainer(flow, target, stages, **kwargs).fit()``."""
+    resume_from = kwargs.pop("resume_from", None)
+    return Trainer(flow, target, stages, **kwargs).fit(resume_from=resume_from)
