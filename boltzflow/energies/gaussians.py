@@ -79,6 +79,12 @@ class GaussianMixture(Energy):
     def n_modes(self) -> int:
         return int(self.means.shape[0])
 
+    def at_temperature(self, temperature_scale: float) -> GaussianMixture:
+        """Copy at ``T = temperature_scale · T_ref``; ``log_z`` is 0 at ``T_ref``, else ``None``."""
+        new = super().at_temperature(temperature_scale)
+        new.log_z = 0.0 if new.temperature_scale == 1.0 else None
+        return new
+
     def _energy(self, x: torch.Tensor) -> torch.Tensor:
         mu, s = self.means.to(x), self.scales.to(x)
         z = (x[:, None, :] - mu) / s  # [batch, K, d]
