@@ -229,7 +229,6 @@ def run(
         "scheduler": scheduler,
         "system_dir": recipe.folder,
         "device": dev,
-        "seed": seed,
     }
     with contextlib.ExitStack() as stack:
         target = build_target(recipe, **runtime)

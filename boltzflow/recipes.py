@@ -155,10 +155,12 @@ def _check_registry(reg: dict, name, what: str, where: str, path: Path):
 
 
 #: Keywords the pipeline supplies at run time; builders may accept them.
-RUNTIME_KEYWORDS = {"workers", "scheduler", "system_dir", "device", "seed"}
+RUNTIME_KEYWORDS = {"workers", "scheduler", "system_dir", "device"}
 
 
-def _check_kwargs(fn, params: dict, where: str, path: Path, skip_first: bool = False) -> None:
+def _check_kwargs(
+    fn, params: dict, where: str, path: Path, skip_first: bool = False, reserved=()
+) -> None:
     """Unknown builder arguments are recipe errors (unless the builder takes ``**kwargs``)."""
     try:
         sig = inspect.signature(fn)
@@ -168,9 +170,10 @@ def _check_kwargs(fn, params: dict, where: str, path: Path, skip_first: bool = F
     if any(p.kind is p.VAR_KEYWORD for p in ps):
         return
     allowed = {p.name for p in ps if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    allowed -= RUNTIME_KEYWORDS | set(reserved)
     for key in params:
-        if key not in allowed or key in RUNTIME_KEYWORDS:
-            ok = ", ".join(sorted(allowed - RUNTIME_KEYWORDS)) or "(none)"
+        if key not in allowed:
+            ok = ", ".join(sorted(allowed)) or "(none)"
             raise RecipeError(f"{path}: unknown key '{key}' in [{where}] (allowed: kind, {ok})")
 
 
@@ -209,10 +212,12 @@ def load_recipe(name_or_path: str | os.PathLike, budget: str = "default") -> Rec
     fn = _check_registry(registry.TARGETS, data["target"]["kind"], "target", "target", path)
     _check_kwargs(fn, _params(data["target"], ("kind",)), "target", path)
     fn = _check_registry(registry.FLOWS, data["flow"]["kind"], "flow", "flow", path)
-    _check_kwargs(fn, _params(data["flow"], ("kind",)), "flow", path, skip_first=True)
+    flow_params = _params(data["flow"], ("kind",))
+    _check_kwargs(fn, flow_params, "flow", path, skip_first=True, reserved=("seed",))
     fn = _check_registry(registry.SAMPLERS, data["sampling"]["method"], "sampler", "sampling", path)
     skip = ("method", "n_samples", "n_importance")
-    _check_kwargs(fn, _params(data["sampling"], skip), "sampling", path, skip_first=True)
+    sampler_params = _params(data["sampling"], skip)
+    _check_kwargs(fn, sampler_params, "sampling", path, skip_first=True, reserved=("seed",))
     stages = data.get("training", {}).get("stages", [])
     if not isinstance(stages, list):
         raise RecipeError(f"{path}: [training] stages must be an array of tables")
