@@ -301,6 +301,8 @@ class EnergyPool:
     def _rebuild(self) -> None:
         old = self._owned_executor
         self._finalizer.detach()
+        for proc in list((old._processes or {}).values()):
+            proc.kill()  # a stopped or hung worker must not block the shutdown
         old.shutdown(wait=False, cancel_futures=True)
         self._executor = self._owned_executor = self._new_local_executor()
         self._finalizer = weakref.finalize(
