@@ -117,7 +117,7 @@ class QuarticMarginal:
         device = generator.device if generator is not None else torch.device("cpu")
         edges, height = self._edges.to(device), self._height.to(device)
         cdf, width = self._cdf.to(device), float(edges[1] - edges[0])
-        out, have = [], 0
+        out, have = [torch.empty(0, dtype=torch.float64, device=device)], 0
         while have < n:
             m = int(1.05 * (n - have) / self.acceptance) + 16
             r = torch.rand(3, m, generator=generator, dtype=torch.float64, device=device)

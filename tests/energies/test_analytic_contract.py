@@ -99,6 +99,7 @@ def test_sample_observables_and_state_sets(name):
     b = e.sample(64, torch.Generator().manual_seed(3))
     assert a.shape == (64, e.dim) and a.dtype == F64 and torch.equal(a, b)
     assert e.sample(5, torch.Generator().manual_seed(3), dtype=torch.float32).dtype == torch.float32
+    assert e.sample(0, torch.Generator().manual_seed(3)).shape == (0, e.dim)
     for key, obs in e.observables().items():
         assert obs.fn(a).shape == (64,)
         assert math.isfinite(e.exact_observable(key))
