@@ -120,6 +120,8 @@ class Energy:
     # --------------------------------------------------------------- tempering
     def at_temperature(self, temperature_scale: float) -> Energy:
         """A shallow copy at ``T = temperature_scale · T_ref`` (``log_z`` is dropped)."""
+        if not (temperature_scale > 0 and math.isfinite(temperature_scale)):
+            raise ValueError(f"temperature_scale must be positive and finite: {temperature_scale}")
         new = copy.copy(self)
         new.temperature_scale = float(temperature_scale)
         if float(temperature_scale) != self.temperature_scale:
