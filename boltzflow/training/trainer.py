@@ -18,97 +18,28 @@ checkpoint, a resumed run ends with parameters bit-identical to an uninterrupted
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from boltzflow.io import load_trainer_state, save_trainer_state
+from boltzflow.sampling.base import make_generator
 from boltzflow.training.callbacks import Callback
 from boltzflow.training.losses import LossOutput, mixed_kl, nll
+from boltzflow.training.stages import EpochSampler, Stage, cosine_warmup, seed_for
 
 __all__ = ["Stage", "Trainer", "TrainingResult", "train", "cosine_warmup"]
 
 logger = logging.getLogger(__name__)
 
 _DATA_LOSSES = (nll, mixed_kl)
-
-
-@dataclass
-class Stage:
-    """One training stage.
-
-    Attributes:
-        loss: a ``LOSSES`` registry name (``"reverse_kl"``, ``"nll"``, ``"mixed"``), a
-            ``"module:attr"`` path, or a callable ``loss(flow, target, batch, generator=..,
-            **loss_kwargs)`` returning a :class:`~boltzflow.training.losses.LossOutput` or a
-            scalar tensor.
-        steps: number of optimizer steps.
-        lr: peak learning rate.
-        batch_size: flow samples (reverse KL) or data points (NLL, mixed) per step.
-        data: for data losses: a tensor ``[n, *event_shape]`` (minibatched without replacement,
-            reshuffled every epoch), a callable ``data(batch_size, generator=g) -> Tensor``, or
-            ``"exact"`` for ``target.sample``. When given, the loss receives the minibatch as
-            ``batch``; otherwise it receives ``batch_size``.
-        schedule: ``"cosine"`` (linear warmup, cosine decay to ``min_lr_factor * lr``) or
-            ``"constant"`` (warmup only).
-        warmup_steps: steps of linear warmup from ``lr / warmup_steps``.
-        min_lr_factor: final learning rate as a fraction of ``lr``.
-        weight_decay: Adam L2 penalty.
-        clip_grad_norm: maximum global gradient norm (``None``: no clipping).
-        loss_kwargs: extra keyword arguments for the loss (``energy_cap``, ``weight_forward``).
-    """
-
-    loss: str | Callable = "reverse_kl"
-    steps: int = 1000
-    lr: float = 1e-3
-    batch_size: int = 256
-    data: Any = None
-    schedule: str = "cosine"
-    warmup_steps: int = 0
-    min_lr_factor: float = 0.0
-    weight_decay: float = 0.0
-    clip_grad_norm: float | None = 100.0
-    loss_kwargs: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, spec: dict) -> Stage:
-        """Build from a recipe table; keys that are not fields go to ``loss_kwargs``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        known = {k: v for k, v in spec.items() if k in names}
-        extra = {k: v for k, v in spec.items() if k not in names}
-        known["loss_kwargs"] = {**known.get("loss_kwargs", {}), **extra}
-        return cls(**known)
-
-    def fingerprint(self) -> dict:
-        """What must agree between a checkpoint and the run resuming from it."""
-        name = self.loss if isinstance(self.loss, str) else getattr(self.loss, "__name__", "?")
-        return {"loss": name, "steps": int(self.steps), "batch_size": int(self.batch_size)}
-
-
-def cosine_warmup(
-    total_steps: int, warmup_steps: int = 0, min_factor: float = 0.0, cosine: bool = True
-) -> Callable[[int], float]:
-    r"""LR factor at step :math:`t`: :math:`(t+1)/W` for :math:`t < W`, then
-    :math:`m + (1-m)\,\tfrac12\,[1 + \cos(\pi\,(t-W)/(T-W))]` (or 1 if not ``cosine``)."""
-
-    def factor(t: int) -> float:
-        if t < warmup_steps:
-            return (t + 1) / warmup_steps
-        if not cosine or total_steps <= warmup_steps:
-            return 1.0
-        progress = min(1.0, (t - warmup_steps) / (total_steps - warmup_steps))
-        return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
 
 
 @dataclass
@@ -138,11 +69,6 @@ class TrainingResult:
             "wall_seconds": self.wall_seconds,
             "n_skipped_steps": self.n_skipped_steps,
         }
-
-
-def _seed_for(*keys: int) -> int:
-    """An independent 63-bit seed for the stream named by ``keys`` (numpy SeedSequence)."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class Trainer:
@@ -187,11 +113,10 @@ class Trainer:
         self.progress = progress
         anchor = next(iter(list(flow.parameters()) + list(flow.buffers())))
         self.device, self.dtype = anchor.device, anchor.dtype
+        streams = (("sample", self.device), ("data", "cpu"), ("eval", self.device))
         self.generators = {
-            name: torch.Generator(device=dev).manual_seed(_seed_for(self.seed, i))
-            for i, (name, dev) in enumerate(
-                [("sample", self.device), ("data", "cpu"), ("eval", self.device)]
-            )
+            name: make_generator(seed_for(self.seed, i), dev)
+            for i, (name, dev) in enumerate(streams)
         }
         self.stage_index = self.stage_step = self.global_step = 0
         self.energy_evaluations = self.n_skipped_steps = 0
@@ -200,7 +125,7 @@ class Trainer:
         self.stop_stage = False
         self.optimizer = self.scheduler = None
         self._loss_fn: Callable | None = None
-        self._perm_cache: tuple | None = None
+        self._sampler: EpochSampler | None = None
 
     # ----------------------------------------------------------------- stages
     def _begin_stage(self) -> None:
@@ -228,24 +153,14 @@ class Trainer:
             return int(stage.batch_size)
         n = int(stage.batch_size)
         if isinstance(stage.data, torch.Tensor):
-            x = stage.data[self._data_indices(len(stage.data), n)]
+            key = (self.seed, 3, self.stage_index)
+            if self._sampler is None or self._sampler.key != key:
+                self._sampler = EpochSampler(len(stage.data), key)
+            x = stage.data[self._sampler.indices(self.stage_step, n)]
         else:
             fn = self.target.sample if stage.data == "exact" else stage.data
             x = fn(n, generator=self.generators["data"])
         return x.to(device=self.device, dtype=self.dtype)
-
-    def _data_indices(self, size: int, n: int) -> torch.Tensor:
-        """Rows ``[k n, (k+1) n)`` of the concatenated per-epoch permutations (k = stage step)."""
-        start, out = self.stage_step * n, []
-        while n > 0:
-            epoch, offset = divmod(start, size)
-            if self._perm_cache is None or self._perm_cache[0] != (self.stage_index, epoch):
-                g = torch.Generator().manual_seed(_seed_for(self.seed, 3, self.stage_index, epoch))
-                self._perm_cache = ((self.stage_index, epoch), torch.randperm(size, generator=g))
-            take = min(n, size - offset)
-            out.append(self._perm_cache[1][offset : offset + take])
-            start, n = start + take, n - take
-        return torch.cat(out)
 
     # ------------------------------------------------------------------- step
     def _step(self, stage: Stage) -> dict:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from boltzflow.training.callbacks import Callback, EarlyStopping
-from boltzflow.training.trainer import Stage, Trainer, cosine_warmup, train
+from boltzflow.training.trainer import Stage, Trainer, train
 
 from .helpers import COV, MEAN, Gaussian, affine_flow, affine_moments, gaussian_kl
 
@@ -66,19 +66,6 @@ def test_same_seed_same_parameters_different_seed_differs():
     a, b, c = run(0), run(0), run(1)
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
-
-
-def test_tensor_minibatches_cover_each_epoch_once():
-    target = Gaussian()
-    trainer = Trainer(affine_flow(), target, [Stage("nll", 10, data=torch.zeros(10, 2))])
-    rows = []
-    for step in range(7):  # 7 batches of 3 over 10 rows: epochs 0, 1 and part of 2
-        trainer.stage_step = step
-        rows.append(trainer._data_indices(10, 3))
-    rows = torch.cat(rows)
-    assert torch.equal(rows[:10].sort().values, torch.arange(10))
-    assert torch.equal(rows[10:20].sort().values, torch.arange(10))
-    assert not torch.equal(rows[:10], rows[10:20])  # reshuffled each epoch
 
 
 class Interrupt(Exception):
@@ -168,17 +155,3 @@ def test_nonfinite_gradient_skips_the_step():
     result = train(flow, Gaussian(), [Stage(BadLoss(), 3, batch_size=4)], progress=False)
     assert result.n_skipped_steps == 3
     assert all(torch.equal(a, b) for a, b in zip(before, flow.parameters(), strict=True))
-
-
-def test_cosine_warmup_schedule():
-    f = cosine_warmup(100, warmup_steps=10, min_factor=0.1)
-    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
-    assert f(10) == pytest.approx(1.0)
-    assert f(55) == pytest.approx(0.1 + 0.9 * 0.5)
-    assert f(100) == pytest.approx(0.1)
-    assert cosine_warmup(100, 0, cosine=False)(70) == 1.0
-
-
-def test_stage_from_dict_routes_unknown_keys_to_the_loss():
-    s = Stage.from_dict({"loss": "reverse_kl", "steps": 5, "energy_cap": 1e3})
-    assert s.loss_kwargs == {"energy_cap": 1e3} and s.steps == 5
