@@ -251,7 +251,7 @@ class Trainer:
                     if self.eval_every and self.stage_step % self.eval_every == 0:
                         k = self.eval_every - 1  # earlier steps of this evaluation window
                         window = [r["loss"] for r in self.history[len(self.history) - k :]]
-                        record["mean_loss"] = float(np.mean(window[:k] + [record["loss"]]))
+                        record["mean_loss"] = float(np.mean(window + [record["loss"]]))
                         if self.eval_samples > 0:
                             record.update(self.evaluate())
                     self.wall_seconds = time.perf_counter() - t0
