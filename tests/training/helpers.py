@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from boltzflow.energies.base import Energy
+from boltzflow.energies.gaussians import CorrelatedGaussian
 from boltzflow.flows.base import Flow, Transform, TransformResult
 from boltzflow.flows.distributions import StandardNormal
 
@@ -74,23 +75,9 @@ def gaussian_kl(m0, c0, m1, c1) -> float:
     )
 
 
-class Gaussian(Energy):
-    r"""``u(x) = ½ (x-m)ᵀ Σ⁻¹ (x-m)`` in kT; ``log Z = (d/2) log 2π + ½ log det Σ``."""
-
-    def __init__(self, mean=MEAN, cov=COV):
-        super().__init__(len(mean))
-        self.mean, self.cov = mean, cov
-        self.chol = torch.linalg.cholesky(cov)
-        self.precision = torch.linalg.inv(cov)
-        self.log_z = 0.5 * len(mean) * math.log(2 * math.pi) + 0.5 * float(torch.logdet(cov))
-
-    def _energy(self, x):
-        d = x - self.mean.to(x)
-        return 0.5 * ((d @ self.precision.to(x)) * d).sum(-1)
-
-    def sample(self, n, generator=None):
-        eps = torch.randn(n, self.dim, generator=generator, dtype=self.mean.dtype)
-        return self.mean + eps @ self.chol.T
+def gaussian_target(mean=MEAN, cov=COV) -> CorrelatedGaussian:
+    """The correlated Gaussian ``N(mean, cov)`` as an energy (exact ``log_z`` and sampler)."""
+    return CorrelatedGaussian(mean, cov)
 
 
 class HolesGaussian(Energy):

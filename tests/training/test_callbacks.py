@@ -10,7 +10,7 @@ import torch
 from boltzflow.training.callbacks import Callback, EarlyStopping, LoggingCallback
 from boltzflow.training.trainer import Stage, Trainer, train
 
-from .helpers import Gaussian, affine_flow, exact_flow
+from .helpers import affine_flow, exact_flow, gaussian_target
 
 torch.set_num_threads(1)
 
@@ -23,7 +23,7 @@ def test_early_stopping_on_loss_ends_only_that_stage():
     stages = [Stage("reverse_kl", 100, 1e-3, 32), Stage("reverse_kl", 12, 1e-3, 32)]
     result = train(
         affine_flow(),
-        Gaussian(),
+        gaussian_target(),
         stages,
         callbacks=[stop],
         eval_every=5,
@@ -44,7 +44,7 @@ def test_early_stopping_on_ess_with_exact_flow():
     stop = EarlyStopping(patience=3, min_delta=1e-3)
     result = train(
         exact_flow(),
-        Gaussian(),
+        gaussian_target(),
         [Stage("reverse_kl", 200, 1e-4, 64)],
         callbacks=[stop],
         eval_every=10,
@@ -61,7 +61,7 @@ def test_no_early_stop_while_improving():
     stop = EarlyStopping(patience=2)
     result = train(
         affine_flow(),
-        Gaussian(),
+        gaussian_target(),
         [Stage("reverse_kl", 60, 0.02, 128, schedule="constant")],
         callbacks=[stop],
         eval_every=20,
@@ -86,7 +86,7 @@ def test_restore_best_loads_best_parameters():
     stop = EarlyStopping(patience=50, restore_best=True)
     flow = affine_flow()
     stages = [Stage("reverse_kl", 40, 0.3, 16, schedule="constant", clip_grad_norm=None)]
-    train(flow, Gaussian(), stages, callbacks=[stop, snap], eval_every=5, progress=False)
+    train(flow, gaussian_target(), stages, callbacks=[stop, snap], eval_every=5, progress=False)
     best = snap.states[stop.best_step]
     assert all(torch.equal(v, best[k]) for k, v in flow.state_dict().items())
 
@@ -101,7 +101,7 @@ def test_early_stopping_state_survives_resume(tmp_path):
         stage = Stage("reverse_kl", 100, 1e-3, 32)
         return Trainer(
             affine_flow(),
-            Gaussian(),
+            gaussian_target(),
             [stage],
             callbacks=callbacks,
             eval_every=5,
@@ -129,7 +129,7 @@ def test_logging_callback(caplog):
     with caplog.at_level(logging.INFO, logger="boltzflow.training.callbacks"):
         train(
             affine_flow(),
-            Gaussian(),
+            gaussian_target(),
             [Stage("reverse_kl", 6, 1e-3, 8)],
             callbacks=[LoggingCallback(every=3)],
             progress=False,

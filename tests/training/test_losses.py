@@ -12,13 +12,13 @@ from boltzflow.training.losses import LossOutput, mixed_kl, nll, reverse_kl, sof
 from .helpers import (
     COV,
     MEAN,
-    Gaussian,
     HolesGaussian,
     affine_flow,
     affine_moments,
     exact_flow,
     flat_grad,
     gaussian_kl,
+    gaussian_target,
     set_affine,
     trainable_mask,
 )
@@ -46,17 +46,17 @@ def z_scores(grads, flow):
 
 
 def rkl(flow, g):
-    return reverse_kl(flow, Gaussian(), 64, generator=g).loss
+    return reverse_kl(flow, gaussian_target(), 64, generator=g).loss
 
 
 def nll_exact(flow, g):
-    return nll(flow, None, Gaussian().sample(64, generator=g)).loss
+    return nll(flow, None, gaussian_target().sample(64, generator=g)).loss
 
 
 # ------------------------------------------------------------------ reverse KL
 def test_reverse_kl_exact_flow_is_constant_minus_log_z():
     """u(x) + log q(x) = -log Z for every sample of an exact flow: zero variance."""
-    target, flow = Gaussian(), exact_flow()
+    target, flow = gaussian_target(), exact_flow()
     x, _, log_q = flow.sample(500, generator=torch.Generator().manual_seed(0))
     per_sample = target.energy(x) + log_q
     torch.testing.assert_close(per_sample, torch.full_like(per_sample, -target.log_z))
@@ -72,7 +72,7 @@ def test_reverse_kl_path_term_vanishes_for_exact_flow():
     For q = p the path term is exactly zero, so the reparametrized gradient equals the score
     term computed at fixed x; for a perturbed flow it does not (negative control).
     """
-    target = Gaussian()
+    target = gaussian_target()
     for flow, exact in ((exact_flow(), True), (perturbed_flow(), False)):
         g = torch.Generator().manual_seed(1)
         total = flat_grad(reverse_kl(flow, target, 256, generator=g).loss, flow)
@@ -95,7 +95,7 @@ def test_reverse_kl_gradient_vanishes_in_expectation():
 
 def test_reverse_kl_estimates_kl_minus_log_z():
     """E[loss] + log Z = KL(q||p), exact for Gaussians, within 4.4 standard errors."""
-    target, flow = Gaussian(), perturbed_flow()
+    target, flow = gaussian_target(), perturbed_flow()
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         losses = torch.stack([reverse_kl(flow, target, 200, generator=g).loss for _ in range(100)])
@@ -118,7 +118,7 @@ def test_nll_gradient_vanishes_in_expectation_on_exact_samples():
 
 def test_nll_estimates_cross_entropy():
     """E_p[-log q] = KL(p||q) + H(p) with H(p) = ½ log det(2πe Σ)."""
-    target, flow = Gaussian(), perturbed_flow()
+    target, flow = gaussian_target(), perturbed_flow()
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         losses = torch.stack(
@@ -134,7 +134,7 @@ def test_nll_estimates_cross_entropy():
 
 
 def test_mixed_kl_is_weighted_sum():
-    target, flow = Gaussian(), perturbed_flow()
+    target, flow = gaussian_target(), perturbed_flow()
     data = target.sample(32, generator=torch.Generator().manual_seed(6))
     w = 0.3
     out = mixed_kl(
@@ -194,7 +194,7 @@ def test_soft_cap_is_smooth_monotone_and_identity_below():
 
 def test_energy_cap_bounds_reverse_kl_gradient():
     """A flow far out in a steep quartic: the cap keeps the loss and gradients moderate."""
-    target = Gaussian()
+    target = gaussian_target()
     flow = set_affine(affine_flow(), torch.tensor([1e4, 0.0]), torch.eye(2, dtype=torch.float64))
     g0 = flat_grad(
         reverse_kl(flow, target, 64, generator=torch.Generator().manual_seed(0)).loss, flow

@@ -10,7 +10,7 @@ import torch
 from boltzflow.training.callbacks import Callback, EarlyStopping
 from boltzflow.training.trainer import Stage, Trainer, train
 
-from .helpers import COV, MEAN, Gaussian, affine_flow, affine_moments, gaussian_kl
+from .helpers import COV, MEAN, affine_flow, affine_moments, gaussian_kl, gaussian_target
 
 torch.set_num_threads(1)
 
@@ -21,7 +21,7 @@ def kl_of(flow) -> float:
 
 
 def test_reverse_kl_training_converges_on_2d_gaussian():
-    target, flow = Gaussian(), affine_flow()
+    target, flow = gaussian_target(), affine_flow()
     kl0 = kl_of(flow)
     result = train(
         flow,
@@ -46,7 +46,7 @@ def test_reverse_kl_training_converges_on_2d_gaussian():
 
 
 def test_nll_stage_on_tensor_and_exact_data():
-    target = Gaussian()
+    target = gaussian_target()
     data = target.sample(2000, generator=torch.Generator().manual_seed(1))
     for source in (data, "exact"):
         flow = affine_flow()
@@ -60,7 +60,7 @@ def test_same_seed_same_parameters_different_seed_differs():
     def run(seed):
         flow = affine_flow()
         stages = [{"loss": "mixed", "steps": 30, "lr": 0.02, "batch_size": 32, "data": "exact"}]
-        train(flow, Gaussian(), stages, seed=seed, progress=False)
+        train(flow, gaussian_target(), stages, seed=seed, progress=False)
         return torch.cat([p.detach().reshape(-1) for p in flow.parameters()])
 
     a, b, c = run(0), run(0), run(1)
@@ -82,7 +82,7 @@ class InterruptAt(Callback):
 
 
 def _resume_setup(tmp_path, extra_callbacks=()):
-    target = Gaussian()
+    target = gaussian_target()
     data = target.sample(300, generator=torch.Generator().manual_seed(2))
     stages = [
         Stage("nll", 25, 0.03, 64, data=data, warmup_steps=5),
@@ -152,6 +152,6 @@ def test_nonfinite_gradient_skips_the_step():
 
     flow = affine_flow()
     before = [p.detach().clone() for p in flow.parameters()]
-    result = train(flow, Gaussian(), [Stage(BadLoss(), 3, batch_size=4)], progress=False)
+    result = train(flow, gaussian_target(), [Stage(BadLoss(), 3, batch_size=4)], progress=False)
     assert result.n_skipped_steps == 3
     assert all(torch.equal(a, b) for a, b in zip(before, flow.parameters(), strict=True))
