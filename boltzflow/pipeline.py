@@ -85,16 +85,17 @@ def _stage_data(data, target, recipe: Recipe, dtype, device):
 
 def _train(flow, target, recipe: Recipe, seed: int, out_dir: Path):
     """Run the recipe's training stages with :class:`~boltzflow.training.trainer.Trainer`."""
+    from boltzflow.training.callbacks import EarlyStopping
     from boltzflow.training.trainer import Stage, Trainer
 
     if not recipe.stages:
         return None
     anchor = next(iter(flow.parameters()))
-    stages, eval_every, eval_target = [], None, target
+    stages, eval_every, patience = [], None, None
     for spec in recipe.stages:
         spec = dict(spec)
         eval_every = spec.pop("eval_every", eval_every)
-        spec.pop("patience", None)
+        patience = spec.pop("patience", patience)
         if "grad_clip" in spec:
             spec["clip_grad_norm"] = spec.pop("grad_clip")
         temperature = spec.pop("temperature_scale", None)
@@ -102,15 +103,12 @@ def _train(flow, target, recipe: Recipe, seed: int, out_dir: Path):
         if temperature is not None:
             spec["loss"] = _tempered_loss(spec["loss"], target.at_temperature(temperature))
         stages.append(Stage.from_dict(spec))
-    trainer = Trainer(
-        flow,
-        eval_target,
-        stages,
-        seed=seed,
-        eval_every=eval_every,
-        checkpoint_every=None,
-        checkpoint_path=None,
-    )
+    callbacks = []
+    if patience is not None:
+        if eval_every is None:
+            raise ValueError(f"{recipe.path}: 'patience' needs 'eval_every' in a training stage")
+        callbacks.append(EarlyStopping("ess_fraction", patience=int(patience), restore_best=True))
+    trainer = Trainer(flow, target, stages, seed=seed, eval_every=eval_every, callbacks=callbacks)
     return trainer.fit()
 
 
@@ -315,7 +313,9 @@ def _write_outputs(recipe, flow, target, summary, training, out_dir: Path, seed:
     names = getattr(target, "parameter_names", None)
     idata = to_inference_data(result, obs_values, names=names, attrs=attrs)
     write_samples(idata, out_dir / "samples.nc")
-    save_checkpoint(out_dir, flow, {"system": recipe.name, "flow": recipe.flow, "seed": seed})
+    flow_kwargs = {k: v for k, v in recipe.flow.items() if k != "kind"}
+    meta = {"system": recipe.name, "builder": recipe.flow["kind"], "builder_kwargs": flow_kwargs}
+    save_checkpoint(out_dir, flow, {**meta, "seed": seed, "budget": recipe.budget})
 
     figs = {}
     history = _training_history(training)
