@@ -41,7 +41,7 @@ class ElementwiseAffine(Transform):
     Example:
         >>> layer = ElementwiseAffine(2, loc=1.0, scale=2.0)
         >>> x, ladj = layer(torch.zeros(3, 2))
-        >>> x.tolist(), round(float(ladj[0]), 4)
+        >>> x.tolist(), round(ladj[0].item(), 4)
         ([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]], 1.3863)
     """
 
