@@ -1,0 +1,146 @@
+"""Lattice flows: masks, gauge equivariance and invariance, lattice translations, identity start.
+
+Log-dets against autograd Jacobians, round trips, gradients and periodicity run for the
+lattice flows in the shared registry loop (``factories_lattice.py``).
+"""
+
+import math
+
+import pytest
+import torch
+
+from boltzflow.energies.lattice import gauge_transform, plaquettes, wrap_angle
+from boltzflow.flows.base import Compose, Flow
+from boltzflow.flows.circular import CircularSpline
+from boltzflow.flows.distributions import UniformTorus
+from boltzflow.flows.lattice import CircularConvNet, checkerboard, phi4_flow
+from boltzflow.flows.lattice_gauge import GaugeEquivariantCoupling, plaquette_masks, u1_gauge_flow
+
+from .registry import FLOW_FACTORIES, perturbed
+
+DT = torch.float64
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _angle_close(a, b, atol=1e-10):
+    assert wrap_angle(a - b).abs().max() < atol
+
+
+def test_lattice_flows_are_in_the_registry():
+    assert {"phi4-affine-L4", "phi4-spline-L4", "u1-gauge-L4"} <= set(FLOW_FACTORIES)
+
+
+@pytest.mark.parametrize(("mu", "offset"), [(0, 0), (0, 3), (1, 1), (1, 2)])
+def test_plaquette_masks_structure(mu, offset):
+    """Moving the active links changes each active plaquette by exactly that link's move,
+    leaves frozen plaquettes alone, and only passive plaquettes absorb the rest."""
+    L = 8
+    links, active, frozen = plaquette_masks(L, mu, offset)
+    assert links[1 - mu].sum() == 0 and links[mu].sum() == L * L // 4
+    assert not (active & frozen).any() and frozen.sum() == L * L // 2
+    x = torch.zeros(1, 2, L, L, dtype=DT)
+    delta = torch.rand(1, 2, L, L, generator=_gen(), dtype=DT) * links
+    dp = plaquettes(x + delta) - plaquettes(x)
+    sign = 1.0 if mu == 0 else -1.0
+    torch.testing.assert_close(dp[0][active], sign * delta[0, mu][active])
+    assert dp[0][frozen].abs().max() == 0
+    passive = ~(active | frozen)
+    assert dp[0][passive].abs().min() > 0
+
+
+def test_gauge_flow_needs_multiple_of_four():
+    with pytest.raises(ValueError):
+        u1_gauge_flow(L=6)
+
+
+@pytest.mark.parametrize("positional", [False, True])
+def test_gauge_flow_equivariance_and_log_prob_invariance(positional):
+    L = 8
+    flow = perturbed(
+        u1_gauge_flow(L=L, num_layers=8, num_bins=4, hidden=[4], positional=positional, seed=0), 0
+    )
+    z = flow.base.sample(6, generator=_gen(1))
+    alpha = (torch.rand(6, L, L, generator=_gen(2), dtype=DT) * 2 - 1) * math.pi
+    x, ladj = flow.forward(z)
+    gx, gladj = flow.forward(gauge_transform(z, alpha))
+    _angle_close(gx, gauge_transform(x, alpha))
+    torch.testing.assert_close(gladj, ladj)
+    log_q = flow.log_prob(x)
+    torch.testing.assert_close(flow.log_prob(gauge_transform(x, alpha)), log_q)
+    assert log_q.std() > 1e-3  # the density is not trivially flat
+    # negative control: an elementwise circular spline on links is not gauge invariant
+    plain = perturbed(Flow(UniformTorus((2, L, L)), Compose(CircularSpline(2 * L * L, 4))), 0)
+    lp = plain.log_prob(x)
+    assert (plain.log_prob(gauge_transform(x, alpha)) - lp).abs().max() > 1e-3
+
+
+def test_gauge_flow_translation_equivariance_by_four():
+    L = 8
+    flow = perturbed(u1_gauge_flow(L=L, num_layers=4, num_bins=4, hidden=[4], seed=1), 1)
+    z = flow.base.sample(3, generator=_gen(3))
+    x, ladj = flow.forward(z)
+    for dims, shift in (((2,), 4), ((3,), 4), ((2, 3), (4, 4))):
+        xs, ls = flow.forward(torch.roll(z, shift, dims))
+        _angle_close(xs, torch.roll(x, shift, dims))
+        torch.testing.assert_close(ls, ladj)
+    xs, _ = flow.forward(torch.roll(z, 1, 3))  # negative control: masks are 4-periodic
+    assert wrap_angle(xs - torch.roll(x, 1, 3)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("coupling", ["affine", "spline"])
+def test_phi4_flow_translation_equivariance(coupling):
+    L = 6
+    flow = perturbed(phi4_flow(L=L, num_layers=3, coupling=coupling, hidden=[4], seed=2), 2)
+    z = flow.base.sample(3, generator=_gen(4))
+    x, ladj = flow.forward(z)
+    for shift, dims in (((1, 1), (1, 2)), (2, 1), (4, 2)):  # checkerboard-preserving shifts
+        xs, ls = flow.forward(torch.roll(z, shift, dims))
+        torch.testing.assert_close(xs, torch.roll(x, shift, dims))
+        torch.testing.assert_close(ls, ladj)
+    xs, _ = flow.forward(torch.roll(z, 1, 1))  # negative control: swaps the colours
+    assert (xs - torch.roll(x, 1, 1)).abs().max() > 1e-3
+
+
+def test_checkerboard_masks():
+    m0, m1 = checkerboard(4, 0), checkerboard(4, 1)
+    assert torch.equal(m0, ~m1) and m0.sum() == 8 and m0[0, 0]
+
+
+@pytest.mark.parametrize(
+    "flow",
+    [
+        phi4_flow(L=4, num_layers=2, coupling="affine"),
+        phi4_flow(L=4, num_layers=2, coupling="spline"),
+        u1_gauge_flow(L=4, num_layers=4, positional=True),
+    ],
+)
+def test_fresh_flows_are_the_identity(flow):
+    flow = flow.double()
+    z = flow.base.sample(5, generator=_gen(5))
+    x, ladj = flow.forward(z)
+    torch.testing.assert_close(x, z)
+    assert ladj.abs().max() < 1e-6  # parameters were initialised in float32
+
+
+def test_strided_conditioner_matches_full_convolution():
+    L = 8
+    layer = GaugeEquivariantCoupling(L, mu=0, offset=3, num_bins=4, hidden=[4], positional=True)
+    layer = perturbed(Flow(UniformTorus((2, L, L)), Compose(layer)), 3).transform.transforms[0]
+    feats = torch.randn(2, 2, L, L, generator=_gen(6), dtype=DT)
+    full = layer.net(feats)  # [B, 3K, L, L]
+    rows = torch.arange(3, L, 4)
+    expected = full.index_select(3, rows).permute(0, 2, 3, 1)
+    torch.testing.assert_close(layer._spline_params(feats), expected)
+
+
+def test_periodic_bias_is_periodic_and_learnable():
+    net = CircularConvNet(1, 2, hidden=[3], bias_period=2).double()
+    with torch.no_grad():
+        net.periodic_bias.normal_(generator=_gen(7))
+    x = torch.zeros(1, 1, 4, 4, dtype=DT)
+    h = net.features(x)
+    torch.testing.assert_close(h, torch.roll(h, 2, 2))
+    assert (h - torch.roll(h, 1, 2)).abs().max() > 1e-6
