@@ -28,6 +28,7 @@ TARGETS: dict[str, str] = {
     "correlated-gaussian": "boltzflow.energies.gaussians:CorrelatedGaussian",
     "phi4": "boltzflow.energies.lattice:Phi4",
     "u1": "boltzflow.energies.lattice:U1Wilson",
+    "alanine-dipeptide": "boltzflow.molecular.target:AlanineDipeptideTarget",
 }
 
 FLOWS: dict[str, str] = {
