@@ -292,9 +292,15 @@ class EnergyPool:
                 if isinstance(exc, (cf.process.BrokenProcessPool, TimeoutError, OSError)) or (
                     type(exc).__name__ in ("KilledWorker", "CommClosedError", "CancelledError")
                 ):
+                    hint = (
+                        " (local workers are spawned: a script that creates a pool must guard "
+                        "its top level with `if __name__ == '__main__':`)"
+                        if self.kind == "local" and isinstance(exc, cf.process.BrokenProcessPool)
+                        else ""
+                    )
                     raise WorkerPoolError(
                         f"energy evaluation failed in the {self.kind} worker pool: "
-                        f"{type(exc).__name__}: {exc}"
+                        f"{type(exc).__name__}: {exc}{hint}"
                     ) from exc
                 raise
 

@@ -1,0 +1,304 @@
+r"""Alanine dipeptide as a boltzflow target on normalized internal coordinates.
+
+Coordinates. :math:`q \in \mathbb R^{60}` are the internal coordinates of the automatic
+Z-matrix (21 bonds, 20 angles, 19 torsions; :mod:`boltzflow.coordinates.zmatrix`). The target
+lives on the normalized coordinates
+
+.. math:: y_m = (q_m - \mu_m)/\sigma_m \ \text{(bonds, angles)}, \qquad y_m = q_m\
+          \text{(torsions, periodic on } [-\pi, \pi)),
+
+with :math:`\mu` the force-field equilibrium value and :math:`\sigma = \sqrt{k_B T / k}` the
+thermal width of the harmonic term (:math:`k` from the Amber parameters), so every
+non-periodic coordinate is :math:`\approx \mathcal N(0, 1)`.
+
+Density (reference measure: Lebesgue on :math:`y`; see
+:mod:`boltzflow.coordinates.transform`):
+
+.. math:: u(y) = \frac{E(X(q))}{k_B T} - \mathrm{ladj}_{IC}(q) - \sum_m \log\sigma_m,
+
+with :math:`u = +\infty` outside the domain (:math:`b \le 0`, :math:`\theta \notin (0, \pi)`)
+and, with ``chirality="L"`` (default), for D configurations (negative Cα chiral volume,
+:mod:`boltzflow.coordinates.chirality`): the target is L-alanine dipeptide, as in Midgley et
+al. 2023 (FAB), who filter D samples. At ``temperature_scale = s`` only the physical energy
+is tempered, :math:`E/(s\,k_BT) - \mathrm{ladj} - \sum\log\sigma`, which is the internal
+coordinate density of the system at temperature :math:`sT`.
+
+Reported quantities: populations of αL, αR and β (``observables``), and the free energies
+:math:`\Delta F(\alpha_L\ \text{vs rest})` and :math:`\Delta F(\alpha_R\ \text{vs}\ \beta)` in kT
+(``state_sets``), with the umbrella-sampling/MBAR value stored in the system folder as the
+reference (``exact_free_energy``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from boltzflow.coordinates.chirality import is_l_chirality
+from boltzflow.coordinates.transform import InternalCoordinateTransform
+from boltzflow.coordinates.zmatrix import zmatrix_from_topology
+from boltzflow.energies.base import Energy, Observable, StateSets
+from boltzflow.energies.openmm import OpenMMEnergy
+from boltzflow.molecular import alanine as ala
+
+__all__ = ["AlanineDipeptideTarget", "force_field_normalization"]
+
+REFERENCE_FILE = "umbrella_reference.json"
+
+
+def force_field_normalization(system, zmatrix, temperature: float):
+    r"""``(loc, scale)`` of every internal coordinate from the harmonic force-field terms.
+
+    Bonds and angles: :math:`\mu = r_0` or :math:`\theta_0`, :math:`\sigma = \sqrt{k_BT/k}`
+    (OpenMM's convention :math:`E = \tfrac12 k (r - r_0)^2`). Torsions: ``loc = 0, scale = 1``.
+    """
+    import openmm
+
+    from boltzflow.energies.openmm import kT_kJ_per_mol
+
+    kT = kT_kJ_per_mol(temperature)
+    bonds, angles = {}, {}
+    for f in system.getForces():
+        if isinstance(f, openmm.HarmonicBondForce):
+            for n in range(f.getNumBonds()):
+                i, j, r0, k = f.getBondParameters(n)
+                bonds[frozenset((i, j))] = (r0._value, k._value)
+        elif isinstance(f, openmm.HarmonicAngleForce):
+            for n in range(f.getNumAngles()):
+                i, j, k_, th0, k = f.getAngleParameters(n)
+                angles[(i, j, k_)] = angles[(k_, j, i)] = (th0._value, k._value)
+    loc = np.zeros(zmatrix.n_dof)
+    scale = np.ones(zmatrix.n_dof)
+    params = [bonds[frozenset(b)] for b in zmatrix.bonds()] + [angles[a] for a in zmatrix.angles()]
+    for m, (x0, k) in enumerate(params):
+        loc[m], scale[m] = x0, math.sqrt(kT / k)
+    return loc, scale
+
+
+class AlanineDipeptideTarget(Energy):
+    """Alanine dipeptide (ff96, 300 K) on normalized internal coordinates ``[batch, 60]``.
+
+    Args:
+        solvent: ``"vacuum"`` or ``"implicit"`` (OBC1).
+        temperature: :math:`T` in K.
+        system_dir: folder with the prmtop/crd files and the umbrella reference.
+        workers, scheduler: an :class:`~boltzflow.parallel.EnergyPool` for energies and MD
+            (``workers ≥ 1`` local processes, or a dask scheduler address); ``None``:
+            energies in this process.
+        platform: OpenMM platform (default :func:`~boltzflow.energies.openmm.default_platform`).
+        chirality: ``"L"`` gives D configurations zero density; ``None`` keeps both.
+        md_ns, md_alpha_l_ns, md_alpha_l_trajectories, md_interval_ps, md_seed: training
+            data (:meth:`md_frames`): one 300 K trajectory from the crd structure, plus
+            trajectories started in αL after a short φ-restrained steering.
+        device: ignored (energies are evaluated on the CPU; tensors follow their inputs).
+    """
+
+    def __init__(
+        self,
+        solvent: str = "vacuum",
+        temperature: float = 300.0,
+        *,
+        system_dir: str | os.PathLike | None = None,
+        workers: int | None = None,
+        scheduler: str | None = None,
+        platform: str | None = None,
+        chirality: str | None = "L",
+        md_ns: float = 2.0,
+        md_alpha_l_ns: float = 0.5,
+        md_alpha_l_trajectories: int = 4,
+        md_interval_ps: float = 0.1,
+        md_seed: int = 0,
+        device=None,
+    ):
+        super().__init__(60)
+        folder = Path(system_dir) if system_dir is not None else None
+        self.mol = ala.load_alanine_dipeptide(solvent, folder=folder)
+        self.solvent = solvent
+        self.folder = self.mol.folder
+        self.zmatrix = zmatrix_from_topology(self.mol.topology)
+        self.ict = InternalCoordinateTransform(self.zmatrix)
+        self.pool = None
+        if scheduler is not None or (workers is not None and int(workers) >= 1):
+            from boltzflow.parallel import EnergyPool
+
+            self.pool = EnergyPool(workers=workers, scheduler=scheduler)
+        props = None if platform is None else {}
+        self.cartesian = OpenMMEnergy(
+            self.mol.system,
+            temperature,
+            platform=platform,
+            platform_properties=props,
+            pool=self.pool,
+        )
+        self.temperature = float(temperature)
+        loc, scale = force_field_normalization(self.mol.system, self.zmatrix, temperature)
+        self._loc = torch.as_tensor(loc)
+        self._scale = torch.as_tensor(scale)
+        self._log_scale = float(np.log(scale).sum())
+        self.periodic_mask = torch.as_tensor(self.zmatrix.periodic_mask)
+        self.chirality = chirality
+        self._quads = [tuple(ala.CHIRALITY_ATOMS[k] for k in ("CA", "N", "C", "CB"))]
+        self.i_phi = self.zmatrix.torsion_index(ala.PHI_ATOMS)
+        self.i_psi = self.zmatrix.torsion_index(ala.PSI_ATOMS)
+        names = [a.name for a in self.mol.topology.atoms]
+        self.parameter_names = [
+            n.replace("(", "_").replace(")", "").replace("-", "_")
+            for n in self.zmatrix.labels(names)
+        ]
+        self.md = dict(
+            ns=md_ns,
+            alpha_l_ns=md_alpha_l_ns,
+            alpha_l_trajectories=md_alpha_l_trajectories,
+            interval_ps=md_interval_ps,
+            seed=md_seed,
+        )
+        self._md_cache: list[np.ndarray] | None = None
+
+    # ------------------------------------------------------------ coordinates
+    def _affine(self, t: torch.Tensor):
+        return self._loc.to(t), self._scale.to(t)
+
+    def to_internal(self, y: torch.Tensor) -> torch.Tensor:
+        """Normalized ``y`` → internal coordinates ``q`` (nm, rad)."""
+        loc, scale = self._affine(y)
+        return loc + scale * y
+
+    def from_internal(self, q: torch.Tensor) -> torch.Tensor:
+        """Internal coordinates ``q`` → normalized ``y`` (torsions wrapped to ``(-π, π]``)."""
+        loc, scale = self._affine(q)
+        y = (q - loc) / scale
+        per = self.periodic_mask.to(q.device)
+        return torch.where(per, torch.atan2(torch.sin(q), torch.cos(q)), y)
+
+    def to_cartesian(self, y: torch.Tensor) -> torch.Tensor:
+        """Canonical-frame Cartesian positions ``[batch, 66]`` in nm."""
+        return self.ict(self.to_internal(y)).y
+
+    def from_cartesian(self, x) -> torch.Tensor:
+        """Normalized coordinates of Cartesian positions ``[batch, 66]`` or ``[batch, 22, 3]``."""
+        x = torch.as_tensor(x, dtype=torch.float64)
+        return self.from_internal(self.ict.internal(x.reshape(x.shape[0], -1)))
+
+    def phi_psi(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone dihedrals (rad, wrapped to ``(-π, π]``) read directly from ``y``."""
+        wrap = lambda a: torch.atan2(torch.sin(a), torch.cos(a))  # noqa: E731
+        return wrap(y[:, self.i_phi]), wrap(y[:, self.i_psi])
+
+    def is_l(self, y: torch.Tensor) -> torch.Tensor:
+        """``bool[batch]``: L chirality at Cα."""
+        with torch.no_grad():
+            return is_l_chirality(self.to_cartesian(y), self._quads)
+
+    # ----------------------------------------------------------------- energy
+    def energy(self, y: torch.Tensor) -> torch.Tensor:
+        """Reduced energy in normalized internal coordinates (module docstring), ``[batch]``.
+
+        Temperature scales the physical energy only, not the Jacobian terms.
+        """
+        self._check_shape(y)
+        self.n_evaluations += int(y.shape[0])
+        q = self.to_internal(y)
+        x, ladj = self.ict(q)
+        z = self.zmatrix
+        th = q[:, z.angle_slice]
+        bad = (q[:, z.bond_slice] <= 0).any(-1) | (th <= 0).any(-1) | (th >= math.pi).any(-1)
+        if self.chirality == "L":
+            bad |= ~is_l_chirality(x.detach(), self._quads)
+        bad |= ~torch.isfinite(x.detach()).all(-1)
+        u_x = self.cartesian.energy(torch.where(bad[:, None], math.nan, x))  # NaN: not sent
+        u = u_x / self.temperature_scale - ladj - self._log_scale
+        return torch.where(bad | torch.isnan(u), torch.full_like(u, math.inf), u)
+
+    def _energy(self, y: torch.Tensor) -> torch.Tensor:
+        return self.energy(y)
+
+    @property
+    def n_nonfinite(self) -> int:
+        return self.cartesian.n_nonfinite
+
+    def close(self) -> None:
+        """Shut down the worker pool, if any."""
+        if self.pool is not None:
+            self.pool.close()
+
+    # -------------------------------------------------------------- reporting
+    def observables(self):
+        def pop(fn):
+            return lambda y: fn(*self.phi_psi(y)).to(y.dtype)
+
+        return {
+            "p_alphaL": Observable(pop(ala.in_alpha_l), "1"),
+            "p_alphaR": Observable(pop(ala.in_alpha_r), "1"),
+            "p_beta": Observable(pop(ala.in_beta), "1"),
+        }
+
+    def state_sets(self):
+        def ind(fn, negate=False):
+            return lambda y: fn(*self.phi_psi(y)) ^ negate
+
+        return {
+            "alphaL_vs_rest": StateSets(ind(ala.in_alpha_l), ind(ala.in_alpha_l, True)),
+            "alphaR_vs_beta": StateSets(ind(ala.in_alpha_r), ind(ala.in_beta)),
+        }
+
+    def reference_free_energies(self) -> dict:
+        """Umbrella/MBAR reference values from ``<system>/umbrella_reference.json`` (or ``{}``)."""
+        path = self.folder / REFERENCE_FILE
+        if not path.is_file():
+            return {}
+        return json.loads(path.read_text()).get("free_energies", {})
+
+    def exact_free_energy(self, name: str) -> float:
+        """Reference ΔF (kT) from umbrella sampling + MBAR; ``KeyError`` if not stored."""
+        return float(self.reference_free_energies()[name]["mean"])
+
+    def chirality_report(self, y: torch.Tensor) -> dict:
+        """Raw (unweighted) fraction of D configurations among flow samples ``y``."""
+        ok = self.is_l(y)
+        return {"n": int(ok.numel()), "d_fraction": float((~ok).double().mean())}
+
+    def extra_figures(self, out_dir, samples: torch.Tensor, log_w: torch.Tensor) -> dict:
+        """Ramachandran plots MD vs flow vs reweighted flow; writes ``molecular.json`` too."""
+        from boltzflow.molecular.plots import plot_ramachandran
+
+        out_dir = Path(out_dir)
+        phi, psi = self.phi_psi(samples.detach().double())
+        md = None
+        if self._md_cache is not None:
+            frames = np.concatenate(self._md_cache)
+            md = ala.phi_psi(torch.as_tensor(frames, dtype=torch.float64))
+        chir = self.chirality_report(samples.detach().double())
+        extra = {"chirality": chir, "umbrella_reference": self.reference_free_energies()}
+        (out_dir / "molecular.json").write_text(json.dumps(extra, indent=1))
+        plot_ramachandran(out_dir / "ramachandran.png", (phi, psi), log_w, md=md)
+        title = f"Ramachandran: MD, flow, reweighted flow (D fraction {chir['d_fraction']:.2%})"
+        return {title: "ramachandran.png"}
+
+    # ------------------------------------------------------------------- data
+    def md_frames(self) -> list[np.ndarray]:
+        """``[main, alpha_l]`` MD frames (nm), generated once and cached on disk."""
+        if self._md_cache is None:
+            from boltzflow.molecular.md import alanine_md_frames
+
+            self._md_cache = alanine_md_frames(self, **self.md)
+        return self._md_cache
+
+    def training_data(self, name: str) -> torch.Tensor:
+        """``"md"``: normalized coordinates of :meth:`md_frames`; else a ``.npy`` file of
+        Cartesian frames (nm) relative to the system folder."""
+        if name == "md":
+            frames = np.concatenate(self.md_frames())
+        else:
+            frames = np.load(self.folder / name)
+        return self.from_cartesian(frames)
+
+    def __repr__(self) -> str:
+        return (
+            f"AlanineDipeptideTarget(solvent={self.solvent!r}, T={self.temperature:g} K, "
+            f"platform={self.cartesian.platform!r}, pool={self.pool!r})"
+        )
