@@ -35,12 +35,12 @@ from boltzflow.sampling.base import StepInfo
 from boltzflow.sampling.kernels.mala import GradientState
 from boltzflow.sampling.kernels.mh import (
     EnergyAndGrad,
+    Proposal,
     energy_and_grad,
     generator_for,
-    mh_select,
+    mh_update,
     start_generator,
     warn_nonfinite_start,
-    where_chains,
 )
 
 __all__ = ["LeapfrogResult", "leapfrog", "torus_wrap", "kinetic_energy", "HMC"]
@@ -169,28 +169,25 @@ class HMC:
         u, grad = self._grad_fn(state.x)
         return GradientState(state.x, u, state.rng_state, grad)
 
-    def step(self, state: GradientState) -> tuple[GradientState, StepInfo]:
-        """Resample momenta, integrate, accept on ``ΔH`` via :func:`mh_select`."""
-        g = generator_for(state.rng_state, state.x)
+    def propose(self, state: GradientState, generator: torch.Generator) -> Proposal:
+        """Draw ``p ~ N(0, M)``, integrate; ``log_q_ratio = K(p) - K(p')``.
+
+        ``exp(-H' + H) = exp(u - u') · exp(K(p) - K(p'))``: the leapfrog map is volume
+        preserving and reversible, so the kinetic terms are the whole proposal correction.
+        """
         x = state.x
-        mass = self.mass
-        noise = torch.randn(x.shape, generator=g, dtype=x.dtype, device=x.device)
-        p0 = noise * (mass**0.5)
-        inv_mass = 1.0 / mass
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        p0 = noise * (self.mass**0.5)
+        inv_mass = 1.0 / self.mass
         end = leapfrog(
             x, p0, state.grad, self.step_size, self.n_leapfrog, self._grad_fn, inv_mass, self.wrap
         )
-        # exp(-H' + H) = exp(u - u') * exp(K(p0) - K(p')): the kinetic part is the q-ratio
         log_q_ratio = kinetic_energy(p0, inv_mass) - kinetic_energy(end.p, inv_mass)
-        decision = mh_select(state.energy, end.energy, log_q_ratio, g)
-        acc = decision.accepted
-        new_state = GradientState(
-            where_chains(acc, end.x, x),
-            torch.where(acc, end.energy, state.energy),
-            g.get_state(),
-            where_chains(acc, end.grad, state.grad),
-        )
-        info = StepInfo(
-            acc, decision.acceptance_prob, new_state.energy, torch.zeros_like(new_state.energy)
-        )
-        return new_state, info
+        return Proposal(end.x, log_q_ratio, end.energy, end.grad)
+
+    def step(self, state: GradientState) -> tuple[GradientState, StepInfo]:
+        """Resample momenta, integrate, accept on ``ΔH`` via :func:`mh_update`."""
+        g = generator_for(state.rng_state, state.x)
+        new = mh_update(state.x, state.energy, state.grad, self.propose(state, g), g)
+        info = StepInfo(new.accepted, new.acceptance_prob, new.energy, torch.zeros_like(new.energy))
+        return GradientState(new.x, new.energy, g.get_state(), new.cache), info

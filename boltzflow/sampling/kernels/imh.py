@@ -25,11 +25,11 @@ from boltzflow.energies.base import Energy
 from boltzflow.flows.base import Flow
 from boltzflow.sampling.base import StepInfo
 from boltzflow.sampling.kernels.mh import (
+    Proposal,
     generator_for,
     importance_log_weight,
-    mh_select,
+    mh_update,
     start_generator,
-    where_chains,
 )
 
 __all__ = ["IMHState", "IndependenceMH"]
@@ -86,23 +86,23 @@ class IndependenceMH:
         """
         return IMHState(state.x, state.energy, state.rng_state, self._log_q(state.x))
 
-    def step(self, state: IMHState) -> tuple[IMHState, StepInfo]:
-        """One independence proposal per chain, accepted by :func:`mh_select`."""
-        g = generator_for(state.rng_state, state.x)
-        n = state.x.shape[0]
+    def propose(self, state: IMHState, generator: torch.Generator) -> Proposal:
+        """Draw ``x' ~ q`` for every chain; ``log_q_ratio = log q(x) - log q(x')``.
+
+        A non-finite ``log q(x')`` gives ``log_q_ratio = -inf`` (rejected).
+        """
         with torch.no_grad():
-            proposal = self.flow.sample(n, generator=g)
-            x_new, log_q_new = proposal.x.detach(), proposal.log_q.detach()
+            draw = self.flow.sample(state.x.shape[0], generator=generator)
+            x_new, log_q_new = draw.x.detach(), draw.log_q.detach()
             u_new = self.target.energy(x_new).detach()
-        # log q(x_old | x_new) - log q(x_new | x_old) = log q(x_old) - log q(x_new);
-        # a non-finite log q at the proposal rejects it
         reject = torch.full_like(log_q_new, -torch.inf)
         log_q_ratio = torch.where(torch.isfinite(log_q_new), state.log_q - log_q_new, reject)
-        decision = mh_select(state.energy, u_new, log_q_ratio, g)
-        acc = decision.accepted
-        x = where_chains(acc, x_new, state.x)
-        u = torch.where(acc, u_new, state.energy)
-        log_q = torch.where(acc, log_q_new, state.log_q)
-        new_state = IMHState(x, u, g.get_state(), log_q)
-        info = StepInfo(acc, decision.acceptance_prob, u, importance_log_weight(u, log_q))
-        return new_state, info
+        return Proposal(x_new, log_q_ratio, u_new, log_q_new)
+
+    def step(self, state: IMHState) -> tuple[IMHState, StepInfo]:
+        """One independence proposal per chain, accepted by :func:`mh_update`."""
+        g = generator_for(state.rng_state, state.x)
+        new = mh_update(state.x, state.energy, state.log_q, self.propose(state, g), g)
+        log_w = importance_log_weight(new.energy, new.cache)
+        info = StepInfo(new.accepted, new.acceptance_prob, new.energy, log_w)
+        return IMHState(new.x, new.energy, g.get_state(), new.cache), info

@@ -28,12 +28,12 @@ import torch
 from boltzflow.energies.base import Energy
 from boltzflow.sampling.base import StepInfo
 from boltzflow.sampling.kernels.mh import (
+    Proposal,
     energy_and_grad,
     generator_for,
-    mh_select,
+    mh_update,
     start_generator,
     warn_nonfinite_start,
-    where_chains,
 )
 
 __all__ = ["GradientState", "MALA"]
@@ -87,29 +87,23 @@ class MALA:
         u, grad = energy_and_grad(self.target, state.x)
         return GradientState(state.x, u, state.rng_state, grad)
 
-    def step(self, state: GradientState) -> tuple[GradientState, StepInfo]:
-        """One Langevin proposal per chain, accepted with the asymmetric MH correction."""
-        g = generator_for(state.rng_state, state.x)
-        tau = self.step_size
-        x = state.x
-        noise = torch.randn(x.shape, generator=g, dtype=x.dtype, device=x.device)
+    def propose(self, state: GradientState, generator: torch.Generator) -> Proposal:
+        """Langevin proposal with the asymmetric ``log_q_ratio`` (module docstring)."""
+        tau, x = self.step_size, state.x
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         x_new = x - tau * state.grad + math.sqrt(2.0) * (tau**0.5) * noise
         u_new, grad_new = energy_and_grad(self.target, x_new)
         fwd = x_new - x + tau * state.grad  # = sqrt(2 tau) * noise
         bwd = x - x_new + tau * grad_new
         log_q_ratio = _sum_event(fwd * fwd - bwd * bwd) / (4.0 * _tau_per_chain(tau, x))
-        decision = mh_select(state.energy, u_new, log_q_ratio, g)
-        acc = decision.accepted
-        new_state = GradientState(
-            where_chains(acc, x_new, x),
-            torch.where(acc, u_new, state.energy),
-            g.get_state(),
-            where_chains(acc, grad_new, state.grad),
-        )
-        info = StepInfo(
-            acc, decision.acceptance_prob, new_state.energy, torch.zeros_like(new_state.energy)
-        )
-        return new_state, info
+        return Proposal(x_new, log_q_ratio, u_new, grad_new)
+
+    def step(self, state: GradientState) -> tuple[GradientState, StepInfo]:
+        """One Langevin proposal per chain, accepted by :func:`mh_update`."""
+        g = generator_for(state.rng_state, state.x)
+        new = mh_update(state.x, state.energy, state.grad, self.propose(state, g), g)
+        info = StepInfo(new.accepted, new.acceptance_prob, new.energy, torch.zeros_like(new.energy))
+        return GradientState(new.x, new.energy, g.get_state(), new.cache), info
 
 
 def _tau_per_chain(tau: float | torch.Tensor, x: torch.Tensor) -> float | torch.Tensor:

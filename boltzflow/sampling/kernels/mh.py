@@ -1,10 +1,10 @@
 r"""Shared plumbing for Metropolis–Hastings kernels: energies with gradients, per-chain
 selection, RNG round trips and the accept/reject step.
 
-Every kernel in :mod:`boltzflow.sampling.kernels` builds a proposal ``(x_new, log_q_ratio)``
-with ``log_q_ratio = log q(x_old | x_new) - log q(x_new | x_old)`` and calls
-:func:`mh_select`, which wraps the one acceptance rule
-:func:`boltzflow.sampling.base.metropolis_hastings_accept` (Metropolis et al. 1953;
+Every kernel in :mod:`boltzflow.sampling.kernels` builds a :class:`Proposal`
+``(x_new, log_q_ratio, ...)`` with ``log_q_ratio = log q(x_old | x_new) - log q(x_new | x_old)``
+in its ``propose(state, generator)`` method and calls :func:`mh_update`, which wraps the one
+acceptance rule :func:`boltzflow.sampling.base.metropolis_hastings_accept` (Metropolis et al. 1953;
 Hastings 1970). Non-finite proposed energies are rejected, and rejected chains keep their old
 values exactly, so NaN never enters a state.
 """
@@ -31,6 +31,9 @@ __all__ = [
     "where_chains",
     "MHDecision",
     "mh_select",
+    "Proposal",
+    "MHUpdate",
+    "mh_update",
     "start_generator",
     "generator_for",
     "importance_log_weight",
@@ -89,6 +92,46 @@ def mh_select(
     log_alpha = log_acceptance_ratio(energy_old, energy_new, log_q_ratio)
     accepted, prob = metropolis_hastings_accept(log_alpha, generator)
     return MHDecision(accepted, prob)
+
+
+class Proposal(NamedTuple):
+    """A proposal for every chain: positions ``x [chains, *event]``, ``log_q_ratio [chains]``
+    ``= log q(x_old | x_new) - log q(x_new | x_old)``, the energy ``u(x_new)`` and the kernel's
+    cached quantity at ``x_new`` (``log q`` for IMH, ``∂u/∂x`` for MALA/HMC)."""
+
+    x: torch.Tensor
+    log_q_ratio: torch.Tensor
+    energy: torch.Tensor
+    cache: torch.Tensor
+
+
+class MHUpdate(NamedTuple):
+    """Positions, energies and caches after accept/reject, with the decision, ``[chains]``."""
+
+    x: torch.Tensor
+    energy: torch.Tensor
+    cache: torch.Tensor
+    accepted: torch.Tensor
+    acceptance_prob: torch.Tensor
+
+
+def mh_update(
+    x: torch.Tensor,
+    energy: torch.Tensor,
+    cache: torch.Tensor,
+    proposal: Proposal,
+    generator: torch.Generator,
+) -> MHUpdate:
+    """Accept or reject ``proposal`` per chain; rejected chains keep ``x``, ``energy``, ``cache``
+    exactly (so NaN in a rejected proposal never enters the state)."""
+    acc, prob = mh_select(energy, proposal.energy, proposal.log_q_ratio, generator)
+    return MHUpdate(
+        where_chains(acc, proposal.x, x),
+        torch.where(acc, proposal.energy, energy),
+        where_chains(acc, proposal.cache, cache),
+        acc,
+        prob,
+    )
 
 
 def start_generator(x0: torch.Tensor, seed: int | torch.Generator | None) -> torch.Generator:
