@@ -20,7 +20,8 @@ Euclidean ones get RQ splines with linear tails, and periodic conditioner inputs
 conditioner as :math:`(\cos\theta, \sin\theta)`, so the layer is periodic in every periodic input.
 
 All transforms flatten ``[batch, *event_shape]`` to ``[batch, features]``; periodic inputs
-outside :math:`[-\pi, \pi]` are wrapped into :math:`[-\pi, \pi)` first.
+outside :math:`[-\pi, \pi]` are wrapped into :math:`[-\pi, \pi)`, so every periodic output
+lies in :math:`[-\pi, \pi]` and densities are invariant under :math:`\theta \to \theta + 2\pi k`.
 """
 
 from __future__ import annotations
@@ -225,6 +226,7 @@ class CircularSplineCoupling(Transform):
             ("cond_periodic", torch.nonzero(periodic[cond]).reshape(-1)),
             ("cond_euclidean", torch.nonzero(~periodic[cond]).reshape(-1)),
             ("inverse_order", torch.argsort(order)),
+            ("cond_is_periodic", periodic[cond]),
         ]:
             self.register_buffer(name, value)
         self.num_bins, self.tail_bound = int(num_bins), float(tail_bound)
@@ -249,6 +251,8 @@ class CircularSplineCoupling(Transform):
         cond = flat[:, self.identity_features]
         params = self.net(self._embed(cond))
         n_per, n_euc, k = len(self.transform_periodic), len(self.transform_euclidean), self.num_bins
+        # Periodic pass-through features leave wrapped too, so every output angle is in [-π, π].
+        cond = torch.where(self.cond_is_periodic, _wrap_outside(cond), cond)
         pieces, ladj = [cond], flat.new_zeros(flat.shape[0])
         if n_per:
             spline = self._split(params[:, : n_per * 3 * k], n_per, k)

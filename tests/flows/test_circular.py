@@ -111,3 +111,29 @@ def test_density_integrates_to_one(build, lows, highs, n):
     assert abs(total - 1) < 2e-3, total
     # negative control: a log-density off by a constant fails the same tolerance
     assert abs(total * math.exp(0.01) - 1) > 2e-3
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: circular_spline_flow(3, num_layers=3, hidden=8, seed=0),
+        lambda: spline_coupling_flow(4, periodic=[True, False, True, True], num_layers=3, seed=0),
+        lambda: circular_spline_flow(1, seed=0),
+    ],
+)
+def test_density_is_a_function_on_the_torus(build):
+    """Shifting periodic coordinates by whole periods changes neither z (mod 2π) nor log q."""
+    flow = perturbed(build(), seed=0)
+    x = flow.sample(16, generator=torch.Generator().manual_seed(0)).x
+    periodic = flow.base.periodic if hasattr(flow.base, "periodic") else torch.ones(x.shape[1:])
+    shift = (
+        2
+        * PI
+        * periodic.to(x)
+        * torch.randint(-3, 4, x.shape, generator=torch.Generator().manual_seed(1))
+    )
+    assert shift.abs().max() > 0
+    torch.testing.assert_close(flow.log_prob(x + shift), flow.log_prob(x), rtol=0, atol=1e-9)
+    z, _ = flow.inverse(x + shift)
+    assert z.min() >= -PI and z.max() <= PI
+    torch.testing.assert_close(z, flow.inverse(x).y, rtol=0, atol=1e-9)
