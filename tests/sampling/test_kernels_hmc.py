@@ -153,3 +153,13 @@ def test_invalid_hyperparameters(bad):
     kw = dict(step_size=0.1, n_leapfrog=3) | bad
     with pytest.raises(ValueError):
         HMC(DoubleWell2D(), **kw)
+
+
+def test_tensor_hyperparameters_follow_the_chain_dtype():
+    target = DoubleWell2D(a=-0.5, b=-2.0, c=1.0)
+    kernel = HMC(target, torch.tensor(0.1, dtype=D), 3, mass=torch.tensor([1.0, 2.0], dtype=D))
+    state = kernel.init(torch.zeros(4, 2, dtype=torch.float32), seed=0)
+    state, info = kernel.step(state)
+    assert state.x.dtype == torch.float32 and info.acceptance_prob.dtype == torch.float32
+    with pytest.raises(ValueError):
+        HMC(target, 0.1, 3, mass=torch.tensor([1.0, -1.0]))

@@ -38,6 +38,7 @@ from boltzflow.sampling.kernels.mh import (
     Proposal,
     energy_and_grad,
     generator_for,
+    like,
     mh_update,
     start_generator,
     warn_nonfinite_start,
@@ -142,7 +143,7 @@ class HMC:
             raise ValueError(f"step_size must be positive and finite, got {step_size}")
         if int(n_leapfrog) < 1:
             raise ValueError(f"n_leapfrog must be >= 1, got {n_leapfrog}")
-        if isinstance(mass, (int, float)) and not mass > 0:
+        if not bool(torch.all(torch.as_tensor(mass) > 0)):
             raise ValueError(f"mass must be positive, got {mass}")
         self.target = target
         self.step_size = step_size
@@ -176,12 +177,11 @@ class HMC:
         preserving and reversible, so the kinetic terms are the whole proposal correction.
         """
         x = state.x
+        mass, eps = like(self.mass, x), like(self.step_size, x)
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        p0 = noise * (self.mass**0.5)
-        inv_mass = 1.0 / self.mass
-        end = leapfrog(
-            x, p0, state.grad, self.step_size, self.n_leapfrog, self._grad_fn, inv_mass, self.wrap
-        )
+        p0 = noise * (mass**0.5)
+        inv_mass = 1.0 / mass
+        end = leapfrog(x, p0, state.grad, eps, self.n_leapfrog, self._grad_fn, inv_mass, self.wrap)
         log_q_ratio = kinetic_energy(p0, inv_mass) - kinetic_energy(end.p, inv_mass)
         return Proposal(end.x, log_q_ratio, end.energy, end.grad)
 

@@ -31,6 +31,7 @@ from boltzflow.sampling.kernels.mh import (
     Proposal,
     energy_and_grad,
     generator_for,
+    like,
     mh_update,
     start_generator,
     warn_nonfinite_start,
@@ -89,7 +90,8 @@ class MALA:
 
     def propose(self, state: GradientState, generator: torch.Generator) -> Proposal:
         """Langevin proposal with the asymmetric ``log_q_ratio`` (module docstring)."""
-        tau, x = self.step_size, state.x
+        x = state.x
+        tau = like(self.step_size, x)
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         x_new = x - tau * state.grad + math.sqrt(2.0) * (tau**0.5) * noise
         u_new, grad_new = energy_and_grad(self.target, x_new)

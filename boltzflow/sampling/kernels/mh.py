@@ -38,6 +38,7 @@ __all__ = [
     "generator_for",
     "importance_log_weight",
     "warn_nonfinite_start",
+    "like",
 ]
 
 logger = logging.getLogger(__name__)
@@ -166,3 +167,11 @@ def warn_nonfinite_start(energy: torch.Tensor, grad: torch.Tensor | None, name: 
         logger.warning(
             "%s: %d of %d chains start at a non-finite energy or gradient", name, n_bad, bad.numel()
         )
+
+
+def like(value: float | torch.Tensor, x: torch.Tensor) -> float | torch.Tensor:
+    """A hyper-parameter (float or tensor) on ``x``'s dtype and device, so that tensor step
+    sizes and masses never promote float32 chains to float64."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype=x.dtype, device=x.device)
+    return value
