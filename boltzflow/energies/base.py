@@ -64,6 +64,10 @@ class Energy:
 
     #: Exact log normalizer at the reference temperature, if known.
     log_z: float | None = None
+    #: Bool tensor shaped like ``event_shape`` marking periodic coordinates on [-π, π)
+    #: (torsions, lattice angles), or ``None`` if all coordinates are Euclidean. Flow
+    #: builders read it to place circular transforms.
+    periodic_mask: torch.Tensor | None = None
 
     def __init__(self, event_shape: int | tuple[int, ...], temperature_scale: float = 1.0):
         self.event_shape = as_event_shape(event_shape)
