@@ -59,12 +59,18 @@ def _names(p: Parameter) -> list[str]:
     return list(p.name)
 
 
-def _safe_rows(fn: Callable, theta, batch: int):
-    """Call ``fn`` on the batch; if it raises, retry row by row and give ``nan`` to failing rows."""
+def _safe_rows(fn: Callable, theta, batch: int, warn: list):
+    """Call ``fn`` on the batch; if it raises, retry row by row and give ``None`` to failing rows.
+
+    The first exception is logged as a warning (``warn`` is a one-element flag list), so a bug in
+    a likelihood is visible while a chain still never stops on one bad parameter vector.
+    """
     try:
         return fn(theta)
     except Exception as exc:  # noqa: BLE001 - a user likelihood must never stop a chain
-        logger.debug("likelihood raised on a batch (%s); evaluating row by row", exc)
+        if warn[0]:
+            warn[0] = False
+            logger.warning("likelihood raised %r; failing rows get log-prob -inf", exc)
     out = []
     for i in range(batch):
         try:
@@ -127,6 +133,13 @@ class Posterior(Energy):
         self.differentiable = not self.numpy
         self.log_z = log_z
         self.n_nonfinite = 0
+        self._warn = [True]
+
+    @property
+    def parameter_names(self) -> list[str]:
+        """Names of the unconstrained sample coordinates in ``samples.nc`` (``y_<name>``); the
+        constrained parameters are stored beside them under their own names."""
+        return [f"y_{n}" for n in self.unconstrained_names]
 
     @property
     def n_theta(self) -> int:
@@ -168,7 +181,10 @@ class Posterior(Energy):
         if self.numpy:
             arg = theta.detach().cpu().numpy()
             out = _safe_rows(
-                lambda a: np.asarray(self._log_likelihood(a), dtype=np.float64), arg, batch
+                lambda a: np.asarray(self._log_likelihood(a), dtype=np.float64),
+                arg,
+                batch,
+                self._warn,
             )
             if isinstance(out, list):
                 out = np.array([np.nan if o is None else float(np.ravel(o)[0]) for o in out])
@@ -176,7 +192,7 @@ class Posterior(Energy):
                 np.broadcast_to(out, (batch,)).copy(), dtype=theta.dtype, device=theta.device
             )
         else:
-            out = _safe_rows(self._log_likelihood, theta, batch)
+            out = _safe_rows(self._log_likelihood, theta, batch, self._warn)
             if isinstance(out, list):
                 out = torch.cat(
                     [theta.new_full((1,), math.nan) if o is None else o.reshape(1) for o in out]
@@ -249,6 +265,12 @@ class Posterior(Energy):
             theta = self.constrain(x.reshape(chains * draws, -1)).theta
         theta = theta.reshape(chains, draws, -1)
         return to_inference_data(result._replace(x=theta), names=self.names, attrs=attrs)
+
+    def extra_figures(self, out_dir, x=None, log_weight=None) -> dict[str, str]:
+        """Pair and trace plots of the named parameters from ``out_dir/samples.nc``."""
+        from boltzflow.plots_bayes import posterior_figures
+
+        return posterior_figures(out_dir, self.names)
 
 
 def from_log_prob(
