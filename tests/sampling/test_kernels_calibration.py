@@ -119,3 +119,18 @@ def test_double_well_calibrated(name):
     res = run(KERNELS[name](double_well(), imperfect_flow("double_well")), seed=1)
     z = calibrated_z(observables(res.x), double_well_truth())
     assert np.all(z < THRESHOLD), z
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_z_statistics_are_half_normal_over_seeds(name):
+    """Over many seeds the z-scores follow |N(0, 1)|: the MCSE is neither too small (overconfident
+    tests) nor too large (tests that cannot fail). KS test on the pooled z of x_0 and x_1²."""
+    flow = imperfect_flow("gaussian")
+    zs = []
+    for seed in range(24):
+        res = run(KERNELS[name](gaussian(), flow), seed=100 + seed)
+        z = calibrated_z(observables(res.x), gaussian_truth())
+        zs.extend([z[0], z[3]])
+    assert stats.kstest(zs, stats.halfnorm.cdf).pvalue > 1e-3
+    assert 0.6 < np.sqrt(np.mean(np.square(zs))) < 1.5
