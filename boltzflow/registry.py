@@ -36,6 +36,7 @@ FLOWS: dict[str, str] = {
     "spline-autoregressive": "boltzflow.flows.builders:spline_autoregressive_flow",
     "maf": "boltzflow.flows.builders:maf_flow",
     "circular-spline-coupling": "boltzflow.flows.builders:circular_spline_flow",
+    "smooth-coupling": "boltzflow.flows.smooth_coupling:smooth_coupling_flow",
 }
 
 SAMPLERS: dict[str, str] = {
@@ -47,6 +48,8 @@ LOSSES: dict[str, str] = {
     "reverse_kl": "boltzflow.training.losses:reverse_kl",
     "nll": "boltzflow.training.losses:nll",
     "mixed": "boltzflow.training.losses:mixed_kl",
+    "force_matching": "boltzflow.training.force_matching:force_matching",
+    "nll_force_matching": "boltzflow.training.force_matching:nll_force_matching",
 }
 
 
