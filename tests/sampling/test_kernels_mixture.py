@@ -96,3 +96,13 @@ def test_local_moves_alone_are_stuck_but_the_hybrid_crosses_the_barrier():
     assert calibrated_z(res.x[..., 0], target.exact_observable("x1")) < thr
     rates = Mixture.acceptance_rates(res.stats["kernel_accepted"], res.stats["kernel_steps"])
     assert 0.05 < rates[1] < 0.9 and rates[0] > 0.5
+
+
+def test_gradient_kernels_adopt_a_mixture_state_without_reevaluating():
+    target, flow = gaussian_and_exact_flow()
+    mix = Mixture([IndependenceMH(flow, target), MALA(target, 0.2)], repeats=(1, 1))
+    state, _ = mix.step(mix.init(start(8), seed=0))
+    n_before = target.n_evaluations
+    adopted = MALA(target, 0.1).adopt(state)
+    assert target.n_evaluations == n_before  # the cached gradient is reused
+    assert adopted is state.inner

@@ -164,7 +164,9 @@ class HMC:
         return GradientState(x0.detach(), u, g.get_state(), grad)
 
     def adopt(self, state) -> GradientState:
-        """Take over a state with ``x``, ``energy``, ``rng_state``; reuses a cached ``grad``."""
+        """Take over a state with ``x``, ``energy``, ``rng_state``; reuses a cached ``grad``
+        (also from inside a :class:`~boltzflow.sampling.kernels.mixture.MixtureState`)."""
+        state = getattr(state, "inner", state)
         if isinstance(state, GradientState):
             return state
         u, grad = self._grad_fn(state.x)

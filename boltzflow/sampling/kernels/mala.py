@@ -82,7 +82,9 @@ class MALA:
         return GradientState(x0.detach(), u, g.get_state(), grad)
 
     def adopt(self, state) -> GradientState:
-        """Take over a state with ``x``, ``energy``, ``rng_state``; reuses a cached ``grad``."""
+        """Take over a state with ``x``, ``energy``, ``rng_state``; reuses a cached ``grad``
+        (also from inside a :class:`~boltzflow.sampling.kernels.mixture.MixtureState`)."""
+        state = getattr(state, "inner", state)
         if isinstance(state, GradientState):
             return state
         u, grad = energy_and_grad(self.target, state.x)
