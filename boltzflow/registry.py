@@ -37,11 +37,15 @@ FLOWS: dict[str, str] = {
     "maf": "boltzflow.flows.builders:maf_flow",
     "circular-spline-coupling": "boltzflow.flows.builders:circular_spline_flow",
     "smooth-coupling": "boltzflow.flows.smooth_coupling:smooth_coupling_flow",
+    "phi4-checkerboard": "boltzflow.flows.lattice:phi4_flow",
+    "u1-gauge": "boltzflow.flows.lattice_gauge:u1_gauge_flow",
 }
 
 SAMPLERS: dict[str, str] = {
     "importance": "boltzflow.sampling.runners:importance_sampling",
     "imh": "boltzflow.sampling.runners:flow_imh",
+    "lattice-hmc": "boltzflow.sampling.lattice_hmc:hmc",
+    "lattice-flow-hmc": "boltzflow.sampling.lattice_hmc:flow_hmc",
 }
 
 LOSSES: dict[str, str] = {

@@ -165,6 +165,25 @@ class Phi4(Energy):
             "action_density": Observable(lambda x: phi4_action(x, self.m2, self.lam) / V),
         }
 
+    def exact_observable(self, name: str) -> float:
+        """Exact expectations: ``magnetization`` (0 by symmetry) and, for the free field (where
+        the magnetization m is Gaussian with variance χ₂/V), ``susceptibility`` χ₂ = 1/(2m²),
+        ``abs_magnetization`` √(2χ₂/πV), ``magnetization_4`` 3(χ₂/V)² and ``action_density``
+        1/2 (KeyError otherwise)."""
+        if name == "magnetization":
+            return 0.0
+        if self.lam != 0:
+            raise KeyError(name)
+        chi = lattice_exact.free_field_susceptibility(self.m2)
+        var = chi / self.volume
+        free = {
+            "susceptibility": chi,
+            "abs_magnetization": math.sqrt(2.0 * var / math.pi),
+            "magnetization_4": 3.0 * var * var,
+            "action_density": 0.5,
+        }
+        return free[name]
+
     def __repr__(self):
         return f"Phi4(L={self.L}, m2={self.m2:g}, lam={self.lam:g})"
 
@@ -218,7 +237,10 @@ class U1Wilson(Energy):
 
     ``log_z`` is exact for the flat measure on :math:`[-\pi,\pi)^{2V}`; :attr:`exact` holds the
     Haar log Z, ⟨cos P⟩, ⟨Q²⟩ and χ_t (:func:`~boltzflow.energies.lattice_exact.u1_exact`).
+    ``period = 2π`` marks the configuration space as a torus (samplers wrap positions).
     """
+
+    period = 2 * math.pi
 
     def __init__(self, L: int = 8, beta: float = 2.0, **kwargs):
         super().__init__((2, L, L), **kwargs)
@@ -242,6 +264,17 @@ class U1Wilson(Energy):
             "topological_susceptibility": Observable(lambda x: topological_charge(x) ** 2 / V),
             "action_density": Observable(lambda x: self._energy(x) / V),
         }
+
+    def exact_observable(self, name: str) -> float:
+        """Exact expectation of the observable ``name`` (KeyError if there is none)."""
+        e = self.exact
+        return {
+            "plaquette": e.mean_plaquette,
+            "topological_charge": 0.0,
+            "topological_charge_sq": e.q2,
+            "topological_susceptibility": e.chi_t,
+            "action_density": -self.beta * e.mean_plaquette,
+        }[name]
 
     def __repr__(self):
         return f"U1Wilson(L={self.L}, beta={self.beta:g})"

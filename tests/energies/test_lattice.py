@@ -91,9 +91,11 @@ def test_phi4_free_exact_sampler_moments():
     x = target.sample(n, generator=g).double()
     obs = target.observables()
     checks = {
-        "susceptibility": ex.free_field_susceptibility(m2),
-        "action_density": 0.5,  # equipartition: ⟨S⟩ = V/2
+        name: target.exact_observable(name)
+        for name in ("susceptibility", "abs_magnetization", "magnetization_4", "action_density")
     }
+    assert checks["susceptibility"] == ex.free_field_susceptibility(m2)
+    assert checks["action_density"] == 0.5  # equipartition: ⟨S⟩ = V/2
     for name, truth in checks.items():
         v = obs[name].fn(x)
         z = (v.mean().item() - truth) / (v.std().item() / math.sqrt(n))
@@ -108,6 +110,8 @@ def test_phi4_free_exact_sampler_moments():
     assert abs(z) > 4.0
     with pytest.raises(NotImplementedError):
         Phi4(L, -4.0, 8.0).sample(2)
+    with pytest.raises(KeyError):
+        Phi4(L, -4.0, 8.0).exact_observable("susceptibility")
 
 
 def test_binder_cumulant_limits():
@@ -170,3 +174,6 @@ def test_u1_periodicity_observables_and_log_z():
     assert torch.equal(q, torch.round(q))
     assert target.log_z == pytest.approx(ex.u1_log_z(L, 1.5, measure="flat"))
     assert target.exact.q2 == pytest.approx(ex.u1_topological_q2(L, 1.5))
+    assert target.exact_observable("topological_susceptibility") == target.exact.q2 / L**2
+    assert target.exact_observable("action_density") == -1.5 * target.exact.mean_plaquette
+    assert target.period == pytest.approx(2 * math.pi)
