@@ -43,3 +43,14 @@ def test_tutorial_runs_at_smoke_size(path, tmp_path):
         env=env,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+def test_import_boltzflow_stays_light():
+    code = (
+        "import sys, boltzflow, boltzflow.energies, boltzflow.flows, boltzflow.sampling;"
+        "heavy = [m for m in ('openmm', 'mdtraj', 'dask', 'distributed', 'pymbar', 'arviz',"
+        " 'matplotlib') if m in sys.modules];"
+        "assert not heavy, heavy"
+    )
+    r = _run([sys.executable, "-c", code], 120)
+    assert r.returncode == 0, r.stderr[-2000:]
