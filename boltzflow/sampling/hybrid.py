@@ -1,0 +1,261 @@
+r"""Flow-assisted MCMC runners: hybrid local + global sampling, and NeuTra-HMC.
+
+**Hybrid** (flowMC: Gabrié, Rotskoff & Vanden-Eijnden 2022, PNAS 119, e2109420119; Wong,
+Gabrié & Foreman-Mackey 2023, "flowMC", JOSS 8, 5021; Grenioux et al. 2023). Batched chains
+alternate local moves (MALA or HMC) with global flow independence moves. During warm-up the
+flow is trained by maximum likelihood (NLL, forward KL) on the pooled history of all chains,
+and the local step size (and, for HMC, a diagonal mass) is adapted. After warm-up everything is
+frozen, so the production chain is the fixed Markov kernel
+:math:`K = K_{local}^{r_1} K_{IMH}^{r_2}`, which leaves :math:`p` invariant (Tierney 1994) —
+ordinary MCMC, however well or badly the flow was trained. Local and global acceptance are
+reported separately.
+
+**NeuTra** (Hoffman et al. 2019, "NeuTra-lizing bad geometry in Hamiltonian Monte Carlo using
+neural transport", arXiv:1903.03704): HMC on the pulled-back energy
+:math:`U(z) = u(f(z)) - \log|\det \partial f/\partial z|` of a flow trained by reverse KL,
+via :class:`~boltzflow.sampling.kernels.LatentHMC`; the step size is adapted in warm-up only.
+
+Both return a :class:`~boltzflow.sampling.runners.SamplingResult` with ``[chains, draws]``
+layout, zero log-weights (exact MCMC output), R-hat and bulk/tail ESS (arviz) in ``info``.
+Every target evaluation of warm-up and production is counted in ``energy_evaluations``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from boltzflow.flows.affine import ElementwiseAffine
+from boltzflow.sampling import diagnostics
+from boltzflow.sampling.chains import run_chain
+from boltzflow.sampling.kernels import HMC, MALA, IndependenceMH, LatentHMC, Mixture
+from boltzflow.sampling.runners import SamplingResult
+from boltzflow.training.losses import nll
+
+__all__ = ["hybrid", "neutra", "train_nll", "chain_diagnostics"]
+
+
+def chain_diagnostics(x: torch.Tensor) -> dict:
+    """Max R-hat and min bulk/tail ESS over coordinates of ``x [chains, draws, *event]``."""
+    a = x.detach().cpu().double().numpy()
+    if a.shape[1] < 4:
+        return {}
+    return {
+        "rhat_max": float(np.max(diagnostics.rhat(a))),
+        "ess_bulk_min": float(np.min(diagnostics.ess(a, "bulk"))),
+        "ess_tail_min": float(np.min(diagnostics.ess(a, "tail"))),
+    }
+
+
+def train_nll(flow, data: torch.Tensor, steps: int, batch_size: int, lr: float, generator) -> list:
+    """Adam on the flow's negative log-likelihood of ``data [n, *event]``; returns the losses.
+
+    Gradients are clipped to norm 10; batches are drawn with replacement from ``generator``.
+    """
+    params = [p for p in flow.parameters() if p.requires_grad]
+    if not params or steps <= 0:
+        return []
+    opt = torch.optim.Adam(params, lr=lr)
+    losses = []
+    flow.train()
+    for _ in range(int(steps)):
+        idx = torch.randint(data.shape[0], (min(batch_size, data.shape[0]),), generator=generator)
+        loss = nll(flow, None, data[idx.to(data.device)]).loss
+        if not torch.isfinite(loss):
+            continue
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+    flow.eval()
+    return losses
+
+
+def _freeze(flow) -> None:
+    flow.eval()
+    for p in flow.parameters():
+        p.requires_grad_(False)
+
+
+def _start(flow, target, chains: int, init: str, g: torch.Generator) -> torch.Tensor:
+    dtype = next(iter(flow.parameters()), torch.zeros((), dtype=torch.float64)).dtype
+    with torch.no_grad():
+        if init == "prior" and hasattr(target, "sample_prior"):
+            return target.sample_prior(chains, generator=g, dtype=dtype)
+        return flow.sample(chains, generator=g).x.detach()
+
+
+def _local_kernel(target, local: str, step, n_leapfrog: int, mass):
+    if local == "mala":
+        return MALA(target, step)
+    if local == "hmc":
+        return HMC(target, step, n_leapfrog, mass=mass)
+    raise ValueError(f"local must be 'mala' or 'hmc', got {local!r}")
+
+
+def _adapt(step: torch.Tensor, accept: torch.Tensor, target_accept: float) -> torch.Tensor:
+    """Per-chain Robbins–Monro update of ``log step`` towards the target acceptance."""
+    return step * torch.exp(2.0 * (accept.reshape(step.shape) - target_accept)).clamp(0.2, 5.0)
+
+
+def hybrid(
+    flow,
+    target,
+    *,
+    n_samples: int,
+    seed: int = 0,
+    chains: int = 32,
+    local: str = "mala",
+    step_size: float = 0.01,
+    n_leapfrog: int = 8,
+    target_accept: float | None = None,
+    warmup_rounds: int = 8,
+    local_steps: int = 50,
+    global_steps: int = 10,
+    train_steps: int = 300,
+    batch_size: int = 512,
+    lr: float = 1e-3,
+    repeats: tuple[int, int] = (1, 1),
+    thin: int = 1,
+    init: str = "prior",
+    progress: bool = False,
+) -> SamplingResult:
+    r"""Hybrid local + global flow MCMC (flowMC); see the module docstring.
+
+    Args:
+        flow: the global proposal; trained in place by NLL during warm-up, then frozen.
+        target: the energy ``u``; must be differentiable for the local kernel.
+        n_samples: kept draws in total (``ceil(n_samples / chains)`` per chain).
+        chains: batched chains.
+        local: ``"mala"`` or ``"hmc"`` (``n_leapfrog`` steps, diagonal mass from the history).
+        step_size: initial local step (adapted per chain in warm-up towards ``target_accept``,
+            default 0.57 for MALA and 0.75 for HMC).
+        warmup_rounds: rounds of ``local_steps`` local steps, ``global_steps`` flow
+            independence steps (from the second round on), then ``train_steps`` Adam steps on
+            the pooled history (first round discarded as burn-in).
+        repeats: production cycle ``(local, global)`` steps per kept draw.
+        init: ``"prior"`` (the target's ``sample_prior`` if it has one) or ``"flow"``.
+
+    Returns:
+        :class:`SamplingResult` with ``info``: ``local_acceptance``, ``global_acceptance``,
+        ``warmup_evaluations``, ``step_size``, final training loss, R-hat and ESS.
+    """
+    if target_accept is None:
+        target_accept = 0.57 if local == "mala" else 0.75
+    g = torch.Generator().manual_seed(int(seed))
+    t0, n0 = time.perf_counter(), target.n_evaluations
+    x0 = _start(flow, target, chains, init, g)
+    step = torch.full((chains, 1), float(step_size), dtype=x0.dtype)
+    mass = 1.0
+    state = _local_kernel(target, local, step, n_leapfrog, mass).init(x0, seed=int(seed))
+    history, losses, global_acc = [], [], []
+    for r in range(int(warmup_rounds)):
+        kernel = _local_kernel(target, local, step, n_leapfrog, mass)
+        res = run_chain(kernel, kernel.adopt(state), local_steps, progress=progress)
+        state = res.final_state
+        step = _adapt(step, res.accepted.double().mean(1), target_accept)
+        if r > 0:
+            imh = IndependenceMH(flow, target)
+            res_g = run_chain(imh, imh.adopt(state), global_steps, progress=progress)
+            state = res_g.final_state
+            global_acc.append(float(res_g.accepted.double().mean()))
+            history.append(res_g.x)
+        if r > 0 or warmup_rounds == 1:
+            history.append(res.x)
+        if not history:
+            continue
+        data = torch.cat([h.reshape(-1, *h.shape[2:]) for h in history]).to(x0.dtype)
+        if local == "hmc":
+            mass = 1.0 / data.var(0).clamp(min=1e-8)
+        if r == (1 if warmup_rounds > 1 else 0):
+            for m in flow.modules():
+                if isinstance(m, ElementwiseAffine):
+                    m.set_from_data(data)
+        losses += train_nll(flow, data, train_steps, batch_size, lr, g)
+    warmup_evals = target.n_evaluations - n0
+    _freeze(flow)
+    local_kernel = _local_kernel(target, local, step, n_leapfrog, mass)
+    mix = Mixture([local_kernel, IndependenceMH(flow, target)], repeats=repeats)
+    n_draws = -(-int(n_samples) // chains)
+    res = run_chain(mix, mix.adopt(state), n_draws * thin, thin=thin, progress=progress)
+    rates = Mixture.acceptance_rates(res.stats["kernel_accepted"], res.stats["kernel_steps"])
+    info = {
+        "local": local,
+        "local_acceptance": float(rates[0]),
+        "global_acceptance": float(rates[1]),
+        "acceptance_rate": float(res.accepted.double().mean()),
+        "warmup_evaluations": int(warmup_evals),
+        "warmup_global_acceptance": global_acc,
+        "step_size_median": float(step.median()),
+        "final_nll": float(np.mean(losses[-20:])) if losses else math.nan,
+        **chain_diagnostics(res.x),
+    }
+    return SamplingResult(
+        x=res.x,
+        log_weight=torch.zeros_like(res.energy),
+        energy=res.energy,
+        accepted=res.accepted,
+        method="hybrid",
+        energy_evaluations=target.n_evaluations - n0,
+        wall_seconds=time.perf_counter() - t0,
+        info=info,
+    )
+
+
+def neutra(
+    flow,
+    target,
+    *,
+    n_samples: int,
+    seed: int = 0,
+    chains: int = 16,
+    step_size: float = 0.2,
+    n_leapfrog: int = 8,
+    target_accept: float = 0.75,
+    warmup_rounds: int = 10,
+    warmup_steps: int = 20,
+    thin: int = 1,
+    progress: bool = False,
+) -> SamplingResult:
+    """NeuTra-HMC with a (pre-trained, frozen) flow; step size adapted per chain in warm-up.
+
+    Chains start at flow samples. ``info`` has the acceptance rate, warm-up evaluations,
+    the median step size, R-hat and ESS.
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    t0, n0 = time.perf_counter(), target.n_evaluations
+    _freeze(flow)
+    with torch.no_grad():
+        x0 = flow.sample(chains, generator=g).x.detach()
+    step = torch.full((chains, 1), float(step_size), dtype=x0.dtype)
+    state = LatentHMC(target, flow, step, n_leapfrog).init(x0, seed=int(seed))
+    for _ in range(int(warmup_rounds)):
+        kernel = LatentHMC(target, flow, step, n_leapfrog)
+        res = run_chain(kernel, state, warmup_steps, progress=progress)
+        state = res.final_state
+        step = _adapt(step, res.acceptance_prob.double().mean(1), target_accept)
+    kernel = LatentHMC(target, flow, step, n_leapfrog)
+    state = kernel.adopt(state)
+    warmup_evals = target.n_evaluations - n0
+    n_draws = -(-int(n_samples) // chains)
+    res = run_chain(kernel, state, n_draws * thin, thin=thin, progress=progress)
+    info = {
+        "acceptance_rate": float(res.accepted.double().mean()),
+        "warmup_evaluations": int(warmup_evals),
+        "step_size_median": float(step.median()),
+        **chain_diagnostics(res.x),
+    }
+    return SamplingResult(
+        x=res.x,
+        log_weight=torch.zeros_like(res.energy),
+        energy=res.energy,
+        accepted=res.accepted,
+        method="neutra",
+        energy_evaluations=target.n_evaluations - n0,
+        wall_seconds=time.perf_counter() - t0,
+        info=info,
+    )
