@@ -29,6 +29,8 @@ TARGETS: dict[str, str] = {
     "phi4": "boltzflow.energies.lattice:Phi4",
     "u1": "boltzflow.energies.lattice:U1Wilson",
     "alanine-dipeptide": "boltzflow.molecular.target:AlanineDipeptideTarget",
+    "pta-sim": "boltzflow.energies.astro_pta:PTAPosterior",
+    "rv-kepler": "boltzflow.energies.astro_rv:RVPosterior",
 }
 
 FLOWS: dict[str, str] = {
@@ -46,6 +48,8 @@ SAMPLERS: dict[str, str] = {
     "imh": "boltzflow.sampling.runners:flow_imh",
     "lattice-hmc": "boltzflow.sampling.lattice_hmc:hmc",
     "lattice-flow-hmc": "boltzflow.sampling.lattice_hmc:flow_hmc",
+    "hybrid": "boltzflow.sampling.hybrid:hybrid",
+    "neutra": "boltzflow.sampling.hybrid:neutra",
 }
 
 LOSSES: dict[str, str] = {
