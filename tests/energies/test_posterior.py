@@ -219,3 +219,35 @@ def test_emcee_runs_on_posterior_and_recovers_gaussian_mean():
     err = (theta.mean(0) - torch.tensor([1.0, 2.0])) / (torch.tensor([1.0, 0.5]) / math.sqrt(ess))
     assert bool((err.abs() < 4).all()), err
     assert post.n_evaluations >= 16 * 3000
+
+
+def test_inference_data_round_trip_through_netcdf(tmp_path):
+    import arviz as az
+
+    from boltzflow.sampling.runners import SamplingResult
+
+    post = Posterior(
+        [Parameter("phase", Uniform(0, 2 * math.pi, periodic=True)), Parameter("s", HalfNormal())]
+    )
+    y = post.sample_prior(2 * 50, torch.Generator().manual_seed(0)).reshape(2, 50, 3)
+    result = SamplingResult(
+        x=y,
+        log_weight=torch.zeros(2, 50),
+        energy=post.energy(y.reshape(100, 3)).reshape(2, 50),
+        accepted=torch.rand(2, 50, generator=torch.Generator().manual_seed(1)) < 0.5,
+        method="hybrid",
+        energy_evaluations=100,
+        wall_seconds=0.0,
+        info={},
+    )
+    idata = post.inference_data(result, attrs={"system": "test"})
+    idata.to_netcdf(str(tmp_path / "samples.nc"))
+    back = az.from_netcdf(str(tmp_path / "samples.nc"))
+    assert dict(back.posterior.sizes) == {"chain": 2, "draw": 50}
+    theta = post.constrain(y.reshape(100, 3)).theta.reshape(2, 50, 2)
+    np.testing.assert_allclose(back.posterior["phase"].values, theta[..., 0].numpy())
+    np.testing.assert_allclose(back.posterior["s"].values, theta[..., 1].numpy())
+    np.testing.assert_array_equal(back.sample_stats["accepted"].values, result.accepted.numpy())
+    np.testing.assert_allclose(back.sample_stats["energy"].values, result.energy.numpy())
+    assert back.posterior.attrs["system"] == "test"
+    assert float(az.rhat(back)["s"]) > 0  # arviz diagnostics read it directly
