@@ -32,10 +32,11 @@ from boltzflow.flows.affine import ElementwiseAffine
 from boltzflow.sampling import diagnostics
 from boltzflow.sampling.chains import run_chain
 from boltzflow.sampling.kernels import HMC, MALA, IndependenceMH, LatentHMC, Mixture
-from boltzflow.sampling.runners import SamplingResult
+from boltzflow.sampling.reweighting import reweight
+from boltzflow.sampling.runners import SamplingResult, draw_with_log_weights
 from boltzflow.training.losses import nll
 
-__all__ = ["hybrid", "neutra", "train_nll", "chain_diagnostics"]
+__all__ = ["hybrid", "neutra", "train_nll", "chain_diagnostics", "flow_evidence"]
 
 
 def chain_diagnostics(x: torch.Tensor) -> dict:
@@ -48,6 +49,13 @@ def chain_diagnostics(x: torch.Tensor) -> dict:
         "ess_bulk_min": float(np.min(diagnostics.ess(a, "bulk"))),
         "ess_tail_min": float(np.min(diagnostics.ess(a, "tail"))),
     }
+
+
+def flow_evidence(flow, target, n: int, seed: int = 0) -> dict:
+    r"""Evidence :math:`\log Z` by flow importance sampling: :func:`reweight` as a dict."""
+    g = torch.Generator(device=next(flow.parameters()).device).manual_seed(int(seed) + 1)
+    _, log_w, _ = draw_with_log_weights(flow, target, int(n), g)
+    return reweight(log_w, seed=int(seed)).as_dict()
 
 
 def train_nll(flow, data: torch.Tensor, steps: int, batch_size: int, lr: float, generator) -> list:
@@ -122,6 +130,7 @@ def hybrid(
     repeats: tuple[int, int] = (1, 1),
     thin: int = 1,
     init: str = "prior",
+    n_importance: int = 0,
     progress: bool = False,
 ) -> SamplingResult:
     r"""Hybrid local + global flow MCMC (flowMC); see the module docstring.
@@ -139,6 +148,9 @@ def hybrid(
             the pooled history (first round discarded as burn-in).
         repeats: production cycle ``(local, global)`` steps per kept draw.
         init: ``"prior"`` (the target's ``sample_prior`` if it has one) or ``"flow"``.
+        n_importance: if > 0, draw this many i.i.d. samples from the frozen flow and report the
+            evidence :math:`\log Z` (bootstrap error, PSIS k̂) as ``info["evidence"]``, via
+            :func:`~boltzflow.sampling.reweighting.reweight` (which warns when k̂ > 0.7).
 
     Returns:
         :class:`SamplingResult` with ``info``: ``local_acceptance``, ``global_acceptance``,
@@ -194,6 +206,8 @@ def hybrid(
         "final_nll": float(np.mean(losses[-20:])) if losses else math.nan,
         **chain_diagnostics(res.x),
     }
+    if n_importance > 0:
+        info["evidence"] = flow_evidence(flow, target, n_importance, seed=int(seed))
     return SamplingResult(
         x=res.x,
         log_weight=torch.zeros_like(res.energy),

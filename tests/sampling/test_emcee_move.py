@@ -89,3 +89,23 @@ def test_flow_move_rejects_undefined_proposal_density():
     move = FlowMove(Broken())
     x, factors = move._propose(np.zeros((4, DIM)), np.random.RandomState(0))
     assert x.shape == (4, DIM) and bool(np.all(factors == -np.inf))
+
+
+def test_emcee_sampler_runner_layout_and_counts():
+    from boltzflow.energies.posterior import from_log_prob
+    from boltzflow.sampling.emcee_move import emcee_sampler
+
+    target = from_log_prob(lambda t: -0.5 * (t**2).sum(-1), 2)
+    target.sample_prior = lambda n, generator=None: torch.randn(
+        n, 2, generator=generator, dtype=torch.float64
+    )
+    res = emcee_sampler(None, target, n_samples=3200, seed=0, walkers=16)
+    assert (
+        res.x.shape == (16, 200, 2)
+        and res.energy.shape == (16, 200)
+        and res.accepted.shape == (16, 200)
+    )
+    assert res.energy_evaluations == 16 * 400 + 16  # burn-in counted, plus the initial ensemble
+    torch.testing.assert_close(res.energy, 0.5 * (res.x**2).sum(-1))
+    z = diagnostics.calibrated_z(res.x.numpy(), np.zeros(2))
+    assert bool((z < 4).all()), z
