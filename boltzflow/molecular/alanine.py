@@ -120,20 +120,17 @@ def phi_psi(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return dihedral(x, PHI_ATOMS), dihedral(x, PSI_ATOMS)
 
 
-def _deg(angle: torch.Tensor) -> torch.Tensor:
-    return angle * (180.0 / math.pi)
+_0, _120, _M125, _75 = 0.0, math.radians(120.0), math.radians(-125.0), math.radians(75.0)
 
 
 def in_alpha_l(phi: torch.Tensor, psi: torch.Tensor | None = None) -> torch.Tensor:
-    """Indicator of αL/C7ax, :math:`0° < \\phi < 120°` (angles in radians)."""
-    p = _deg(phi)
-    return (p > 0) & (p < 120)
+    r"""Indicator of αL/C7ax, :math:`0° < \phi < 120°` (angles in radians)."""
+    return (phi > _0) & (phi < _120)
 
 
 def in_alpha_r(phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
-    """Indicator of αR: not αL and :math:`-125° < \\psi \\le 75°` (radians in)."""
-    s = _deg(psi)
-    return ~in_alpha_l(phi) & (s > -125) & (s <= 75)
+    r"""Indicator of αR: not αL and :math:`-125° < \psi \le 75°` (radians in)."""
+    return ~in_alpha_l(phi) & (psi > _M125) & (psi <= _75)
 
 
 def in_beta(phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:

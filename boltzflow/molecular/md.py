@@ -10,9 +10,9 @@ and returns frames ``float32[n_frames, n_atoms, 3]`` in nm. It takes a picklable
 .. math:: U_r(x) = \tfrac12 k\, \Delta(\tau(x) - \tau_0)^2, \qquad
           \Delta(a) = a - 2\pi\,\mathrm{round}(a / 2\pi),
 
-(periodic distance on the circle; kJ/mol with :math:`k` in kJ/mol/rad²) can be switched on
-for the first ``restraint_steps`` (steering into a basin) or for the whole run (umbrella
-windows, :mod:`boltzflow.molecular.umbrella`).
+(periodic distance on the circle; kJ/mol with :math:`k` in kJ/mol/rad²; one or several
+dihedrals) can be switched on for the first ``steps`` (steering into a basin) or for the
+whole run (umbrella windows, :mod:`boltzflow.molecular.umbrella`).
 
 :func:`cached_md` stores each trajectory under ``$BOLTZFLOW_CACHE`` (default
 ``.boltzflow-cache/md`` next to ``systems/``), keyed by the SHA-256 of the system XML, the
@@ -63,7 +63,7 @@ class MDSettings:
     friction_per_ps: float = 1.0
     equilibration_ps: float = 10.0
     seed: int = 0
-    restraint: Restraint | None = None
+    restraint: Restraint | tuple[Restraint, ...] | None = None
 
     @property
     def interval_steps(self) -> int:
@@ -72,6 +72,15 @@ class MDSettings:
     @property
     def simulated_ns(self) -> float:
         return self.n_frames * self.interval_steps * self.timestep_fs * 1e-6
+
+
+def _restraints(r) -> tuple[Restraint, ...]:
+    if r is None:
+        return ()
+    rs = (r,) if isinstance(r, Restraint) else tuple(r)
+    if len({x.steps for x in rs}) > 1:
+        raise ValueError("all restraints of one run must share `steps`")
+    return rs
 
 
 def run_md(spec: SystemSpec, positions: np.ndarray, settings: MDSettings) -> np.ndarray:
@@ -87,15 +96,17 @@ def run_md(spec: SystemSpec, positions: np.ndarray, settings: MDSettings) -> np.
 
     s = settings
     system = openmm.XmlSerializer.deserialize(spec.xml)
-    if s.restraint is not None:
-        r = s.restraint
+    restraints = _restraints(s.restraint)
+    if restraints:
         force = openmm.CustomTorsionForce(
-            "0.5*k_restraint*d^2; d = theta - theta0 - 6.283185307179586*floor("
+            "0.5*restraint_on*k*d^2; d = theta - theta0 - 6.283185307179586*floor("
             "(theta - theta0 + 3.141592653589793)/6.283185307179586)"
         )
-        force.addGlobalParameter("k_restraint", float(r.k))
+        force.addGlobalParameter("restraint_on", 1.0)
         force.addPerTorsionParameter("theta0")
-        force.addTorsion(*[int(a) for a in r.atoms], [float(r.center)])
+        force.addPerTorsionParameter("k")
+        for r in restraints:
+            force.addTorsion(*[int(a) for a in r.atoms], [float(r.center), float(r.k)])
         system.addForce(force)
     integrator = openmm.LangevinMiddleIntegrator(
         s.temperature * unit.kelvin,
@@ -107,9 +118,9 @@ def run_md(spec: SystemSpec, positions: np.ndarray, settings: MDSettings) -> np.
     ctx = openmm.Context(system, integrator, platform, dict(spec.properties))
     ctx.setPositions(np.asarray(positions, dtype=np.float64))
     ctx.setVelocitiesToTemperature(s.temperature * unit.kelvin, int(s.seed) + 1)
-    if s.restraint is not None and s.restraint.steps is not None:
-        integrator.step(int(s.restraint.steps))
-        ctx.setParameter("k_restraint", 0.0)
+    if restraints and restraints[0].steps is not None:
+        integrator.step(int(restraints[0].steps))
+        ctx.setParameter("restraint_on", 0.0)
     integrator.step(max(0, round(s.equilibration_ps * 1000.0 / s.timestep_fs)))
     frames = np.empty((s.n_frames, system.getNumParticles(), 3), dtype=np.float32)
     for i in range(s.n_frames):
@@ -162,7 +173,10 @@ def cached_md_many(spec, jobs, *, pool=None, directory=None) -> list[np.ndarray]
         args = [(spec, jobs[i][0], jobs[i][1]) for i in todo]
         ns = sum(jobs[i][1].simulated_ns for i in todo)
         log.info("running %d MD trajectories (%.2f ns in total)", len(todo), ns)
-        results = pool.map(run_md, args) if pool is not None else [run_md(*a) for a in args]
+        if pool is not None:
+            results = pool.map(run_md, args, timeout=None)
+        else:
+            results = [run_md(*a) for a in args]
         for i, frames in zip(todo, results, strict=True):
             tmp = paths[i].with_suffix(".tmp.npy")
             np.save(tmp, frames)
@@ -229,14 +243,15 @@ def alanine_md_frames(
     * ``main``: ``ns`` of 300 K Langevin MD from the crd structure (β region); plain MD at
       300 K in vacuum does not reach αL (0° < φ < 120°) in hundreds of ns.
     * ``alpha_l``: ``alpha_l_trajectories`` trajectories of ``alpha_l_ns`` in total, each
-      steered into αL by a φ restraint at 60° (500 kJ/mol/rad², 20 ps), then released and run
-      unbiased at the same temperature. They may leave αL again; every frame is unbiased
-      dynamics at :math:`T`, so the mixture has the right shape in each basin and only the
-      basin weights are off, which importance weights correct.
+      steered into the C7ax minimum of αL by restraints φ = 60°, ψ = -70° (500 kJ/mol/rad²,
+      20 ps), then released and run unbiased at the same temperature. They may leave αL
+      again; every frame is unbiased dynamics at :math:`T`, so the mixture has the right
+      shape in each basin and only the basin weights are off, which importance weights
+      correct.
     """
     import math
 
-    from boltzflow.molecular.alanine import PHI_ATOMS
+    from boltzflow.molecular.alanine import PHI_ATOMS, PSI_ATOMS
 
     spec = target.cartesian.spec
     T = target.temperature
@@ -244,7 +259,10 @@ def alanine_md_frames(
     jobs = [(target.mol.positions, MDSettings(T, frames, interval_ps, seed=seed))]
     m = max(1, int(alpha_l_trajectories))
     per = max(1, round(alpha_l_ns * 1000.0 / interval_ps / m))
-    steer = Restraint(PHI_ATOMS, math.radians(60.0), 500.0, steps=20000)
+    steer = (
+        Restraint(PHI_ATOMS, math.radians(60.0), 500.0, steps=20000),
+        Restraint(PSI_ATOMS, math.radians(-70.0), 500.0, steps=20000),
+    )
     for i in range(m if alpha_l_ns > 0 else 0):
         settings = MDSettings(
             T, per, interval_ps, equilibration_ps=5.0, seed=seed + 1 + i, restraint=steer
@@ -253,3 +271,7 @@ def alanine_md_frames(
     out = cached_md_many(spec, jobs, pool=target.pool)  # in this process without a pool
     alpha = np.concatenate(out[1:]) if len(out) > 1 else out[0][:0]
     return [out[0], alpha]
+
+
+#: The name ``boltzflow.cli`` looks up to register the subcommand.
+add_parser = add_md_parser

@@ -15,9 +15,9 @@ The pooled samples are combined with MBAR (Shirts & Chodera 2008, J. Chem. Phys.
 .. math:: w_n \propto \Bigl[\sum_k N_k \exp(f_k - b_k(\tau_n))\Bigr]^{-1},
 
 and the free energy of state set A vs B is :math:`\Delta F = -\ln(\sum_{A} w_n / \sum_B w_n)`
-in kT. Errors come from a block bootstrap within each window (blocks of the statistical
-inefficiency of the biased coordinate, ``pymbar.timeseries``), which accounts for the time
-correlation that MBAR's asymptotic variance ignores.
+in kT. Errors: MBAR's asymptotic covariance on windows subsampled to uncorrelated frames
+(statistical inefficiency from ``pymbar.timeseries``), or a block bootstrap within each
+window; both account for time correlation.
 """
 
 from __future__ import annotations
@@ -123,79 +123,104 @@ def _unbiased_log_weights(bias: np.ndarray, n_k: np.ndarray, f_k: np.ndarray) ->
     return -logsumexp(np.log(n_k)[:, None] + f_k[:, None] - bias, axis=0)
 
 
-def _solve(bias: np.ndarray, n_k: np.ndarray, f0=None) -> np.ndarray:
+def _mbar(bias: np.ndarray, n_k: np.ndarray, f0=None):
     import pymbar
 
-    mbar = pymbar.MBAR(bias, n_k, initial_f_k=f0, verbose=False)
-    return np.asarray(mbar.f_k)
+    return pymbar.MBAR(bias, n_k, initial_f_k=f0, verbose=False)
+
+
+def _log_ratio(in_a, in_b, log_w) -> float:
+    """``-ln(Σ_A w / Σ_B w)`` from unnormalized log-weights."""
+    from scipy.special import logsumexp
+
+    la = logsumexp(log_w[in_a]) if in_a.any() else -np.inf
+    lb = logsumexp(log_w[in_b]) if in_b.any() else -np.inf
+    return float(lb - la)
+
+
+def _inefficiency(c: np.ndarray) -> float:
+    """Statistical inefficiency of a window from the periodic biased coordinate."""
+    from pymbar import timeseries
+
+    return max(1.0, float(timeseries.statistical_inefficiency(np.cos(c) + 2.0 * np.sin(c))))
 
 
 def mbar_free_energies(
     samples: UmbrellaSamples,
     sets: Mapping[str, tuple[Callable, Callable]],
     *,
+    uncertainty: str = "analytic",
     n_bootstrap: int = 100,
     seed: int = 0,
     pmf_bins: int = 36,
 ) -> dict:
-    """MBAR free energies ``ΔF = -ln(P_A / P_B)`` (kT) of state sets with bootstrap errors.
+    r"""MBAR free energies ``ΔF = -ln(P_A / P_B)`` (kT) of state sets, with standard errors.
 
-    Args:
-        samples: from :func:`run_umbrella`.
-        sets: ``{name: (in_a, in_b)}``, each a function of ``cvs [n, n_cv]`` → ``bool[n]``.
-        n_bootstrap: block-bootstrap replicas (0: no error bars).
+        Args:
+            samples: from :func:`run_umbrella`.
+            sets: ``{name: (in_a, in_b)}``, each a function of ``cvs [n, n_cv]`` → ``bool[n]``.
+            uncertainty: ``"analytic"``: each window is first subsampled to uncorrelated frames
+                (stride = statistical inefficiency :math:`g`), then MBAR's asymptotic covariance
+                of :math:`(P_A, P_B)` under the unbiased state gives
+                :math:`\sigma^2_{\Delta F} = \sigma_A^2/P_A^2 + \sigma_B^2/P_B^2
+                - 2\sigma_{AB}/(P_A P_B)`. ``"bootstrap"``: all frames, and ``n_bootstrap``
+                block-bootstrap replicas (blocks of :math:`\lceil g
+    ceil` frames per window).
 
-    Returns:
-        ``{"free_energies": {name: {"mean", "stderr", "unit"}}, "pmf": {"phi", "F"},
-        "statistical_inefficiency": [...]}``.
+        Returns:
+            ``{"free_energies": {name: {"mean", "stderr", "unit"}}, "pmf": {"phi", "F"},
+            "statistical_inefficiency": [...], "n_samples": N}``.
     """
-    from pymbar import timeseries
+    if uncertainty not in ("analytic", "bootstrap"):
+        raise ValueError(f"uncertainty must be 'analytic' or 'bootstrap', got {uncertainty!r}")
+    g = [_inefficiency(c[:, 0]) for c in samples.cvs]
+    if uncertainty == "analytic":
+        from pymbar import timeseries
 
-    cvs = samples.cvs
+        cvs = [
+            c[timeseries.subsample_correlated_data(c[:, 0], g=gi)]
+            for c, gi in zip(samples.cvs, g, strict=True)
+        ]
+    else:
+        cvs = samples.cvs
     n_k = np.array([len(c) for c in cvs], dtype=float)
     all_cv = np.concatenate(cvs)
     bias = samples.reduced_bias(all_cv[:, 0])
-    f_k = _solve(bias, n_k)
-    g = [
-        max(1.0, float(timeseries.statistical_inefficiency(np.cos(c[:, 0]) + 2 * np.sin(c[:, 0]))))
-        for c in cvs
-    ]
-
-    def estimate(cv, log_w):
-        out = {}
-        for name, (in_a, in_b) in sets.items():
-            a, b = np.asarray(in_a(cv), bool), np.asarray(in_b(cv), bool)
-            from scipy.special import logsumexp
-
-            la = logsumexp(log_w[a]) if a.any() else -np.inf
-            lb = logsumexp(log_w[b]) if b.any() else -np.inf
-            out[name] = float(lb - la)
-        return out
-
+    mbar = _mbar(bias, n_k)
+    f_k = np.asarray(mbar.f_k)
     log_w = _unbiased_log_weights(bias, n_k, f_k)
-    means = estimate(all_cv, log_w)
-    rng = np.random.default_rng(seed)
-    boots = {name: [] for name in sets}
-    for _ in range(int(n_bootstrap)):
-        idx, start = [], 0
-        for c, gi in zip(cvs, g, strict=True):
-            n, block = len(c), max(1, int(math.ceil(gi)))
-            starts = rng.integers(0, max(1, n - block + 1), size=int(math.ceil(n / block)))
-            idx.append(start + (starts[:, None] + np.arange(block)).reshape(-1)[:n])
-            start += n
-        idx = np.concatenate(idx)
-        b_bias = bias[:, idx]
-        fb = _solve(b_bias, n_k, f0=f_k)
-        for name, v in estimate(all_cv[idx], _unbiased_log_weights(b_bias, n_k, fb)).items():
-            boots[name].append(v)
-    free = {
-        name: {
-            "mean": means[name],
-            "stderr": float(np.std(boots[name], ddof=1)) if len(boots[name]) > 1 else math.nan,
-            "unit": "kT",
-        }
-        for name in sets
+    masks = {
+        name: (np.asarray(a(all_cv), bool), np.asarray(b(all_cv), bool))
+        for name, (a, b) in sets.items()
     }
+    free = {}
+    for name, (a, b) in masks.items():
+        mean = _log_ratio(a, b, log_w)
+        if uncertainty == "analytic":
+            # the unbiased state restricted to A and to B (u = 1e6 kT outside the set)
+            u_ln = np.stack([np.where(a, 0.0, 1e6), np.where(b, 0.0, 1e6)])
+            res = mbar.compute_perturbed_free_energies(u_ln)
+            stderr = float(res["dDelta_f"][0, 1])
+        else:
+            stderr = math.nan
+        free[name] = {"mean": mean, "stderr": stderr, "unit": "kT"}
+    if uncertainty == "bootstrap" and n_bootstrap > 1:
+        rng = np.random.default_rng(seed)
+        boots = {name: [] for name in sets}
+        for _ in range(int(n_bootstrap)):
+            idx, start = [], 0
+            for c, gi in zip(cvs, g, strict=True):
+                n, block = len(c), max(1, int(math.ceil(gi)))
+                starts = rng.integers(0, max(1, n - block + 1), size=int(math.ceil(n / block)))
+                idx.append(start + (starts[:, None] + np.arange(block)).reshape(-1)[:n])
+                start += n
+            idx = np.concatenate(idx)
+            fb = np.asarray(_mbar(bias[:, idx], n_k, f0=f_k).f_k)
+            lw = _unbiased_log_weights(bias[:, idx], n_k, fb)
+            for name, (a, b) in masks.items():
+                boots[name].append(_log_ratio(a[idx], b[idx], lw))
+        for name in sets:
+            free[name]["stderr"] = float(np.std(boots[name], ddof=1))
     edges = np.linspace(-np.pi, np.pi, pmf_bins + 1)
     which = np.clip(np.digitize(all_cv[:, 0], edges) - 1, 0, pmf_bins - 1)
     from scipy.special import logsumexp
@@ -203,11 +228,11 @@ def mbar_free_energies(
     p = np.array(
         [logsumexp(log_w[which == i]) if (which == i).any() else -np.inf for i in range(pmf_bins)]
     )
-    pmf = -(p - np.max(p))
     return {
         "free_energies": free,
-        "pmf": {"phi": (0.5 * (edges[1:] + edges[:-1])).tolist(), "F": pmf.tolist()},
+        "pmf": {"phi": (0.5 * (edges[1:] + edges[:-1])).tolist(), "F": (p.max() - p).tolist()},
         "statistical_inefficiency": g,
+        "n_samples": int(len(all_cv)),
     }
 
 
@@ -216,6 +241,7 @@ def alanine_umbrella(target, **kwargs) -> dict:
     from boltzflow.molecular import alanine as ala
 
     n_boot = kwargs.pop("n_bootstrap", 100)
+    uncertainty = kwargs.pop("uncertainty", "analytic")
     seed = kwargs.get("seed", 0)
     samples = run_umbrella(
         target.cartesian.spec,
@@ -238,6 +264,7 @@ def alanine_umbrella(target, **kwargs) -> dict:
             "alphaL_vs_rest": (sets(ala.in_alpha_l), sets(ala.in_alpha_l, True)),
             "alphaR_vs_beta": (sets(ala.in_alpha_r), sets(ala.in_beta)),
         },
+        uncertainty=uncertainty,
         n_bootstrap=n_boot,
         seed=seed,
     )
@@ -264,7 +291,8 @@ def add_umbrella_parser(subparsers) -> None:
     p.add_argument("--kappa", type=float, default=300.0, help="kJ/mol/rad^2")
     p.add_argument("--ns-per-window", type=float, default=0.5)
     p.add_argument("--interval-ps", type=float, default=0.5)
-    p.add_argument("--bootstrap", type=int, default=100)
+    p.add_argument("--uncertainty", choices=("analytic", "bootstrap"), default="analytic")
+    p.add_argument("--bootstrap", type=int, default=100, help="replicas (--uncertainty bootstrap)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None)
     p.add_argument(
@@ -312,3 +340,7 @@ def umbrella_command(args) -> int:
         (recipe.folder / REFERENCE_FILE).write_text(text + "\n")
         print(f"reference written to {recipe.folder / REFERENCE_FILE}")
     return 0
+
+
+#: The name ``boltzflow.cli`` looks up to register the subcommand.
+add_parser = add_umbrella_parser
