@@ -122,7 +122,7 @@ def simulate_rv(
     data = RVData(t, None, errs, {})
     a, b = k * math.cos(omega), -k * math.sin(omega)
     c, s = _basis(
-        torch.as_tensor(t), data.t0, torch.tensor(period), torch.tensor(e), torch.tensor(m0)
+        torch.as_tensor(t), data.t0, *(torch.tensor(x, dtype=torch.float64) for x in (period, e, m0))
     )
     v = (
         a * c.numpy()

@@ -22,6 +22,7 @@ Every target evaluation of warm-up and production is counted in ``energy_evaluat
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -35,6 +36,8 @@ from boltzflow.sampling.kernels import HMC, MALA, IndependenceMH, LatentHMC, Mix
 from boltzflow.sampling.reweighting import reweight
 from boltzflow.sampling.runners import SamplingResult, draw_with_log_weights
 from boltzflow.training.losses import nll
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["hybrid", "neutra", "train_nll", "chain_diagnostics", "flow_evidence"]
 
@@ -97,12 +100,36 @@ def _start(flow, target, chains: int, init: str, g: torch.Generator) -> torch.Te
         return flow.sample(chains, generator=g).x.detach()
 
 
+def _descend(target, x: torch.Tensor, steps: int, lr: float = 0.05) -> torch.Tensor:
+    """``steps`` Adam steps on ``u`` for every chain; non-finite chains keep their last point."""
+    if steps <= 0:
+        return x
+    x = x.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=lr)
+    for _ in range(int(steps)):
+        u = target.energy(x)
+        opt.zero_grad()
+        u.masked_fill(~torch.isfinite(u), 0.0).sum().backward()
+        x.grad.nan_to_num_(0.0, 0.0, 0.0)
+        opt.step()
+    return x.detach()
+
+
 def _local_kernel(target, local: str, step, n_leapfrog: int, mass):
     if local == "mala":
         return MALA(target, step)
     if local == "hmc":
         return HMC(target, step, n_leapfrog, mass=mass)
     raise ValueError(f"local must be 'mala' or 'hmc', got {local!r}")
+
+
+#: local steps between step-size updates during warm-up
+ADAPT_EVERY = 10
+
+
+def _blocks(n: int, size: int) -> list[int]:
+    """Split ``n`` steps into blocks of at most ``size``."""
+    return [size] * (n // size) + ([n % size] if n % size else [])
 
 
 def _adapt(step: torch.Tensor, accept: torch.Tensor, target_accept: float) -> torch.Tensor:
@@ -130,7 +157,9 @@ def hybrid(
     repeats: tuple[int, int] = (1, 1),
     thin: int = 1,
     init: str = "prior",
-    n_importance: int = 0,
+    init_steps: int = 0,
+    history_rounds: int | None = None,
+    evidence_samples: int = 0,
     progress: bool = False,
 ) -> SamplingResult:
     r"""Hybrid local + global flow MCMC (flowMC); see the module docstring.
@@ -148,7 +177,10 @@ def hybrid(
             the pooled history (first round discarded as burn-in).
         repeats: production cycle ``(local, global)`` steps per kept draw.
         init: ``"prior"`` (the target's ``sample_prior`` if it has one) or ``"flow"``.
-        n_importance: if > 0, draw this many i.i.d. samples from the frozen flow and report the
+        init_steps: Adam steps (lr 0.05) on ``u`` from the starting points before the first
+            round, to leave the prior's tails quickly (counted as evaluations).
+        history_rounds: train on the last this many rounds only (default: all but the first).
+        evidence_samples: if > 0, draw this many i.i.d. samples from the frozen flow and report the
             evidence :math:`\log Z` (bootstrap error, PSIS k̂) as ``info["evidence"]``, via
             :func:`~boltzflow.sampling.reweighting.reweight` (which warns when k̂ > 0.7).
 
@@ -156,20 +188,29 @@ def hybrid(
         :class:`SamplingResult` with ``info``: ``local_acceptance``, ``global_acceptance``,
         ``warmup_evaluations``, ``step_size``, final training loss, R-hat and ESS.
     """
+    if int(local_steps) < 1 or int(warmup_rounds) < 1:
+        raise ValueError("hybrid needs local_steps >= 1 and warmup_rounds >= 1")
     if target_accept is None:
         target_accept = 0.57 if local == "mala" else 0.75
     g = torch.Generator().manual_seed(int(seed))
     t0, n0 = time.perf_counter(), target.n_evaluations
-    x0 = _start(flow, target, chains, init, g)
+    x0 = _descend(target, _start(flow, target, chains, init, g), init_steps)
     step = torch.full((chains, 1), float(step_size), dtype=x0.dtype)
     mass = 1.0
     state = _local_kernel(target, local, step, n_leapfrog, mass).init(x0, seed=int(seed))
     history, losses, global_acc = [], [], []
     for r in range(int(warmup_rounds)):
-        kernel = _local_kernel(target, local, step, n_leapfrog, mass)
-        res = run_chain(kernel, kernel.adopt(state), local_steps, progress=progress)
-        state = res.final_state
-        step = _adapt(step, res.accepted.double().mean(1), target_accept)
+        blocks = []
+        for n in _blocks(local_steps, ADAPT_EVERY):
+            kernel = _local_kernel(target, local, step, n_leapfrog, mass)
+            res = run_chain(kernel, kernel.adopt(state), n, progress=progress)
+            state = res.final_state
+            step = _adapt(step, res.acceptance_prob.double().mean(1), target_accept)
+            blocks.append(res)
+        res = res._replace(
+            x=torch.cat([b.x for b in blocks], 1),
+            accepted=torch.cat([b.accepted for b in blocks], 1),
+        )
         if r > 0:
             imh = IndependenceMH(flow, target)
             res_g = run_chain(imh, imh.adopt(state), global_steps, progress=progress)
@@ -180,7 +221,8 @@ def hybrid(
             history.append(res.x)
         if not history:
             continue
-        data = torch.cat([h.reshape(-1, *h.shape[2:]) for h in history]).to(x0.dtype)
+        window = history if history_rounds is None else history[-2 * int(history_rounds) :]
+        data = torch.cat([h.reshape(-1, *h.shape[2:]) for h in window]).to(x0.dtype)
         if local == "hmc":
             mass = 1.0 / data.var(0).clamp(min=1e-8)
         if r == (1 if warmup_rounds > 1 else 0):
@@ -188,7 +230,15 @@ def hybrid(
                 if isinstance(m, ElementwiseAffine):
                     m.set_from_data(data)
         losses += train_nll(flow, data, train_steps, batch_size, lr, g)
-    warmup_evals = target.n_evaluations - n0
+        logger.info(
+            "warm-up round %d: local acceptance %.2f, global %s, NLL %.3f, %d evaluations",
+            r,
+            float(res.accepted.double().mean()),
+            f"{global_acc[-1]:.2f}" if global_acc else "-",
+            losses[-1] if losses else math.nan,
+            target.n_evaluations - n0,
+        )
+    warmup_evals, warmup_seconds = target.n_evaluations - n0, time.perf_counter() - t0
     _freeze(flow)
     local_kernel = _local_kernel(target, local, step, n_leapfrog, mass)
     mix = Mixture([local_kernel, IndependenceMH(flow, target)], repeats=repeats)
@@ -201,13 +251,14 @@ def hybrid(
         "global_acceptance": float(rates[1]),
         "acceptance_rate": float(res.accepted.double().mean()),
         "warmup_evaluations": int(warmup_evals),
+        "warmup_seconds": warmup_seconds,
         "warmup_global_acceptance": global_acc,
         "step_size_median": float(step.median()),
         "final_nll": float(np.mean(losses[-20:])) if losses else math.nan,
         **chain_diagnostics(res.x),
     }
-    if n_importance > 0:
-        info["evidence"] = flow_evidence(flow, target, n_importance, seed=int(seed))
+    if evidence_samples > 0:
+        info["evidence"] = flow_evidence(flow, target, evidence_samples, seed=int(seed))
     return SamplingResult(
         x=res.x,
         log_weight=torch.zeros_like(res.energy),

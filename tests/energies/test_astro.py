@@ -153,3 +153,18 @@ def test_rv_posterior_mode_observables_and_lifted_phase():
     theta[0, 2], theta[1, 2] = 1e-9, 2 * math.pi - 1e-9
     u = post.energy(post.unconstrain(theta))
     assert float(u[0] - u[1]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_shipped_rv_data_and_reference_match_the_simulation():
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "systems" / "rv-kepler"
+    data = np.loadtxt(folder / "data.csv", delimiter=",", comments="#")
+    post = RVPosterior()
+    np.testing.assert_allclose(
+        data, np.stack([post.data.t, post.data.v, post.data.sigma], 1), atol=2e-6
+    )
+    ref = json.loads((folder / "reference.json").read_text())
+    assert tuple(ref["mode_edges_days"]) == post.mode_edges
+    assert sum(ref["mode_weights"]) == pytest.approx(1.0, abs=1e-6)
