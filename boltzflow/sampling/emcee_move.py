@@ -27,7 +27,7 @@ from emcee.moves import MHMove
 from boltzflow.energies.posterior import EmceeLogProb
 from boltzflow.sampling.runners import SamplingResult
 
-__all__ = ["FlowMove", "emcee_sampler"]
+__all__ = ["FlowMove", "emcee_sampler", "flow_emcee"]
 
 
 class FlowMove(MHMove):
@@ -40,13 +40,14 @@ class FlowMove(MHMove):
         dtype: dtype the flow is evaluated in.
 
     Attributes:
-        n_proposed: walker proposals made so far (the acceptance rate is read from emcee).
+        n_proposed, n_accepted: walker proposals made and accepted by this move so far.
     """
 
     def __init__(self, flow, dtype: torch.dtype = torch.float64):
         self.flow = flow
         self.dtype = dtype
         self.n_proposed = 0
+        self.n_accepted = 0
         params = next(iter(flow.parameters()), None) if hasattr(flow, "parameters") else None
         self.device = params.device if params is not None else torch.device("cpu")
         super().__init__(self._propose, ndim=int(getattr(flow, "dim", 0)) or None)
@@ -54,6 +55,17 @@ class FlowMove(MHMove):
     def _generator(self, random: np.random.RandomState) -> torch.Generator:
         seed = int(random.randint(0, 2**31 - 1)) * (2**31) + int(random.randint(0, 2**31 - 1))
         return torch.Generator(device=self.device).manual_seed(seed)
+
+    def propose(self, model, state):
+        """emcee's MH step (:meth:`emcee.moves.MHMove.propose`), counting accepted walkers."""
+        state, accepted = super().propose(model, state)
+        self.n_accepted += int(np.sum(accepted))
+        return state, accepted
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Fraction of this move's proposals that were accepted (NaN before any)."""
+        return self.n_accepted / self.n_proposed if self.n_proposed else float("nan")
 
     @torch.no_grad()
     def _propose(self, coords: np.ndarray, random: np.random.RandomState):
@@ -132,4 +144,113 @@ def emcee_sampler(
         energy_evaluations=target.n_evaluations - n0,
         wall_seconds=time.perf_counter() - t0,
         info={"acceptance_rate": float(np.mean(sampler.acceptance_fraction)), "walkers": walkers},
+    )
+
+
+def _chains(sampler, start: int = 0) -> torch.Tensor:
+    """emcee's ``[steps, walkers, dim]`` chain from ``start`` as ``[walkers, draws, dim]``."""
+    return torch.as_tensor(np.transpose(sampler.get_chain()[start:], (1, 0, 2)).copy())
+
+
+def flow_emcee(
+    flow,
+    target,
+    *,
+    n_samples: int,
+    seed: int = 0,
+    walkers: int | None = None,
+    burn_steps: int = 1000,
+    rounds: int = 4,
+    round_steps: int = 200,
+    train_steps: int = 500,
+    batch_size: int = 512,
+    lr: float = 1e-3,
+    flow_weight: float = 0.5,
+    init: str = "prior",
+    evidence_samples: int = 0,
+    progress: bool = False,
+) -> SamplingResult:
+    r"""emcee accelerated by a flow trained on its own walkers, then frozen (flowMC-style).
+
+    1. Burn-in: ``burn_steps`` stretch-move steps from prior draws (gradient-free).
+    2. ``rounds`` times: train the flow by maximum likelihood on the pooled walker history
+       (the second half of burn-in and every later round), then run ``round_steps`` steps of
+       the mixture ``[(StretchMove, 1 - w), (FlowMove, w)]``.
+    3. Freeze the flow and run the same mixture for ``ceil(n_samples / walkers)`` kept steps:
+       a fixed MH kernel mixture, hence exact MCMC (Tierney 1994) for any flow.
+
+    Works with numpy likelihoods (no gradients needed). ``info`` has the flow-move and
+    overall acceptance, warm-up cost, R-hat and ESS (walkers as chains, arviz) and, with
+    ``evidence_samples``, the flow importance-sampling evidence.
+    """
+    from boltzflow.flows.affine import ElementwiseAffine
+    from boltzflow.sampling.hybrid import chain_diagnostics, flow_evidence, train_nll
+
+    dim = int(target.dim)
+    walkers = int(walkers or max(32, 2 * dim + 2))
+    walkers += walkers % 2
+    rs = np.random.RandomState(int(seed))
+    g = torch.Generator().manual_seed(int(seed))
+    t0, n0 = time.perf_counter(), target.n_evaluations
+    with torch.no_grad():
+        if init == "prior" and hasattr(target, "sample_prior"):
+            x0 = target.sample_prior(walkers, generator=g).double().numpy()
+        else:
+            x0 = flow.sample(walkers, generator=g).x.double().cpu().numpy()
+    log_prob = EmceeLogProb(target)
+
+    def ensemble(moves):
+        s = emcee.EnsembleSampler(walkers, dim, log_prob, moves=moves, vectorize=True)
+        s._random = rs  # one seeded legacy RandomState drives every stage
+        return s
+
+    burn = ensemble(emcee.moves.StretchMove())
+    state = burn.run_mcmc(x0, int(burn_steps), progress=progress)
+    history = [_chains(burn, int(burn_steps) // 2)]
+    move = FlowMove(flow)
+    mixed = [(emcee.moves.StretchMove(), 1.0 - flow_weight), (move, flow_weight)]
+    warm_acc = []
+    for r in range(int(rounds)):
+        data = torch.cat([h.reshape(-1, dim) for h in history]).to(next(flow.parameters()).dtype)
+        if r == 0:
+            for m in flow.modules():
+                if isinstance(m, ElementwiseAffine):
+                    m.set_from_data(data)
+        train_nll(flow, data, train_steps, batch_size, lr, g)
+        n_acc, n_prop = move.n_accepted, move.n_proposed
+        stage = ensemble(mixed)
+        state = stage.run_mcmc(state, int(round_steps), progress=progress)
+        history.append(_chains(stage))
+        warm_acc.append((move.n_accepted - n_acc) / max(move.n_proposed - n_prop, 1))
+    warmup_evals, warmup_seconds = target.n_evaluations - n0, time.perf_counter() - t0
+    flow.eval()
+    for p in flow.parameters():
+        p.requires_grad_(False)
+    n_acc, n_prop = move.n_accepted, move.n_proposed
+    prod = ensemble(mixed)
+    prod.run_mcmc(state, -(-int(n_samples) // walkers), progress=progress)
+    x = _chains(prod)
+    energy = torch.as_tensor(-prod.get_log_prob().T.copy())
+    moved = torch.as_tensor(np.any(np.diff(prod.get_chain(), axis=0) != 0, axis=-1).T.copy())
+    accepted = torch.cat([torch.ones(walkers, 1, dtype=torch.bool), moved], 1)
+    info = {
+        "walkers": walkers,
+        "global_acceptance": (move.n_accepted - n_acc) / max(move.n_proposed - n_prop, 1),
+        "acceptance_rate": float(np.mean(prod.acceptance_fraction)),
+        "warmup_evaluations": int(warmup_evals),
+        "warmup_seconds": warmup_seconds,
+        "warmup_global_acceptance": warm_acc,
+        **chain_diagnostics(x),
+    }
+    if evidence_samples > 0:
+        info["evidence"] = flow_evidence(flow, target, evidence_samples, seed=int(seed))
+    return SamplingResult(
+        x=x,
+        log_weight=torch.zeros_like(energy),
+        energy=energy,
+        accepted=accepted,
+        method="flow-emcee",
+        energy_evaluations=target.n_evaluations - n0,
+        wall_seconds=time.perf_counter() - t0,
+        info=info,
     )

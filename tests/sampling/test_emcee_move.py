@@ -109,3 +109,25 @@ def test_emcee_sampler_runner_layout_and_counts():
     torch.testing.assert_close(res.energy, 0.5 * (res.x**2).sum(-1))
     z = diagnostics.calibrated_z(res.x.numpy(), np.zeros(2))
     assert bool((z < 4).all()), z
+
+
+def test_flow_emcee_trains_then_freezes_and_is_calibrated():
+    """flowMC-style emcee: flow trained on the walkers, frozen, mixed with the stretch move."""
+    from boltzflow.energies.gaussians import CorrelatedGaussian
+    from boltzflow.flows.builders import spline_coupling_flow
+    from boltzflow.sampling.emcee_move import flow_emcee
+
+    target = CorrelatedGaussian(
+        mean=[1.0, -2.0, 0.5, 3.0], cov=torch.diag(torch.tensor([1.0, 4.0, 0.25, 2.0]))
+    )
+    flow = spline_coupling_flow(4, num_layers=2, hidden=16, seed=0).double()
+    res = flow_emcee(
+        flow, target, n_samples=16 * 200, seed=0, walkers=16, burn_steps=150, rounds=1,
+        round_steps=40, train_steps=100, init="flow",
+    )  # fmt: skip
+    assert res.method == "flow-emcee" and res.x.shape == (16, 200, 4)
+    assert not any(p.requires_grad for p in flow.parameters())
+    assert 0.05 < res.info["global_acceptance"] <= 1
+    assert res.energy_evaluations == 16 * (150 + 40 + 200) + 16
+    z = diagnostics.calibrated_z(res.x.numpy(), target.mean.numpy(), method="bulk")
+    assert bool((z < 4).all()), z
