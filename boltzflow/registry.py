@@ -50,6 +50,8 @@ SAMPLERS: dict[str, str] = {
     "lattice-flow-hmc": "boltzflow.sampling.lattice_hmc:flow_hmc",
     "hybrid": "boltzflow.sampling.hybrid:hybrid",
     "neutra": "boltzflow.sampling.hybrid:neutra",
+    "emcee": "boltzflow.sampling.emcee_move:emcee_sampler",
+    "flow-emcee": "boltzflow.sampling.emcee_move:flow_emcee",
 }
 
 LOSSES: dict[str, str] = {
