@@ -13,7 +13,8 @@ importance weights and log Z carry over unchanged. ``forward(y) -> (theta, ladj)
 * :class:`Identity` -- :math:`\mathbb R`.
 * :class:`Interval` -- :math:`(a, b)` by the logistic map
   :math:`\theta = a + (b-a)\sigma(y)`, :math:`\log J = \log(b-a) + \log\sigma(y)
-  + \log\sigma(-y)`; with ``log_scale=True`` the logistic map acts on :math:`\log\theta`.
+  + \log\sigma(-y)`, or the probit map :math:`\theta = a + (b-a)\Phi(y)` (uniform priors
+  become standard normal); with ``log_scale=True`` the map acts on :math:`\log\theta`.
 * :class:`Positive` -- :math:`(a, \infty)` by :math:`\theta = a + e^y`, :math:`\log J = y`.
 * :class:`CircleLift` -- a periodic angle :math:`\theta \in [a, a+L)` is handled on the
   circle, without a cut: :math:`y \in \mathbb R^2`, :math:`\theta = a + \tfrac{L}{2\pi}
@@ -76,27 +77,41 @@ class Identity(Bijection):
 
 
 class Interval(Bijection):
-    r"""Open interval :math:`(a, b)` by the logistic map (on :math:`\log\theta` if ``log_scale``).
+    r"""Open interval :math:`(a, b)` by a sigmoid link (on :math:`\log\theta` if ``log_scale``).
+
+    ``link="probit"`` uses the normal CDF, :math:`\theta = a + (b-a)\Phi(y)`,
+    :math:`\log J = \log(b-a) + \log\varphi(y)`: a uniform prior becomes exactly
+    :math:`\mathcal N(0, 1)` in ``y``, so prior-dominated directions have the Gaussian tails of a
+    flow's base distribution (the prior-whitening map of nested samplers). ``link="logit"``
+    uses the logistic function, whose exponential tails a Gaussian-base flow under-covers.
 
     Args:
         low, high: the bounds ``a < b`` (both ``> 0`` when ``log_scale``).
         log_scale: map ``y`` to :math:`\log\theta \in (\log a, \log b)`; suited to
             log-uniform priors spanning decades.
+        link: ``"probit"`` or ``"logit"``.
     """
 
-    def __init__(self, low: float, high: float, log_scale: bool = False):
+    def __init__(self, low: float, high: float, log_scale: bool = False, link: str = "logit"):
         if not (math.isfinite(low) and math.isfinite(high) and high > low):
             raise ValueError(f"Interval needs finite low < high, got ({low}, {high})")
         if log_scale and low <= 0:
             raise ValueError(f"log-scale Interval needs low > 0, got {low}")
+        if link not in ("logit", "probit"):
+            raise ValueError(f"link must be 'logit' or 'probit', got {link!r}")
         self.low, self.high, self.log_scale = float(low), float(high), bool(log_scale)
+        self.link = link
         self._a = math.log(low) if log_scale else float(low)
         self._b = math.log(high) if log_scale else float(high)
 
     def forward(self, y):
         width = self._b - self._a
-        s = self._a + width * torch.sigmoid(y)
-        ladj = math.log(width) + F.logsigmoid(y) + F.logsigmoid(-y)
+        if self.link == "probit":
+            s = self._a + width * torch.special.ndtr(y)
+            ladj = math.log(width) - 0.5 * y * y - 0.5 * math.log(2 * math.pi)
+        else:
+            s = self._a + width * torch.sigmoid(y)
+            ladj = math.log(width) + F.logsigmoid(y) + F.logsigmoid(-y)
         if self.log_scale:
             ladj = ladj + s
             s = torch.exp(s)
@@ -105,6 +120,8 @@ class Interval(Bijection):
     def inverse(self, theta):
         s = torch.log(theta) if self.log_scale else theta
         p = (s - self._a) / (self._b - self._a)
+        if self.link == "probit":
+            return torch.special.ndtri(p)
         return torch.log(p) - torch.log1p(-p)
 
 

@@ -6,18 +6,15 @@ Each prior acts on a block of ``size`` constrained coordinates:
 draws from it, and ``bijection()`` returns the map from unconstrained space used by
 :class:`boltzflow.energies.posterior.Posterior`.
 
-=====================  =============================================================  ==============
-prior                  :math:`\log p(\theta)`                                          bijection
-=====================  =============================================================  ==============
-Uniform(a, b)          :math:`-\log(b-a)`                                              Interval
-Uniform(periodic)      :math:`-\log(b-a)` on the circle                               CircleLift
-Normal(μ, σ)           :math:`-\tfrac12((\theta-μ)/σ)^2 - \log σ\sqrt{2π}`             Identity
-LogUniform(a, b)       :math:`-\log\theta - \log\log(b/a)`                            Interval(log)
-HalfNormal(σ)          :math:`\log 2 - \tfrac12(\theta/σ)^2 - \log σ\sqrt{2π}`          Positive
-HalfCauchy(σ)          :math:`\log(2/πσ) - \log(1 + (\theta/σ)^2)`                     Positive
-UniformDisk()          :math:`-\log π` on :math:`|h|<1`                                 UnitDisk
-Flat(a, b)             0 on the support (improper; the likelihood carries the prior)   by support
-=====================  =============================================================  ==============
+* ``Uniform(a, b)``: :math:`-\log(b-a)`; probit :class:`Interval` (the prior becomes N(0, 1));
+  with ``periodic=True`` an angle on the circle, :class:`CircleLift`;
+* ``Normal(μ, σ)``: :math:`-\tfrac12((\theta-μ)/σ)^2 - \log σ\sqrt{2π}`; :class:`Identity`;
+* ``LogUniform(a, b)``: :math:`-\log\theta - \log\log(b/a)`; probit :class:`Interval` on
+  :math:`\log\theta`;
+* ``HalfNormal(σ)``: :math:`\log 2 - \tfrac12(\theta/σ)^2 - \log σ\sqrt{2π}`; :class:`Positive`;
+* ``HalfCauchy(σ)``: :math:`\log(2/πσ) - \log(1 + (\theta/σ)^2)` (Gelman 2006); :class:`Positive`;
+* ``UniformDisk()``: :math:`-\log π` on :math:`|h|<1`; :class:`UnitDisk`;
+* ``Flat(a, b)``: 0 on the support (improper; the likelihood carries the prior); by support.
 """
 
 from __future__ import annotations
@@ -95,7 +92,7 @@ class Uniform(Prior):
     def bijection(self):
         if self.periodic:
             return CircleLift(self.low, self.high)
-        return Interval(self.low, self.high)
+        return Interval(self.low, self.high, link="probit")
 
 
 class Normal(Prior):
@@ -137,7 +134,7 @@ class LogUniform(Prior):
         return self.low * (self.high / self.low) ** u
 
     def bijection(self):
-        return Interval(self.low, self.high, log_scale=True)
+        return Interval(self.low, self.high, log_scale=True, link="probit")
 
 
 class HalfNormal(Prior):

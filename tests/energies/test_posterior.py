@@ -26,6 +26,8 @@ SCALAR_BIJECTIONS = [
     Identity(),
     Interval(-2.0, 3.0),
     Interval(1e-3, 1e2, log_scale=True),
+    Interval(-2.0, 3.0, link="probit"),
+    Interval(1e-3, 1e2, log_scale=True, link="probit"),
     Positive(),
     Positive(0.5),
 ]
