@@ -237,6 +237,7 @@ def alanine_md_frames(
     alpha_l_trajectories: int = 4,
     interval_ps: float = 0.1,
     seed: int = 0,
+    pool=None,
 ) -> list[np.ndarray]:
     r"""Training MD for an alanine-dipeptide target: ``[main, alpha_l]`` frames in nm.
 
@@ -268,7 +269,7 @@ def alanine_md_frames(
             T, per, interval_ps, equilibration_ps=5.0, seed=seed + 1 + i, restraint=steer
         )
         jobs.append((target.mol.positions, settings))
-    out = cached_md_many(spec, jobs, pool=target.pool)  # in this process without a pool
+    out = cached_md_many(spec, jobs, pool=pool)  # in this process without a pool
     alpha = np.concatenate(out[1:]) if len(out) > 1 else out[0][:0]
     return [out[0], alpha]
 

@@ -9,7 +9,12 @@ lives on the normalized coordinates
 
 with :math:`\mu` the force-field equilibrium value and :math:`\sigma = \sqrt{k_B T / k}` the
 thermal width of the harmonic term (:math:`k` from the Amber parameters), so every
-non-periodic coordinate is :math:`\approx \mathcal N(0, 1)`.
+non-periodic coordinate is :math:`\approx \mathcal N(0, 1)`. Improper torsions (branches,
+e.g. Cβ–Cα–C–N, nearly rigid) are centred on their value :math:`\tau_0` in the crd structure,
+:math:`y = \mathrm{wrap}(\tau - \tau_0)/s` with :math:`s` = ``improper_scale``, and are not
+periodic; :math:`|\tau - \tau_0| \ge \pi` is outside the domain. The 7 proper torsions
+(:math:`\phi, \psi`, two :math:`\omega`, three methyl rotors) stay periodic on
+:math:`[-\pi, \pi)` (``periodic_mask``).
 
 Density (reference measure: Lebesgue on :math:`y`; see
 :mod:`boltzflow.coordinates.transform`):
@@ -94,7 +99,12 @@ class AlanineDipeptideTarget(Energy):
         chirality: ``"L"`` gives D configurations zero density; ``None`` keeps both.
         md_ns, md_alpha_l_ns, md_alpha_l_trajectories, md_interval_ps, md_seed: training
             data (:meth:`md_frames`): one 300 K trajectory from the crd structure, plus
-            trajectories started in αL after a short φ-restrained steering.
+            trajectories started in αL after a short (φ, ψ)-restrained steering.
+        improper_scale: width (rad) for the improper torsions, which are then centred on
+            their crd value and treated as non-periodic; ``None`` keeps them periodic.
+        md_workers: local worker processes for generating missing MD (a temporary pool,
+            closed afterwards; only from a script guarded by ``if __name__ == "__main__"``);
+            default: the energy pool if any, else this process.
         device: ignored (energies are evaluated on the CPU; tensors follow their inputs).
     """
 
@@ -113,6 +123,8 @@ class AlanineDipeptideTarget(Energy):
         md_alpha_l_trajectories: int = 4,
         md_interval_ps: float = 0.1,
         md_seed: int = 0,
+        md_workers: int | None = None,
+        improper_scale: float | None = 0.12,
         device=None,
     ):
         super().__init__(60)
@@ -137,10 +149,21 @@ class AlanineDipeptideTarget(Energy):
         )
         self.temperature = float(temperature)
         loc, scale = force_field_normalization(self.mol.system, self.zmatrix, temperature)
+        # improper torsions (branch geometry, nearly rigid): centred on the crd value, scaled
+        bonded = {frozenset((b[0].index, b[1].index)) for b in self.mol.topology.bonds}
+        t0 = self.zmatrix.torsion_slice.start
+        q_ref = self.ict.internal(torch.as_tensor(self.mol.positions).reshape(1, -1))[0]
+        improper = np.zeros(self.zmatrix.n_dof, dtype=bool)
+        if improper_scale is not None:
+            for r, (_i, j, _k, l_) in enumerate(self.zmatrix.rows):
+                if frozenset((int(j), int(l_))) in bonded:
+                    improper[t0 + r] = True
+                    loc[t0 + r], scale[t0 + r] = float(q_ref[t0 + r]), float(improper_scale)
         self._loc = torch.as_tensor(loc)
         self._scale = torch.as_tensor(scale)
         self._log_scale = float(np.log(scale).sum())
-        self.periodic_mask = torch.as_tensor(self.zmatrix.periodic_mask)
+        self._wrapped = torch.as_tensor(improper)
+        self.periodic_mask = torch.as_tensor(self.zmatrix.periodic_mask & ~improper)
         self.chirality = chirality
         self._quads = [tuple(ala.CHIRALITY_ATOMS[k] for k in ("CA", "N", "C", "CB"))]
         self.i_phi = self.zmatrix.torsion_index(ala.PHI_ATOMS)
@@ -157,6 +180,7 @@ class AlanineDipeptideTarget(Energy):
             interval_ps=md_interval_ps,
             seed=md_seed,
         )
+        self.md_workers = md_workers
         self._md_cache: list[np.ndarray] | None = None
 
     # ------------------------------------------------------------ coordinates
@@ -171,9 +195,10 @@ class AlanineDipeptideTarget(Energy):
     def from_internal(self, q: torch.Tensor) -> torch.Tensor:
         """Internal coordinates ``q`` → normalized ``y`` (torsions wrapped to ``(-π, π]``)."""
         loc, scale = self._affine(q)
-        y = (q - loc) / scale
-        per = self.periodic_mask.to(q.device)
-        return torch.where(per, torch.atan2(torch.sin(q), torch.cos(q)), y)
+        wrap = lambda a: torch.atan2(torch.sin(a), torch.cos(a))  # noqa: E731
+        d = q - loc
+        d = torch.where(self._wrapped.to(q.device), wrap(d), d)
+        return torch.where(self.periodic_mask.to(q.device), wrap(q), d / scale)
 
     def to_cartesian(self, y: torch.Tensor) -> torch.Tensor:
         """Canonical-frame Cartesian positions ``[batch, 66]`` in nm."""
@@ -207,6 +232,8 @@ class AlanineDipeptideTarget(Energy):
         z = self.zmatrix
         th = q[:, z.angle_slice]
         bad = (q[:, z.bond_slice] <= 0).any(-1) | (th <= 0).any(-1) | (th >= math.pi).any(-1)
+        loc, _ = self._affine(q)
+        bad |= ((q - loc).abs() >= math.pi)[:, self._wrapped.to(q.device)].any(-1)
         if self.chirality == "L":
             bad |= ~is_l_chirality(x.detach(), self._quads)
         bad |= ~torch.isfinite(x.detach()).all(-1)
@@ -284,8 +311,16 @@ class AlanineDipeptideTarget(Energy):
         """``[main, alpha_l]`` MD frames (nm), generated once and cached on disk."""
         if self._md_cache is None:
             from boltzflow.molecular.md import alanine_md_frames
+            from boltzflow.parallel import EnergyPool
 
-            self._md_cache = alanine_md_frames(self, **self.md)
+            pool = self.pool
+            if pool is None and self.md_workers:
+                pool = EnergyPool(workers=int(self.md_workers))
+            try:
+                self._md_cache = alanine_md_frames(self, pool=pool, **self.md)
+            finally:
+                if pool is not self.pool:
+                    pool.close()
         return self._md_cache
 
     def training_data(self, name: str) -> torch.Tensor:

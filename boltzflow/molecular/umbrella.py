@@ -308,7 +308,6 @@ def umbrella_command(args) -> int:
     """``boltzflow umbrella``: print (and optionally store) the MBAR free energies."""
     import os
     import shlex
-    import sys
 
     from boltzflow.molecular.target import REFERENCE_FILE
     from boltzflow.pipeline import build_target
@@ -329,7 +328,11 @@ def umbrella_command(args) -> int:
         )
     finally:
         target.close()
-    result["command"] = "boltzflow umbrella " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    result["command"] = (
+        f"boltzflow umbrella {shlex.quote(str(args.system))} --windows {args.windows} "
+        f"--kappa {args.kappa:g} --ns-per-window {args.ns_per_window:g} "
+        f"--interval-ps {args.interval_ps:g} --seed {args.seed} --uncertainty {args.uncertainty}"
+    )
     text = json.dumps(result, indent=1)
     for name, est in result["free_energies"].items():
         print(f"{name}: {est['mean']:.3f} ± {est['stderr']:.3f} kT")

@@ -21,11 +21,16 @@ def y_sample(target, md_sample):
 
 
 def test_layout_normalization_and_round_trip(target, y_sample, md_sample):
-    assert target.event_shape == (60,) and target.periodic_mask.sum() == 19
-    assert len(target.parameter_names) == 60
-    # bonds and angles are ≈ N(0, 1) in MD data; torsions are wrapped angles
-    non_per = y_sample[:, ~target.periodic_mask]
-    assert non_per.mean(0).abs().max() < 3 and non_per.std(0).max() < 3
+    assert target.event_shape == (60,) and len(target.parameter_names) == 60
+    # periodic: φ, ψ, two ω and three methyl rotors; the 12 impropers are centred and scaled
+    assert target.periodic_mask.sum() == 7 and target._wrapped.sum() == 12
+    assert target.periodic_mask[[target.i_phi, target.i_psi]].all()
+    # bonds and angles are ≈ N(0, 1) in MD data (thermal widths of the harmonic terms)
+    z = target.zmatrix
+    bonds_angles = y_sample[:, : z.torsion_slice.start]
+    assert bonds_angles.mean(0).abs().max() < 1.5
+    assert (bonds_angles.std(0) - 1).abs().max() < 0.3
+    assert y_sample[:, target._wrapped].abs().max() < 5
     assert y_sample[:, target.periodic_mask].abs().max() <= math.pi
     back = target.from_cartesian(target.to_cartesian(y_sample))
     torch.testing.assert_close(back, y_sample)
@@ -64,9 +69,10 @@ def test_gradient_matches_finite_differences(target, y_sample):
 
 
 def test_d_configurations_and_domain_violations_get_zero_density(target, y_sample):
-    y = y_sample[:4].clone()
+    q = target.to_internal(y_sample[:4])
     for atoms in ((10, 8, 14, 6), (9, 8, 14, 6)):  # CB, HA impropers: mirror at Cα
-        y[0, target.zmatrix.torsion_index(atoms)] *= -1
+        q[0, target.zmatrix.torsion_index(atoms)] *= -1
+    y = target.from_internal(q)
     y[1, 0] = -1e3  # negative bond length
     y[2, target.zmatrix.angle_slice.start] = 1e3  # angle beyond π
     assert not target.is_l(y[:1]).item()
@@ -76,8 +82,9 @@ def test_d_configurations_and_domain_violations_get_zero_density(target, y_sampl
     (g,) = torch.autograd.grad(u[3] + u[:3].clamp(max=0).sum(), yy)
     assert torch.isfinite(g).all() and (g[:3] == 0).all()
     # the mirror image (all torsions negated) is D with the same energy (achiral force field)
-    mirror = y_sample[:3].clone()
-    mirror[:, target.periodic_mask] *= -1
+    q = target.to_internal(y_sample[:3])
+    q[:, target.zmatrix.torsion_slice] *= -1
+    mirror = target.from_internal(q)
     assert not target.is_l(mirror).any() and torch.isposinf(target.energy(mirror)).all()
     both = AlanineDipeptideTarget("vacuum", chirality=None)
     torch.testing.assert_close(both.energy(mirror), target.energy(y_sample[:3]), rtol=1e-6, atol=0)
