@@ -132,8 +132,8 @@ class Phi4(Energy):
     exact configurations through the FFT.
     """
 
-    def __init__(self, L: int = 8, m2: float = -4.0, lam: float = 8.0, **kwargs):
-        super().__init__((L, L), **kwargs)
+    def __init__(self, L: int = 8, m2: float = -4.0, lam: float = 8.0, temperature_scale=1.0):
+        super().__init__((L, L), temperature_scale)
         if lam < 0 or (lam == 0 and m2 <= 0):
             raise ValueError(f"action unbounded below for m2={m2}, lam={lam}")
         self.L, self.m2, self.lam = int(L), float(m2), float(lam)
@@ -242,8 +242,8 @@ class U1Wilson(Energy):
 
     period = 2 * math.pi
 
-    def __init__(self, L: int = 8, beta: float = 2.0, **kwargs):
-        super().__init__((2, L, L), **kwargs)
+    def __init__(self, L: int = 8, beta: float = 2.0, temperature_scale: float = 1.0):
+        super().__init__((2, L, L), temperature_scale)
         self.L, self.beta = int(L), float(beta)
         self.volume = self.L * self.L
         self.exact = lattice_exact.u1_exact(self.L, self.beta)

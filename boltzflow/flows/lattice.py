@@ -17,6 +17,8 @@ convolution of every conditioner starts at zero, so a fresh flow is the identity
 
 from __future__ import annotations
 
+import math
+
 import torch
 from nflows.transforms.splines.rational_quadratic import unconstrained_rational_quadratic_spline
 from torch import nn
@@ -26,6 +28,7 @@ from boltzflow.flows.circular import IDENTITY_DERIVATIVE
 from boltzflow.flows.distributions import StandardNormal
 
 __all__ = [
+    "GlobalScale",
     "CircularConvNet",
     "checkerboard",
     "CheckerboardAffineCoupling",
@@ -86,6 +89,28 @@ class CircularConvNet(nn.Module):
 
     def forward(self, x):
         return self.net[-1](self.features(x))
+
+
+class GlobalScale(Transform):
+    r"""One learnable scale for the whole field: :math:`x = e^{a} z`, :math:`\log|\det| = a\,V`.
+
+    Placed first, it lets a flow with identity tails (splines beyond ``tail_bound``) shrink the
+    base before the couplings, so rare base draws far out are not mapped to huge fields.
+    """
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
+
+    def forward(self, z):
+        n = z[0].numel()
+        return TransformResult(z * torch.exp(self.log_scale), (n * self.log_scale).expand(len(z)))
+
+    def inverse(self, x):
+        n = x[0].numel()
+        return TransformResult(x * torch.exp(-self.log_scale), (-n * self.log_scale).expand(len(x)))
 
 
 def checkerboard(L: int, parity: int) -> torch.Tensor:
@@ -177,6 +202,7 @@ def phi4_flow(
     num_bins: int = 8,
     tail_bound: float = 4.0,
     scale_bound: float = 3.0,
+    init_scale: float = 1.0,
     seed: int | None = None,
 ) -> Flow:
     """Checkerboard coupling flow for a scalar field ``[L, L]`` (standard normal base).
@@ -188,6 +214,8 @@ def phi4_flow(
         coupling: ``"affine"`` or ``"spline"``.
         hidden, kernel_size: conditioner channel widths and kernel size.
         num_bins, tail_bound: spline settings; scale_bound: affine log-scale bound.
+        init_scale: initial value of a learnable :class:`GlobalScale` applied first (1 is the
+            identity; a value near the field's width keeps the spline tails out of reach).
         seed: seeds the parameter initialisation (the global RNG is left untouched).
     """
     L = int(L if L is not None else target.event_shape[-1])
@@ -197,7 +225,7 @@ def phi4_flow(
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(int(seed))
-        layers = []
+        layers = [GlobalScale(init_scale)]
         for i in range(int(num_layers)):
             if coupling == "affine":
                 layers.append(
