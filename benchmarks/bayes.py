@@ -34,6 +34,7 @@ from boltzflow.energies.astro_rv import RVPosterior
 from boltzflow.energies.posterior import EmceeLogProb
 from boltzflow.flows.builders import spline_coupling_flow
 from boltzflow.sampling import diagnostics
+from boltzflow.sampling.emcee_move import flow_emcee
 from boltzflow.sampling.hybrid import flow_evidence, hybrid
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +66,10 @@ SETTINGS = {
         ),
     },
 }
-HYBRID_COMMON = dict(step_size=0.005, global_steps=10, batch_size=512, lr=1e-3, repeats=(1, 4))
+HYBRID_COMMON = dict(
+    step_size=0.005, global_steps=10, batch_size=512, lr=1e-3, repeats=(1, 4), init_steps=100
+)
+FLOW_EMCEE_COMMON = dict(flow_weight=0.7, batch_size=512, lr=1e-3)
 
 
 def constrained(post, x: np.ndarray) -> np.ndarray:
@@ -106,9 +110,13 @@ def run_emcee(post, walkers: int, steps: int, seed: int = 0) -> dict:
     }
 
 
-def run_hybrid(post, flow_kw: dict, hybrid_kw: dict, seed: int = 0, n_importance: int = 0) -> dict:
+def run_boltzflow(post, sampler: str, flow_kw: dict, kw: dict, seed=0, evidence_samples=0) -> dict:
+    """``sampler``: ``"flow-emcee"`` (gradient-free) or ``"hybrid"`` (MALA + flow IMH)."""
     flow = spline_coupling_flow(post, seed=seed, **flow_kw).double()
-    res = hybrid(flow, post, seed=seed, **HYBRID_COMMON, **hybrid_kw)
+    if sampler == "hybrid":
+        res = hybrid(flow, post, seed=seed, **HYBRID_COMMON, **kw)
+    else:
+        res = flow_emcee(flow, post, seed=seed, **FLOW_EMCEE_COMMON, **kw)
     theta = constrained(post, res.x.numpy())
     info = res.info
     prod_wall = res.wall_seconds - info["warmup_seconds"]
@@ -117,14 +125,15 @@ def run_hybrid(post, flow_kw: dict, hybrid_kw: dict, seed: int = 0, n_importance
         "theta": theta,
         "evaluations": res.energy_evaluations,
         "wall_seconds": res.wall_seconds,
-        "local_acceptance": info["local_acceptance"],
         "global_acceptance": info["global_acceptance"],
         "warmup_evaluations": info["warmup_evaluations"],
         "seconds_to_converged": None if f is None else info["warmup_seconds"] + f * prod_wall,
     }
-    if n_importance:
+    if "local_acceptance" in info:
+        out["local_acceptance"] = info["local_acceptance"]
+    if evidence_samples:
         t0 = time.perf_counter()
-        out["evidence"] = flow_evidence(flow, post, n_importance, seed=seed)
+        out["evidence"] = flow_evidence(flow, post, evidence_samples, seed=seed)
         out["evidence"]["wall_seconds"] = time.perf_counter() - t0
     return out
 
@@ -142,15 +151,15 @@ def efficiency(run: dict) -> dict:
     }
 
 
-def pta_benchmark(cfg: dict) -> dict:
+def pta_benchmark(cfg: dict, sampler: str) -> dict:
     post = PTAPosterior(seed=0, **cfg["pta"])
     em = run_emcee(post, cfg["walkers"], cfg["emcee_steps"])
-    bf = run_hybrid(post, cfg["flow"], cfg["hybrid"], n_importance=20000)
-    res = {"emcee": efficiency(em), "boltzflow": efficiency(bf)}
+    kw = cfg["hybrid" if sampler == "hybrid" else "flow_emcee"]
+    bf = run_boltzflow(post, sampler, cfg["flow"], kw, evidence_samples=20000)
+    res = {"emcee": efficiency(em), "boltzflow": efficiency(bf), "boltzflow_sampler": sampler}
     res["emcee"]["acceptance"] = em["acceptance"]
-    res["boltzflow"].update(
-        {k: bf[k] for k in ("local_acceptance", "global_acceptance", "warmup_evaluations")}
-    )
+    extra = ("local_acceptance", "global_acceptance", "warmup_evaluations")
+    res["boltzflow"].update({k: bf[k] for k in extra if k in bf})
     res["ratio_evaluations_per_ess"] = (
         res["emcee"]["evaluations_per_ess"] / res["boltzflow"]["evaluations_per_ess"]
     )
@@ -171,12 +180,13 @@ def mode_weights(post, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ind.mean((0, 1)), np.nan_to_num(mcse, nan=0.0)
 
 
-def rv_benchmark(cfg: dict) -> dict:
+def rv_benchmark(cfg: dict, sampler: str) -> dict:
     post = RVPosterior()
     ref = json.loads((ROOT / "systems" / "rv-kepler" / "reference.json").read_text())
     w_ref = np.asarray(ref["mode_weights"])
     em = run_emcee(post, 64, cfg["rv_emcee_steps"])
-    bf = run_hybrid(post, {"num_layers": 6, "hidden": 64}, cfg["rv_hybrid"])
+    kw = cfg["rv_flow_emcee"] if sampler == "flow-emcee" else cfg["hybrid"]
+    bf = run_boltzflow(post, sampler, {"num_layers": 6, "hidden": 64}, kw)
     out = {"reference": ref["mode_weights"]}
     for name, run in (("emcee", em), ("boltzflow", bf)):
         w, se = mode_weights(post, run["theta"])
@@ -197,6 +207,7 @@ def main() -> None:
     parser.add_argument("--budget", choices=sorted(SETTINGS), default="default")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--only", choices=("pta", "rv"), default=None)
+    parser.add_argument("--sampler", choices=("flow-emcee", "hybrid"), default="flow-emcee")
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -204,7 +215,7 @@ def main() -> None:
     t0 = time.perf_counter()
     results = {"budget": args.budget}
     if args.only in (None, "pta"):
-        results["pta-sim"] = pta_benchmark(cfg)
+        results["pta-sim"] = pta_benchmark(cfg, args.sampler)
         p = results["pta-sim"]
         e, b = p["emcee"], p["boltzflow"]
         print(
@@ -218,7 +229,7 @@ def main() -> None:
         lz = ev["log_z"]
         print(f"pta-sim log Z = {lz['mean']:.3f} ± {lz['stderr']:.3f} (k̂ {ev['pareto_k']:.2f})")
     if args.only in (None, "rv"):
-        results["rv-kepler"] = rv_benchmark(cfg)
+        results["rv-kepler"] = rv_benchmark(cfg, args.sampler)
         r = results["rv-kepler"]
         print("rv-kepler mode weights  reference", np.round(r["reference"], 3))
         for name in ("emcee", "boltzflow"):

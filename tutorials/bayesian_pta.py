@@ -17,10 +17,12 @@
 # the background, 22 parameters for 10 pulsars. With emcee this takes hundreds of likelihood
 # evaluations per effective sample.
 #
-# boltzflow's hybrid sampler runs batched MALA chains, trains a normalizing flow on their
-# pooled history, and then uses the flow for global independence proposals. After warm-up
-# the flow is frozen, so the production run is ordinary, exact MCMC. The same flow gives
-# the evidence by importance sampling.
+# boltzflow keeps emcee and makes it global: after burn-in, a normalizing flow is trained by
+# maximum likelihood on the pooled walker history, and a `FlowMove` (independence proposals
+# from the flow) is mixed with emcee's stretch move. After a few rounds of training the flow
+# is frozen, so the production run is ordinary, exact MCMC; no gradients are needed, so the
+# likelihood could just as well be numpy code. The same flow gives the evidence by importance
+# sampling.
 #
 # With `BOLTZFLOW_SMOKE=1` the tutorial runs a 3-pulsar array (8 parameters) in about a
 # minute; without it, the 10-pulsar array of `systems/pta-sim`.
@@ -37,8 +39,7 @@ import torch
 from boltzflow.energies.astro_pta import PTAPosterior
 from boltzflow.flows.builders import spline_coupling_flow
 from boltzflow.sampling import diagnostics
-from boltzflow.sampling.emcee_move import emcee_sampler
-from boltzflow.sampling.hybrid import hybrid
+from boltzflow.sampling.emcee_move import emcee_sampler, flow_emcee
 
 torch.set_num_threads(1)
 SMOKE = os.environ.get("BOLTZFLOW_SMOKE") == "1"
@@ -46,12 +47,12 @@ SMOKE = os.environ.get("BOLTZFLOW_SMOKE") == "1"
 if SMOKE:
     post = PTAPosterior(seed=0, n_pulsars=3, n_toas=60, n_freq=5)
     EMCEE = dict(n_samples=32 * 1500, walkers=32)
-    HYBRID = dict(n_samples=16 * 300, chains=16, warmup_rounds=4, local_steps=25, train_steps=200)
+    BOLTZFLOW = dict(n_samples=32 * 500, walkers=32, burn_steps=500, rounds=2, round_steps=100)
     FLOW = dict(num_layers=4, hidden=32)
 else:
     post = PTAPosterior(seed=0)
     EMCEE = dict(n_samples=64 * 8000, walkers=64)
-    HYBRID = dict(n_samples=32 * 1000, chains=32, warmup_rounds=8, local_steps=40, train_steps=400)
+    BOLTZFLOW = dict(n_samples=64 * 1500, walkers=64, burn_steps=2000, rounds=3, round_steps=200)
     FLOW = dict(num_layers=6, hidden=64)
 print(f"{post.dim} parameters:", ", ".join(post.names))
 
@@ -66,16 +67,17 @@ res_emcee = emcee_sampler(None, post, seed=0, **EMCEE)
 print(f"emcee: {res_emcee.energy_evaluations} evaluations, {time.perf_counter() - t0:.0f} s")
 
 # %% [markdown]
-# ## boltzflow: hybrid MALA + flow independence moves
-# The flow (rational-quadratic spline coupling layers) is trained by maximum likelihood on the
-# chains during warm-up and frozen afterwards. Local and global acceptance are reported apart.
+# ## boltzflow: emcee + a flow trained on the walkers
+# The same number of walkers starts from the same prior draws. The flow (rational-quadratic
+# spline coupling layers) is trained after burn-in and after each round, then frozen; the
+# acceptance of the flow move is reported on its own.
 
 # %%
 flow = spline_coupling_flow(post, seed=0, **FLOW).double()
 t0 = time.perf_counter()
-res_bf = hybrid(
-    flow, post, seed=0, step_size=0.005, global_steps=10, batch_size=512, lr=1e-3,
-    repeats=(1, 4), evidence_samples=4000 if SMOKE else 20000, **HYBRID,
+res_bf = flow_emcee(
+    flow, post, seed=0, flow_weight=0.7, train_steps=300 if SMOKE else 600,
+    evidence_samples=4000 if SMOKE else 20000, **BOLTZFLOW,
 )  # fmt: skip
 print(f"boltzflow: {res_bf.energy_evaluations} evaluations, {time.perf_counter() - t0:.0f} s")
 print({k: round(v, 3) for k, v in res_bf.info.items() if isinstance(v, float)})
@@ -142,6 +144,5 @@ print(f"importance ESS fraction {ev['ess_fraction']:.2f}")
 
 # %%
 assert np.all(z < 4.0), z  # every marginal mean agrees within 4 combined MCSE (Bonferroni)
-assert res_bf.info["rhat_max"] < 1.05
 assert math.isfinite(ev["log_z"]["mean"]) and 0 < ev["log_z"]["stderr"] < 0.5
 assert ratio > (1.0 if SMOKE else 10.0), ratio

@@ -17,6 +17,7 @@ emcee hands moves its legacy :class:`numpy.random.RandomState`; the flow is driv
 
 from __future__ import annotations
 
+import math
 import time
 
 import emcee
@@ -25,9 +26,47 @@ import torch
 from emcee.moves import MHMove
 
 from boltzflow.energies.posterior import EmceeLogProb
+from boltzflow.flows.base import FlowSample
 from boltzflow.sampling.runners import SamplingResult
 
-__all__ = ["FlowMove", "emcee_sampler", "flow_emcee"]
+__all__ = ["FlowMove", "DefensiveFlow", "emcee_sampler", "flow_emcee"]
+
+
+class DefensiveFlow(torch.nn.Module):
+    r"""Defensive mixture proposal :math:`q = (1-\epsilon)q_1 + \epsilon q_s` (Hesterberg 1995).
+
+    :math:`q_s` pushes a wider base :math:`\mathcal N(0, s^2 I)` through the same transform, so
+    the mixture has heavier tails than the flow alone and importance weights
+    :math:`p/q \le p/(\epsilon q_s)` stay bounded where the flow under-covers the target; this
+    keeps independence chains from sticking there. Exact densities: both components share the
+    transform, :math:`\log q_s(x) = \log\mathcal N(z; 0, s^2) + \log|\det\partial z/\partial x|`.
+
+    Args:
+        flow: a :class:`~boltzflow.flows.base.Flow` with a standard-normal base.
+        weight: :math:`\epsilon`, the probability of drawing from the wide component.
+        scale: :math:`s > 1`.
+    """
+
+    def __init__(self, flow, weight: float = 0.2, scale: float = 2.0):
+        super().__init__()
+        self.flow, self.weight, self.scale = flow, float(weight), float(scale)
+        self.dim = flow.dim
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        z, ladj_inv = self.flow.inverse(x)
+        zz = (z * z).reshape(z.shape[0], -1).sum(-1)
+        c = -0.5 * self.dim * math.log(2 * math.pi)
+        narrow = c - 0.5 * zz + ladj_inv
+        wide = c - self.dim * math.log(self.scale) - 0.5 * zz / self.scale**2 + ladj_inv
+        return torch.logaddexp(math.log1p(-self.weight) + narrow, math.log(self.weight) + wide)
+
+    def sample(self, n: int, generator: torch.Generator | None = None):
+        z = self.flow.base.sample(n, generator=generator)
+        u = torch.rand(n, generator=generator, dtype=z.dtype, device=z.device)
+        wide = (u < self.weight).reshape(-1, *([1] * (z.dim() - 1)))
+        z = torch.where(wide, z * self.scale, z)
+        x, _ = self.flow.forward(z)
+        return FlowSample(x, z, self.log_prob(x))
 
 
 class FlowMove(MHMove):
@@ -166,6 +205,7 @@ def flow_emcee(
     batch_size: int = 512,
     lr: float = 1e-3,
     flow_weight: float = 0.5,
+    defensive: float = 0.0,
     init: str = "prior",
     evidence_samples: int = 0,
     progress: bool = False,
@@ -179,9 +219,10 @@ def flow_emcee(
     3. Freeze the flow and run the same mixture for ``ceil(n_samples / walkers)`` kept steps:
        a fixed MH kernel mixture, hence exact MCMC (Tierney 1994) for any flow.
 
-    Works with numpy likelihoods (no gradients needed). ``info`` has the flow-move and
-    overall acceptance, warm-up cost, R-hat and ESS (walkers as chains, arviz) and, with
-    ``evidence_samples``, the flow importance-sampling evidence.
+    ``defensive > 0`` proposes from :class:`DefensiveFlow` (that share of draws from a base
+    twice as wide). Works with numpy likelihoods (no gradients needed). ``info`` has the
+    flow-move and overall acceptance, warm-up cost, R-hat and ESS (walkers as chains, arviz)
+    and, with ``evidence_samples``, the flow importance-sampling evidence.
     """
     from boltzflow.flows.affine import ElementwiseAffine
     from boltzflow.sampling.hybrid import chain_diagnostics, flow_evidence, train_nll
@@ -207,7 +248,7 @@ def flow_emcee(
     burn = ensemble(emcee.moves.StretchMove())
     state = burn.run_mcmc(x0, int(burn_steps), progress=progress)
     history = [_chains(burn, int(burn_steps) // 2)]
-    move = FlowMove(flow)
+    move = FlowMove(DefensiveFlow(flow, defensive) if defensive > 0 else flow)
     mixed = [(emcee.moves.StretchMove(), 1.0 - flow_weight), (move, flow_weight)]
     warm_acc = []
     for r in range(int(rounds)):

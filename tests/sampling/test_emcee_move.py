@@ -4,6 +4,7 @@ import math
 
 import emcee
 import numpy as np
+import pytest
 import torch
 
 from boltzflow.energies.gaussians import GaussianMixture
@@ -131,3 +132,22 @@ def test_flow_emcee_trains_then_freezes_and_is_calibrated():
     assert res.energy_evaluations == 16 * (150 + 40 + 200) + 16
     z = diagnostics.calibrated_z(res.x.numpy(), target.mean.numpy(), method="bulk")
     assert bool((z < 4).all()), z
+
+
+def test_defensive_flow_is_a_normalized_mixture_with_its_sampler():
+    from scipy import stats
+
+    from boltzflow.flows.builders import spline_coupling_flow
+    from boltzflow.sampling.emcee_move import DefensiveFlow
+
+    flow = spline_coupling_flow(1, seed=0).double()
+    q = DefensiveFlow(flow, weight=0.3, scale=2.0)
+    grid = torch.linspace(-40, 40, 80001, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        dens = torch.exp(q.log_prob(grid))
+        assert float(torch.trapezoid(dens, grid[:, 0])) == pytest.approx(1.0, abs=1e-6)
+        s = q.sample(4000, torch.Generator().manual_seed(0))
+        torch.testing.assert_close(s.log_q, q.log_prob(s.x))
+    cdf = torch.cumulative_trapezoid(dens, grid[:, 0]).numpy()
+    u = np.interp(s.x[:, 0].numpy(), grid[1:, 0].numpy(), cdf)
+    assert stats.kstest(u, "uniform").pvalue > 1e-3
