@@ -54,3 +54,12 @@ def test_import_boltzflow_stays_light():
     )
     r = _run([sys.executable, "-c", code], 120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_every_system_has_a_readme_and_a_docs_page():
+    for folder in sorted((ROOT / "systems").glob("*/system.toml")):
+        name = folder.parent.name
+        assert (folder.parent / "README.md").is_file(), f"systems/{name} has no README.md"
+        page = ROOT / "docs" / "systems" / f"{name}.md"
+        assert page.is_file(), f"docs/systems/{name}.md is missing"
+        assert f"systems/{name}.md" in (ROOT / "mkdocs.yml").read_text()
