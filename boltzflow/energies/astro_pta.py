@@ -155,8 +155,20 @@ class PTAPosterior(Posterior):
     gamma_gw``. Tensors follow the dtype and device of the input.
     """
 
-    def __init__(self, seed: int = 0, data: PTAData | None = None, **simulate_kw):
-        self.data = data if data is not None else simulate_pta(seed, **simulate_kw)
+    def __init__(
+        self,
+        seed: int = 0,
+        data: PTAData | None = None,
+        n_pulsars: int = 10,
+        n_toas: int = 130,
+        span: float = 15.0,
+        n_freq: int = 14,
+        log10_a_gw: float = -14.3,
+        gamma_gw: float = 13.0 / 3.0,
+    ):
+        if data is None:
+            data = simulate_pta(seed, n_pulsars, n_toas, span, n_freq, log10_a_gw, gamma_gw)
+        self.data = data
         d = self.data
         params = []
         for a in range(d.n_pulsars):

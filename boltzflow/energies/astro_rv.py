@@ -122,7 +122,9 @@ def simulate_rv(
     data = RVData(t, None, errs, {})
     a, b = k * math.cos(omega), -k * math.sin(omega)
     c, s = _basis(
-        torch.as_tensor(t), data.t0, *(torch.tensor(x, dtype=torch.float64) for x in (period, e, m0))
+        torch.as_tensor(t),
+        data.t0,
+        *(torch.tensor(x, dtype=torch.float64) for x in (period, e, m0)),
     )
     v = (
         a * c.numpy()
@@ -155,7 +157,8 @@ class RVPosterior(Posterior):
         mode_edges: period boundaries (days) splitting the period posterior into modes; the
             indicator of each mode is an observable ``mode_j`` and free energies between
             adjacent modes are reported.
-        simulate_kw: passed to :func:`simulate_rv`.
+        simulate: keyword arguments for :func:`simulate_rv` (number of observations, injected
+            orbit, noise).
 
     Parameters, in order: ``P, e, M0, A, B, gamma, s``.
     """
@@ -170,9 +173,9 @@ class RVPosterior(Posterior):
         sigma_gamma: float = 10.0,
         sigma_s: float = 3.0,
         mode_edges=(11.15, 11.52, 11.91, 12.33),
-        **simulate_kw,
+        simulate: dict | None = None,
     ):
-        self.data = data if data is not None else simulate_rv(seed, **simulate_kw)
+        self.data = data if data is not None else simulate_rv(seed, **(simulate or {}))
         self.period_range, self.e_max = tuple(float(p) for p in period_range), float(e_max)
         self.sigma_k, self.sigma_gamma, self.sigma_s = (
             float(sigma_k),
