@@ -18,14 +18,19 @@ FACTORIES = {
     ),
     "u1-gauge-L4": lambda seed: perturbed(
         u1_gauge_flow(
-            L=4, num_layers=4, num_bins=4, positional=False, loops=False, seed=seed, **SMALL
+            L=4,
+            num_layers=4,
+            num_bins=4,
+            positional=False,
+            loops=False,
+            descending=False,
+            tree=False,
+            seed=seed,
+            **SMALL,
         ),
         seed,
     ),
-    "u1-gauge-loops-L4": lambda seed: perturbed(
-        u1_gauge_flow(
-            L=4, num_layers=4, num_bins=4, positional=True, loops=True, seed=seed, **SMALL
-        ),
-        seed,
+    "u1-gauge-tree-loops-L4": lambda seed: perturbed(
+        u1_gauge_flow(L=4, num_layers=4, num_bins=4, seed=seed, **SMALL), seed
     ),
 }

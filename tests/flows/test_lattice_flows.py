@@ -11,10 +11,16 @@ import torch
 
 from boltzflow.energies.lattice import gauge_transform, plaquettes, wrap_angle
 from boltzflow.flows.base import Compose, Flow
-from boltzflow.flows.circular import CircularSpline
+from boltzflow.flows.circular import CircularSpline, circular_rq_spline
 from boltzflow.flows.distributions import UniformTorus
 from boltzflow.flows.lattice import CircularConvNet, checkerboard, phi4_flow
-from boltzflow.flows.lattice_gauge import GaugeEquivariantCoupling, plaquette_masks, u1_gauge_flow
+from boltzflow.flows.lattice_gauge import (
+    GaugeEquivariantCoupling,
+    PlaquetteTreeSpline,
+    plaquette_masks,
+    tree_link_shift,
+    u1_gauge_flow,
+)
 
 from .registry import FLOW_FACTORIES, perturbed
 
@@ -30,7 +36,8 @@ def _angle_close(a, b, atol=1e-10):
 
 
 def test_lattice_flows_are_in_the_registry():
-    assert {"phi4-affine-L4", "phi4-spline-L4", "u1-gauge-L4"} <= set(FLOW_FACTORIES)
+    names = {"phi4-affine-L4", "phi4-spline-L4", "u1-gauge-L4", "u1-gauge-tree-loops-L4"}
+    assert names <= set(FLOW_FACTORIES)
 
 
 @pytest.mark.parametrize(("mu", "offset"), [(0, 0), (0, 3), (1, 1), (1, 2)])
@@ -54,6 +61,43 @@ def test_plaquette_masks_structure(mu, offset):
     assert dr[0][active].abs().max() < 1e-12
 
 
+def test_tree_link_shift_moves_exactly_the_requested_plaquettes():
+    L = 6
+    delta = torch.randn(3, L, L, generator=_gen(11), dtype=DT)
+    delta = delta - delta.mean(dim=(1, 2), keepdim=True)
+    shift = tree_link_shift(delta)
+    torch.testing.assert_close(plaquettes(shift), delta)
+    tree = torch.zeros(2, L, L, dtype=torch.bool)
+    tree[0, :, 1:] = True
+    tree[1, :, L - 1] = True
+    assert shift[:, ~tree].abs().max() == 0  # only the maximal tree moves
+
+
+def test_plaquette_tree_spline_maps_every_plaquette_but_the_sink():
+    L = 4
+    layer = PlaquetteTreeSpline(L, num_bins=4).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(generator=_gen(12))
+    z = (torch.rand(5, 2, L, L, generator=_gen(13), dtype=DT) * 2 - 1) * math.pi
+    x, ladj = layer.forward(z)
+    pz, px = wrap_angle(plaquettes(z)), wrap_angle(plaquettes(x))
+    shape = (*pz.shape, 4)
+    h, lad = circular_rq_spline(
+        pz,
+        layer.unnormalized_widths.expand(shape),
+        layer.unnormalized_heights.expand(shape),
+        layer.unnormalized_derivatives.expand(shape),
+    )
+    keep = torch.ones(L, L, dtype=torch.bool)
+    keep[-1, -1] = False
+    _angle_close(px[:, keep], h[:, keep])
+    torch.testing.assert_close(ladj, lad[:, keep].sum(-1))
+    # the sink keeps the plaquette sum: Σ_P θ_P ≡ 2πQ is unchanged mod 2π
+    _angle_close(px.sum(dim=(1, 2)), pz.sum(dim=(1, 2)))
+    assert wrap_angle(px[:, -1, -1] - h[:, -1, -1]).abs().max() > 1e-3
+
+
 def test_gauge_flow_needs_multiple_of_four():
     with pytest.raises(ValueError):
         u1_gauge_flow(L=6)
@@ -62,7 +106,7 @@ def test_gauge_flow_needs_multiple_of_four():
 @pytest.mark.parametrize("improved", [False, True])
 def test_gauge_flow_equivariance_and_log_prob_invariance(improved):
     L = 8
-    options = dict(positional=improved, loops=improved, descending=improved)
+    options = dict(positional=improved, loops=improved, descending=improved, tree=improved)
     flow = u1_gauge_flow(L=L, num_layers=8, num_bins=4, hidden=[4], seed=0, **options)
     flow = perturbed(flow, 0)
     z = flow.base.sample(6, generator=_gen(1))
@@ -82,7 +126,8 @@ def test_gauge_flow_equivariance_and_log_prob_invariance(improved):
 
 def test_gauge_flow_translation_equivariance_by_four():
     L = 8
-    flow = perturbed(u1_gauge_flow(L=L, num_layers=6, num_bins=4, hidden=[4], seed=1), 1)
+    flow = u1_gauge_flow(L=L, num_layers=6, num_bins=4, hidden=[4], tree=False, seed=1)
+    flow = perturbed(flow, 1)
     z = flow.base.sample(3, generator=_gen(3))
     x, ladj = flow.forward(z)
     for dims, shift in (((2,), 4), ((3,), 4), ((2, 3), (4, 4))):
@@ -111,8 +156,8 @@ def test_gauge_flow_offset_schedules():
     def offsets(flow):
         return [(t.mu, t.offset) for t in flow.transform.transforms]
 
-    up = u1_gauge_flow(L=8, num_layers=8, descending=False)
-    down = u1_gauge_flow(L=8, num_layers=8, descending=True)
+    up = u1_gauge_flow(L=8, num_layers=8, descending=False, tree=False)
+    down = u1_gauge_flow(L=8, num_layers=8, descending=True, tree=False)
     assert offsets(up) == [(i % 2, (i // 2) % 4) for i in range(8)]
     assert offsets(down) == [(0, 0), (1, 0), (0, 3), (1, 3), (0, 2), (1, 2), (0, 1), (1, 1)]
 
