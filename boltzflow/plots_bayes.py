@@ -79,7 +79,7 @@ def trace_plot(idata, path, var_names=None, max_vars: int = 8) -> None:
     )[:max_vars]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        axes = az.plot_trace(idata, var_names=names, compact=False, figsize=(10, 1.6 * len(names)))
+        axes = az.plot_trace(idata, var_names=names, combined=True, figsize=(10, 1.6 * len(names)))
     fig = np.ravel(axes)[0].get_figure()
     fig.tight_layout()
     fig.savefig(path, dpi=80)
