@@ -14,7 +14,8 @@ rv-kepler: period-mode weights from emcee and from boltzflow against the quadrat
 ``systems/rv-kepler/reference.json``, as z-scores (MCSE from the bulk ESS of each indicator).
 
 Usage: ``python benchmarks/bayes.py [--budget smoke|default] [--out results.json]``
-(``default`` is sized for about 30 minutes on 2 CPU cores; run it with nohup).
+(``default`` is sized for about 30 minutes on 2 idle CPU cores, ``medium`` for about 10;
+run them with nohup).
 """
 
 from __future__ import annotations
@@ -43,27 +44,49 @@ SETTINGS = {
         "pta": dict(n_pulsars=3, n_toas=60, n_freq=5),
         "emcee_steps": 1500,
         "walkers": 32,
-        "hybrid": dict(
-            n_samples=16 * 300, chains=16, warmup_rounds=4, local_steps=25, train_steps=200
-        ),
         "flow": dict(num_layers=4, hidden=32),
-        "rv_emcee_steps": 1500,
-        "rv_hybrid": dict(
-            n_samples=64 * 100, chains=64, warmup_rounds=4, local_steps=25, train_steps=200
+        "flow_emcee": dict(
+            n_samples=32 * 500, walkers=32, burn_steps=500, rounds=2, round_steps=100
         ),
+        "hybrid": dict(n_samples=16 * 300, chains=16, warmup_rounds=4, local_steps=25),
+        "rv_emcee_steps": 1500,
+        "rv_flow_emcee": dict(
+            n_samples=64 * 200, walkers=64, burn_steps=500, rounds=2, round_steps=100
+        ),
+        "rv_hybrid": dict(n_samples=64 * 100, chains=64, warmup_rounds=4, local_steps=25),
+        "train_steps": 300,
+    },
+    "medium": {
+        "pta": {},
+        "emcee_steps": 1500,
+        "walkers": 64,
+        "flow": dict(num_layers=6, hidden=64),
+        "flow_emcee": dict(
+            n_samples=64 * 300, walkers=64, burn_steps=500, rounds=2, round_steps=100
+        ),
+        "hybrid": dict(n_samples=32 * 300, chains=32, warmup_rounds=4, local_steps=40),
+        "rv_emcee_steps": 3000,
+        "rv_flow_emcee": dict(
+            n_samples=64 * 500, walkers=64, burn_steps=800, rounds=2, round_steps=150
+        ),
+        "rv_hybrid": dict(n_samples=64 * 300, chains=64, warmup_rounds=4, local_steps=40),
+        "train_steps": 300,
     },
     "default": {
         "pta": {},
-        "emcee_steps": 8000,
+        "emcee_steps": 4000,
         "walkers": 64,
-        "hybrid": dict(
-            n_samples=32 * 1000, chains=32, warmup_rounds=8, local_steps=40, train_steps=400
-        ),
         "flow": dict(num_layers=6, hidden=64),
-        "rv_emcee_steps": 6000,
-        "rv_hybrid": dict(
-            n_samples=64 * 600, chains=64, warmup_rounds=8, local_steps=40, train_steps=400
+        "flow_emcee": dict(
+            n_samples=64 * 1000, walkers=64, burn_steps=1000, rounds=3, round_steps=200
         ),
+        "hybrid": dict(n_samples=32 * 1000, chains=32, warmup_rounds=8, local_steps=40),
+        "rv_emcee_steps": 6000,
+        "rv_flow_emcee": dict(
+            n_samples=64 * 1000, walkers=64, burn_steps=1500, rounds=3, round_steps=200
+        ),
+        "rv_hybrid": dict(n_samples=64 * 600, chains=64, warmup_rounds=8, local_steps=40),
+        "train_steps": 600,
     },
 }
 HYBRID_COMMON = dict(
@@ -154,7 +177,10 @@ def efficiency(run: dict) -> dict:
 def pta_benchmark(cfg: dict, sampler: str) -> dict:
     post = PTAPosterior(seed=0, **cfg["pta"])
     em = run_emcee(post, cfg["walkers"], cfg["emcee_steps"])
-    kw = cfg["hybrid" if sampler == "hybrid" else "flow_emcee"]
+    kw = {
+        **cfg["hybrid" if sampler == "hybrid" else "flow_emcee"],
+        "train_steps": cfg["train_steps"],
+    }
     bf = run_boltzflow(post, sampler, cfg["flow"], kw, evidence_samples=20000)
     res = {"emcee": efficiency(em), "boltzflow": efficiency(bf), "boltzflow_sampler": sampler}
     res["emcee"]["acceptance"] = em["acceptance"]
@@ -185,7 +211,10 @@ def rv_benchmark(cfg: dict, sampler: str) -> dict:
     ref = json.loads((ROOT / "systems" / "rv-kepler" / "reference.json").read_text())
     w_ref = np.asarray(ref["mode_weights"])
     em = run_emcee(post, 64, cfg["rv_emcee_steps"])
-    kw = cfg["rv_flow_emcee"] if sampler == "flow-emcee" else cfg["hybrid"]
+    kw = {
+        **cfg["rv_hybrid" if sampler == "hybrid" else "rv_flow_emcee"],
+        "train_steps": cfg["train_steps"],
+    }
     bf = run_boltzflow(post, sampler, {"num_layers": 6, "hidden": 64}, kw)
     out = {"reference": ref["mode_weights"]}
     for name, run in (("emcee", em), ("boltzflow", bf)):
