@@ -122,6 +122,12 @@ class FlowMove(MHMove):
         return sample.x.double().cpu().numpy(), factors
 
 
+def _walkers(target, walkers: int | None) -> int:
+    """Ensemble size: ``walkers`` or ``max(32, 2·dim + 2)``, made even."""
+    n = int(walkers or max(32, 2 * int(target.dim) + 2))
+    return n + n % 2
+
+
 def emcee_sampler(
     flow,
     target,
@@ -147,16 +153,11 @@ def emcee_sampler(
         n_samples: kept draws in total (``ceil(n_samples / walkers)`` per walker).
         walkers: ensemble size (default ``max(32, 2·dim + 2)``, made even).
     """
-    dim = int(target.dim)
-    walkers = int(walkers or max(32, 2 * dim + 2))
-    walkers += walkers % 2
+    from boltzflow.sampling.hybrid import start_points
+
+    dim, walkers = int(target.dim), _walkers(target, walkers)
     rs = np.random.RandomState(int(seed))
-    g = torch.Generator().manual_seed(int(seed))
-    with torch.no_grad():
-        if init == "prior" and hasattr(target, "sample_prior"):
-            x0 = target.sample_prior(walkers, generator=g)
-        else:
-            x0 = flow.sample(walkers, generator=g).x
+    x0 = start_points(flow, target, walkers, init, torch.Generator().manual_seed(int(seed)))
     moves = emcee.moves.StretchMove()
     if flow_weight > 0:
         moves = [(moves, 1.0 - flow_weight), (FlowMove(flow), flow_weight)]
@@ -224,20 +225,20 @@ def flow_emcee(
     flow-move and overall acceptance, warm-up cost, R-hat and ESS (walkers as chains, arviz)
     and, with ``evidence_samples``, the flow importance-sampling evidence.
     """
-    from boltzflow.flows.affine import ElementwiseAffine
-    from boltzflow.sampling.hybrid import chain_diagnostics, flow_evidence, train_nll
+    from boltzflow.sampling.hybrid import (
+        chain_diagnostics,
+        fit_affine_to_data,
+        flow_evidence,
+        freeze,
+        start_points,
+        train_nll,
+    )
 
-    dim = int(target.dim)
-    walkers = int(walkers or max(32, 2 * dim + 2))
-    walkers += walkers % 2
+    dim, walkers = int(target.dim), _walkers(target, walkers)
     rs = np.random.RandomState(int(seed))
     g = torch.Generator().manual_seed(int(seed))
     t0, n0 = time.perf_counter(), target.n_evaluations
-    with torch.no_grad():
-        if init == "prior" and hasattr(target, "sample_prior"):
-            x0 = target.sample_prior(walkers, generator=g).double().numpy()
-        else:
-            x0 = flow.sample(walkers, generator=g).x.double().cpu().numpy()
+    x0 = start_points(flow, target, walkers, init, g).double().cpu().numpy()
     log_prob = EmceeLogProb(target)
 
     def ensemble(moves):
@@ -254,9 +255,7 @@ def flow_emcee(
     for r in range(int(rounds)):
         data = torch.cat([h.reshape(-1, dim) for h in history]).to(next(flow.parameters()).dtype)
         if r == 0:
-            for m in flow.modules():
-                if isinstance(m, ElementwiseAffine):
-                    m.set_from_data(data)
+            fit_affine_to_data(flow, data)
         train_nll(flow, data, train_steps, batch_size, lr, g)
         n_acc, n_prop = move.n_accepted, move.n_proposed
         stage = ensemble(mixed)
@@ -264,9 +263,7 @@ def flow_emcee(
         history.append(_chains(stage))
         warm_acc.append((move.n_accepted - n_acc) / max(move.n_proposed - n_prop, 1))
     warmup_evals, warmup_seconds = target.n_evaluations - n0, time.perf_counter() - t0
-    flow.eval()
-    for p in flow.parameters():
-        p.requires_grad_(False)
+    freeze(flow)
     n_acc, n_prop = move.n_accepted, move.n_proposed
     prod = ensemble(mixed)
     prod.run_mcmc(state, -(-int(n_samples) // walkers), progress=progress)

@@ -39,7 +39,16 @@ from boltzflow.training.losses import nll
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["hybrid", "neutra", "train_nll", "chain_diagnostics", "flow_evidence"]
+__all__ = [
+    "hybrid",
+    "neutra",
+    "train_nll",
+    "chain_diagnostics",
+    "flow_evidence",
+    "freeze",
+    "fit_affine_to_data",
+    "start_points",
+]
 
 
 def chain_diagnostics(x: torch.Tensor) -> dict:
@@ -86,18 +95,30 @@ def train_nll(flow, data: torch.Tensor, steps: int, batch_size: int, lr: float, 
     return losses
 
 
-def _freeze(flow) -> None:
+def freeze(flow) -> None:
+    """Put ``flow`` in eval mode with every parameter fixed (the post-warm-up flow)."""
     flow.eval()
     for p in flow.parameters():
         p.requires_grad_(False)
 
 
-def _start(flow, target, chains: int, init: str, g: torch.Generator) -> torch.Tensor:
-    dtype = next(iter(flow.parameters()), torch.zeros((), dtype=torch.float64)).dtype
+def fit_affine_to_data(flow, data: torch.Tensor) -> None:
+    """Set every :class:`ElementwiseAffine` layer of ``flow`` to the mean and sd of ``data``."""
+    for m in flow.modules():
+        if isinstance(m, ElementwiseAffine):
+            m.set_from_data(data)
+
+
+def start_points(flow, target, n: int, init: str, generator: torch.Generator) -> torch.Tensor:
+    """``n`` starting points: the target's prior draws (``init="prior"``) or flow samples."""
+    params = next(iter(flow.parameters()), None) if flow is not None else None
+    dtype = params.dtype if params is not None else torch.float64
     with torch.no_grad():
         if init == "prior" and hasattr(target, "sample_prior"):
-            return target.sample_prior(chains, generator=g, dtype=dtype)
-        return flow.sample(chains, generator=g).x.detach()
+            return target.sample_prior(n, generator=generator, dtype=dtype)
+        if flow is None:
+            raise ValueError("init='flow' needs a flow (or a target with sample_prior)")
+        return flow.sample(n, generator=generator).x.detach()
 
 
 def _descend(target, x: torch.Tensor, steps: int, lr: float = 0.05) -> torch.Tensor:
@@ -194,7 +215,7 @@ def hybrid(
         target_accept = 0.57 if local == "mala" else 0.75
     g = torch.Generator().manual_seed(int(seed))
     t0, n0 = time.perf_counter(), target.n_evaluations
-    x0 = _descend(target, _start(flow, target, chains, init, g), init_steps)
+    x0 = _descend(target, start_points(flow, target, chains, init, g), init_steps)
     step = torch.full((chains, 1), float(step_size), dtype=x0.dtype)
     mass = 1.0
     state = _local_kernel(target, local, step, n_leapfrog, mass).init(x0, seed=int(seed))
@@ -226,9 +247,7 @@ def hybrid(
         if local == "hmc":
             mass = 1.0 / data.var(0).clamp(min=1e-8)
         if r == (1 if warmup_rounds > 1 else 0):
-            for m in flow.modules():
-                if isinstance(m, ElementwiseAffine):
-                    m.set_from_data(data)
+            fit_affine_to_data(flow, data)
         losses += train_nll(flow, data, train_steps, batch_size, lr, g)
         logger.info(
             "warm-up round %d: local acceptance %.2f, global %s, NLL %.3f, %d evaluations",
@@ -239,7 +258,7 @@ def hybrid(
             target.n_evaluations - n0,
         )
     warmup_evals, warmup_seconds = target.n_evaluations - n0, time.perf_counter() - t0
-    _freeze(flow)
+    freeze(flow)
     local_kernel = _local_kernel(target, local, step, n_leapfrog, mass)
     mix = Mixture([local_kernel, IndependenceMH(flow, target)], repeats=repeats)
     n_draws = -(-int(n_samples) // chains)
@@ -293,7 +312,7 @@ def neutra(
     """
     g = torch.Generator().manual_seed(int(seed))
     t0, n0 = time.perf_counter(), target.n_evaluations
-    _freeze(flow)
+    freeze(flow)
     with torch.no_grad():
         x0 = flow.sample(chains, generator=g).x.detach()
     step = torch.full((chains, 1), float(step_size), dtype=x0.dtype)

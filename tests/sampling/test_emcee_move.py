@@ -97,8 +97,8 @@ def test_emcee_sampler_runner_layout_and_counts():
     from boltzflow.sampling.emcee_move import emcee_sampler
 
     target = from_log_prob(lambda t: -0.5 * (t**2).sum(-1), 2)
-    target.sample_prior = lambda n, generator=None: torch.randn(
-        n, 2, generator=generator, dtype=torch.float64
+    target.sample_prior = lambda n, generator=None, dtype=torch.float64: torch.randn(
+        n, 2, generator=generator, dtype=dtype
     )
     res = emcee_sampler(None, target, n_samples=3200, seed=0, walkers=16)
     assert (
