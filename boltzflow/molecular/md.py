@@ -238,11 +238,13 @@ def alanine_md_frames(
     interval_ps: float = 0.1,
     seed: int = 0,
     pool=None,
+    trajectories: int = 1,
 ) -> list[np.ndarray]:
     r"""Training MD for an alanine-dipeptide target: ``[main, alpha_l]`` frames in nm.
 
-    * ``main``: ``ns`` of 300 K Langevin MD from the crd structure (β region); plain MD at
-      300 K in vacuum does not reach αL (0° < φ < 120°) in hundreds of ns.
+    * ``main``: ``ns`` of 300 K Langevin MD in total, as ``trajectories`` independent runs
+      (seeds ``seed + 100 + i``; the first one uses ``seed``) from the crd structure (β
+      region); plain MD at 300 K in vacuum does not reach αL (0° < φ < 120°) in hundreds of ns.
     * ``alpha_l``: ``alpha_l_trajectories`` trajectories of ``alpha_l_ns`` in total, each
       steered into the C7ax minimum of αL by restraints φ = 60°, ψ = -70° (500 kJ/mol/rad²,
       20 ps), then released and run unbiased at the same temperature. They may leave αL
@@ -256,8 +258,15 @@ def alanine_md_frames(
 
     spec = target.cartesian.spec
     T = target.temperature
-    frames = max(1, round(ns * 1000.0 / interval_ps))
-    jobs = [(target.mol.positions, MDSettings(T, frames, interval_ps, seed=seed))]
+    n_main = max(1, int(trajectories))
+    frames = max(1, round(ns * 1000.0 / interval_ps / n_main))
+    jobs = [
+        (
+            target.mol.positions,
+            MDSettings(T, frames, interval_ps, seed=seed + (100 + i if i else 0)),
+        )
+        for i in range(n_main)
+    ]
     m = max(1, int(alpha_l_trajectories))
     per = max(1, round(alpha_l_ns * 1000.0 / interval_ps / m))
     steer = (
@@ -270,8 +279,9 @@ def alanine_md_frames(
         )
         jobs.append((target.mol.positions, settings))
     out = cached_md_many(spec, jobs, pool=pool)  # in this process without a pool
-    alpha = np.concatenate(out[1:]) if len(out) > 1 else out[0][:0]
-    return [out[0], alpha]
+    main = np.concatenate(out[:n_main])
+    alpha = np.concatenate(out[n_main:]) if len(out) > n_main else main[:0]
+    return [main, alpha]
 
 
 #: The name ``boltzflow.cli`` looks up to register the subcommand.

@@ -97,8 +97,9 @@ class AlanineDipeptideTarget(Energy):
             energies in this process.
         platform: OpenMM platform (default :func:`~boltzflow.energies.openmm.default_platform`).
         chirality: ``"L"`` gives D configurations zero density; ``None`` keeps both.
-        md_ns, md_alpha_l_ns, md_alpha_l_trajectories, md_interval_ps, md_seed: training
-            data (:meth:`md_frames`): one 300 K trajectory from the crd structure, plus
+        md_ns, md_trajectories, md_alpha_l_ns, md_alpha_l_trajectories, md_interval_ps,
+            md_seed: training data (:meth:`md_frames`): 300 K trajectories from the crd
+            structure, plus
             trajectories started in αL after a short (φ, ψ)-restrained steering.
         improper_scale: width (rad) for the improper torsions, which are then centred on
             their crd value and treated as non-periodic; ``None`` keeps them periodic.
@@ -119,6 +120,7 @@ class AlanineDipeptideTarget(Energy):
         platform: str | None = None,
         chirality: str | None = "L",
         md_ns: float = 2.0,
+        md_trajectories: int = 1,
         md_alpha_l_ns: float = 0.5,
         md_alpha_l_trajectories: int = 4,
         md_interval_ps: float = 0.1,
@@ -175,6 +177,7 @@ class AlanineDipeptideTarget(Energy):
         ]
         self.md = dict(
             ns=md_ns,
+            trajectories=md_trajectories,
             alpha_l_ns=md_alpha_l_ns,
             alpha_l_trajectories=md_alpha_l_trajectories,
             interval_ps=md_interval_ps,

@@ -113,3 +113,13 @@ def test_real_umbrella_windows_hold_their_centres():
         d = np.angle(np.exp(1j * (cv[:, 0] - c)))
         assert np.degrees(np.abs(d).mean()) < 25.0
     assert s.reduced_bias(np.array([s.centers[1]]))[1, 0] == 0.0
+
+
+def test_umbrella_subcommand_is_registered(capsys):
+    from boltzflow.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["umbrella", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--windows" in out and "--write-reference" in out
