@@ -131,14 +131,16 @@ def evaluate_chunk(spec: SystemSpec, positions: np.ndarray) -> tuple[np.ndarray,
             ctx.setPositions(pos[i])
             state = ctx.getState(getEnergy=True, getForces=True)
             # OpenMM's internal units are nm, kJ/mol and kJ/mol/nm: ``_value`` is exact here.
-            e = float(state.getPotentialEnergy()._value)
-            f = np.asarray(state.getForces(asNumpy=True)._value)
+            e = state.getPotentialEnergy()._value
+            f = state.getForces(asNumpy=True)._value
         except Exception as exc:  # OpenMMException on NaN/overflow; keep this config only
             log.debug("OpenMM failed on configuration %d: %s", i, exc)
             continue
         energies[i] = e
-        if np.isfinite(e) and np.isfinite(f).all():
-            forces[i] = f
+        forces[i] = f
+    bad = ~np.isfinite(energies) | ~np.isfinite(forces).reshape(n, -1).all(axis=1)
+    forces[bad] = 0.0
+    energies[bad & np.isfinite(energies)] = np.nan  # finite energy with non-finite forces
     return energies, forces
 
 
@@ -263,24 +265,34 @@ class EnergyPool:
         return f"EnergyPool(kind={self.kind!r}, n_workers={self.n_workers})"
 
     # --------------------------------------------------------------- evaluation
-    def map(self, fn, args_list: list[tuple]) -> list:
+    _DEFAULT = object()
+
+    def map(self, fn, args_list: list[tuple], timeout=_DEFAULT) -> list:
         """Run ``fn(*args)`` for each tuple on the executor; results in order.
+
+        Args:
+            fn: a module-level (picklable) function.
+            args_list: one argument tuple per task.
+            timeout: seconds to wait for all tasks (default: the pool's ``timeout``; ``None``
+                waits as long as the workers live, for long tasks such as MD; a dead worker
+                still fails the call at once).
 
         Raises:
             WorkerPoolError: a worker died (after ``retries`` rebuilds of an owned pool) or
                 the results did not arrive within ``timeout`` seconds.
         """
+        timeout = self.timeout if timeout is EnergyPool._DEFAULT else timeout
         if self._closed:
             raise WorkerPoolError("the EnergyPool is closed")
         attempt = 0
         while True:
             try:
                 futures = [self._executor.submit(fn, *a) for a in args_list]
-                done, pending = cf.wait(futures, timeout=self.timeout)
+                done, pending = cf.wait(futures, timeout=timeout)
                 if pending:
                     for f in pending:
                         f.cancel()
-                    raise TimeoutError(f"{len(pending)} task(s) unfinished after {self.timeout}s")
+                    raise TimeoutError(f"{len(pending)} task(s) unfinished after {timeout}s")
                 return [f.result() for f in futures]
             except Exception as exc:
                 broken = isinstance(exc, (cf.process.BrokenProcessPool, TimeoutError))
