@@ -11,12 +11,13 @@ import torch
 
 from boltzflow.energies.lattice import gauge_transform, plaquettes, wrap_angle
 from boltzflow.flows.base import Compose, Flow
-from boltzflow.flows.circular import CircularSpline, circular_rq_spline
+from boltzflow.flows.circular import CircularSpline
 from boltzflow.flows.distributions import UniformTorus
 from boltzflow.flows.lattice import CircularConvNet, checkerboard, phi4_flow
 from boltzflow.flows.lattice_gauge import (
     GaugeEquivariantCoupling,
     PlaquetteTreeSpline,
+    SinkSpline,
     plaquette_masks,
     tree_link_shift,
     u1_gauge_flow,
@@ -73,22 +74,25 @@ def test_tree_link_shift_moves_exactly_the_requested_plaquettes():
     assert shift[:, ~tree].abs().max() == 0  # only the maximal tree moves
 
 
+def _random_links(n, L, seed):
+    return (torch.rand(n, 2, L, L, generator=_gen(seed), dtype=DT) * 2 - 1) * math.pi
+
+
+def _randomised(module, seed):
+    module = module.double()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=_gen(seed), dtype=DT))
+    return module
+
+
 def test_plaquette_tree_spline_maps_every_plaquette_but_the_sink():
     L = 4
-    layer = PlaquetteTreeSpline(L, num_bins=4).double()
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.normal_(generator=_gen(12))
-    z = (torch.rand(5, 2, L, L, generator=_gen(13), dtype=DT) * 2 - 1) * math.pi
+    layer = _randomised(PlaquetteTreeSpline(L, num_bins=4, num_splines=2, param_scale=1.0), 12)
+    z = _random_links(5, L, 13)
     x, ladj = layer.forward(z)
     pz, px = wrap_angle(plaquettes(z)), wrap_angle(plaquettes(x))
-    shape = (*pz.shape, 4)
-    h, lad = circular_rq_spline(
-        pz,
-        layer.unnormalized_widths.expand(shape),
-        layer.unnormalized_heights.expand(shape),
-        layer.unnormalized_derivatives.expand(shape),
-    )
+    h, lad = layer.splines(pz)
     keep = torch.ones(L, L, dtype=torch.bool)
     keep[-1, -1] = False
     _angle_close(px[:, keep], h[:, keep])
@@ -96,6 +100,20 @@ def test_plaquette_tree_spline_maps_every_plaquette_but_the_sink():
     # the sink keeps the plaquette sum: Σ_P θ_P ≡ 2πQ is unchanged mod 2π
     _angle_close(px.sum(dim=(1, 2)), pz.sum(dim=(1, 2)))
     assert wrap_angle(px[:, -1, -1] - h[:, -1, -1]).abs().max() > 1e-3
+
+
+def test_sink_spline_moves_the_sink_and_spreads_the_change():
+    L = 4
+    layer = _randomised(SinkSpline(L, num_bins=4, num_splines=1, param_scale=1.0), 14)
+    z = _random_links(5, L, 15)
+    x, ladj = layer.forward(z)
+    pz, px = wrap_angle(plaquettes(z)), wrap_angle(plaquettes(x))
+    h, lad = layer.splines(pz[:, -1, -1])
+    _angle_close(px[:, -1, -1], h)
+    torch.testing.assert_close(ladj, lad)
+    spread = wrap_angle(px - pz).reshape(5, -1)[:, :-1]
+    expected = -wrap_angle(h - pz[:, -1, -1]) / (L * L - 1)
+    torch.testing.assert_close(spread, expected.unsqueeze(1).expand_as(spread))
 
 
 def test_gauge_flow_needs_multiple_of_four():
