@@ -51,7 +51,7 @@ def _resampled(idata, seed: int = 0):
 
 
 def pair_plot(idata, path, var_names=None, max_vars: int = 8) -> None:
-    """Corner plot (KDE pairs, marginals on the diagonal) of up to ``max_vars`` variables."""
+    """Corner plot (scatter pairs, KDE marginals on the diagonal) of up to ``max_vars`` names."""
     az, plt = _az(), _plt()
     data = _resampled(idata)
     names = list(var_names or [v for v in data.posterior.data_vars if data.posterior[v].ndim == 2])[
@@ -62,7 +62,7 @@ def pair_plot(idata, path, var_names=None, max_vars: int = 8) -> None:
         axes = az.plot_pair(
             data,
             var_names=names,
-            kind="kde",
+            kind="scatter",
             marginals=True,
             figsize=(2.2 * len(names), 2.2 * len(names)),
         )
