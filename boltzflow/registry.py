@@ -38,6 +38,7 @@ FLOWS: dict[str, str] = {
     "spline-autoregressive": "boltzflow.flows.builders:spline_autoregressive_flow",
     "maf": "boltzflow.flows.builders:maf_flow",
     "circular-spline-coupling": "boltzflow.flows.builders:circular_spline_flow",
+    "internal-coordinates": "boltzflow.molecular.flows:internal_coordinate_flow",
     "smooth-coupling": "boltzflow.flows.smooth_coupling:smooth_coupling_flow",
     "phi4-checkerboard": "boltzflow.flows.lattice:phi4_flow",
     "u1-gauge": "boltzflow.flows.lattice_gauge:u1_gauge_flow",
