@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["plot_training", "plot_log_weights", "plot_marginals", "plot_samples_2d"]
+__all__ = [
+    "normalized_weights",
+    "plot_training",
+    "plot_log_weights",
+    "plot_marginals",
+    "plot_samples_2d",
+]
 
 
 def _plt():
@@ -29,7 +35,8 @@ def _np(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
-def _weights(log_w) -> np.ndarray:
+def normalized_weights(log_w) -> np.ndarray:
+    """Importance weights ``w / Σw`` from log-weights (non-finite → 0; all-zero stays zero)."""
     lw = _np(log_w).reshape(-1)
     lw = np.where(np.isfinite(lw), lw, -np.inf)
     if not np.isfinite(lw).any():
@@ -90,7 +97,7 @@ def plot_marginals(
     """
     plt = _plt()
     x = _np(x).reshape(len(_np(log_w).reshape(-1)), -1)
-    w = _weights(log_w)
+    w = normalized_weights(log_w)
     d = min(x.shape[1], max_dims)
     fig, axes = plt.subplots(1, d, figsize=(3.2 * d, 3), squeeze=False)
     ref = None if reference is None else _np(reference).reshape(-1, x.shape[1])
@@ -131,7 +138,7 @@ def plot_samples_2d(x, log_w, path, centers=None, dims=(0, 1)) -> Path:
     from matplotlib.colors import LogNorm
 
     x = _np(x).reshape(len(_np(log_w).reshape(-1)), -1)[:, list(dims)]
-    w = _weights(log_w)
+    w = normalized_weights(log_w)
     fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharex=True, sharey=True)
     rng = [np.percentile(x[:, k], [0.05, 99.95]) for k in range(2)]
     for ax, ww, title in ((axes[0], None, "flow samples"), (axes[1], w, "reweighted")):

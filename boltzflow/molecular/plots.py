@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from boltzflow.plots import normalized_weights
+
 __all__ = ["plot_ramachandran", "ramachandran_histogram"]
 
 
@@ -32,15 +34,6 @@ def ramachandran_histogram(phi, psi, weights=None, bins: int = 64) -> np.ndarray
     h, _, _ = np.histogram2d(_np(phi), _np(psi), bins=[edges, edges], weights=w)
     total = h.sum()
     return h / (total * (2 * math.pi / bins) ** 2) if total > 0 else h
-
-
-def _weights(log_w) -> np.ndarray:
-    lw = _np(log_w).reshape(-1)
-    lw = np.where(np.isfinite(lw), lw, -np.inf)
-    if not np.isfinite(lw).any():
-        return np.zeros_like(lw)
-    w = np.exp(lw - lw.max())
-    return w / w.sum()
 
 
 def plot_ramachandran(path, flow_angles, log_w=None, md=None, bins: int = 64) -> Path:
@@ -63,7 +56,7 @@ def plot_ramachandran(path, flow_angles, log_w=None, md=None, bins: int = 64) ->
         panels.append(("MD (training data)", ramachandran_histogram(*md, bins=bins)))
     panels.append(("flow", ramachandran_histogram(*flow_angles, bins=bins)))
     if log_w is not None:
-        w = _weights(log_w)
+        w = normalized_weights(log_w)
         panels.append(("flow, reweighted", ramachandran_histogram(*flow_angles, w, bins=bins)))
     positive = [h[h > 0] for _, h in panels if (h > 0).any()]
     vmax = max(p.max() for p in positive) if positive else 1.0
