@@ -59,18 +59,18 @@ def _z(est, truth):
 
 def test_free_field_nis_log_z(free_field):
     target, flow = free_field
-    _, lw = _nis(flow, target, 8000, seed=1)
+    _, lw = _nis(flow, target, 5000, seed=1)
     rw = reweight(lw, seed=0)
     assert rw.ess_fraction > 0.3
     assert _z(rw.log_z, target.log_z) < Z_MAX, (rw.log_z, target.log_z)
     # negative control: the same estimator with a wrong flow density (log-det dropped)
-    _, bad = _nis(flow, target, 8000, seed=1, drop_ladj=True)
+    _, bad = _nis(flow, target, 5000, seed=1, drop_ladj=True)
     assert _z(reweight(bad, seed=0).log_z, target.log_z) > Z_MAX
 
 
 def test_u1_nis_log_z_plaquette_and_q2(u1_small):
     target, flow = u1_small
-    x, lw = _nis(flow, target, 8000, seed=2)
+    x, lw = _nis(flow, target, 5000, seed=2)
     rw = reweight(lw, seed=0)
     assert rw.ess_fraction > 0.3
     obs = target.observables()
@@ -82,7 +82,7 @@ def test_u1_nis_log_z_plaquette_and_q2(u1_small):
     for name, (est, truth) in ests.items():
         assert _z(est, truth) < Z_MAX, (name, est, truth)
     # negative controls: a wrong flow density, and the exact values of a different coupling
-    xb, bad = _nis(flow, target, 8000, seed=2, drop_ladj=True)
+    xb, bad = _nis(flow, target, 5000, seed=2, drop_ladj=True)
     assert _z(reweight(bad, seed=0).log_z, target.log_z) > Z_MAX
     other = U1Wilson(4, 1.3)
     assert _z(ests["plaquette"][0], other.exact.mean_plaquette) > Z_MAX
@@ -118,11 +118,11 @@ def test_u1_hmc_against_exact(u1_small):
 
 def test_u1_flow_imh_and_flow_hmc_against_exact(u1_small):
     target, flow = u1_small
-    imh = flow_imh(flow, target, n_samples=4000, chains=40, seed=5)
+    imh = flow_imh(flow, target, n_samples=3000, chains=30, seed=5)
     assert imh.info["acceptance_rate"] > 0.3
     _check_chain(imh, target, "imh")
     fh = flow_hmc(
-        flow, target, n_samples=800, chains=16, step_size=0.3, n_leapfrog=3, n_warmup=10, seed=6
+        flow, target, n_samples=480, chains=16, step_size=0.1, n_leapfrog=4, n_warmup=5, seed=6
     )
     _check_chain(fh, target, "flow-hmc")
 
@@ -152,7 +152,7 @@ def test_phi4_flow_hmc_free_field(free_field):
 
 
 def test_pooled_integrated_time_ar1_and_frozen_chains():
-    rho, n, chains = 0.8, 8000, 4
+    rho, n, chains = 0.8, 5000, 4
     g = np.random.default_rng(0)
     x = np.zeros((chains, n))
     noise = g.normal(size=(chains, n)) * math.sqrt(1 - rho**2)
