@@ -31,8 +31,9 @@ print(f"exact log Z = {target.log_z:.4f}")
 # sampler), then a short reverse-KL stage that uses only the energy.
 
 # %%
-flow = spline_coupling_flow(target, num_layers=4 if SMOKE else 8, hidden=64 if SMOKE else 128,
-                            seed=0)
+flow = spline_coupling_flow(
+    target, num_layers=4 if SMOKE else 8, hidden=64 if SMOKE else 128, seed=0
+)
 steps = 150 if SMOKE else 3000
 result = train(
     flow,
@@ -60,8 +61,10 @@ print(f"ESS fraction {r.ess_fraction:.3f}, PSIS k = {r.pareto_k:.2f}")
 print(f"log Z = {r.log_z.mean:.4f} ± {r.log_z.stderr:.4f} (exact {target.log_z:.4f}, z = {z:+.2f})")
 
 frac = expectation((s.x[:, 0] > 0).double(), lw)
-print(f"P(x1 > 0) = {frac.mean:.4f} ± {frac.stderr:.4f} "
-      f"(exact {target.exact_observable('frac_x1_positive'):.4f})")
+print(
+    f"P(x1 > 0) = {frac.mean:.4f} ± {frac.stderr:.4f} "
+    f"(exact {target.exact_observable('frac_x1_positive'):.4f})"
+)
 
 # %%
 plot_marginals(s.x[:, :4], lw, "quickstart_marginals.png", reference=target.sample(20_000))
