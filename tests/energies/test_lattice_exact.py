@@ -112,7 +112,7 @@ def _uniform_links_estimates(L, beta, n, seed):
 
 def test_u1_formulas_against_brute_force_sampling():
     L, beta = 2, 1.0
-    est = _uniform_links_estimates(L, beta, 400_000, seed=1)
+    est = _uniform_links_estimates(L, beta, 200_000, seed=1)
     exact = ex.u1_exact(L, beta)
     for name, truth in (
         ("log_z", exact.log_z_haar),
