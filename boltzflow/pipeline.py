@@ -258,12 +258,12 @@ def _sample_and_summarise(recipe, flow, target, seed, train_summary) -> dict:
 
     n0 = target.n_evaluations
     t0 = time.perf_counter()
-    imp = importance_sampling(flow, target, n_samples=n_importance, seed=seed + 1)
-    if method == "importance":
-        result = imp
-    else:
+    result = None
+    if method != "importance":  # run first: some samplers (hybrid, flow-emcee) train the flow
         sampler = registry.resolve(registry.SAMPLERS, method, "sampler")
         result = sampler(flow, target, n_samples=n_samples, seed=seed + 2, **sp)
+    imp = importance_sampling(flow, target, n_samples=n_importance, seed=seed + 1)
+    result = imp if result is None else result
     wall = time.perf_counter() - t0
     rw = reweight(imp.log_weight, n_bootstrap=n_boot, seed=seed)
     observables, obs_values = _estimate_observables(target, result)
