@@ -184,6 +184,12 @@ class Phi4(Energy):
         }
         return free[name]
 
+    def extra_figures(self, out_dir, x, log_weight) -> dict[str, str]:
+        """Report figure: histogram of the magnetization, flow vs reweighted."""
+        m = x.mean(dim=(1, 2))
+        name = _histogram_figure(out_dir, "magnetization.png", "magnetization m", m, log_weight)
+        return {"Magnetization: flow and reweighted": name}
+
     def __repr__(self):
         return f"Phi4(L={self.L}, m2={self.m2:g}, lam={self.lam:g})"
 
@@ -198,6 +204,31 @@ def binder_cumulant(x: torch.Tensor, log_weight: torch.Tensor | None = None) -> 
         w = torch.softmax(log_weight.double(), 0)
     m2, m4 = (w * m**2).sum(), (w * m**4).sum()
     return float(1.0 - m4 / (3.0 * m2 * m2))
+
+
+def _histogram_figure(out_dir, filename, title, values, log_w, discrete=False) -> str:
+    """Flow (unweighted) and reweighted histograms of a scalar observable, saved as PNG."""
+    from pathlib import Path
+
+    from boltzflow.plots import _plt, normalized_weights
+
+    plt = _plt()
+    v = values.detach().cpu().double().numpy()
+    w = normalized_weights(log_w)
+    if discrete:
+        lo, hi = int(v.min()), int(v.max())
+        bins = [b - 0.5 for b in range(lo, hi + 2)]
+    else:
+        bins = 60
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.hist(v, bins=bins, density=True, histtype="step", label="flow q")
+    ax.hist(v, bins=bins, weights=w, density=True, histtype="step", label="reweighted to p")
+    ax.set_xlabel(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(Path(out_dir) / filename, dpi=100)
+    plt.close(fig)
+    return filename
 
 
 # ============================================================================== U(1)
@@ -275,6 +306,12 @@ class U1Wilson(Energy):
             "topological_susceptibility": e.chi_t,
             "action_density": -self.beta * e.mean_plaquette,
         }[name]
+
+    def extra_figures(self, out_dir, x, log_weight) -> dict[str, str]:
+        """Report figure: histogram of the topological charge, flow vs reweighted."""
+        q = topological_charge(x)
+        name = _histogram_figure(out_dir, "charge.png", "topological charge Q", q, log_weight, True)
+        return {"Topological charge: flow and reweighted": name}
 
     def __repr__(self):
         return f"U1Wilson(L={self.L}, beta={self.beta:g})"

@@ -177,3 +177,11 @@ def test_u1_periodicity_observables_and_log_z():
     assert target.exact_observable("topological_susceptibility") == target.exact.q2 / L**2
     assert target.exact_observable("action_density") == -1.5 * target.exact.mean_plaquette
     assert target.period == pytest.approx(2 * math.pi)
+
+
+def test_report_figures(tmp_path):
+    x = wrap_angle(_rand((50, 2, 4, 4), seed=5, scale=2.0))
+    figs = U1Wilson(4, 1.0).extra_figures(tmp_path, x, torch.zeros(50, dtype=DT))
+    assert all((tmp_path / f).stat().st_size > 0 for f in figs.values())
+    figs = Phi4(4, 1.0, 0.0).extra_figures(tmp_path, _rand((50, 4, 4)), _rand((50,), seed=6))
+    assert all((tmp_path / f).stat().st_size > 0 for f in figs.values())
