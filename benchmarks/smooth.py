@@ -25,7 +25,7 @@ Usage::
 
     python benchmarks/smooth.py [--train-steps 1500] [--md-steps 10000] [--trajectories 32]
     python benchmarks/smooth.py --smoke
-    python benchmarks/smooth.py --alanine [--ala-steps 2000] [--weight-force 0.1]
+    python benchmarks/smooth.py --alanine [--ala-steps 2000] [--weight-force 1.0]
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def main(argv=None):
     ap.add_argument("--alanine", action="store_true", help="the alanine-dipeptide comparison")
     ap.add_argument("--ala-steps", type=int, default=2000)
     ap.add_argument("--ala-batch", type=int, default=256)
-    ap.add_argument("--weight-force", type=float, default=0.1)
+    ap.add_argument("--weight-force", type=float, default=1.0)
     ap.add_argument("--only", default="", help="comma-separated subset of the alanine runs")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
