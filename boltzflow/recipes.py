@@ -61,6 +61,9 @@ STAGE_KEYS = {
     "eval_every",
     "patience",
     "temperature_scale",
+    "weight_force",
+    "weight_nll",
+    "weight_reverse_kl",
 }
 
 
