@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from boltzflow.flows.builders import spline_coupling_flow
+from boltzflow.molecular.flows import internal_coordinate_flow
 from boltzflow.molecular.plots import plot_ramachandran
 from boltzflow.molecular.target import AlanineDipeptideTarget
 from boltzflow.molecular.umbrella import alanine_umbrella
@@ -31,15 +31,16 @@ torch.manual_seed(0)
 
 target = AlanineDipeptideTarget(
     "vacuum",
-    md_ns=0.1 if SMOKE else 2.0,
-    md_alpha_l_ns=0.04 if SMOKE else 0.5,
-    md_alpha_l_trajectories=2 if SMOKE else 4,
+    md_ns=0.1 if SMOKE else 10.0,
+    md_trajectories=1 if SMOKE else 8,
+    md_alpha_l_ns=0.04 if SMOKE else 2.0,
+    md_alpha_l_trajectories=2 if SMOKE else 8,
 )
 print(target)
 
 # %% [markdown]
 # ## Training data: Langevin MD (cached on disk)
-# One trajectory from the extended crd structure (β), plus short trajectories steered into
+# Independent 300 K trajectories from the extended crd structure (β), plus short ones steered into
 # αL by a (φ, ψ) restraint and then released. Every frame is unbiased 300 K dynamics; only the
 # basin proportions of the mixture are wrong, and the reweighting fixes those.
 
@@ -52,27 +53,28 @@ print(f"{len(data)} frames; fraction in αL: {in_alpha_l.double().mean():.3f}")
 # %% [markdown]
 # ## Flow on normalized internal coordinates
 # Bonds and angles are scaled by their thermal widths, improper torsions are centred, and the
-# 7 proper torsions (φ, ψ, ω, methyl rotors) are periodic, handled by circular splines.
-# Training: maximum likelihood on the MD frames, then a short reverse-KL stage at 300 K.
+# 7 proper torsions (φ, ψ, ω, methyl rotors) are periodic. The flow alternates coupling layers
+# on the torsions and on the stiff coordinates (conditioned on all torsions), with circular
+# splines on the torsions. Training: maximum likelihood on the MD frames. (A reverse-KL stage
+# lowers the KL divergence but makes the flow narrower than the target, which lowers the
+# importance-sampling ESS here; the forward KL is mass-covering.)
 
 # %%
-flow = spline_coupling_flow(
-    target, num_layers=4 if SMOKE else 8, hidden=64 if SMOKE else 128, num_bins=8, seed=0
+flow = internal_coordinate_flow(
+    target, num_blocks=1 if SMOKE else 2, hidden=64 if SMOKE else 128, seed=0
 ).float()
-steps = 300 if SMOKE else 2500
 stages = [
     {
         "loss": "nll",
         "data": data.float(),
-        "steps": steps,
+        "steps": 300 if SMOKE else 3000,
         "batch_size": 256,
         "lr": 1e-3,
         "warmup_steps": 50,
     },
-    {"loss": "reverse_kl", "steps": steps // 3, "batch_size": 256, "lr": 2e-4, "energy_cap": 1e3},
 ]
 result = train(flow, target, stages, seed=0)
-print(f"trained {result.steps} steps, {result.energy_evaluations} energy evaluations")
+print(f"trained {result.steps} steps")
 
 # %% [markdown]
 # ## Importance weights and free energies
