@@ -2,7 +2,7 @@
 
 * ``boltzflow systems`` lists the catalogue;
 * ``boltzflow run [NAME|PATH] [--budget smoke|default|long] [--seed N] [--out DIR]
-  [--device cpu|cuda] [--workers N] [--scheduler ADDRESS]`` runs a recipe end to end;
+  [--device cpu|cuda] [--workers N] [--scheduler ADDRESS] [--threads N]`` runs a recipe end to end;
 * further subcommands (``md``, ``umbrella``) are added by the modules that provide them.
 """
 
@@ -38,6 +38,13 @@ def _cmd_systems(args) -> int:
 
 
 def _cmd_run(args) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            print("boltzflow: error: --threads must be >= 1", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
     from boltzflow.pipeline import run
 
     summary = run(
@@ -88,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="cpu or cuda (default: the recipe's)")
     r.add_argument("--workers", type=int, default=None, help="energy worker processes")
     r.add_argument("--scheduler", default=None, help="dask.distributed scheduler address")
+    r.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     r.set_defaults(func=_cmd_run)
 
     for mod in _PLUGIN_PARSERS:

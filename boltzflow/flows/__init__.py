@@ -24,6 +24,8 @@ from boltzflow.flows.circular import (
 )
 from boltzflow.flows.distributions import MixedNormalTorus, StandardNormal, UniformTorus
 from boltzflow.flows.nflows_adapter import NflowsTransform, to_nflows
+from boltzflow.flows.smooth import SigmoidToInterval, SmoothMixture
+from boltzflow.flows.smooth_coupling import SmoothCoupling, smooth_coupling_flow
 
 __all__ = [
     "Compose",
@@ -47,4 +49,8 @@ __all__ = [
     "circular_spline_flow",
     "spline_autoregressive_flow",
     "maf_flow",
+    "SmoothMixture",
+    "SigmoidToInterval",
+    "SmoothCoupling",
+    "smooth_coupling_flow",
 ]

@@ -4,10 +4,13 @@
   :class:`LossOutput` ``(loss, n_evaluations, n_nonfinite)``;
 * :mod:`boltzflow.training.stages` -- :class:`Stage` (loss, steps, LR schedule, data);
 * :mod:`boltzflow.training.trainer` -- :class:`Trainer` / :func:`train` over stages;
-* :mod:`boltzflow.training.callbacks` -- :class:`EarlyStopping` and the callback base.
+* :mod:`boltzflow.training.callbacks` -- :class:`EarlyStopping` and the callback base;
+* :mod:`boltzflow.training.force_matching` -- ``force_matching`` and ``nll_force_matching``
+  (Köhler, Krämer & Noé 2021) and the held-out ``force_rmse``.
 """
 
 from boltzflow.training.callbacks import Callback, EarlyStopping, LoggingCallback
+from boltzflow.training.force_matching import force_matching, force_rmse, nll_force_matching
 from boltzflow.training.losses import LossOutput, mixed_kl, nll, reverse_kl, soft_cap
 from boltzflow.training.stages import Stage, cosine_warmup
 from boltzflow.training.trainer import Trainer, TrainingResult, train
@@ -15,6 +18,9 @@ from boltzflow.training.trainer import Trainer, TrainingResult, train
 __all__ = [
     "Callback",
     "EarlyStopping",
+    "force_matching",
+    "force_rmse",
+    "nll_force_matching",
     "LoggingCallback",
     "LossOutput",
     "mixed_kl",

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from boltzflow.io import load_trainer_state, save_trainer_state
 from boltzflow.sampling.base import make_generator
 from boltzflow.training.callbacks import Callback
+from boltzflow.training.force_matching import nll_force_matching
 from boltzflow.training.losses import LossOutput, mixed_kl, nll
 from boltzflow.training.stages import EpochSampler, Stage, cosine_warmup, seed_for
 
@@ -39,7 +40,7 @@ __all__ = ["Stage", "Trainer", "TrainingResult", "train", "cosine_warmup"]
 
 logger = logging.getLogger(__name__)
 
-_DATA_LOSSES = (nll, mixed_kl)
+_DATA_LOSSES = (nll, mixed_kl, nll_force_matching)
 
 
 @dataclass

@@ -91,3 +91,10 @@ def test_unknown_system_and_budget(tmp_path, capsys):
 def test_systems_command(capsys):
     assert main(["systems"]) == 0
     assert "gmm40" in capsys.readouterr().out
+
+
+def test_bad_thread_count_is_refused_before_any_output(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", "gmm40", "--threads", "0", "--out", str(out)]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
+    assert not out.exists()
