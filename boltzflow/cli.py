@@ -18,7 +18,7 @@ from boltzflow import __version__
 __all__ = ["main", "build_parser", "DEFAULT_SYSTEM"]
 
 #: The system ``boltzflow run`` runs when no name is given.
-DEFAULT_SYSTEM = "gmm40"
+DEFAULT_SYSTEM = "alanine-dipeptide-vacuum"
 
 #: Modules contributing subcommands through an ``add_parser(subparsers)`` function.
 _PLUGIN_PARSERS = ("boltzflow.molecular.md", "boltzflow.molecular.umbrella")

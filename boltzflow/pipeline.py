@@ -171,7 +171,20 @@ def _estimate_free_energies(target, result: SamplingResult, n_bootstrap, seed) -
     return out
 
 
+def _reference_stderr(target, name: str) -> float | None:
+    """Standard error of a target's estimated (not exact) reference value, if it has one."""
+    fn = getattr(target, "reference_stderr", None)
+    if not callable(fn):
+        return None
+    try:
+        return float(fn(name))
+    except (KeyError, ValueError, NotImplementedError):
+        return None
+
+
 def _references(target, summary: dict) -> dict:
+    """Exact or reference values beside the estimates; ``z_score`` = difference over the
+    combined standard error (the estimate's, plus the reference's where it has one)."""
     ref = {}
     if target.log_z is not None:
         lz = summary["reweighting"]["log_z"]
@@ -192,8 +205,13 @@ def _references(target, summary: dict) -> dict:
             except (KeyError, ValueError, NotImplementedError):
                 continue
             est["reference"] = val
-            if est["stderr"] and math.isfinite(est["stderr"]) and est["stderr"] > 0:
-                est["z_score"] = round((est["mean"] - val) / est["stderr"], 3)
+            var = est["stderr"] ** 2 if math.isfinite(est["stderr"]) else math.nan
+            ref_se = _reference_stderr(target, name)
+            if ref_se is not None:
+                est["reference_stderr"] = ref_se
+                var += ref_se**2
+            if var > 0 and math.isfinite(var):
+                est["z_score"] = round((est["mean"] - val) / math.sqrt(var), 3)
     return ref
 
 

@@ -80,13 +80,17 @@ def write_report(summary: Mapping, figures: Mapping[str, str], out_dir) -> Path:
                 "",
                 f"## {title}",
                 "",
-                "| name | estimate | unit | reference |",
-                "|---|---|---|---|",
+                "| name | estimate | unit | reference | z |",
+                "|---|---|---|---|---|",
             ]
             for name, v in s[group].items():
                 r = v.get("reference")
                 r = "" if r is None else f"{r:.6g}"
-                lines.append(f"| {name} | {_fmt(v)} | {v.get('unit', '')} | {r} |")
+                if v.get("reference_stderr") is not None:
+                    r += f" ± {v['reference_stderr']:.2g}"
+                z = v.get("z_score")
+                z = "" if z is None else f"{z:+.2f}"
+                lines.append(f"| {name} | {_fmt(v)} | {v.get('unit', '')} | {r} | {z} |")
     lines += [
         "",
         "## Cost",

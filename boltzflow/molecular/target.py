@@ -287,6 +287,10 @@ class AlanineDipeptideTarget(Energy):
         """Reference ΔF (kT) from umbrella sampling + MBAR; ``KeyError`` if not stored."""
         return float(self.reference_free_energies()[name]["mean"])
 
+    def reference_stderr(self, name: str) -> float:
+        """Standard error (kT) of the umbrella/MBAR reference ``name``; ``KeyError`` if absent."""
+        return float(self.reference_free_energies()[name]["stderr"])
+
     def chirality_report(self, y: torch.Tensor) -> dict:
         """Raw (unweighted) fraction of D configurations among flow samples ``y``."""
         ok = self.is_l(y)

@@ -98,3 +98,11 @@ def test_bad_thread_count_is_refused_before_any_output(tmp_path, capsys):
     assert main(["run", "gmm40", "--threads", "0", "--out", str(out)]) == 2
     assert "--threads must be >= 1" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_run_without_a_name_runs_the_default_system():
+    from boltzflow.cli import DEFAULT_SYSTEM, build_parser
+
+    args = build_parser().parse_args(["run"])
+    assert args.system == DEFAULT_SYSTEM == "alanine-dipeptide-vacuum"
+    assert DEFAULT_SYSTEM in list_systems()
