@@ -13,10 +13,11 @@ same number of NLL steps on exact samples. Then, in the same run:
   ``fast="density"``) relative to its closed-form direction (``log_prob``), per batch.
 
 With ``--alanine``, instead: alanine dipeptide in vacuum (ff96, 300 K, 60 normalized internal
-coordinates, :class:`~boltzflow.molecular.target.AlanineDipeptideTarget` with its default MD
-training data), the recipe's spline flow trained by NLL beside a smooth flow of about the same
-size trained by NLL alone and by NLL + force matching (forces from the force field at the MD
-frames), with the same steps and batches. Reported: the force RMSE on held-out MD frames
+coordinates, the target and MD training data of the ``alanine-dipeptide-vacuum`` recipe at
+``default``), the recipe's spline flow (internal-coordinate couplings, trained by NLL) beside a
+smooth flow with the same coupling structure (``masks="structured"``) trained by NLL alone and
+by NLL + force matching (forces from the force field at the MD frames), with the same steps
+and batches. Reported: the force RMSE on held-out MD frames
 (the last 10% of the unbiased trajectory and of the αL trajectories) per coordinate kind
 (bonds kT/nm, angles and torsions kT/rad), the importance-sampling ESS, and the free energies
 of the target's state sets with bootstrap errors.
@@ -25,7 +26,7 @@ Usage::
 
     python benchmarks/smooth.py [--train-steps 1500] [--md-steps 10000] [--trajectories 32]
     python benchmarks/smooth.py --smoke
-    python benchmarks/smooth.py --alanine [--ala-steps 2000] [--weight-force 1.0]
+    python benchmarks/smooth.py --alanine [--ala-steps 3000] [--weight-force 1.0]
 """
 
 from __future__ import annotations
@@ -70,9 +71,11 @@ def timed(fn, repeats=5) -> float:
     return best
 
 
-#: The alanine recipe's spline flow, and a smooth flow of about the same size (1.3M vs 1.2M).
-SPLINE_ALA = dict(num_layers=8, hidden=128, num_blocks=2, num_bins=8, tail_bound=5.0, seed=0)
-SMOOTH_ALA = dict(num_layers=8, hidden=128, num_blocks=2, num_components=8, seed=0)
+#: A smooth flow with the same coupling structure as the alanine recipe's spline flow
+#: (two blocks of four couplings: torsion halves, then stiff halves given all torsions).
+SMOOTH_ALA = dict(
+    num_layers=8, hidden=128, num_blocks=2, num_components=8, masks="structured", seed=0
+)
 
 
 def _chunked(fn, x, chunk=2048):
@@ -82,11 +85,15 @@ def _chunked(fn, x, chunk=2048):
 def alanine(args) -> None:
     """The molecular comparison (module docstring)."""
     from boltzflow.molecular.target import AlanineDipeptideTarget
+    from boltzflow.pipeline import build_flow, build_target
+    from boltzflow.recipes import load_recipe
     from boltzflow.sampling.reweighting import free_energy_difference
     from boltzflow.training.force_matching import force_rmse, stack_positions_forces
 
     dtype = torch.float32
-    target = AlanineDipeptideTarget("vacuum")
+    recipe = load_recipe("alanine-dipeptide-vacuum", "default")
+    target = build_target(recipe)
+    assert isinstance(target, AlanineDipeptideTarget)
     main, alpha = (torch.as_tensor(f) for f in target.md_frames())
     cut_m, cut_a = int(0.9 * len(main)), int(0.9 * len(alpha))
     y_train = target.from_cartesian(torch.cat([main[:cut_m], alpha[:cut_a]]))
@@ -103,7 +110,7 @@ def alanine(args) -> None:
     stage = dict(steps=args.ala_steps, batch_size=args.ala_batch, lr=1e-3, warmup_steps=50)
     runs = {
         "spline NLL": (
-            lambda: spline_coupling_flow(target, **SPLINE_ALA),
+            lambda: build_flow(recipe, target, seed=0),
             dict(stage, loss="nll", data=y_train.to(dtype)),
         ),
         "smooth NLL": (
@@ -177,7 +184,7 @@ def main(argv=None):
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
     ap.add_argument("--alanine", action="store_true", help="the alanine-dipeptide comparison")
-    ap.add_argument("--ala-steps", type=int, default=2000)
+    ap.add_argument("--ala-steps", type=int, default=3000)
     ap.add_argument("--ala-batch", type=int, default=256)
     ap.add_argument("--weight-force", type=float, default=1.0)
     ap.add_argument("--only", default="", help="comma-separated subset of the alanine runs")

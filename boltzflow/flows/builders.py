@@ -39,6 +39,7 @@ __all__ = [
     "spline_autoregressive_flow",
     "maf_flow",
     "coupling_masks",
+    "structured_masks",
 ]
 
 
@@ -105,6 +106,42 @@ def coupling_masks(dim: int, num_layers: int, generator: torch.Generator) -> lis
         mask = torch.zeros(dim, dtype=torch.bool)
         mask[torch.randperm(dim, generator=generator)[: dim // 2]] = True
         masks.append(mask)
+    return masks
+
+
+def _halves(index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    perm = index[torch.randperm(len(index), generator=generator)]
+    k = max(1, len(perm) // 2)
+    return perm[:k], perm[k:]
+
+
+def structured_masks(periodic: torch.Tensor, num_blocks: int, generator: torch.Generator):
+    """Transformed-feature masks, four per block, for events of soft periodic and stiff parts.
+
+    Per block: a random half of the periodic features, the other half, a random half of
+    the non-periodic (stiff) features, the other half. Each stiff coordinate is thus
+    transformed conditionally on every periodic one (the torsion-first ordering of the
+    internal-coordinate Boltzmann generators, Noé et al. 2019). Used by
+    :func:`boltzflow.molecular.flows.internal_coordinate_flow` and, with
+    ``masks="structured"``, :func:`boltzflow.flows.smooth_coupling.smooth_coupling_flow`.
+    """
+    periodic = torch.as_tensor(periodic, dtype=torch.bool).reshape(-1)
+    per, stiff = torch.nonzero(periodic).reshape(-1), torch.nonzero(~periodic).reshape(-1)
+    masks = []
+    for _ in range(num_blocks):
+        groups = []
+        if len(per) >= 2:
+            groups += list(_halves(per, generator))
+        elif len(per) == 1:
+            groups.append(per)
+        if len(stiff) >= 2:
+            groups += list(_halves(stiff, generator))
+        elif len(stiff) == 1:
+            groups.append(stiff)
+        for g in groups:
+            m = torch.zeros(len(periodic), dtype=torch.bool)
+            m[g] = True
+            masks.append(m)
     return masks
 
 

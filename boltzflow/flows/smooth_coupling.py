@@ -35,7 +35,7 @@ from torch import nn
 from boltzflow.energies.base import as_event_shape
 from boltzflow.flows.affine import ElementwiseAffine
 from boltzflow.flows.base import Compose, Flow, InverseTransform, Transform, TransformResult
-from boltzflow.flows.builders import coupling_masks
+from boltzflow.flows.builders import coupling_masks, structured_masks
 from boltzflow.flows.distributions import MixedNormalTorus, StandardNormal, UniformTorus
 from boltzflow.flows.smooth import (
     SigmoidToInterval,
@@ -185,6 +185,12 @@ def _seeded(seed: int | None):
         yield torch.Generator().manual_seed(int(seed) + 1)
 
 
+def _masks(kind: str, periodic: torch.Tensor, dim: int, num_layers: int, gen) -> list:
+    if kind == "structured":
+        return structured_masks(periodic, max(1, num_layers // 4), gen)
+    return coupling_masks(dim, num_layers, gen)
+
+
 def _base(shape: torch.Size, periodic: torch.Tensor):
     if not bool(periodic.any()):
         return StandardNormal(shape)
@@ -205,6 +211,7 @@ def smooth_coupling_flow(
     affine: bool = True,
     min_weight: float = 0.01,
     fast: str = "density",
+    masks: str = "random",
     seed: int | None = None,
 ) -> Flow:
     r"""A C∞ coupling flow of smooth mixtures (Köhler, Krämer & Noé 2021).
@@ -231,6 +238,11 @@ def smooth_coupling_flow(
         affine: include the learnable output affine layer.
         min_weight: linear floor of every mixture.
         fast: ``"density"`` or ``"sampling"``.
+        masks: ``"random"`` (:func:`~boltzflow.flows.builders.coupling_masks`: a random half,
+            then its complement) or ``"structured"``
+            (:func:`~boltzflow.flows.builders.structured_masks`: blocks of four couplings,
+            periodic halves first, then stiff halves conditioned on all periodic features;
+            ``num_layers // 4`` blocks), for internal coordinates.
         seed: makes the flow deterministic (does not touch torch's global RNG).
 
     Example:
@@ -241,6 +253,8 @@ def smooth_coupling_flow(
     """
     if fast not in ("density", "sampling"):
         raise ValueError(f"fast must be 'density' or 'sampling', got {fast!r}")
+    if masks not in ("random", "structured"):
+        raise ValueError(f"masks must be 'random' or 'structured', got {masks!r}")
     shape = as_event_shape(getattr(target_or_event_shape, "event_shape", target_or_event_shape))
     dim = int(math.prod(shape))
     per = _periodic_mask(periodic, target_or_event_shape, dim)
@@ -258,7 +272,7 @@ def smooth_coupling_flow(
         else:
             mixing = [
                 SmoothCoupling(m, per, hidden, num_blocks, num_components, min_weight)
-                for m in coupling_masks(dim, int(num_layers), gen)
+                for m in _masks(masks, per, dim, int(num_layers), gen)
             ]
     if fast == "density":
         mixing = [InverseTransform(layer) for layer in mixing]

@@ -25,38 +25,11 @@ import torch
 
 from boltzflow.flows.affine import ElementwiseAffine
 from boltzflow.flows.base import Compose, Flow
+from boltzflow.flows.builders import structured_masks
 from boltzflow.flows.circular import CircularShift, CircularSplineCoupling
 from boltzflow.flows.distributions import MixedNormalTorus
 
 __all__ = ["internal_coordinate_flow", "structured_masks"]
-
-
-def _halves(index: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    perm = index[torch.randperm(len(index), generator=generator)]
-    k = max(1, len(perm) // 2)
-    return perm[:k], perm[k:]
-
-
-def structured_masks(periodic: torch.Tensor, num_blocks: int, generator: torch.Generator):
-    """Transformed-feature masks, four per block (see the module docstring)."""
-    periodic = torch.as_tensor(periodic, dtype=torch.bool).reshape(-1)
-    per, stiff = torch.nonzero(periodic).reshape(-1), torch.nonzero(~periodic).reshape(-1)
-    masks = []
-    for _ in range(num_blocks):
-        groups = []
-        if len(per) >= 2:
-            groups += list(_halves(per, generator))
-        elif len(per) == 1:
-            groups.append(per)
-        if len(stiff) >= 2:
-            groups += list(_halves(stiff, generator))
-        elif len(stiff) == 1:
-            groups.append(stiff)
-        for g in groups:
-            m = torch.zeros(len(periodic), dtype=torch.bool)
-            m[g] = True
-            masks.append(m)
-    return masks
 
 
 def internal_coordinate_flow(

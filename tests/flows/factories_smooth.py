@@ -35,6 +35,9 @@ FACTORIES = {
     "smooth-coupling-3d-sampling": _builder(3, num_layers=3, fast="sampling", **SMALL),
     "smooth-torus-3d": _builder(3, num_layers=3, periodic=True, **SMALL),
     "smooth-mixed-4d": _builder(4, num_layers=4, periodic=MIXED, loc=0.5, scale=1.5, **SMALL),
+    "smooth-mixed-4d-structured": _builder(
+        4, num_layers=4, periodic=MIXED, masks="structured", **SMALL
+    ),
     "smooth-mixture-circle": _layer(
         lambda: UniformTorus(3), lambda: SmoothMixture(3, 3, circular=True)
     ),
