@@ -13,7 +13,9 @@ Two pieces:
   the next.
 * :class:`EnergyPool` -- the parent side. It splits a batch into a few chunks per worker (one
   task per chunk, never one message per configuration), submits them to an executor and
-  gathers the results in order. The executor is one of
+  gathers the results in order. Its own local workers read positions from, and write
+  energies and forces to, one shared-memory block per batch (:func:`evaluate_shared_chunk`);
+  other executors get the chunks by value. The executor is one of
 
   - local processes (``workers=N``; ``spawn`` context, each worker pinned to one core, which
     the ``CPU`` platform needs to avoid a thread wake-up penalty);
@@ -39,7 +41,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["SystemSpec", "evaluate_chunk", "EnergyPool", "WorkerPoolError", "worker_info"]
+from boltzflow.shared_arrays import SharedArrays
+
+__all__ = [
+    "SystemSpec",
+    "evaluate_chunk",
+    "evaluate_shared_chunk",
+    "EnergyPool",
+    "WorkerPoolError",
+    "worker_info",
+]
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +155,22 @@ def evaluate_chunk(spec: SystemSpec, positions: np.ndarray) -> tuple[np.ndarray,
     return energies, forces
 
 
+def evaluate_shared_chunk(spec: SystemSpec, handle, start: int, stop: int) -> None:
+    """:func:`evaluate_chunk` on rows ``start:stop`` of a shared batch, written in place.
+
+    ``handle`` is a :class:`~boltzflow.shared_arrays.SharedArraysHandle` with arrays
+    ``positions [n, n_atoms, 3]``, ``energies [n]`` and ``forces [n, n_atoms, 3]`` (float64).
+    """
+    shm, views = handle.attach()
+    try:
+        e, f = evaluate_chunk(spec, views["positions"][start:stop])
+        views["energies"][start:stop] = e
+        views["forces"][start:stop] = f
+    finally:
+        del views
+        shm.close()
+
+
 def worker_info() -> tuple[int, tuple[int, ...]]:
     """``(pid, cpu affinity)`` of the calling process (used by tests to find workers)."""
     aff = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()
@@ -187,6 +214,9 @@ class EnergyPool:
             the broken executor is rebuilt first). Dask reschedules tasks of a lost worker
             by itself.
         pin: pin local workers to one core each (round robin over the allowed cores).
+        shared_memory: local pools pass positions, energies and forces through one shared
+            memory block per batch (:mod:`boltzflow.shared_arrays`) instead of pickling them;
+            dask and foreign executors always pickle.
 
     Example:
         >>> with EnergyPool(workers=2) as pool:                      # doctest: +SKIP
@@ -204,11 +234,13 @@ class EnergyPool:
         timeout: float = 60.0,
         retries: int = 1,
         pin: bool = True,
+        shared_memory: bool = True,
     ):
         self.timeout = float(timeout)
         self.retries = int(retries)
         self.chunks_per_worker = max(1, int(chunks_per_worker))
         self._pin = bool(pin)
+        self.shared_memory = bool(shared_memory)
         self._owned_executor = None
         self._client = None
         self._cluster = None
@@ -339,8 +371,15 @@ class EnergyPool:
             return np.zeros(0), np.zeros_like(pos)
         n_chunks = min(n, self.n_workers * self.chunks_per_worker)
         bounds = np.linspace(0, n, n_chunks + 1).astype(int)
-        args = [(spec, pos[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-        results = self.map(evaluate_chunk, args)
+        spans = [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+        if self.kind == "local" and self.shared_memory:
+            layout = {"positions": (pos.shape, "float64"), "energies": ((n,), "float64")}
+            layout["forces"] = (pos.shape, "float64")
+            with SharedArrays(layout) as block:
+                block["positions"][:] = pos
+                self.map(evaluate_shared_chunk, [(spec, block.handle, a, b) for a, b in spans])
+                return block["energies"].copy(), block["forces"].copy()
+        results = self.map(evaluate_chunk, [(spec, pos[a:b]) for a, b in spans])
         energies = np.concatenate([r[0] for r in results])
         forces = np.concatenate([r[1] for r in results])
         return energies, forces

@@ -71,6 +71,27 @@ def test_local_pool_matches_in_process_and_keeps_order(pool, spec, vacuum):
     np.testing.assert_array_equal(e2, e_ref[perm])
 
 
+def _shm_blocks() -> set[str]:
+    """Shared-memory blocks (``psm_*``; semaphores of other pools are not counted)."""
+    if not os.path.isdir("/dev/shm"):
+        return set()
+    return {n for n in os.listdir("/dev/shm") if n.startswith("psm_")}
+
+
+def test_shared_memory_and_pickled_batches_agree_and_leave_no_block(pool, spec, vacuum):
+    assert pool.shared_memory
+    pos = _batch(vacuum, 41, seed=3)
+    pos[5] = np.nan  # an unevaluable row stays isolated on the shared path too
+    before = _shm_blocks()
+    e, f = pool.evaluate(spec, pos)
+    with EnergyPool(workers=2, shared_memory=False) as pickled:
+        e_p, f_p = pickled.evaluate(spec, pos)
+    np.testing.assert_array_equal(e, e_p)
+    np.testing.assert_array_equal(f, f_p)
+    assert np.isnan(e[5]) and np.isfinite(np.delete(e, 5)).all()
+    assert _shm_blocks() <= before  # the batch's block is unlinked
+
+
 def test_workers_are_pinned_to_distinct_cores(pool):
     cores = worker_info()[1]
     if len(cores) < 2:
@@ -114,6 +135,7 @@ def test_openmm_energy_through_pool_gradients(pool, vacuum):
 def test_killed_worker_fails_clearly_or_retries_without_hanging(spec, vacuum):
     pos = _batch(vacuum, 20)
     e_ref, _ = evaluate_chunk(spec, pos)
+    before = _shm_blocks()
     with EnergyPool(workers=2, timeout=30.0, retries=1) as p:
         p.evaluate(spec, pos)
         pids = p.worker_pids()
@@ -130,6 +152,7 @@ def test_killed_worker_fails_clearly_or_retries_without_hanging(spec, vacuum):
         else:  # retried on a rebuilt pool: the dead worker is gone
             assert pids[0] not in p.worker_pids()
         assert time.monotonic() - t0 < 60
+    assert _shm_blocks() <= before  # no shared block outlives a failed batch
 
 
 def test_killed_worker_of_foreign_executor_raises(spec, vacuum):
