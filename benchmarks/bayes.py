@@ -1,21 +1,25 @@
-"""Bayesian benchmark: boltzflow vs emcee on the PTA and radial-velocity posteriors, one run.
+"""Bayesian benchmark: boltzflow vs emcee on the PTA and radial-velocity posteriors.
 
 pta-sim (22 parameters):
-  * likelihood evaluations per effective sample (training/warm-up and burn-in included;
-    effective sample = min bulk ESS over the constrained parameters, arviz) for emcee's
-    stretch move and for boltzflow's hybrid MALA + flow-IMH sampler, and their ratio;
-  * wall time until R-hat < 1.01 and min bulk ESS >= 1000, read off prefixes of each run
-    (emcee: first half of each prefix discarded; boltzflow: warm-up + the prefix of the
-    frozen production chain; cost per step is uniform, so time is prorated);
+  * likelihood evaluations per effective sample for emcee's stretch move and for boltzflow's
+    recipe sampler (``annealed-flow``: flow trained from prior to posterior by
+    importance-weighted maximum likelihood, then batched flow IMH chains), and their ratio.
+    Every evaluation counts (emcee burn-in; boltzflow training). Effective sample = minimum
+    bulk ESS over the 22 constrained parameters (arviz; walkers or IMH chains as chains).
+    The Kish ESS of importance sampling from the same flow draws is reported beside it.
+  * emcee's chain length in units of its integrated autocorrelation time (emcee's estimator,
+    after burn-in), which should be >= 50 for its ESS to be trustworthy;
   * posterior agreement: |mean_emcee - mean_boltzflow| / combined MCSE for every parameter;
-  * evidence log Z ± bootstrap error and PSIS k̂ from flow importance sampling.
+  * evidence log Z ± bootstrap error and PSIS k̂ from the flow's draws.
 
-rv-kepler: period-mode weights from emcee and from boltzflow against the quadrature reference in
-``systems/rv-kepler/reference.json``, as z-scores (MCSE from the bulk ESS of each indicator).
+rv-kepler: period-mode weights from emcee (MCSE from the bulk ESS of each indicator, walkers as
+chains) and from boltzflow (self-normalized importance sampling with the annealed flow,
+delta-method errors) against the quadrature reference in ``systems/rv-kepler/reference.json``.
 
-Usage: ``python benchmarks/bayes.py [--budget smoke|default] [--out results.json]``
-(``default`` is sized for about 30 minutes on 2 idle CPU cores, ``medium`` for about 10;
-run them with nohup).
+Usage: ``python benchmarks/bayes.py [--budget smoke|default] [--only pta|rv] [--out FILE]``.
+The long emcee reference can be cached (``--emcee-cache FILE.npz``: written if absent, read if
+present); ``--from-run DIR`` reads boltzflow's samples from a ``boltzflow run pta-sim`` output
+instead of sampling again. Run it with nohup; ``default`` takes about an hour on 2 busy cores.
 """
 
 from __future__ import annotations
@@ -33,66 +37,17 @@ import torch
 from boltzflow.energies.astro_pta import PTAPosterior
 from boltzflow.energies.astro_rv import RVPosterior
 from boltzflow.energies.posterior import EmceeLogProb
-from boltzflow.flows.builders import spline_coupling_flow
+from boltzflow.pipeline import build_flow
+from boltzflow.recipes import load_recipe
 from boltzflow.sampling import diagnostics
-from boltzflow.sampling.emcee_move import flow_emcee
-from boltzflow.sampling.hybrid import flow_evidence, hybrid
+from boltzflow.sampling.bayes_anneal import annealed_flow
+from boltzflow.sampling.reweighting import expectation
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {
-    "smoke": {
-        "pta": dict(n_pulsars=3, n_toas=60, n_freq=5),
-        "emcee_steps": 1500,
-        "walkers": 32,
-        "flow": dict(num_layers=4, hidden=32),
-        "flow_emcee": dict(
-            n_samples=32 * 500, walkers=32, burn_steps=500, rounds=2, round_steps=100
-        ),
-        "hybrid": dict(n_samples=16 * 300, chains=16, warmup_rounds=4, local_steps=25),
-        "rv_emcee_steps": 1500,
-        "rv_flow_emcee": dict(
-            n_samples=64 * 200, walkers=64, burn_steps=500, rounds=2, round_steps=100
-        ),
-        "rv_hybrid": dict(n_samples=64 * 100, chains=64, warmup_rounds=4, local_steps=25),
-        "train_steps": 300,
-    },
-    "medium": {
-        "pta": {},
-        "emcee_steps": 1500,
-        "walkers": 64,
-        "flow": dict(num_layers=6, hidden=64),
-        "flow_emcee": dict(
-            n_samples=64 * 300, walkers=64, burn_steps=500, rounds=2, round_steps=100
-        ),
-        "hybrid": dict(n_samples=32 * 300, chains=32, warmup_rounds=4, local_steps=40),
-        "rv_emcee_steps": 3000,
-        "rv_flow_emcee": dict(
-            n_samples=64 * 500, walkers=64, burn_steps=800, rounds=2, round_steps=150
-        ),
-        "rv_hybrid": dict(n_samples=64 * 300, chains=64, warmup_rounds=4, local_steps=40),
-        "train_steps": 300,
-    },
-    "default": {
-        "pta": {},
-        "emcee_steps": 4000,
-        "walkers": 64,
-        "flow": dict(num_layers=6, hidden=64),
-        "flow_emcee": dict(
-            n_samples=64 * 1000, walkers=64, burn_steps=1000, rounds=3, round_steps=200
-        ),
-        "hybrid": dict(n_samples=32 * 1000, chains=32, warmup_rounds=8, local_steps=40),
-        "rv_emcee_steps": 6000,
-        "rv_flow_emcee": dict(
-            n_samples=64 * 1000, walkers=64, burn_steps=1500, rounds=3, round_steps=200
-        ),
-        "rv_hybrid": dict(n_samples=64 * 600, chains=64, warmup_rounds=8, local_steps=40),
-        "train_steps": 600,
-    },
+    "smoke": {"pta": dict(n_pulsars=3, n_toas=60, n_freq=5), "emcee": (32, 1500), "rv": (32, 800)},
+    "default": {"pta": {}, "emcee": (46, 15000), "rv": (64, 6000)},
 }
-HYBRID_COMMON = dict(
-    step_size=0.005, global_steps=10, batch_size=512, lr=1e-3, repeats=(1, 4), init_steps=100
-)
-FLOW_EMCEE_COMMON = dict(flow_weight=0.7, batch_size=512, lr=1e-3)
 
 
 def constrained(post, x: np.ndarray) -> np.ndarray:
@@ -102,98 +57,121 @@ def constrained(post, x: np.ndarray) -> np.ndarray:
     return t.reshape(*x.shape[:2], -1).numpy()
 
 
-def converged_at(theta: np.ndarray, burn_half: bool, ess_target=1000.0, rhat_target=1.01):
-    """Smallest prefix fraction (of 16 checkpoints) with R-hat < target and ESS >= target."""
-    n = theta.shape[1]
-    for f in np.linspace(1 / 16, 1, 16):
-        k = max(int(f * n), 8)
-        part = theta[:, k // 2 : k] if burn_half else theta[:, :k]
-        if diagnostics.rhat(part).max() < rhat_target and diagnostics.ess(part).min() >= ess_target:
-            return float(f)
-    return None
+def run_emcee(post, walkers: int, steps: int, seed: int = 0, cache: str | None = None) -> dict:
+    """Stretch-move emcee from prior draws; the first 10% of the steps are burn-in.
 
-
-def run_emcee(post, walkers: int, steps: int, seed: int = 0) -> dict:
-    rs = np.random.RandomState(seed)
-    x0 = post.sample_prior(walkers, torch.Generator().manual_seed(seed)).numpy()
-    sampler = emcee.EnsembleSampler(walkers, post.dim, EmceeLogProb(post), vectorize=True)
-    sampler._random = rs
-    n0, t0 = post.n_evaluations, time.perf_counter()
-    sampler.run_mcmc(x0, steps)
-    wall, evals = time.perf_counter() - t0, post.n_evaluations - n0
-    theta_all = constrained(post, np.transpose(sampler.get_chain(), (1, 0, 2)))
-    theta = theta_all[:, steps // 2 :]
-    f = converged_at(theta_all, burn_half=True)
-    return {
-        "theta": theta,
-        "evaluations": evals,
-        "wall_seconds": wall,
-        "acceptance": float(np.mean(sampler.acceptance_fraction)),
-        "seconds_to_converged": None if f is None else f * wall,
-    }
-
-
-def run_boltzflow(post, sampler: str, flow_kw: dict, kw: dict, seed=0, evidence_samples=0) -> dict:
-    """``sampler``: ``"flow-emcee"`` (gradient-free) or ``"hybrid"`` (MALA + flow IMH)."""
-    flow = spline_coupling_flow(post, seed=seed, **flow_kw).double()
-    if sampler == "hybrid":
-        res = hybrid(flow, post, seed=seed, **HYBRID_COMMON, **kw)
+    Returns the kept constrained chain ``theta [walkers, draws, n_theta]`` (thinned by 5 when
+    read from a cache written by ``runs``-style scripts) and the cost of the whole run.
+    """
+    if cache and Path(cache).is_file():
+        z = np.load(cache)
+        chain, thin = z["chain"], int(z["thin"])
+        out = {k: float(z[k]) for k in ("evaluations", "wall_seconds", "cpu_seconds", "acceptance")}
     else:
-        res = flow_emcee(flow, post, seed=seed, **FLOW_EMCEE_COMMON, **kw)
-    theta = constrained(post, res.x.numpy())
-    info = res.info
-    prod_wall = res.wall_seconds - info["warmup_seconds"]
-    f = converged_at(theta, burn_half=False)
-    out = {
-        "theta": theta,
-        "evaluations": res.energy_evaluations,
-        "wall_seconds": res.wall_seconds,
-        "global_acceptance": info["global_acceptance"],
-        "warmup_evaluations": info["warmup_evaluations"],
-        "seconds_to_converged": None if f is None else info["warmup_seconds"] + f * prod_wall,
-    }
-    if "local_acceptance" in info:
-        out["local_acceptance"] = info["local_acceptance"]
-    if evidence_samples:
-        t0 = time.perf_counter()
-        out["evidence"] = flow_evidence(flow, post, evidence_samples, seed=seed)
-        out["evidence"]["wall_seconds"] = time.perf_counter() - t0
+        sampler = emcee.EnsembleSampler(walkers, post.dim, EmceeLogProb(post), vectorize=True)
+        sampler._random = np.random.RandomState(seed)
+        x0 = post.sample_prior(walkers, torch.Generator().manual_seed(seed)).numpy()
+        n0, t0, c0 = post.n_evaluations, time.perf_counter(), time.process_time()
+        sampler.run_mcmc(x0, steps)
+        out = {
+            "evaluations": post.n_evaluations - n0,
+            "wall_seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - c0,
+            "acceptance": float(np.mean(sampler.acceptance_fraction)),
+        }
+        thin = 1 if steps < 5000 else 5
+        chain = sampler.get_chain(thin=thin)
+        if cache:
+            np.savez_compressed(cache, chain=chain, thin=thin, walkers=walkers, steps=steps, **out)
+    kept = chain[chain.shape[0] // 10 :]  # [draws, walkers, dim]
+    tau = emcee.autocorr.integrated_time(kept, quiet=True) * thin
+    out["theta"] = constrained(post, np.transpose(kept, (1, 0, 2)))
+    out["tau_max"] = float(tau.max())
+    out["kept_steps_over_tau"] = float(kept.shape[0] * thin / tau.max())
     return out
+
+
+def _read_run(post, run_dir: Path) -> dict:
+    import arviz as az
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    idata = az.from_netcdf(run_dir / "samples.nc")
+    y = np.stack([idata.posterior[n].values for n in post.parameter_names], -1)
+    s = summary["sampling"]
+    return {
+        "theta": constrained(post, y),
+        "evaluations": s["energy_evaluations"],
+        "wall_seconds": s["wall_seconds"],
+        "info": s,
+    }
+
+
+def run_boltzflow(post, system: str, budget: str, seed: int = 0, **override) -> dict:
+    """The recipe's ``annealed-flow`` sampler with the recipe's flow and settings."""
+    recipe = load_recipe(system, budget)
+    sp = {k: v for k, v in recipe.sampling.items() if k not in ("method", "n_importance")}
+    sp.update(override)
+    flow = build_flow(recipe, post, seed).double()
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = annealed_flow(flow, post, seed=seed + 2, **sp)
+    return {
+        "result": res,
+        "theta": constrained(post, res.x.numpy()),
+        "evaluations": res.energy_evaluations,
+        "wall_seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
+        "info": res.info,
+    }
 
 
 def efficiency(run: dict) -> dict:
     ess = diagnostics.ess(run["theta"])
-    return {
+    out = {
         "evaluations": run["evaluations"],
         "min_bulk_ess": float(ess.min()),
         "min_tail_ess": float(diagnostics.ess(run["theta"], "tail").min()),
         "max_rhat": float(diagnostics.rhat(run["theta"]).max()),
         "evaluations_per_ess": run["evaluations"] / float(ess.min()),
         "wall_seconds": run["wall_seconds"],
-        "seconds_to_rhat_1.01_ess_1000": run["seconds_to_converged"],
     }
+    if "cpu_seconds" in run:
+        out["cpu_seconds"] = run["cpu_seconds"]
+    return out
 
 
-def pta_benchmark(cfg: dict, sampler: str) -> dict:
+def pta_benchmark(cfg: dict, budget: str, cache=None, from_run=None) -> dict:
     post = PTAPosterior(seed=0, **cfg["pta"])
-    em = run_emcee(post, cfg["walkers"], cfg["emcee_steps"])
-    kw = {
-        **cfg["hybrid" if sampler == "hybrid" else "flow_emcee"],
-        "train_steps": cfg["train_steps"],
-    }
-    bf = run_boltzflow(post, sampler, cfg["flow"], kw, evidence_samples=20000)
-    res = {"emcee": efficiency(em), "boltzflow": efficiency(bf), "boltzflow_sampler": sampler}
-    res["emcee"]["acceptance"] = em["acceptance"]
-    extra = ("local_acceptance", "global_acceptance", "warmup_evaluations")
-    res["boltzflow"].update({k: bf[k] for k in extra if k in bf})
+    em = run_emcee(post, *cfg["emcee"], cache=cache)
+    if from_run:
+        bf = _read_run(post, Path(from_run))
+    elif cfg["pta"]:  # a smaller array than the recipe's: use the recipe's smoke settings
+        bf = run_boltzflow(post, "pta-sim", "smoke", max_stages=40, n_samples=16000)
+    else:
+        bf = run_boltzflow(post, "pta-sim", budget)
+    res = {"emcee": efficiency(em), "boltzflow": efficiency(bf)}
+    res["emcee"].update(
+        acceptance=em["acceptance"],
+        tau_max=em["tau_max"],
+        kept_steps_over_tau=em["kept_steps_over_tau"],
+    )
+    info = bf["info"]
+    ev = info.get("evidence", {})
+    res["boltzflow"].update(
+        acceptance=info.get("acceptance_rate"),
+        training_evaluations=info.get("warmup_evaluations"),
+        training_seconds=info.get("warmup_seconds"),
+        stages=info.get("training", {}).get("stages"),
+        importance_kish_ess=ev.get("ess"),
+        importance_evaluations_per_kish_ess=bf["evaluations"] / ev["ess"] if ev else None,
+    )
     res["ratio_evaluations_per_ess"] = (
         res["emcee"]["evaluations_per_ess"] / res["boltzflow"]["evaluations_per_ess"]
     )
-    mcse = np.hypot(diagnostics.mcse(em["theta"], "bulk"), diagnostics.mcse(bf["theta"], "bulk"))
+    mcse = np.hypot(diagnostics.mcse(em["theta"], "mean"), diagnostics.mcse(bf["theta"], "mean"))
     z = np.abs(em["theta"].mean((0, 1)) - bf["theta"].mean((0, 1))) / mcse
     res["agreement_z"] = dict(zip(post.names, map(float, z), strict=True))
     res["agreement_max_z"] = float(z.max())
-    res["evidence"] = bf["evidence"]
+    res["evidence"] = ev
     return res
 
 
@@ -202,32 +180,58 @@ def mode_weights(post, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     idx = post.mode_index(torch.as_tensor(theta[..., 0])).numpy()
     ind = np.stack([(idx == j).astype(float) for j in range(len(post.mode_edges) + 1)], -1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        mcse = diagnostics.mcse(ind, "bulk")
+        mcse = diagnostics.mcse(ind, "mean")
     return ind.mean((0, 1)), np.nan_to_num(mcse, nan=0.0)
 
 
-def rv_benchmark(cfg: dict, sampler: str) -> dict:
+def weighted_mode_weights(post, res) -> tuple[np.ndarray, np.ndarray]:
+    """Self-normalized importance estimates of the mode weights with delta-method errors."""
+    with torch.no_grad():
+        period = post.constrain(res.x.reshape(-1, post.dim)).theta[:, 0]
+    idx = post.mode_index(period)
+    est = [expectation((idx == j).double(), res.log_weight.reshape(-1)) for j in range(5)]
+    return np.array([e.mean for e in est]), np.array([e.stderr for e in est])
+
+
+def _read_rv_run(run_dir: Path) -> tuple[dict, tuple]:
+    """Mode weights ± stderr from the observables of a ``boltzflow run rv-kepler`` output."""
+    s = json.loads((run_dir / "summary.json").read_text())
+    obs = [s["observables"][f"mode_{j}"] for j in range(5)]
+    run = {
+        "evaluations": s["sampling"]["energy_evaluations"],
+        "wall_seconds": s["sampling"]["wall_seconds"],
+        "info": s["sampling"],
+    }
+    return run, (np.array([o["mean"] for o in obs]), np.array([o["stderr"] for o in obs]))
+
+
+def rv_benchmark(cfg: dict, budget: str, from_run=None) -> dict:
     post = RVPosterior()
     ref = json.loads((ROOT / "systems" / "rv-kepler" / "reference.json").read_text())
-    w_ref = np.asarray(ref["mode_weights"])
-    em = run_emcee(post, 64, cfg["rv_emcee_steps"])
-    kw = {
-        **cfg["rv_hybrid" if sampler == "hybrid" else "rv_flow_emcee"],
-        "train_steps": cfg["train_steps"],
-    }
-    bf = run_boltzflow(post, sampler, {"num_layers": 6, "hidden": 64}, kw)
+    w_ref, ref_se = np.asarray(ref["mode_weights"]), ref.get("mode_weights_stderr", 0.0)
+    em = run_emcee(post, *cfg["rv"])
     out = {"reference": ref["mode_weights"]}
-    for name, run in (("emcee", em), ("boltzflow", bf)):
-        w, se = mode_weights(post, run["theta"])
+    runs = {"emcee": (em, mode_weights(post, em["theta"]))}
+    if from_run:
+        bf, est = _read_rv_run(Path(from_run))
+    else:
+        bf = run_boltzflow(post, "rv-kepler", budget)
+        est = weighted_mode_weights(post, bf["result"])
+    runs["boltzflow"] = (bf, est)
+    for name, (run, (w, se)) in runs.items():
         with np.errstate(divide="ignore"):
-            z = np.abs(w - w_ref) / np.hypot(se, ref.get("mode_weights_stderr", 0.0))
+            z = (w - w_ref) / np.hypot(se, ref_se)
         out[name] = {
             "weights": w.tolist(),
-            "mcse": se.tolist(),
+            "stderr": se.tolist(),
             "z": z.tolist(),
-            "max_z": float(z.max()),
+            "max_abs_z": float(np.abs(z).max()),
             "evaluations": run["evaluations"],
+            "wall_seconds": run["wall_seconds"],
         }
+    ev = bf["info"].get("evidence")
+    out["boltzflow"].update(evidence=ev, kish_ess=bf["info"].get("kish_ess"))
+    out["reference_log_z"] = ref.get("log_z")
     return out
 
 
@@ -236,7 +240,9 @@ def main() -> None:
     parser.add_argument("--budget", choices=sorted(SETTINGS), default="default")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--only", choices=("pta", "rv"), default=None)
-    parser.add_argument("--sampler", choices=("flow-emcee", "hybrid"), default="flow-emcee")
+    parser.add_argument("--emcee-cache", default=None, help="npz of the pta-sim emcee run")
+    parser.add_argument("--from-run", default=None, help="a `boltzflow run pta-sim` directory")
+    parser.add_argument("--rv-from-run", default=None, help="a `boltzflow run rv-kepler` dir")
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -244,29 +250,34 @@ def main() -> None:
     t0 = time.perf_counter()
     results = {"budget": args.budget}
     if args.only in (None, "pta"):
-        results["pta-sim"] = pta_benchmark(cfg, args.sampler)
-        p = results["pta-sim"]
+        p = pta_benchmark(cfg, args.budget, args.emcee_cache, args.from_run)
+        results["pta-sim"] = p
         e, b = p["emcee"], p["boltzflow"]
         print(
-            f"pta-sim evaluations per effective sample: emcee {e['evaluations_per_ess']:.1f}, "
-            f"boltzflow {b['evaluations_per_ess']:.1f}, ratio {p['ratio_evaluations_per_ess']:.1f}x"
+            f"pta-sim evaluations per effective sample: emcee {e['evaluations_per_ess']:.1f} "
+            f"({e['evaluations']} evaluations, min bulk ESS {e['min_bulk_ess']:.0f}, "
+            f"{e['kept_steps_over_tau']:.0f} tau), boltzflow {b['evaluations_per_ess']:.1f} "
+            f"({b['evaluations']} evaluations, min bulk ESS {b['min_bulk_ess']:.0f}), "
+            f"ratio {p['ratio_evaluations_per_ess']:.1f}x"
         )
-        key = "seconds_to_rhat_1.01_ess_1000"
-        print(f"pta-sim time to R-hat<1.01 & ESS>=1000: emcee {e[key]}, boltzflow {b[key]}")
         print(f"pta-sim posterior agreement: max |z| = {p['agreement_max_z']:.2f}")
-        ev = p["evidence"]
-        lz = ev["log_z"]
-        print(f"pta-sim log Z = {lz['mean']:.3f} ± {lz['stderr']:.3f} (k̂ {ev['pareto_k']:.2f})")
+        if p["evidence"]:
+            lz = p["evidence"]["log_z"]
+            print(f"pta-sim log Z = {lz['mean']:.3f} ± {lz['stderr']:.3f}")
     if args.only in (None, "rv"):
-        results["rv-kepler"] = rv_benchmark(cfg, args.sampler)
-        r = results["rv-kepler"]
+        r = rv_benchmark(cfg, args.budget, args.rv_from_run)
+        results["rv-kepler"] = r
         print("rv-kepler mode weights  reference", np.round(r["reference"], 3))
         for name in ("emcee", "boltzflow"):
-            print(f"  {name:9s} {np.round(r[name]['weights'], 3)}  max z {r[name]['max_z']:.1f}")
+            q = r[name]
+            print(
+                f"  {name:9s} {np.round(q['weights'], 3)} ± {np.round(q['stderr'], 3)}  "
+                f"z {np.round(q['z'], 1)}  ({q['evaluations']} evaluations)"
+            )
     results["wall_seconds"] = time.perf_counter() - t0
     print(f"total {results['wall_seconds']:.0f} s")
     if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        Path(args.out).write_text(json.dumps(results, indent=1, default=float))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ SAMPLERS: dict[str, str] = {
     "neutra": "boltzflow.sampling.hybrid:neutra",
     "emcee": "boltzflow.sampling.emcee_move:emcee_sampler",
     "flow-emcee": "boltzflow.sampling.emcee_move:flow_emcee",
+    "annealed-flow": "boltzflow.sampling.bayes_anneal:annealed_flow",
 }
 
 LOSSES: dict[str, str] = {

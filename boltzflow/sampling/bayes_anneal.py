@@ -155,6 +155,7 @@ def annealed_training(
     seed: int = 0,
     n_per_stage: int = 2048,
     ess_target: float = 0.5,
+    ess_min: float = 0.1,
     max_stages: int = 60,
     final_rounds: int = 3,
     n_final: int | None = None,
@@ -174,7 +175,10 @@ def annealed_training(
         flow: a :class:`~boltzflow.flows.base.Flow` over the target's unconstrained ``y``.
         target: a :class:`~boltzflow.energies.posterior.Posterior` with ``sample_prior``.
         n_per_stage: flow draws (likelihood evaluations) per stage.
-        ess_target: Kish ESS fraction kept when choosing the next :math:`\beta`.
+        ess_target, ess_min: the next :math:`\beta` keeps a Kish ESS fraction of
+            ``max(ess_target · f, ess_min)``, with ``f`` the fraction at the current
+            :math:`\beta` (conditional ESS; a flow that lags behind still moves on), or
+            stays put when even ``f < ess_min``.
         max_stages: cap on tempering stages (the run ends early at :math:`\beta = 1`).
         final_rounds: extra rounds at :math:`\beta = 1` of ``n_final`` draws (default
             ``2 · n_per_stage``), trained on all of them pooled.
@@ -228,7 +232,9 @@ def annealed_training(
         else:
             batches.append(batch)
             batches = batches[-int(history) :]
-            new = next_beta(lw0, ll, beta, ess_target)
+            # relative ESS criterion: a flow that lags behind p_beta still moves on
+            here = kish_ess(_tempered_log_w(lw0, ll, beta)) / n
+            new = next_beta(lw0, ll, beta, max(ess_target * here, ess_min))
             fracs.append(kish_ess(_tempered_log_w(lw0, ll, new)) / n)
             _move_affine(
                 flow,
@@ -295,6 +301,7 @@ def annealed_flow(
     evidence: bool = True,
     n_per_stage: int = 2048,
     ess_target: float = 0.5,
+    ess_min: float = 0.1,
     max_stages: int = 60,
     final_rounds: int = 3,
     n_final: int | None = None,
@@ -320,6 +327,7 @@ def annealed_flow(
     training = dict(
         n_per_stage=n_per_stage,
         ess_target=ess_target,
+        ess_min=ess_min,
         max_stages=max_stages,
         final_rounds=final_rounds,
         n_final=n_final,
