@@ -14,7 +14,8 @@ Two pieces:
 * :class:`EnergyPool` -- the parent side. It splits a batch into a few chunks per worker (one
   task per chunk, never one message per configuration), submits them to an executor and
   gathers the results in order. Its own local workers read positions from, and write
-  energies and forces to, one shared-memory block per batch (:func:`evaluate_shared_chunk`);
+  energies and forces to, a shared-memory block that the pool keeps while the batch layout
+  repeats (:func:`evaluate_shared_chunk`);
   other executors get the chunks by value. The executor is one of
 
   - local processes (``workers=N``; ``spawn`` context, each worker pinned to one core, which
@@ -161,14 +162,25 @@ def evaluate_shared_chunk(spec: SystemSpec, handle, start: int, stop: int) -> No
     ``handle`` is a :class:`~boltzflow.shared_arrays.SharedArraysHandle` with arrays
     ``positions [n, n_atoms, 3]``, ``energies [n]`` and ``forces [n, n_atoms, 3]`` (float64).
     """
-    shm, views = handle.attach()
-    try:
-        e, f = evaluate_chunk(spec, views["positions"][start:stop])
-        views["energies"][start:stop] = e
-        views["forces"][start:stop] = f
-    finally:
-        del views
-        shm.close()
+    views = _attached(handle)
+    e, f = evaluate_chunk(spec, views["positions"][start:stop])
+    views["energies"][start:stop] = e
+    views["forces"][start:stop] = f
+
+
+#: Shared blocks this worker has attached, by name (the parent reuses one block per pool).
+_ATTACHED: OrderedDict[str, tuple] = OrderedDict()
+
+
+def _attached(handle) -> dict[str, np.ndarray]:
+    """Views of ``handle``'s block, attached once per worker; older blocks are let go."""
+    if handle.name not in _ATTACHED:
+        _ATTACHED[handle.name] = handle.attach()
+        while len(_ATTACHED) > 2:
+            _, (shm, views) = _ATTACHED.popitem(last=False)
+            views.clear()
+            shm.close()
+    return _ATTACHED[handle.name][1]
 
 
 def worker_info() -> tuple[int, tuple[int, ...]]:
@@ -241,6 +253,8 @@ class EnergyPool:
         self.chunks_per_worker = max(1, int(chunks_per_worker))
         self._pin = bool(pin)
         self.shared_memory = bool(shared_memory)
+        self._block: SharedArrays | None = None
+        self._block_layout = None
         self._owned_executor = None
         self._client = None
         self._cluster = None
@@ -283,9 +297,13 @@ class EnergyPool:
         return cf.ProcessPoolExecutor(self.n_workers, mp_context=ctx)
 
     def close(self) -> None:
-        """Shut down the executor/client the pool created (idempotent)."""
+        """Shut down the executor/client the pool created and free its shared block
+        (idempotent)."""
         self._closed = True
         self._finalizer()
+        if self._block is not None:
+            self._block.close()
+            self._block = None
 
     def __enter__(self) -> EnergyPool:
         return self
@@ -375,14 +393,25 @@ class EnergyPool:
         if self.kind == "local" and self.shared_memory:
             layout = {"positions": (pos.shape, "float64"), "energies": ((n,), "float64")}
             layout["forces"] = (pos.shape, "float64")
-            with SharedArrays(layout) as block:
-                block["positions"][:] = pos
-                self.map(evaluate_shared_chunk, [(spec, block.handle, a, b) for a, b in spans])
-                return block["energies"].copy(), block["forces"].copy()
+            block = self._shared_block(layout)
+            block["positions"][:] = pos
+            self.map(evaluate_shared_chunk, [(spec, block.handle, a, b) for a, b in spans])
+            return block["energies"].copy(), block["forces"].copy()
         results = self.map(evaluate_chunk, [(spec, pos[a:b]) for a, b in spans])
         energies = np.concatenate([r[0] for r in results])
         forces = np.concatenate([r[1] for r in results])
         return energies, forces
+
+    def _shared_block(self, layout: dict) -> SharedArrays:
+        """The pool's shared block for this batch layout (kept while the layout repeats, so
+        neither side pays for fresh pages on every batch)."""
+        if self._block is not None and self._block_layout != layout:
+            self._block.close()
+            self._block = None
+        if self._block is None:
+            self._block, self._block_layout = SharedArrays(layout), layout
+            self._block_finalizer = weakref.finalize(self, self._block.close)
+        return self._block
 
     def worker_pids(self) -> list[int]:
         """PIDs of the local worker processes (owned local pools only; empty otherwise)."""

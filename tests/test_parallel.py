@@ -78,18 +78,27 @@ def _shm_blocks() -> set[str]:
     return {n for n in os.listdir("/dev/shm") if n.startswith("psm_")}
 
 
-def test_shared_memory_and_pickled_batches_agree_and_leave_no_block(pool, spec, vacuum):
-    assert pool.shared_memory
+def test_shared_memory_and_pickled_batches_agree_and_leave_no_block(spec, vacuum):
     pos = _batch(vacuum, 41, seed=3)
     pos[5] = np.nan  # an unevaluable row stays isolated on the shared path too
     before = _shm_blocks()
-    e, f = pool.evaluate(spec, pos)
+    with EnergyPool(workers=2) as shared:
+        assert shared.shared_memory
+        e, f = shared.evaluate(spec, pos)
+        assert len(_shm_blocks() - before) == 1  # one block, reused by the next batch
+        e2, f2 = shared.evaluate(spec, pos[::-1].copy())
+        assert len(_shm_blocks() - before) == 1
+        e3, _ = shared.evaluate(spec, pos[:7])  # a new layout replaces the block
+        assert len(_shm_blocks() - before) == 1
+    assert _shm_blocks() <= before  # closing the pool unlinks its block
     with EnergyPool(workers=2, shared_memory=False) as pickled:
         e_p, f_p = pickled.evaluate(spec, pos)
     np.testing.assert_array_equal(e, e_p)
     np.testing.assert_array_equal(f, f_p)
+    np.testing.assert_array_equal(e2, e_p[::-1])
+    np.testing.assert_array_equal(f2, f_p[::-1])
+    np.testing.assert_array_equal(e3, e_p[:7])
     assert np.isnan(e[5]) and np.isfinite(np.delete(e, 5)).all()
-    assert _shm_blocks() <= before  # the batch's block is unlinked
 
 
 def test_workers_are_pinned_to_distinct_cores(pool):
@@ -152,7 +161,7 @@ def test_killed_worker_fails_clearly_or_retries_without_hanging(spec, vacuum):
         else:  # retried on a rebuilt pool: the dead worker is gone
             assert pids[0] not in p.worker_pids()
         assert time.monotonic() - t0 < 60
-    assert _shm_blocks() <= before  # no shared block outlives a failed batch
+    assert _shm_blocks() <= before  # no shared block outlives the pool after a worker death
 
 
 def test_killed_worker_of_foreign_executor_raises(spec, vacuum):
