@@ -118,7 +118,7 @@ def _train_weighted(flow, opt, batches, beta, steps, batch_size, g) -> list:
     truncated at :math:`\sqrt{n}/n` (Ionides 2008, JCGS 17, 295): one rare large weight cannot
     make the flow fit a spike; the bias this adds is in training only, since the final
     estimates reweight or accept-reject against the frozen flow."""
-    from boltzflow.training.losses import nll
+    from boltzflow.sampling.hybrid import train_nll
 
     probs, xs = [], []
     for x, lw0, ll in batches:
@@ -130,22 +130,7 @@ def _train_weighted(flow, opt, batches, beta, steps, batch_size, g) -> list:
         probs.append(w / w.sum() * kish_ess(lw))
         xs.append(x)
     p, data = torch.cat(probs), torch.cat(xs)
-    p = p / p.sum()
-    params = [q for q in flow.parameters() if q.requires_grad]
-    losses = []
-    flow.train()
-    for _ in range(int(steps)):
-        idx = torch.multinomial(p, int(batch_size), replacement=True, generator=g)
-        loss = nll(flow, None, data[idx]).loss
-        if not torch.isfinite(loss):
-            continue
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 10.0)
-        opt.step()
-        losses.append(float(loss.detach()))
-    flow.eval()
-    return losses
+    return train_nll(flow, data, steps, batch_size, 0.0, g, probs=p / p.sum(), optimizer=opt)
 
 
 def annealed_training(

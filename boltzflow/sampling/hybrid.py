@@ -70,19 +70,34 @@ def flow_evidence(flow, target, n: int, seed: int = 0) -> dict:
     return reweight(log_w, seed=int(seed)).as_dict()
 
 
-def train_nll(flow, data: torch.Tensor, steps: int, batch_size: int, lr: float, generator) -> list:
+def train_nll(
+    flow,
+    data: torch.Tensor,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    generator,
+    probs: torch.Tensor | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> list:
     """Adam on the flow's negative log-likelihood of ``data [n, *event]``; returns the losses.
 
-    Gradients are clipped to norm 10; batches are drawn with replacement from ``generator``.
+    Gradients are clipped to norm 10; batches are drawn with replacement from ``generator``:
+    uniformly, or with probabilities ``probs [n]`` (a weighted NLL). ``optimizer`` continues
+    an existing optimizer instead of a fresh Adam at ``lr``.
     """
     params = [p for p in flow.parameters() if p.requires_grad]
     if not params or steps <= 0:
         return []
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = optimizer if optimizer is not None else torch.optim.Adam(params, lr=lr)
     losses = []
     flow.train()
     for _ in range(int(steps)):
-        idx = torch.randint(data.shape[0], (min(batch_size, data.shape[0]),), generator=generator)
+        if probs is None:
+            n = min(batch_size, data.shape[0])
+            idx = torch.randint(data.shape[0], (n,), generator=generator)
+        else:
+            idx = torch.multinomial(probs, int(batch_size), replacement=True, generator=generator)
         loss = nll(flow, None, data[idx.to(data.device)]).loss
         if not torch.isfinite(loss):
             continue
