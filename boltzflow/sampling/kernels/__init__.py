@@ -9,7 +9,14 @@
 Run them with :func:`boltzflow.sampling.chains.run_chain`.
 """
 
-from boltzflow.sampling.kernels.hmc import HMC, LeapfrogResult, kinetic_energy, leapfrog, torus_wrap
+from boltzflow.sampling.kernels.hmc import (
+    HMC,
+    DenseMetric,
+    LeapfrogResult,
+    kinetic_energy,
+    leapfrog,
+    torus_wrap,
+)
 from boltzflow.sampling.kernels.imh import IMHState, IndependenceMH
 from boltzflow.sampling.kernels.latent_hmc import LatentHMC, LatentHMCState, PulledBackEnergy
 from boltzflow.sampling.kernels.mala import MALA, GradientState
@@ -22,6 +29,7 @@ __all__ = [
     "MALA",
     "GradientState",
     "HMC",
+    "DenseMetric",
     "leapfrog",
     "LeapfrogResult",
     "kinetic_energy",

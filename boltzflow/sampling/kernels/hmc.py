@@ -44,7 +44,7 @@ from boltzflow.sampling.kernels.mh import (
     warn_nonfinite_start,
 )
 
-__all__ = ["LeapfrogResult", "leapfrog", "torus_wrap", "kinetic_energy", "HMC"]
+__all__ = ["LeapfrogResult", "DenseMetric", "leapfrog", "torus_wrap", "kinetic_energy", "HMC"]
 
 PositionMap = Callable[[torch.Tensor], torch.Tensor]
 
@@ -58,14 +58,59 @@ class LeapfrogResult(NamedTuple):
     grad: torch.Tensor
 
 
+class DenseMetric:
+    r"""A dense inverse mass matrix :math:`M^{-1} = \Sigma` for flat events ``[chains, d]``.
+
+    Choosing :math:`\Sigma` close to the target's covariance makes the dynamics isotropic in
+    the whitened coordinates :math:`L^{-1}x` (:math:`\Sigma = LL^\top`), so one step size suits
+    every direction of a correlated posterior (Neal 2011, §4.1; Stan's dense metric). Momenta are
+    :math:`p = L^{-\top}\xi \sim \mathcal N(0, M)`, velocities :math:`\dot x = \Sigma p`, and
+    :math:`K(p) = \tfrac12\lVert L^\top p\rVert^2`.
+
+    Args:
+        inv_mass: symmetric positive-definite ``[d, d]`` tensor :math:`\Sigma`.
+    """
+
+    def __init__(self, inv_mass: torch.Tensor):
+        inv_mass = torch.as_tensor(inv_mass)
+        if inv_mass.ndim != 2 or inv_mass.shape[0] != inv_mass.shape[1]:
+            raise ValueError(f"inv_mass must be a square matrix, got shape {tuple(inv_mass.shape)}")
+        chol, info = torch.linalg.cholesky_ex(inv_mass)
+        if int(info) != 0 or not bool(torch.isfinite(chol).all()):
+            raise ValueError("inv_mass must be symmetric positive definite")
+        self.inv_mass, self.chol = inv_mass, chol
+
+    def to(self, x: torch.Tensor) -> DenseMetric:
+        """This metric on ``x``'s dtype and device."""
+        if self.inv_mass.dtype == x.dtype and self.inv_mass.device == x.device:
+            return self
+        return DenseMetric(self.inv_mass.to(dtype=x.dtype, device=x.device))
+
+    def velocity(self, p: torch.Tensor) -> torch.Tensor:
+        r""":math:`\Sigma p` for ``p [chains, d]``."""
+        return p @ self.inv_mass
+
+    def kinetic(self, p: torch.Tensor) -> torch.Tensor:
+        r""":math:`\tfrac12 p^\top\Sigma p`, shape ``[chains]``."""
+        return 0.5 * (p @ self.chol).square().sum(-1)
+
+    def momentum(self, noise: torch.Tensor) -> torch.Tensor:
+        r""":math:`p = L^{-\top}\xi` for standard normal ``noise [chains, d]``."""
+        return torch.linalg.solve_triangular(self.chol, noise, upper=False, left=False)
+
+
 def torus_wrap(x: torch.Tensor, period: float = 2 * math.pi) -> torch.Tensor:
     r"""Map ``x`` onto :math:`[-L/2, L/2)` with period ``L`` (default :math:`[-π, π)`)."""
     half = 0.5 * period
     return torch.remainder(x + half, period) - half
 
 
-def kinetic_energy(p: torch.Tensor, inv_mass: float | torch.Tensor = 1.0) -> torch.Tensor:
+def kinetic_energy(
+    p: torch.Tensor, inv_mass: float | torch.Tensor | DenseMetric = 1.0
+) -> torch.Tensor:
     r"""``K(p) = ½ pᵀ M⁻¹ p`` summed over the event dims, shape ``[chains]``."""
+    if isinstance(inv_mass, DenseMetric):
+        return inv_mass.kinetic(p)
     return 0.5 * (p * p * inv_mass).reshape(p.shape[0], -1).sum(-1)
 
 
@@ -76,7 +121,7 @@ def leapfrog(
     step_size: float | torch.Tensor,
     n_steps: int,
     grad_fn: Callable[[torch.Tensor], EnergyAndGrad],
-    inv_mass: float | torch.Tensor = 1.0,
+    inv_mass: float | torch.Tensor | DenseMetric = 1.0,
     wrap: PositionMap | None = None,
 ) -> LeapfrogResult:
     r"""Integrate ``n_steps`` leapfrog (velocity Verlet) steps of ``H = u + ½ pᵀM⁻¹p``.
@@ -87,7 +132,8 @@ def leapfrog(
         step_size: ``ε``; a float or a tensor broadcastable to ``x`` (per-chain sizes).
         n_steps: number of leapfrog steps (``n_steps`` gradient evaluations).
         grad_fn: ``x -> (u, ∂u/∂x)``, e.g. ``functools.partial(energy_and_grad, target)``.
-        inv_mass: diagonal inverse mass, a float or a tensor broadcastable to ``x``.
+        inv_mass: diagonal inverse mass, a float or a tensor broadcastable to ``x``, or a
+            :class:`DenseMetric`.
         wrap: optional map applied to positions after every drift (torus coordinates).
 
     Returns:
@@ -98,7 +144,8 @@ def leapfrog(
     u = None
     for _ in range(n_steps):
         p = p - 0.5 * step_size * grad
-        x = x + step_size * inv_mass * p
+        v = inv_mass.velocity(p) if isinstance(inv_mass, DenseMetric) else inv_mass * p
+        x = x + step_size * v
         if wrap is not None:
             x = wrap(x)
         u, grad = grad_fn(x)
@@ -122,9 +169,14 @@ class HMC:
         target: the :class:`~boltzflow.energies.base.Energy` ``u`` (kT), differentiable in ``x``.
         step_size: leapfrog step ``ε`` (float, or a tensor broadcastable to ``[chains, 1, ...]``).
         n_leapfrog: leapfrog steps per proposal (``n_leapfrog`` energy + gradient evaluations).
-        mass: diagonal mass, a float or a tensor broadcastable to ``event_shape``.
+        mass: diagonal mass, a float or a tensor broadcastable to ``event_shape``; or a
+            :class:`DenseMetric` (its inverse mass matrix, for flat events ``[chains, d]``).
         wrap: ``None``, a callable applied to positions after each drift, or a period ``L``
             (positions are kept in :math:`[-L/2, L/2)`; use ``2π`` for angles and lattice links).
+        jitter: each step and chain uses :math:`ε(1 + j\,(2v - 1))`, :math:`v \sim U(0, 1)`
+            from the chain's RNG (Neal 2011, §5.4.2.2). A random step independent of the state
+            keeps detailed balance and breaks the periodic trajectories a fixed :math:`ε L` can
+            hit on near-Gaussian targets.
 
     ``Info.log_weight`` is zero (no importance weight is defined for a local kernel).
     """
@@ -136,20 +188,24 @@ class HMC:
         target: Energy,
         step_size: float | torch.Tensor,
         n_leapfrog: int,
-        mass: float | torch.Tensor = 1.0,
+        mass: float | torch.Tensor | DenseMetric = 1.0,
         wrap: PositionMap | float | None = None,
+        jitter: float = 0.0,
     ):
+        if not 0.0 <= float(jitter) < 1.0:
+            raise ValueError(f"jitter must be in [0, 1), got {jitter}")
         if isinstance(step_size, (int, float)) and not (step_size > 0 and math.isfinite(step_size)):
             raise ValueError(f"step_size must be positive and finite, got {step_size}")
         if int(n_leapfrog) < 1:
             raise ValueError(f"n_leapfrog must be >= 1, got {n_leapfrog}")
-        if not bool(torch.all(torch.as_tensor(mass) > 0)):
+        if not isinstance(mass, DenseMetric) and not bool(torch.all(torch.as_tensor(mass) > 0)):
             raise ValueError(f"mass must be positive, got {mass}")
         self.target = target
         self.step_size = step_size
         self.n_leapfrog = int(n_leapfrog)
         self.mass = mass
         self.wrap = _as_wrap(wrap)
+        self.jitter = float(jitter)
 
     def _grad_fn(self, x: torch.Tensor) -> EnergyAndGrad:
         return energy_and_grad(self.target, x)
@@ -179,10 +235,18 @@ class HMC:
         preserving and reversible, so the kinetic terms are the whole proposal correction.
         """
         x = state.x
-        mass, eps = like(self.mass, x), like(self.step_size, x)
+        eps = like(self.step_size, x)
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        p0 = noise * (mass**0.5)
-        inv_mass = 1.0 / mass
+        if self.jitter > 0:
+            shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+            v = torch.rand(shape, generator=generator, dtype=x.dtype, device=x.device)
+            eps = eps * (1.0 + self.jitter * (2.0 * v - 1.0))
+        if isinstance(self.mass, DenseMetric):
+            inv_mass = self.mass.to(x)
+            p0 = inv_mass.momentum(noise)
+        else:
+            mass = like(self.mass, x)
+            p0, inv_mass = noise * (mass**0.5), 1.0 / mass
         end = leapfrog(x, p0, state.grad, eps, self.n_leapfrog, self._grad_fn, inv_mass, self.wrap)
         log_q_ratio = kinetic_energy(p0, inv_mass) - kinetic_energy(end.p, inv_mass)
         return Proposal(end.x, log_q_ratio, end.energy, end.grad)

@@ -74,8 +74,8 @@ class LatentHMC:
     Args:
         target: the :class:`~boltzflow.energies.base.Energy` ``u`` (kT).
         flow: an invertible :class:`~boltzflow.flows.base.Flow` (held fixed).
-        step_size, n_leapfrog, mass, wrap: as for :class:`~boltzflow.sampling.kernels.hmc.HMC`,
-            acting in latent space.
+        step_size, n_leapfrog, mass, wrap, jitter: as for
+            :class:`~boltzflow.sampling.kernels.hmc.HMC`, acting in latent space.
 
     ``Info.log_weight`` is ``-u(x) - log q(x) = -U(z) - log p_z(z)``, the flow's importance
     weight of the current point (a free diagnostic of flow quality).
@@ -91,11 +91,14 @@ class LatentHMC:
         n_leapfrog: int,
         mass: float | torch.Tensor = 1.0,
         wrap: PositionMap | float | None = None,
+        jitter: float = 0.0,
     ):
         self.target = target
         self.flow = flow
         self.latent_target = PulledBackEnergy(target, flow)
-        self.hmc = HMC(self.latent_target, step_size, n_leapfrog, mass=mass, wrap=wrap)
+        self.hmc = HMC(
+            self.latent_target, step_size, n_leapfrog, mass=mass, wrap=wrap, jitter=jitter
+        )
 
     def _from_latent(self, x: torch.Tensor, inner: GradientState) -> LatentHMCState:
         """Build the state from a latent HMC state at ``z`` with ``x = f(z)`` already known."""
