@@ -4,8 +4,8 @@ r"""Flow-assisted MCMC runners: hybrid local + global sampling, and NeuTra-HMC.
 Gabrié & Foreman-Mackey 2023, "flowMC", JOSS 8, 5021; Grenioux et al. 2023). Batched chains
 alternate local moves (MALA or HMC) with global flow independence moves. During warm-up the
 flow is trained by maximum likelihood (NLL, forward KL) on the pooled history of all chains,
-and the local step size (and, for HMC, a diagonal mass) is adapted. After warm-up everything is
-frozen, so the production chain is the fixed Markov kernel
+and the local step size (and, for HMC, a diagonal or dense mass) is adapted. After warm-up
+everything is frozen, so the production chain is the fixed Markov kernel
 :math:`K = K_{local}^{r_1} K_{IMH}^{r_2}`, which leaves :math:`p` invariant (Tierney 1994) —
 ordinary MCMC, however well or badly the flow was trained. Local and global acceptance are
 reported separately.
@@ -32,7 +32,14 @@ import torch
 from boltzflow.flows.affine import ElementwiseAffine
 from boltzflow.sampling import diagnostics
 from boltzflow.sampling.chains import run_chain
-from boltzflow.sampling.kernels import HMC, MALA, IndependenceMH, LatentHMC, Mixture
+from boltzflow.sampling.kernels import (
+    HMC,
+    MALA,
+    DenseMetric,
+    IndependenceMH,
+    LatentHMC,
+    Mixture,
+)
 from boltzflow.sampling.reweighting import reweight
 from boltzflow.sampling.runners import SamplingResult, draw_with_log_weights
 from boltzflow.training.losses import nll
@@ -151,11 +158,25 @@ def _descend(target, x: torch.Tensor, steps: int, lr: float = 0.05) -> torch.Ten
     return x.detach()
 
 
-def _local_kernel(target, local: str, step, n_leapfrog: int, mass):
+def _metric(data: torch.Tensor, metric: str):
+    r"""Mass for HMC from warm-up draws ``data [n, d]``: inverse variances (``"diag"``) or a
+    :class:`DenseMetric` whose inverse mass is the sample covariance, shrunk towards
+    :math:`10^{-3} I` with weight :math:`5/(n+5)` as in Stan's windowed adaptation."""
+    if metric == "diag":
+        return 1.0 / data.var(0).clamp(min=1e-8)
+    if metric == "dense":
+        n = data.shape[0]
+        cov = torch.cov(data.reshape(n, -1).T).reshape(data.shape[1], data.shape[1])
+        eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+        return DenseMetric((n * cov + 5e-3 * eye) / (n + 5.0))
+    raise ValueError(f"metric must be 'diag' or 'dense', got {metric!r}")
+
+
+def _local_kernel(target, local: str, step, n_leapfrog: int, mass, jitter: float = 0.0):
     if local == "mala":
         return MALA(target, step)
     if local == "hmc":
-        return HMC(target, step, n_leapfrog, mass=mass)
+        return HMC(target, step, n_leapfrog, mass=mass, jitter=jitter)
     raise ValueError(f"local must be 'mala' or 'hmc', got {local!r}")
 
 
@@ -181,8 +202,10 @@ def hybrid(
     seed: int = 0,
     chains: int = 32,
     local: str = "mala",
+    metric: str = "diag",
     step_size: float = 0.01,
     n_leapfrog: int = 8,
+    jitter: float = 0.0,
     target_accept: float | None = None,
     warmup_rounds: int = 8,
     local_steps: int = 50,
@@ -205,7 +228,11 @@ def hybrid(
         target: the energy ``u``; must be differentiable for the local kernel.
         n_samples: kept draws in total (``ceil(n_samples / chains)`` per chain).
         chains: batched chains.
-        local: ``"mala"`` or ``"hmc"`` (``n_leapfrog`` steps, diagonal mass from the history).
+        local: ``"mala"`` or ``"hmc"`` (``n_leapfrog`` steps, mass adapted from the history).
+        metric: HMC mass from the warm-up history: ``"diag"`` (inverse variances) or
+            ``"dense"`` (a :class:`~boltzflow.sampling.kernels.DenseMetric` with the shrunk
+            sample covariance as inverse mass), re-estimated after every warm-up round.
+        jitter: HMC step-size jitter (see :class:`~boltzflow.sampling.kernels.HMC`).
         step_size: initial local step (adapted per chain in warm-up towards ``target_accept``,
             default 0.57 for MALA and 0.75 for HMC).
         warmup_rounds: rounds of ``local_steps`` local steps, ``global_steps`` flow
@@ -238,7 +265,7 @@ def hybrid(
     for r in range(int(warmup_rounds)):
         blocks = []
         for n in _blocks(local_steps, ADAPT_EVERY):
-            kernel = _local_kernel(target, local, step, n_leapfrog, mass)
+            kernel = _local_kernel(target, local, step, n_leapfrog, mass, jitter)
             res = run_chain(kernel, kernel.adopt(state), n, progress=progress)
             state = res.final_state
             step = _adapt(step, res.acceptance_prob.double().mean(1), target_accept)
@@ -247,7 +274,7 @@ def hybrid(
             x=torch.cat([b.x for b in blocks], 1),
             accepted=torch.cat([b.accepted for b in blocks], 1),
         )
-        if r > 0:
+        if r > 0 and global_steps > 0:
             imh = IndependenceMH(flow, target)
             res_g = run_chain(imh, imh.adopt(state), global_steps, progress=progress)
             state = res_g.final_state
@@ -260,10 +287,12 @@ def hybrid(
         window = history if history_rounds is None else history[-2 * int(history_rounds) :]
         data = torch.cat([h.reshape(-1, *h.shape[2:]) for h in window]).to(x0.dtype)
         if local == "hmc":
-            mass = 1.0 / data.var(0).clamp(min=1e-8)
+            mass = _metric(data, metric)
         if r == (1 if warmup_rounds > 1 else 0):
             fit_affine_to_data(flow, data)
         losses += train_nll(flow, data, train_steps, batch_size, lr, g)
+        if local == "hmc":
+            mass = _metric(data, metric)
         logger.info(
             "warm-up round %d: local acceptance %.2f, global %s, NLL %.3f, %d evaluations",
             r,
@@ -274,7 +303,7 @@ def hybrid(
         )
     warmup_evals, warmup_seconds = target.n_evaluations - n0, time.perf_counter() - t0
     freeze(flow)
-    local_kernel = _local_kernel(target, local, step, n_leapfrog, mass)
+    local_kernel = _local_kernel(target, local, step, n_leapfrog, mass, jitter)
     mix = Mixture([local_kernel, IndependenceMH(flow, target)], repeats=repeats)
     n_draws = -(-int(n_samples) // chains)
     res = run_chain(mix, mix.adopt(state), n_draws * thin, thin=thin, progress=progress)
