@@ -42,30 +42,32 @@ print(
 )
 
 # %% [markdown]
-# ## Train a gauge-equivariant flow
-# The flow starts with two layers that use the 2-D structure: one shared circular spline maps
-# every plaquette but one "sink" (the change is carried to the links along a maximal tree), and
-# the sink's own change is spread over all plaquettes. Then masked plaquette couplings
-# (Kanwar et al. 2020) move one stripe of links at a time by a circular spline of their
-# plaquette angle, conditioned on plaquettes and 2×1 loops that the layer does not change.
-# Every layer moves links by gauge-invariant amounts and the base is uniform (Haar), so the
-# flow density is exactly gauge invariant. Training is by reverse KL, which needs only the
-# action.
+# ## Build a gauge-equivariant flow
+# In two dimensions the plaquettes are independent coordinates up to one constraint
+# ($\sum_P \theta_P = 0$), so the flow starts with two layers that use this: one shared
+# circular spline maps every plaquette but one "sink" (the change is carried to the links along
+# a maximal tree), and the sink's own change is spread over all plaquettes. Under the uniform
+# (Haar) base the reverse KL of the tree layer is $V-1$ times a one-dimensional KL, so
+# `u1_gauge_flow` fits that spline to the single-plaquette law $\propto e^{\beta\cos\theta}$
+# directly (a few seconds, no lattice samples) and freezes it. Masked plaquette couplings
+# (Kanwar et al. 2020) can follow, trained by reverse KL; at β = 6 on 16×16 they did not
+# improve on the fitted tree, so the full-size run uses the tree alone. Every layer moves links
+# by gauge-invariant amounts, so the flow density is exactly gauge invariant.
 
 # %%
-flow = u1_gauge_flow(target, num_layers=8 if SMOKE else 16, num_bins=8, hidden=[8, 8], seed=0)
 t0 = time.perf_counter()
-history = train(
-    flow,
-    target,
-    [{"loss": "reverse_kl", "steps": 150 if SMOKE else 3000, "batch_size": 64, "lr": 2e-3}],
-    seed=0,
-    eval_every=50 if SMOKE else 500,
-    eval_samples=256,
-)
+flow = u1_gauge_flow(target, num_layers=8 if SMOKE else 0, num_bins=8, hidden=[8, 8], seed=0)
+if SMOKE:  # at L = 4, β = 2 the couplings help; train them briefly
+    train(
+        flow,
+        target,
+        [{"loss": "reverse_kl", "steps": 150, "batch_size": 64, "lr": 2e-3}],
+        seed=0,
+        eval_every=50,
+        eval_samples=256,
+    )
 flow.eval()
-train_seconds = time.perf_counter() - t0
-print(f"training: {history.steps} steps in {train_seconds:.0f} s")
+print(f"flow ready in {time.perf_counter() - t0:.0f} s")
 
 # %% [markdown]
 # ## log Z and ⟨Q²⟩ from the flow, against the exact values
@@ -203,9 +205,9 @@ print(
 
 # %%
 assert rw.n_nonfinite == 0
-assert abs(z_logz) < 4.0, z_logz
-assert abs(q2_is.mean - exact.q2) < 4.0 * q2_is.stderr
-assert abs(q2_mcmc - exact.q2) < 4.0 * q2_err
+assert abs(z_logz) < 3.0, z_logz
+assert abs(q2_is.mean - exact.q2) < 3.0 * q2_is.stderr
+assert abs(q2_mcmc - exact.q2) < 3.0 * q2_err
 assert runs["flow IMH"].accepted.double().mean() > 0.05
 if not SMOKE:
     assert max(ratio.values()) > 10.0, ratio

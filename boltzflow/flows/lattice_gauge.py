@@ -36,7 +36,10 @@ Then every non-sink plaquette becomes :math:`h(\theta_P)` and the sink absorbs
 so the layer is gauge equivariant. Under the uniform base the non-sink plaquettes are i.i.d.
 uniform, so one spline brings them to the single-plaquette marginal of the target, leaving
 only the sink's weight :math:`e^{\beta\cos\theta_s}` (ESS ≈ :math:`I_0(\beta)^2/I_0(2\beta)`
-for large V) for the masked couplings that follow. It breaks translation invariance (the sink
+for large V). :class:`SinkSpline` then gives the sink the same marginal at the cost of
+shifts of order :math:`\pi/V` elsewhere, so with the spline fitted to
+:math:`e^{\beta\cos\theta}` (:meth:`SharedCircularSplines.fit_von_mises`) the two layers are
+close to exact for any V; masked couplings can follow. It breaks translation invariance (the sink
 and the tree are fixed), which the target does not need.
 
 Because the active links sit in distinct active plaquettes and the conditioner sees only
@@ -50,6 +53,9 @@ wrapped to :math:`[-\pi, \pi)` and every map is periodic in its inputs.
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import torch
 from torch import nn
@@ -204,6 +210,36 @@ class SharedCircularSplines(nn.Module):
         init[:, 2] = IDENTITY_DERIVATIVE / self.param_scale
         self.params = nn.Parameter(init)
 
+    def fit_von_mises(
+        self, kappa: float, steps: int = 3000, n: int = 4096, lr: float = 1e-2, seed: int = 0
+    ) -> float:
+        r"""Fit :math:`h` so that it maps a uniform angle to the von Mises law
+        :math:`p_1(\theta) = e^{\kappa\cos\theta}/(2\pi I_0(\kappa))`.
+
+        Minimises the one-dimensional reverse KL
+        :math:`\mathbb E_{z\sim U}[-\log h'(z) - \kappa\cos h(z)] + \log I_0(\kappa)` with
+        Adam on stratified uniform draws, then a cosine-decayed learning rate. For
+        :class:`PlaquetteTreeSpline` under the uniform base, the lattice reverse KL of the layer
+        is exactly ``V - 1`` times this one-dimensional KL plus the sink's term, so this is the
+        layer's own objective, solved without lattice samples. Returns the final 1-D KL (nats).
+        """
+        gen = torch.Generator().manual_seed(int(seed))
+        opt = torch.optim.Adam(self.parameters(), lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, int(steps))
+        log_i0 = math.log(torch.special.i0e(torch.tensor(float(kappa))).item()) + float(kappa)
+        grid = (torch.arange(n) + 0.5) / n
+        dtype = self.params.dtype
+        for _ in range(int(steps)):
+            jitter = torch.rand(n, generator=gen) / n
+            z = ((grid + jitter - 0.5 / n) * 2.0 - 1.0).to(dtype) * math.pi
+            x, lad = self(z)
+            loss = (-lad - kappa * torch.cos(x)).mean() + log_i0
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        return float(loss.detach())
+
     def forward(self, theta: torch.Tensor, inverse: bool = False):
         """``(h(θ), log h'(θ))`` elementwise (or the inverse map and its log-derivative)."""
         p = self.params * self.param_scale
@@ -281,6 +317,14 @@ class SinkSpline(Transform):
         return self._transform(x, inverse=True)
 
 
+@functools.lru_cache(maxsize=16)
+def _von_mises_splines(kappa: float, dtype: torch.dtype) -> dict:
+    """State of a default :class:`SharedCircularSplines` fitted to von Mises(κ), cached per κ."""
+    splines = SharedCircularSplines().to(dtype)
+    splines.fit_von_mises(kappa)
+    return {k: v.detach().clone() for k, v in splines.state_dict().items()}
+
+
 def u1_gauge_flow(
     target=None,
     *,
@@ -293,9 +337,10 @@ def u1_gauge_flow(
     loops: bool = True,
     descending: bool = True,
     tree: bool = True,
+    fit_tree: bool = True,
     seed: int | None = None,
 ) -> Flow:
-    """Gauge-equivariant flow for U(1) links ``[2, L, L]`` with a uniform (Haar) base.
+    r"""Gauge-equivariant flow for U(1) links ``[2, L, L]`` with a uniform (Haar) base.
 
     Args:
         target: a :class:`~boltzflow.energies.lattice.U1Wilson` (its ``L`` is used), or ``None``
@@ -312,6 +357,14 @@ def u1_gauge_flow(
             1.0 nats at equal training.
         tree: start with a :class:`PlaquetteTreeSpline` and a :class:`SinkSpline` (two
             dimensions only; module docstring).
+        fit_tree: with ``tree`` and a ``target``, fit the shared tree spline to the
+            single-plaquette law :math:`\propto e^{\beta_\text{eff}\cos\theta}`
+            (:meth:`SharedCircularSplines.fit_von_mises`, β_eff = β / temperature_scale), copy it
+            to the sink spline, and freeze both. This solves the tree layer's share of the
+            reverse KL exactly (a few seconds, no lattice samples): at L = 16, β = 6 the tree
+            and sink layers alone then reach KL(q‖p) ≈ 0.09 nats and an ESS fraction of 0.88,
+            where reverse-KL training of all layers from the identity reached an ESS fraction
+            of 0.001 in 3,000 steps. Couplings trained afterwards start from the identity.
         seed: seeds the parameter initialisation (the global RNG is left untouched).
 
     ``positional=False, loops=False, descending=False, tree=False`` is the architecture of
@@ -328,5 +381,13 @@ def u1_gauge_flow(
             for i in range(int(num_layers))
         ]
         if tree:
-            layers[:0] = [PlaquetteTreeSpline(L), SinkSpline(L)]
+            tree_layer, sink_layer = PlaquetteTreeSpline(L), SinkSpline(L)
+            if fit_tree and target is not None:
+                kappa = float(target.beta) / float(getattr(target, "temperature_scale", 1.0))
+                fitted = _von_mises_splines(kappa, torch.get_default_dtype())
+                tree_layer.splines.load_state_dict(fitted)
+                sink_layer.splines.load_state_dict(fitted)
+                for p in (*tree_layer.parameters(), *sink_layer.parameters()):
+                    p.requires_grad_(False)
+            layers[:0] = [tree_layer, sink_layer]
     return Flow(UniformTorus((2, L, L)), Compose(layers))
