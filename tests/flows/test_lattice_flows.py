@@ -232,7 +232,7 @@ def test_von_mises_fit_of_the_shared_splines():
     kappa = 6.0
     splines = SharedCircularSplines()
     kl = splines.fit_von_mises(kappa)
-    assert 0.0 <= kl < 1e-3
+    assert -1e-6 < kl < 1e-3  # a KL: non-negative up to quadrature and float32 rounding
     z = (torch.rand(200_000, generator=_gen(1)) * 2 - 1) * math.pi
     exact = (torch.special.i1e(torch.tensor(kappa)) / torch.special.i0e(torch.tensor(kappa))).item()
     with torch.no_grad():
