@@ -222,7 +222,7 @@ class SharedCircularSplines(nn.Module):
         :class:`PlaquetteTreeSpline` under the uniform base, the lattice reverse KL of the layer
         is exactly ``V - 1`` times this one-dimensional KL plus the sink's term, so this is the
         layer's own objective, solved without lattice samples. Returns the fitted 1-D KL (nats),
-        by the midpoint rule on ``4 n`` points.
+        by the midpoint rule on 2¹⁶ points (converged to about 10⁻⁶ nats).
         """
         gen = torch.Generator().manual_seed(int(seed))
         opt = torch.optim.Adam(self.parameters(), lr=lr)
@@ -240,7 +240,7 @@ class SharedCircularSplines(nn.Module):
             opt.step()
             sched.step()
         with torch.no_grad():  # midpoint rule: spectrally accurate for this periodic integrand
-            z = ((torch.arange(4 * n, dtype=dtype) + 0.5) / (2 * n) - 1.0) * math.pi
+            z = ((torch.arange(1 << 16, dtype=dtype) + 0.5) / (1 << 15) - 1.0) * math.pi
             x, lad = self(z)
             return float((-lad - kappa * torch.cos(x)).mean() + log_i0)
 
