@@ -228,21 +228,24 @@ class SharedCircularSplines(nn.Module):
         opt = torch.optim.Adam(self.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, int(steps))
         log_i0 = math.log(torch.special.i0e(torch.tensor(float(kappa))).item()) + float(kappa)
-        grid = (torch.arange(n) + 0.5) / n
         dtype = self.params.dtype
-        for _ in range(int(steps)):
-            jitter = torch.rand(n, generator=gen) / n
-            z = ((grid + jitter - 0.5 / n) * 2.0 - 1.0).to(dtype) * math.pi
+
+        def kl(z: torch.Tensor) -> torch.Tensor:
+            """1-D KL estimated at uniform angles ``z``."""
             x, lad = self(z)
-            loss = (-lad - kappa * torch.cos(x)).mean() + log_i0
+            return (-lad - kappa * torch.cos(x)).mean() + log_i0
+
+        grid = (torch.arange(n) + 0.5) / n
+        for _ in range(int(steps)):
+            jitter = torch.rand(n, generator=gen) / n  # stratified draws
+            loss = kl(((grid + jitter - 0.5 / n) * 2.0 - 1.0).to(dtype) * math.pi)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
         with torch.no_grad():  # midpoint rule: spectrally accurate for this periodic integrand
             z = ((torch.arange(1 << 16, dtype=dtype) + 0.5) / (1 << 15) - 1.0) * math.pi
-            x, lad = self(z)
-            return float((-lad - kappa * torch.cos(x)).mean() + log_i0)
+            return float(kl(z))
 
     def forward(self, theta: torch.Tensor, inverse: bool = False):
         """``(h(θ), log h'(θ))`` elementwise (or the inverse map and its log-derivative)."""

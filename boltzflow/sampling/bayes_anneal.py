@@ -133,6 +133,10 @@ def _train_weighted(flow, opt, batches, beta, steps, batch_size, g) -> list:
     return train_nll(flow, data, steps, batch_size, 0.0, g, probs=p / p.sum(), optimizer=opt)
 
 
+#: Defensive-mixture defaults: share from the wide base, its width factor, share from the prior.
+DEFENSIVE, DEFENSIVE_SCALE, DEFENSIVE_PRIOR = 0.1, 2.0, 0.02
+
+
 def annealed_training(
     flow,
     target,
@@ -150,9 +154,9 @@ def annealed_training(
     history: int = 3,
     batch_size: int = 512,
     lr: float = 3e-4,
-    defensive: float = 0.1,
-    defensive_scale: float = 2.0,
-    defensive_prior: float = 0.02,
+    defensive: float = DEFENSIVE,
+    defensive_scale: float = DEFENSIVE_SCALE,
+    defensive_prior: float = DEFENSIVE_PRIOR,
 ) -> dict:
     r"""Train ``flow`` in place from the prior to the posterior (see the module docstring).
 
@@ -284,21 +288,10 @@ def annealed_flow(
     chains: int = 64,
     n_warmup: int = 20,
     evidence: bool = True,
-    n_per_stage: int = 2048,
-    ess_target: float = 0.5,
-    ess_min: float = 0.1,
-    max_stages: int = 60,
-    final_rounds: int = 3,
-    n_final: int | None = None,
-    train_steps: int = 200,
-    prior_samples: int = 20000,
-    prior_steps: int = 500,
-    history: int = 3,
-    batch_size: int = 512,
-    lr: float = 3e-4,
-    defensive: float = 0.1,
-    defensive_scale: float = 2.0,
-    defensive_prior: float = 0.02,
+    defensive: float = DEFENSIVE,
+    defensive_scale: float = DEFENSIVE_SCALE,
+    defensive_prior: float = DEFENSIVE_PRIOR,
+    **training,
 ) -> SamplingResult:
     r"""Runner: :func:`annealed_training`, then flow IMH chains (``sampler="imh"``, exact MCMC)
     or importance sampling (``sampler="importance"``, weighted i.i.d. draws) on the frozen flow.
@@ -306,32 +299,19 @@ def annealed_flow(
     The proposal is the frozen flow's defensive mixture (``defensive``, ``defensive_scale``).
     The same ``chains · (ceil(n_samples / chains) + n_warmup + 1)`` proposals (IMH) or
     ``n_samples`` draws (IS) give the evidence (``info["evidence"]``: log Z, bootstrap stderr,
-    PSIS k̂, Kish ESS). The other arguments go to :func:`annealed_training`. ``info`` also has
-    the tempering ladder, the training cost and, for IMH, acceptance, R-hat and bulk/tail ESS.
+    PSIS k̂, Kish ESS). The defensive settings and the other keyword arguments (``training``)
+    go to :func:`annealed_training`. ``info`` also has the tempering ladder, the training cost
+    and, for IMH, acceptance, R-hat and bulk/tail ESS.
     """
-    training = dict(
-        n_per_stage=n_per_stage,
-        ess_target=ess_target,
-        ess_min=ess_min,
-        max_stages=max_stages,
-        final_rounds=final_rounds,
-        n_final=n_final,
-        train_steps=train_steps,
-        prior_samples=prior_samples,
-        prior_steps=prior_steps,
-        history=history,
-        batch_size=batch_size,
-        lr=lr,
-        defensive=defensive,
-        defensive_scale=defensive_scale,
-        defensive_prior=defensive_prior,
-    )
     from boltzflow.sampling.hybrid import chain_diagnostics, freeze
 
     if sampler not in ("imh", "importance"):
         raise ValueError(f"sampler must be 'imh' or 'importance', got {sampler!r}")
     t0, n0 = time.perf_counter(), target.n_evaluations
-    train_info = annealed_training(flow, target, seed=seed, **training)
+    defensive_settings = dict(
+        defensive=defensive, defensive_scale=defensive_scale, defensive_prior=defensive_prior
+    )
+    train_info = annealed_training(flow, target, seed=seed, **defensive_settings, **training)
     freeze(flow)
     g = torch.Generator().manual_seed(int(seed) + 7)
     t1 = time.perf_counter()
