@@ -2,6 +2,7 @@
 flow IMH and flow-HMC, and τ_int for observables that freeze. Every estimator has a negative
 control that must fail."""
 
+import contextlib
 import functools
 import math
 
@@ -30,11 +31,24 @@ def _train(flow, target, steps, batch, lr):
     return flow
 
 
+@contextlib.contextmanager
+def _float32_init():
+    """Initialise flows in float32 whatever default another test module left behind, so that
+    the seeded parameters (and the trained fixtures) do not depend on test order."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 @pytest.fixture(scope="module")
 def u1_small():
     torch.set_num_threads(1)
     target = U1Wilson(4, 1.0)
-    flow = u1_gauge_flow(target, num_layers=8, num_bins=6, hidden=[8], positional=True, seed=0)
+    with _float32_init():
+        flow = u1_gauge_flow(target, num_layers=8, num_bins=6, hidden=[8], positional=True, seed=0)
     return target, _train(flow.double(), target, steps=100, batch=128, lr=5e-3)
 
 
@@ -42,7 +56,8 @@ def u1_small():
 def free_field():
     torch.set_num_threads(1)
     target = Phi4(4, 1.25, 0.0)
-    flow = phi4_flow(target, num_layers=4, coupling="affine", hidden=[8], seed=0)
+    with _float32_init():
+        flow = phi4_flow(target, num_layers=4, coupling="affine", hidden=[8], seed=0)
     return target, _train(flow.double(), target, steps=100, batch=128, lr=5e-3)
 
 
