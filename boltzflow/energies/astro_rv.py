@@ -6,11 +6,19 @@ epoch :math:`t_0`, the mean anomaly is :math:`M(t) = 2\pi (t - t_0)/P + M_0`; Ke
 :math:`\nu = 2\,\mathrm{atan2}(\sqrt{1+e}\sin\tfrac E2, \sqrt{1-e}\cos\tfrac E2)`. The velocity
 
 .. math::
-    v(t) = K[\cos(\nu+\omega) + e\cos\omega] + \gamma = A(\cos\nu + e) + B\sin\nu + \gamma,
-    \qquad A = K\cos\omega,\ B = -K\sin\omega,
+    v(t) = K[\cos(\nu+\omega) + e\cos\omega] + \gamma
+         = A[\cos(\nu - M_0) + e\cos M_0] + B[\sin(\nu - M_0) - e\sin M_0] + \gamma,
+    \qquad A = K\cos\lambda,\ B = -K\sin\lambda,\ \lambda = \omega + M_0,
 
 is linear in :math:`(A, B, \gamma)` given :math:`(P, e, M_0)` (Price-Whelan et al. 2017,
-"The Joker", ApJ 837, 20, marginalize the linear parameters the same way). Observations have
+"The Joker", ApJ 837, 20, marginalize the linear parameters the same way). The amplitudes are
+those of the mean longitude :math:`\lambda` at the reference epoch, not of :math:`\omega`: the
+data fix the signal's phase at :math:`t_0`, which is :math:`\lambda` (for :math:`e = 0`,
+:math:`\nu - M_0 = 2\pi(t - t_0)/P` does not involve :math:`M_0` at all), whereas
+:math:`(M_0, \omega)` separately are degenerate along :math:`M_0 + \omega = \lambda` when the
+orbit is nearly circular. The rotation :math:`(A, B) \mapsto` (the amplitudes of
+:math:`\omega`) by the angle :math:`M_0` has unit Jacobian and leaves the isotropic Gaussian
+prior invariant, so the posterior over :math:`(P, e, M_0, s)` is the same in both. Observations have
 errors :math:`\sigma_i` and an unknown jitter :math:`s`:
 :math:`v_i \sim \mathcal N(v(t_i), \sigma_i^2 + s^2)`.
 
@@ -75,10 +83,13 @@ def true_anomaly(ecc_anomaly: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
 
 
 def _basis(t, t0, period, e, m0):
-    """``(cos ν + e, sin ν)`` at times ``t [n]`` for parameters broadcast as ``[..., 1]``."""
+    """``(cos(ν - M0) + e cos M0, sin(ν - M0) - e sin M0)`` at ``t [n]``, parameters ``[..., 1]``.
+
+    The coefficients of ``(A, B)`` with ``A = K cos λ``, ``B = -K sin λ``, ``λ = ω + M0``.
+    """
     mean = 2 * math.pi * (t - t0) / period + m0
     nu = true_anomaly(kepler_solve(mean, e), e)
-    return torch.cos(nu) + e, torch.sin(nu)
+    return torch.cos(nu - m0) + e * torch.cos(m0), torch.sin(nu - m0) - e * torch.sin(m0)
 
 
 class RVData:
@@ -120,7 +131,7 @@ def simulate_rv(
     t = np.sort(nights + rng.uniform(0.0, 0.125, size=n_obs))
     errs = sigma * rng.uniform(0.8, 1.2, size=n_obs)
     data = RVData(t, None, errs, {})
-    a, b = k * math.cos(omega), -k * math.sin(omega)
+    a, b = k * math.cos(omega + m0), -k * math.sin(omega + m0)  # lambda = omega + M0
     c, s = _basis(
         torch.as_tensor(t),
         data.t0,
@@ -159,8 +170,14 @@ class RVPosterior(Posterior):
             adjacent modes are reported.
         simulate: keyword arguments for :func:`simulate_rv` (number of observations, injected
             orbit, noise).
+        marginalize_linear: integrate :math:`(A, B, \gamma)` out exactly
+            (:func:`linear_marginal_log_likelihood`) and sample only ``P, e, M0, s``
+            (5 unconstrained coordinates). The period, eccentricity, phase and jitter
+            posterior and the evidence are unchanged; the samplers then face the aliased
+            periods without the narrow, period-dependent ridges of the amplitudes.
 
-    Parameters, in order: ``P, e, M0, A, B, gamma, s``.
+    Parameters, in order: ``P, e, M0, A, B, gamma, s`` (``P, e, M0, s`` if marginalized) (``A = K cos λ``, ``B = -K sin λ``, with
+    ``λ = ω + M0`` the mean longitude at the reference epoch).
     """
 
     def __init__(
@@ -174,6 +191,7 @@ class RVPosterior(Posterior):
         sigma_s: float = 3.0,
         mode_edges=(11.15, 11.52, 11.91, 12.33),
         simulate: dict | None = None,
+        marginalize_linear: bool = False,
     ):
         self.data = data if data is not None else simulate_rv(seed, **(simulate or {}))
         self.period_range, self.e_max = tuple(float(p) for p in period_range), float(e_max)
@@ -183,16 +201,23 @@ class RVPosterior(Posterior):
             float(sigma_s),
         )
         self.mode_edges = tuple(float(m) for m in mode_edges)
+        self.marginalize_linear = bool(marginalize_linear)
+        linear = [
+            Parameter("A", Normal(0.0, self.sigma_k), unit="m/s"),
+            Parameter("B", Normal(0.0, self.sigma_k), unit="m/s"),
+            Parameter("gamma", Normal(0.0, self.sigma_gamma), unit="m/s"),
+        ]
         params = [
             Parameter("P", LogUniform(*self.period_range), unit="d"),
             Parameter("e", Uniform(0.0, self.e_max)),
             Parameter("M0", Uniform(0.0, 2 * math.pi, periodic=True), unit="rad"),
-            Parameter("A", Normal(0.0, self.sigma_k), unit="m/s"),
-            Parameter("B", Normal(0.0, self.sigma_k), unit="m/s"),
-            Parameter("gamma", Normal(0.0, self.sigma_gamma), unit="m/s"),
+            *([] if self.marginalize_linear else linear),
             Parameter("s", HalfNormal(self.sigma_s), unit="m/s"),
         ]
-        super().__init__(params, self._rv_log_likelihood)
+        if self.marginalize_linear:
+            super().__init__(params, self._marginal_log_likelihood)
+        else:
+            super().__init__(params, self._rv_log_likelihood)
         self.injected = {n: self.data.injected[n] for n in self.names}
         self._t = torch.as_tensor(self.data.t)
         self._v = torch.as_tensor(self.data.v)
@@ -206,6 +231,10 @@ class RVPosterior(Posterior):
         resid = v - (a * c + b * sn + g)
         tot = var + s * s
         return -0.5 * ((resid * resid) / tot + torch.log(tot) + _LOG_2PI).sum(-1)
+
+    def _marginal_log_likelihood(self, theta: torch.Tensor) -> torch.Tensor:
+        p, e, m0, s = (theta[:, i : i + 1] for i in range(4))
+        return linear_marginal_log_likelihood(self, p, e, m0, s).to(theta.dtype)
 
     def mode_index(self, period: torch.Tensor) -> torch.Tensor:
         """Mode label of each period: the number of ``mode_edges`` below it."""
@@ -239,8 +268,8 @@ def _gauss_legendre(n: int, lo: float, hi: float):
 def linear_marginal_log_likelihood(post: RVPosterior, period, e, m0, s) -> torch.Tensor:
     r""":math:`\log\int L\,\pi(A)\pi(B)\pi(\gamma)\,dA\,dB\,d\gamma` in closed form.
 
-    With :math:`X = [\cos\nu + e, \sin\nu, 1]`, :math:`D = \mathrm{diag}(\sigma_i^2 + s^2)` and
-    :math:`\Lambda = \mathrm{diag}(\sigma_K^2, \sigma_K^2, \sigma_\gamma^2)`, the data are
+    With :math:`X = [\cos(\nu - M_0) + e\cos M_0, \sin(\nu - M_0) - e\sin M_0, 1]`,
+    :math:`D = \mathrm{diag}(\sigma_i^2 + s^2)` and :math:`\Lambda = \mathrm{diag}(\sigma_K^2, \sigma_K^2, \sigma_\gamma^2)`, the data are
     :math:`\mathcal N(0, D + X\Lambda X^\top)`, evaluated by Woodbury and the determinant lemma.
     ``period, e, m0, s`` are float64 tensors that broadcast against each other, each with a
     trailing singleton dimension (for the observations); the result drops it.
