@@ -176,8 +176,9 @@ class RVPosterior(Posterior):
             posterior and the evidence are unchanged; the samplers then face the aliased
             periods without the narrow, period-dependent ridges of the amplitudes.
 
-    Parameters, in order: ``P, e, M0, A, B, gamma, s`` (``P, e, M0, s`` if marginalized) (``A = K cos λ``, ``B = -K sin λ``, with
-    ``λ = ω + M0`` the mean longitude at the reference epoch).
+    Parameters, in order: ``P, e, M0, A, B, gamma, s`` (``P, e, M0, s`` if marginalized), with
+    ``A = K cos λ``, ``B = -K sin λ`` and ``λ = ω + M0`` the mean longitude at the reference
+    epoch.
     """
 
     def __init__(
@@ -269,7 +270,8 @@ def linear_marginal_log_likelihood(post: RVPosterior, period, e, m0, s) -> torch
     r""":math:`\log\int L\,\pi(A)\pi(B)\pi(\gamma)\,dA\,dB\,d\gamma` in closed form.
 
     With :math:`X = [\cos(\nu - M_0) + e\cos M_0, \sin(\nu - M_0) - e\sin M_0, 1]`,
-    :math:`D = \mathrm{diag}(\sigma_i^2 + s^2)` and :math:`\Lambda = \mathrm{diag}(\sigma_K^2, \sigma_K^2, \sigma_\gamma^2)`, the data are
+    :math:`D = \mathrm{diag}(\sigma_i^2 + s^2)` and
+    :math:`\Lambda = \mathrm{diag}(\sigma_K^2, \sigma_K^2, \sigma_\gamma^2)`, the data are
     :math:`\mathcal N(0, D + X\Lambda X^\top)`, evaluated by Woodbury and the determinant lemma.
     ``period, e, m0, s`` are float64 tensors that broadcast against each other, each with a
     trailing singleton dimension (for the observations); the result drops it.
