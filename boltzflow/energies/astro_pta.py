@@ -201,7 +201,18 @@ class PTAPosterior(Posterior):
         self._gamma = torch.as_tensor(hellings_downs(d.positions))
         self._freqs = torch.arange(1, d.n_freq + 1, dtype=torch.float64) / d.span
 
+    #: Likelihoods are evaluated this many at a time: one evaluation holds a few (2KP)² float64
+    #: matrices (0.6 MB each for the default array), so an unchunked batch of 8192 would need
+    #: about 15 GB.
+    chunk_size = 256
+
     def _pta_log_likelihood(self, theta: torch.Tensor) -> torch.Tensor:
+        if theta.shape[0] > self.chunk_size:
+            parts = torch.split(theta, self.chunk_size)
+            return torch.cat([self._pta_log_likelihood_chunk(t) for t in parts])
+        return self._pta_log_likelihood_chunk(theta)
+
+    def _pta_log_likelihood_chunk(self, theta: torch.Tensor) -> torch.Tensor:
         d, dt, dev = self.data, theta.dtype, theta.device
         p, k = d.n_pulsars, d.n_freq
         freqs = self._freqs.to(device=dev, dtype=dt)
