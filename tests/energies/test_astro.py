@@ -75,7 +75,12 @@ def test_pta_batched_equals_single_and_gradient_is_finite():
     u = post.energy(y)
     single = torch.cat([post.energy(y[i : i + 1]) for i in range(5)])
     torch.testing.assert_close(u, single)
-    assert bool(torch.isfinite(post.force(y)).all())
+    post.chunk_size = 2  # evaluated in chunks 2 + 2 + 1, forces included
+    torch.testing.assert_close(post.energy(y), u)
+    f = post.force(y)
+    post.chunk_size = 256
+    torch.testing.assert_close(f, post.force(y))
+    assert bool(torch.isfinite(f).all())
 
 
 def test_hellings_downs_curve():
