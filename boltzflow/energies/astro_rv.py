@@ -237,6 +237,32 @@ class RVPosterior(Posterior):
         p, e, m0, s = (theta[:, i : i + 1] for i in range(4))
         return linear_marginal_log_likelihood(self, p, e, m0, s).to(theta.dtype)
 
+    @torch.no_grad()
+    def sample_linear(self, theta: torch.Tensor, generator=None) -> torch.Tensor:
+        r"""Complete marginal draws ``theta [n, 4]`` (``P, e, M0, s``) with ``(A, B, gamma)``.
+
+        Given the nonlinear parameters the linear ones are Gaussian with precision
+        :math:`\Lambda^{-1} + X^\top D^{-1} X` and mean :math:`\Sigma X^\top D^{-1} v`
+        (notation of :func:`linear_marginal_log_likelihood`), so a posterior draw of
+        ``P, e, M0, s`` followed by this exact conditional draw is a posterior draw of the full
+        model. Returns ``[n, 7]`` in the full model's order ``P, e, M0, A, B, gamma, s``;
+        :math:`K = \sqrt{A^2 + B^2}` and :math:`\omega = \mathrm{atan2}(-B, A) - M_0`.
+        """
+        theta = torch.as_tensor(theta, dtype=torch.float64)
+        if theta.ndim != 2 or theta.shape[1] != 4:
+            raise ValueError(f"expected theta [n, 4] (P, e, M0, s), got {tuple(theta.shape)}")
+        p, e, m0, s = (theta[:, i : i + 1] for i in range(4))
+        c, sn = _basis(self._t, self.data.t0, p, e, m0)
+        x = torch.stack([c, sn, torch.ones_like(c)], -1)  # [n, obs, 3]
+        dinv = 1.0 / (self._var + s**2)  # [n, obs]
+        lam = torch.tensor([self.sigma_k**2, self.sigma_k**2, self.sigma_gamma**2])
+        prec = torch.diag(1 / lam) + (x.transpose(1, 2) * dinv[:, None]) @ x
+        chol = torch.linalg.cholesky(prec)
+        mean = torch.cholesky_solve((x.transpose(1, 2) * dinv[:, None]) @ self._v[:, None], chol)
+        eps = torch.randn(theta.shape[0], 3, 1, generator=generator, dtype=torch.float64)
+        draw = mean + torch.linalg.solve_triangular(chol.transpose(1, 2), eps, upper=True)
+        return torch.cat([theta[:, :3], draw[..., 0], theta[:, 3:]], 1)
+
     def mode_index(self, period: torch.Tensor) -> torch.Tensor:
         """Mode label of each period: the number of ``mode_edges`` below it."""
         edges = torch.as_tensor(self.mode_edges, dtype=period.dtype, device=period.device)

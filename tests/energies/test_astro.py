@@ -226,3 +226,35 @@ def test_rv_marginal_posterior_importance_sampling_from_the_prior():
     # negative control: the same estimator with the likelihood tempered (L^0.5) misses
     e_wrong = expectation((idx == 2).double(), 0.5 * ll)
     assert abs(e_wrong.mean - ref["mode_weights"][2]) > 10 * e_wrong.stderr
+
+
+def test_rv_sample_linear_is_the_exact_conditional_posterior():
+    """Conditional draws of (A, B, γ) have the mean and covariance of the full model's
+    conditional posterior (its Newton step and inverse Hessian, exact for a Gaussian); a
+    wrong covariance (the prior's) fails the same check."""
+    marg, full = RVPosterior(marginalize_linear=True), RVPosterior()
+    fixed = torch.tensor([[11.65, 0.3, 2.2, 0.7]])
+    draws = marg.sample_linear(fixed.expand(40_000, -1), torch.Generator().manual_seed(0))
+    assert draws.shape == (40_000, 7)
+    torch.testing.assert_close(draws[:, [0, 1, 2, 6]], fixed.expand(40_000, -1))
+
+    def log_joint(beta):
+        theta = torch.cat([fixed[0, :3], beta, fixed[0, 3:]])[None]
+        prior = sum(
+            p.prior.log_prob(beta[i : i + 1][None])[0] for i, p in enumerate(full.parameters[3:6])
+        )
+        return full.log_likelihood(theta)[0] + prior
+
+    beta0 = torch.zeros(3)
+    hess = -torch.autograd.functional.hessian(log_joint, beta0)
+    mean = torch.linalg.solve(hess, torch.autograd.functional.jacobian(log_joint, beta0))
+    cov = torch.linalg.inv(hess)
+    sd = cov.diagonal().sqrt()
+    z = (draws[:, 3:6].mean(0) - mean) / (sd / math.sqrt(40_000))
+    assert bool((z.abs() < 4).all()), z
+    emp = torch.cov(draws[:, 3:6].T)
+    assert bool(((emp.diagonal() / cov.diagonal()).log().abs() < 0.03).all())  # 4 sd of 40k
+    prior_var = torch.tensor([100.0, 100.0, 100.0])
+    assert bool(((emp.diagonal() / prior_var).log().abs() > 0.5).all())  # negative control
+    with pytest.raises(ValueError):
+        marg.sample_linear(torch.zeros(3, 7))
