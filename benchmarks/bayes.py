@@ -2,11 +2,13 @@
 
 pta-sim (22 parameters):
   * likelihood evaluations per effective sample for emcee's stretch move and for boltzflow's
-    recipe sampler (``annealed-flow``: flow trained from prior to posterior by
-    importance-weighted maximum likelihood, then batched flow IMH chains), and their ratio.
-    Every evaluation counts (emcee burn-in; boltzflow training). Effective sample = minimum
-    bulk ESS over the 22 constrained parameters (arviz; walkers or IMH chains as chains).
-    The Kish ESS of importance sampling from the same flow draws is reported beside it.
+    recipe sampler (``hybrid`` with dense-metric HMC, 32 leapfrog steps per trajectory, flow
+    moves off), and their ratio. Every evaluation counts (emcee burn-in; boltzflow's descent
+    from the prior and warm-up); a likelihood evaluation with its gradient counts as one. The
+    draws for the evidence come after the chains and are reported separately. Effective
+    sample = minimum bulk ESS over the 22 constrained parameters (arviz; walkers or chains as
+    chains);
+  * the wall time of each run if it ends with R-hat < 1.01 and ESS >= 1000 (else null);
   * emcee's chain length in units of its integrated autocorrelation time (emcee's estimator,
     after burn-in), which should be >= 50 for its ESS to be trustworthy, and emcee's cost from
     that tau (walkers x kept steps / tau as its ESS); the ratio uses the more favourable of
@@ -14,14 +16,18 @@ pta-sim (22 parameters):
   * posterior agreement: |mean_emcee - mean_boltzflow| / combined MCSE for every parameter;
   * evidence log Z ± bootstrap error and PSIS k̂ from the flow's draws.
 
-rv-kepler: period-mode weights from emcee (MCSE from the bulk ESS of each indicator, walkers as
-chains) and from boltzflow (self-normalized importance sampling with the annealed flow,
-delta-method errors) against the quadrature reference in ``systems/rv-kepler/reference.json``.
+rv-kepler: period-mode weights from boltzflow (self-normalized importance sampling with the
+annealed flow on the recipe's marginal posterior, delta-method errors) and from emcee (one run
+with MCSE from the bulk ESS of each indicator, and 8 independent runs on the full 8-parameter
+model and on the marginal model, whose spread measures emcee's error without trusting its
+autocorrelation estimate) against the quadrature reference in
+``systems/rv-kepler/reference.json``.
 
 Usage: ``python benchmarks/bayes.py [--budget smoke|default] [--only pta|rv] [--out FILE]``.
 The long emcee reference can be cached (``--emcee-cache FILE.npz``: written if absent, read if
 present); ``--from-run DIR`` reads boltzflow's samples from a ``boltzflow run pta-sim`` output
-instead of sampling again. Run it with nohup; ``default`` takes about an hour on 2 busy cores.
+instead of sampling again (``--rv-from-run DIR`` likewise for rv-kepler). The default emcee
+reference, 46 walkers x 40,000 steps, takes about 35 min; run the benchmark with nohup.
 """
 
 from __future__ import annotations
@@ -42,7 +48,6 @@ from boltzflow.energies.posterior import EmceeLogProb
 from boltzflow.pipeline import build_flow, build_target
 from boltzflow.recipes import load_recipe
 from boltzflow.sampling import diagnostics
-from boltzflow.sampling.bayes_anneal import annealed_flow
 from boltzflow.sampling.reweighting import expectation
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +58,7 @@ SETTINGS = {
         "rv": (32, 800),
         "rv_replicates": 3,
     },
-    "default": {"pta": {}, "emcee": (46, 15000), "rv": (64, 6000), "rv_replicates": 8},
+    "default": {"pta": {}, "emcee": (46, 40000), "rv": (64, 6000), "rv_replicates": 8},
 }
 
 
@@ -106,26 +111,32 @@ def _read_run(post, run_dir: Path) -> dict:
     idata = az.from_netcdf(run_dir / "samples.nc")
     y = np.stack([idata.posterior[n].values for n in post.parameter_names], -1)
     s = summary["sampling"]
+    extra = s.get("evidence", {}).get("n", 0) + summary["reweighting"]["n"]  # not for samples
     return {
         "theta": constrained(post, y),
         "evaluations": s["energy_evaluations"],
+        "evidence_evaluations": extra,
         "wall_seconds": s["wall_seconds"],
         "info": s,
     }
 
 
 def run_boltzflow(post, system: str, budget: str, seed: int = 0, **override) -> dict:
-    """The recipe's ``annealed-flow`` sampler with the recipe's flow and settings."""
+    """The recipe's sampler (``[sampling] method``) with the recipe's flow and settings."""
+    from boltzflow import registry
+
     recipe = load_recipe(system, budget)
     sp = {k: v for k, v in recipe.sampling.items() if k not in ("method", "n_importance")}
     sp.update(override)
+    sampler = registry.resolve(registry.SAMPLERS, recipe.sampling["method"], "sampler")
     flow = build_flow(recipe, post, seed).double()
     t0, c0 = time.perf_counter(), time.process_time()
-    res = annealed_flow(flow, post, seed=seed + 2, **sp)
+    res = sampler(flow, post, seed=seed + 2, **sp)
     return {
         "result": res,
         "theta": constrained(post, res.x.numpy()),
         "evaluations": res.energy_evaluations,
+        "evidence_evaluations": int(sp.get("evidence_samples", 0)),
         "wall_seconds": time.perf_counter() - t0,
         "cpu_seconds": time.process_time() - c0,
         "info": res.info,
@@ -134,13 +145,19 @@ def run_boltzflow(post, system: str, budget: str, seed: int = 0, **override) -> 
 
 def efficiency(run: dict) -> dict:
     ess = diagnostics.ess(run["theta"])
+    evals = run["evaluations"] - run.get("evidence_evaluations", 0)  # sampling and training
+    rhat = float(diagnostics.rhat(run["theta"]).max())
+    converged = rhat < 1.01 and float(ess.min()) >= 1000
     out = {
-        "evaluations": run["evaluations"],
+        "evaluations": evals,
+        "evidence_evaluations": run.get("evidence_evaluations", 0),
         "min_bulk_ess": float(ess.min()),
         "min_tail_ess": float(diagnostics.ess(run["theta"], "tail").min()),
-        "max_rhat": float(diagnostics.rhat(run["theta"]).max()),
-        "evaluations_per_ess": run["evaluations"] / float(ess.min()),
+        "max_rhat": rhat,
+        "evaluations_per_ess": evals / float(ess.min()),
         "wall_seconds": run["wall_seconds"],
+        # the whole run's wall time if it ends with R-hat < 1.01 and ESS >= 1000, else None
+        "wall_seconds_to_rhat_1.01_ess_1000": run["wall_seconds"] if converged else None,
     }
     if "cpu_seconds" in run:
         out["cpu_seconds"] = run["cpu_seconds"]
@@ -153,7 +170,7 @@ def pta_benchmark(cfg: dict, budget: str, cache=None, from_run=None) -> dict:
     if from_run:
         bf = _read_run(post, Path(from_run))
     elif cfg["pta"]:  # a smaller array than the recipe's: use the recipe's smoke settings
-        bf = run_boltzflow(post, "pta-sim", "smoke", max_stages=40, n_samples=16000)
+        bf = run_boltzflow(post, "pta-sim", "smoke")
     else:
         bf = run_boltzflow(post, "pta-sim", budget)
     res = {"emcee": efficiency(em), "boltzflow": efficiency(bf)}
@@ -170,9 +187,8 @@ def pta_benchmark(cfg: dict, budget: str, cache=None, from_run=None) -> dict:
         acceptance=info.get("acceptance_rate"),
         training_evaluations=info.get("warmup_evaluations"),
         training_seconds=info.get("warmup_seconds"),
-        stages=info.get("training", {}).get("stages"),
+        local_acceptance=info.get("local_acceptance"),
         importance_kish_ess=ev.get("ess"),
-        importance_evaluations_per_kish_ess=bf["evaluations"] / ev["ess"] if ev else None,
     )
     # A short emcee chain (< 50 tau) makes arviz's bulk ESS unreliable; the ratio uses the more
     # favourable of the two emcee figures (arviz bulk ESS, or walkers x steps / tau_max).
@@ -312,6 +328,13 @@ def main() -> None:
             f"ratio {p['ratio_evaluations_per_ess']:.1f}x"
         )
         print(f"pta-sim posterior agreement: max |z| = {p['agreement_max_z']:.2f}")
+        for name, q in (("emcee", e), ("boltzflow", b)):
+            t = q["wall_seconds_to_rhat_1.01_ess_1000"]
+            print(
+                f"  {name}: R-hat {q['max_rhat']:.3f}, min bulk ESS {q['min_bulk_ess']:.0f}, "
+                f"wall {q['wall_seconds']:.0f} s; R-hat < 1.01 with ESS >= 1000: "
+                + (f"{t:.0f} s" if t is not None else "not reached")
+            )
         if p["evidence"]:
             lz = p["evidence"]["log_z"]
             print(f"pta-sim log Z = {lz['mean']:.3f} ± {lz['stderr']:.3f}")
