@@ -60,7 +60,7 @@ else:
     post = PTAPosterior(seed=0)
     EMCEE = dict(n_samples=46 * 12000, walkers=46, burn_fraction=0.2)
     HMC = dict(n_samples=8 * 500, chains=8, n_leapfrog=32, warmup_rounds=4, local_steps=30)
-    EVIDENCE = dict(evidence_samples=10000, evidence_train_steps=2000)
+    EVIDENCE = dict(evidence_samples=10000, evidence_train_steps=300, lr=3e-4)
     FLOW = dict(num_layers=6, hidden=64)
 print(f"{post.dim} parameters:", ", ".join(post.names))
 
