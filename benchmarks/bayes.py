@@ -42,6 +42,7 @@ import emcee
 import numpy as np
 import torch
 
+from boltzflow import registry
 from boltzflow.energies.astro_pta import PTAPosterior
 from boltzflow.energies.astro_rv import RVPosterior
 from boltzflow.energies.posterior import EmceeLogProb
@@ -123,8 +124,6 @@ def _read_run(post, run_dir: Path) -> dict:
 
 def run_boltzflow(post, system: str, budget: str, seed: int = 0, **override) -> dict:
     """The recipe's sampler (``[sampling] method``) with the recipe's flow and settings."""
-    from boltzflow import registry
-
     recipe = load_recipe(system, budget)
     sp = {k: v for k, v in recipe.sampling.items() if k not in ("method", "n_importance")}
     sp.update(override)

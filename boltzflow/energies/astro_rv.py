@@ -251,14 +251,8 @@ class RVPosterior(Posterior):
         theta = torch.as_tensor(theta, dtype=torch.float64)
         if theta.ndim != 2 or theta.shape[1] != 4:
             raise ValueError(f"expected theta [n, 4] (P, e, M0, s), got {tuple(theta.shape)}")
-        p, e, m0, s = (theta[:, i : i + 1] for i in range(4))
-        c, sn = _basis(self._t, self.data.t0, p, e, m0)
-        x = torch.stack([c, sn, torch.ones_like(c)], -1)  # [n, obs, 3]
-        dinv = 1.0 / (self._var + s**2)  # [n, obs]
-        lam = torch.tensor([self.sigma_k**2, self.sigma_k**2, self.sigma_gamma**2])
-        prec = torch.diag(1 / lam) + (x.transpose(1, 2) * dinv[:, None]) @ x
-        chol = torch.linalg.cholesky(prec)
-        mean = torch.cholesky_solve((x.transpose(1, 2) * dinv[:, None]) @ self._v[:, None], chol)
+        _, _, chol, rhs = _linear_system(self, *(theta[:, i : i + 1] for i in range(4)))
+        mean = torch.cholesky_solve(rhs, chol)
         eps = torch.randn(theta.shape[0], 3, 1, generator=generator, dtype=torch.float64)
         draw = mean + torch.linalg.solve_triangular(chol.transpose(1, 2), eps, upper=True)
         return torch.cat([theta[:, :3], draw[..., 0], theta[:, 3:]], 1)
@@ -292,6 +286,25 @@ def _gauss_legendre(n: int, lo: float, hi: float):
     return 0.5 * (hi - lo) * x + 0.5 * (hi + lo), 0.5 * (hi - lo) * w
 
 
+def _linear_system(post: RVPosterior, period, e, m0, s) -> tuple:
+    r"""The Gaussian linear model of :math:`(A, B, \gamma)` given ``period, e, m0, s``.
+
+    Returns ``(dinv [..., n], lam [3], chol [..., 3, 3], rhs [..., 3, 1])``: the inverse
+    variances :math:`D^{-1}`, the prior variances :math:`\Lambda`, the Cholesky factor of the
+    posterior precision :math:`\Lambda^{-1} + X^\top D^{-1} X` and :math:`X^\top D^{-1} v`
+    (notation of :func:`linear_marginal_log_likelihood`), in float64.
+    """
+    dt = torch.float64
+    t, v, var = post._t.to(dt), post._v.to(dt), post._var.to(dt)
+    lam = torch.tensor([post.sigma_k**2, post.sigma_k**2, post.sigma_gamma**2], dtype=dt)
+    c, sn = _basis(t, post.data.t0, period, e, m0)
+    x = torch.stack(torch.broadcast_tensors(c, sn, torch.ones_like(c)), -1)  # [..., n, 3]
+    dinv = (1.0 / (var + s**2)).expand(x.shape[:-1])
+    xtd = x.transpose(-1, -2) * dinv[..., None, :]
+    chol = torch.linalg.cholesky(torch.diag_embed(1 / lam) + xtd @ x)  # Λ^-1 + X^T D^-1 X
+    return dinv, lam, chol, xtd @ v[:, None]
+
+
 def linear_marginal_log_likelihood(post: RVPosterior, period, e, m0, s) -> torch.Tensor:
     r""":math:`\log\int L\,\pi(A)\pi(B)\pi(\gamma)\,dA\,dB\,d\gamma` in closed form.
 
@@ -302,22 +315,15 @@ def linear_marginal_log_likelihood(post: RVPosterior, period, e, m0, s) -> torch
     ``period, e, m0, s`` are float64 tensors that broadcast against each other, each with a
     trailing singleton dimension (for the observations); the result drops it.
     """
-    dt = torch.float64
-    t, v, var = post._t.to(dt), post._v.to(dt), post._var.to(dt)
-    lam = torch.tensor([post.sigma_k**2, post.sigma_k**2, post.sigma_gamma**2], dtype=dt)
-    c, sn = _basis(t, post.data.t0, period, e, m0)
-    x = torch.stack(torch.broadcast_tensors(c, sn, torch.ones_like(c)), -1)  # [..., n, 3]
-    dinv = (1.0 / (var + s**2)).expand(x.shape[:-1])
-    xtd = x.transpose(-1, -2) * dinv[..., None, :]
-    chol = torch.linalg.cholesky(torch.diag_embed(1 / lam) + xtd @ x)  # Λ^-1 + X^T D^-1 X
-    rhs = xtd @ v[:, None]
+    v = post._v.to(torch.float64)
+    dinv, lam, chol, rhs = _linear_system(post, period, e, m0, s)
     quad = (dinv * v * v).sum(-1) - (rhs * torch.cholesky_solve(rhs, chol)).sum((-1, -2))
     logdet = (
         -torch.log(dinv).sum(-1)
         + torch.log(lam).sum()
         + 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
     )
-    return -0.5 * (quad + logdet + t.shape[0] * _LOG_2PI)
+    return -0.5 * (quad + logdet + v.shape[0] * _LOG_2PI)
 
 
 @torch.no_grad()
