@@ -5,8 +5,13 @@ Flow checkpoints are two files side by side:
 * ``<prefix>.pt`` -- the flow's ``state_dict`` (tensors only), loaded with
   ``torch.load(weights_only=True)`` so that opening a checkpoint never runs pickled code;
 * ``<prefix>.json`` -- human-readable metadata: format version, boltzflow version, dtype,
-  event shape, parameter count, and the ``builder`` (registry name or ``"module:attr"``) with
-  its ``builder_kwargs``, from which :func:`load_checkpoint` rebuilds the flow.
+  event shape, parameter count, and the ``builder`` (a registered flow name) with its
+  ``builder_kwargs``, from which :func:`load_checkpoint` rebuilds the flow.
+
+A checkpoint is data, never code. :func:`load_checkpoint` accepts only builder names
+registered in :data:`boltzflow.registry.FLOWS` (built-in, or a plugin's ``boltzflow.flows``
+entry point); a ``"module:attr"`` string in ``flow.json`` is refused before anything is
+imported. To load a flow made by your own function, pass ``builder=`` (or ``flow=``).
 
 Trainer-state checkpoints (:func:`save_trainer_state`) hold everything a resumed run needs:
 parameters, optimizer and LR-scheduler state, stage and step counters, generator states,
@@ -104,9 +109,9 @@ def save_checkpoint(
     Args:
         path: a directory (files ``flow.pt``/``flow.json``) or a file prefix.
         flow: the flow (any ``nn.Module``).
-        metadata: JSON-serializable dict. Put ``builder`` (a ``FLOWS`` registry name or
-            ``"module:attr"``) and ``builder_kwargs`` here so that :func:`load_checkpoint` can
-            rebuild the flow; anything else (target, seed, training summary) is kept as is.
+        metadata: JSON-serializable dict. Put ``builder`` (a registered ``FLOWS`` name) and
+            ``builder_kwargs`` here so that :func:`load_checkpoint` can rebuild the flow;
+            anything else (target, seed, training summary) is kept as is.
 
     Returns:
         The ``(weights_path, metadata_path)`` written.
@@ -147,36 +152,72 @@ def load_checkpoint(
         flow: load the weights into this flow; if ``None`` the flow is rebuilt as
             ``builder(target or event_shape, **builder_kwargs)`` from the metadata.
         target: passed to the builder instead of the saved ``event_shape`` when given.
-        builder: overrides the metadata's ``builder`` (a callable, registry name or
-            ``"module:attr"``).
+        builder: overrides the metadata's ``builder``: a callable (trusted: it is your code)
+            or a registered flow name.
         map_location: device for the loaded tensors (default: where they were saved, i.e. cpu).
         strict: passed to ``load_state_dict``.
+
+    Raises:
+        ValueError: the files are not a boltzflow checkpoint, or the metadata names a builder
+            that is not registered (nothing is imported or called then), or its dtype, event
+            shape or builder arguments are malformed.
     """
     pt, js = checkpoint_paths(path)
     metadata = json.loads(js.read_text())
     if metadata.get("format") != FLOW_FORMAT:
         raise ValueError(f"{js} is not a boltzflow flow checkpoint")
+    if flow is None:
+        make, first, kwargs = _builder_call(metadata, target, builder, js)
     state = torch.load(pt, map_location=map_location, weights_only=True)
     if flow is None:
-        flow = _rebuild(metadata, target, builder)
+        flow = make(first, **kwargs)
         if metadata.get("dtype"):
-            flow = flow.to(getattr(torch, metadata["dtype"]))
+            flow = flow.to(_DTYPES[metadata["dtype"]])
         if map_location is not None:
             flow = flow.to(map_location)
     flow.load_state_dict(state, strict=strict)
     return LoadedCheckpoint(flow, metadata)
 
 
-def _rebuild(metadata: dict, target, builder) -> torch.nn.Module:
+_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+
+def _builder_call(metadata: dict, target, builder, where: Path):
+    """Validate the metadata and return ``(builder, first_argument, builder_kwargs)``.
+
+    Everything read from the file is checked before it is used: the builder must be a
+    registered name (no import paths), the event shape a list of non-negative integers, the
+    dtype a floating dtype name and the builder arguments a JSON object.
+    """
     from boltzflow.registry import FLOWS, resolve
 
     builder = builder if builder is not None else metadata.get("builder")
     if builder is None:
-        raise ValueError("checkpoint metadata has no 'builder': pass flow= or builder=")
+        raise ValueError(f"{where}: checkpoint metadata has no 'builder': pass flow= or builder=")
     if isinstance(builder, str):
-        builder = resolve(FLOWS, builder, "flow")
-    first = target if target is not None else tuple(metadata["event_shape"])
-    return builder(first, **metadata.get("builder_kwargs", {}))
+        try:
+            builder = resolve(FLOWS, builder, "flow", allow_import=False)
+        except KeyError as exc:
+            raise ValueError(f"{where}: refusing to load: {exc.args[0]}") from None
+    dtype = metadata.get("dtype")
+    if dtype is not None and dtype not in _DTYPES:
+        raise ValueError(f"{where}: unknown dtype {dtype!r} (expected one of {sorted(_DTYPES)})")
+    kwargs = metadata.get("builder_kwargs", {})
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise ValueError(f"{where}: 'builder_kwargs' must be a JSON object")
+    if target is not None:
+        return builder, target, kwargs
+    shape = metadata.get("event_shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise ValueError(f"{where}: 'event_shape' must be a list of non-negative integers")
+    return builder, tuple(shape), kwargs
 
 
 def save_trainer_state(path: str | os.PathLike, state: dict) -> Path:

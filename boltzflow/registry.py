@@ -1,8 +1,25 @@
-"""Name → builder registries used by recipes (``systems/*/system.toml``).
+"""Name → builder registries: built-in entries plus plugins from package entry points.
 
-Entries are ``"module:attribute"`` strings so that heavy optional modules (OpenMM, dask)
-are imported only when a recipe uses them. A recipe may also give a full
-``"package.module:attribute"`` path instead of a registered name.
+Built-in entries are ``"module:attribute"`` strings so that heavy optional modules (OpenMM,
+dask) are imported only when a recipe uses them. Third-party packages add their own targets,
+flows, samplers and losses through package entry points, the ecosystem's plugin convention::
+
+    # the plugin's pyproject.toml
+    [project.entry-points."boltzflow.flows"]
+    my-flow = "my_package.flows:build_my_flow"
+
+Groups: ``boltzflow.targets``, ``boltzflow.flows``, ``boltzflow.samplers``,
+``boltzflow.losses`` (each :class:`Registry`'s ``group``). A plugin cannot override a built-in
+name.
+
+Two levels of trust:
+
+* **Recipes are code.** A recipe (``system.toml``) may name a registered entry or give a full
+  ``"package.module:attribute"`` path, which is imported and called (``allow_import=True``,
+  the default). Run recipes only from sources you trust, as you would a script.
+* **Checkpoints are data.** :func:`boltzflow.io.load_checkpoint` resolves the ``builder``
+  saved in ``flow.json`` with ``allow_import=False``: only registered names are accepted, and
+  nothing is imported or called for a name that is not registered.
 
 Builder contracts:
 
@@ -16,67 +33,126 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from importlib import metadata
 
-__all__ = ["TARGETS", "FLOWS", "SAMPLERS", "LOSSES", "resolve"]
-
-TARGETS: dict[str, str] = {
-    "double-well": "boltzflow.energies.double_well:DoubleWell2D",
-    "many-well": "boltzflow.energies.double_well:ManyWell",
-    "gmm": "boltzflow.energies.gaussians:GaussianMixture",
-    "gmm40": "boltzflow.energies.gaussians:gmm40",
-    "funnel": "boltzflow.energies.gaussians:Funnel",
-    "correlated-gaussian": "boltzflow.energies.gaussians:CorrelatedGaussian",
-    "phi4": "boltzflow.energies.lattice:Phi4",
-    "u1": "boltzflow.energies.lattice:U1Wilson",
-    "alanine-dipeptide": "boltzflow.molecular.target:AlanineDipeptideTarget",
-    "pta-sim": "boltzflow.energies.astro_pta:PTAPosterior",
-    "rv-kepler": "boltzflow.energies.astro_rv:RVPosterior",
-}
-
-FLOWS: dict[str, str] = {
-    "spline-coupling": "boltzflow.flows.builders:spline_coupling_flow",
-    "spline-autoregressive": "boltzflow.flows.builders:spline_autoregressive_flow",
-    "maf": "boltzflow.flows.builders:maf_flow",
-    "circular-spline-coupling": "boltzflow.flows.builders:circular_spline_flow",
-    "internal-coordinates": "boltzflow.molecular.flows:internal_coordinate_flow",
-    "smooth-coupling": "boltzflow.flows.smooth_coupling:smooth_coupling_flow",
-    "phi4-checkerboard": "boltzflow.flows.lattice:phi4_flow",
-    "u1-gauge": "boltzflow.flows.lattice_gauge:u1_gauge_flow",
-}
-
-SAMPLERS: dict[str, str] = {
-    "importance": "boltzflow.sampling.runners:importance_sampling",
-    "imh": "boltzflow.sampling.runners:flow_imh",
-    "lattice-hmc": "boltzflow.sampling.lattice_hmc:hmc",
-    "lattice-flow-hmc": "boltzflow.sampling.lattice_hmc:flow_hmc",
-    "hybrid": "boltzflow.sampling.hybrid:hybrid",
-    "neutra": "boltzflow.sampling.hybrid:neutra",
-    "emcee": "boltzflow.sampling.emcee_move:emcee_sampler",
-    "flow-emcee": "boltzflow.sampling.emcee_move:flow_emcee",
-    "annealed-flow": "boltzflow.sampling.bayes_anneal:annealed_flow",
-}
-
-LOSSES: dict[str, str] = {
-    "reverse_kl": "boltzflow.training.losses:reverse_kl",
-    "nll": "boltzflow.training.losses:nll",
-    "mixed": "boltzflow.training.losses:mixed_kl",
-    "force_matching": "boltzflow.training.force_matching:force_matching",
-    "nll_force_matching": "boltzflow.training.force_matching:nll_force_matching",
-}
+__all__ = ["Registry", "TARGETS", "FLOWS", "SAMPLERS", "LOSSES", "registered", "resolve"]
 
 
-def resolve(registry: dict[str, str], name: str, what: str = "entry") -> Callable:
-    """Look ``name`` up in ``registry`` (or import it if it is ``"module:attr"``).
+class Registry(dict):
+    """Built-in ``{name: "module:attr"}`` entries of one kind, and its entry-point ``group``."""
+
+    def __init__(self, group: str, entries: dict[str, str]):
+        super().__init__(entries)
+        self.group = group
+
+
+TARGETS = Registry(
+    "boltzflow.targets",
+    {
+        "double-well": "boltzflow.energies.double_well:DoubleWell2D",
+        "many-well": "boltzflow.energies.double_well:ManyWell",
+        "gmm": "boltzflow.energies.gaussians:GaussianMixture",
+        "gmm40": "boltzflow.energies.gaussians:gmm40",
+        "funnel": "boltzflow.energies.gaussians:Funnel",
+        "correlated-gaussian": "boltzflow.energies.gaussians:CorrelatedGaussian",
+        "phi4": "boltzflow.energies.lattice:Phi4",
+        "u1": "boltzflow.energies.lattice:U1Wilson",
+        "alanine-dipeptide": "boltzflow.molecular.target:AlanineDipeptideTarget",
+        "pta-sim": "boltzflow.energies.astro_pta:PTAPosterior",
+        "rv-kepler": "boltzflow.energies.astro_rv:RVPosterior",
+    },
+)
+
+FLOWS = Registry(
+    "boltzflow.flows",
+    {
+        "spline-coupling": "boltzflow.flows.builders:spline_coupling_flow",
+        "spline-autoregressive": "boltzflow.flows.builders:spline_autoregressive_flow",
+        "maf": "boltzflow.flows.builders:maf_flow",
+        "circular-spline-coupling": "boltzflow.flows.builders:circular_spline_flow",
+        "internal-coordinates": "boltzflow.molecular.flows:internal_coordinate_flow",
+        "smooth-coupling": "boltzflow.flows.smooth_coupling:smooth_coupling_flow",
+        "phi4-checkerboard": "boltzflow.flows.lattice:phi4_flow",
+        "u1-gauge": "boltzflow.flows.lattice_gauge:u1_gauge_flow",
+    },
+)
+
+SAMPLERS = Registry(
+    "boltzflow.samplers",
+    {
+        "importance": "boltzflow.sampling.runners:importance_sampling",
+        "imh": "boltzflow.sampling.runners:flow_imh",
+        "lattice-hmc": "boltzflow.sampling.lattice_hmc:hmc",
+        "lattice-flow-hmc": "boltzflow.sampling.lattice_hmc:flow_hmc",
+        "hybrid": "boltzflow.sampling.hybrid:hybrid",
+        "neutra": "boltzflow.sampling.hybrid:neutra",
+        "emcee": "boltzflow.sampling.emcee_move:emcee_sampler",
+        "flow-emcee": "boltzflow.sampling.emcee_move:flow_emcee",
+        "annealed-flow": "boltzflow.sampling.bayes_anneal:annealed_flow",
+    },
+)
+
+LOSSES = Registry(
+    "boltzflow.losses",
+    {
+        "reverse_kl": "boltzflow.training.losses:reverse_kl",
+        "nll": "boltzflow.training.losses:nll",
+        "mixed": "boltzflow.training.losses:mixed_kl",
+        "force_matching": "boltzflow.training.force_matching:force_matching",
+        "nll_force_matching": "boltzflow.training.force_matching:nll_force_matching",
+    },
+)
+
+
+def _plugins(group: str) -> dict[str, str]:
+    """``{name: "module:attr"}`` declared by installed packages in entry-point ``group``.
+
+    Reading entry points imports nothing: only the distributions' metadata is read.
+    """
+    return {ep.name: ep.value for ep in metadata.entry_points(group=group)}
+
+
+def registered(registry: dict[str, str]) -> dict[str, str]:
+    """Every name ``registry`` accepts: the plugins' entry points, then the built-ins.
+
+    Built-in names win over a plugin of the same name.
+    """
+    plugins = _plugins(registry.group) if isinstance(registry, Registry) else {}
+    return {**plugins, **registry}
+
+
+def resolve(
+    registry: dict[str, str], name: str, what: str = "entry", *, allow_import: bool = True
+) -> Callable:
+    """Look ``name`` up among the registered entries and return the object it names.
+
+    Args:
+        registry: one of :data:`TARGETS`, :data:`FLOWS`, :data:`SAMPLERS`, :data:`LOSSES`.
+        name: a registered name (built-in or entry point), or, when ``allow_import``, a
+            ``"package.module:attribute"`` path.
+        what: what the name is, for error messages (``"flow"``, ``"loss"``, ...).
+        allow_import: accept unregistered ``"module:attr"`` paths. ``False`` for untrusted
+            input such as checkpoint metadata: an unregistered name is refused before anything
+            is imported.
 
     Raises:
-        KeyError: naming the unknown entry and the known ones.
+        KeyError: an unknown name (the message lists the known ones), a refused import path,
+            or an entry that cannot be loaded.
     """
-    target = registry.get(name)
+    entries = registered(registry)
+    target = entries.get(str(name))
     if target is None:
-        if ":" not in name:
-            known = ", ".join(sorted(registry))
+        known = ", ".join(sorted(entries))
+        if ":" not in str(name):
             raise KeyError(f"unknown {what} '{name}' (known: {known})")
-        target = name
+        if not allow_import:
+            group = getattr(registry, "group", "boltzflow.<kind>")
+            raise KeyError(
+                f"{what} '{name}' is not registered, and import paths are not accepted here "
+                f"(known: {known}). Register it under the entry-point group '{group}' or pass "
+                "the callable explicitly."
+            )
+        target = str(name)
     module, _, attr = target.partition(":")
     try:
         return getattr(importlib.import_module(module), attr)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import pickle
+import sys
 
 import pytest
 import torch
 from torch import nn
 
 from boltzflow.flows.base import Flow, Transform, TransformResult
+from boltzflow.flows.builders import spline_coupling_flow
 from boltzflow.flows.distributions import StandardNormal
 from boltzflow.io import (
     checkpoint_paths,
@@ -18,6 +20,7 @@ from boltzflow.io import (
     save_checkpoint,
     save_trainer_state,
 )
+from boltzflow.registry import FLOWS, registered, resolve
 
 torch.set_num_threads(1)
 
@@ -49,10 +52,55 @@ def trained_flow():
     return flow
 
 
-META = {"builder": f"{__name__}:make_flow", "builder_kwargs": {"init": 0.5}, "seed": 7}
+META = {"builder": "demo-scale", "builder_kwargs": {"init": 0.5}, "seed": 7}
+
+PLUGIN = """
+import torch
+from torch import nn
+from boltzflow.flows.base import Flow, Transform, TransformResult
+from boltzflow.flows.distributions import StandardNormal
 
 
-def test_round_trip_rebuilds_flow_from_metadata(tmp_path):
+class Scale(Transform):
+    def __init__(self, dim, init=0.0):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, z):
+        return TransformResult(z * self.log_scale.exp(), self.log_scale.sum().expand(len(z)))
+
+    def inverse(self, x):
+        return TransformResult(x * (-self.log_scale).exp(), -self.log_scale.sum().expand(len(x)))
+
+
+def build(event_shape, init=0.0):
+    return Flow(StandardNormal(event_shape[0]), Scale(event_shape[0], init))
+"""
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """An installed plugin distribution registering the flow ``demo-scale`` by entry point.
+
+    A real ``*.dist-info`` folder on ``sys.path``, read by :mod:`importlib.metadata` exactly
+    as for a ``pip install``-ed package.
+    """
+    root = tmp_path / "site"
+    info = root / "boltzflow_demo_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: boltzflow-demo-plugin\nVersion: 0.1\n"
+    )
+    (info / "entry_points.txt").write_text(
+        "[boltzflow.flows]\ndemo-scale = boltzflow_demo_plugin:build\n"
+    )
+    (root / "boltzflow_demo_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(root))
+    yield
+    sys.modules.pop("boltzflow_demo_plugin", None)
+
+
+def test_round_trip_rebuilds_flow_from_metadata(tmp_path, plugin):
     flow = trained_flow()
     pt, js = save_checkpoint(tmp_path, flow, META)
     assert (pt.name, js.name) == ("flow.pt", "flow.json")
@@ -70,6 +118,49 @@ def test_round_trip_rebuilds_flow_from_metadata(tmp_path):
     assert torch.equal(flow.log_prob(x), loaded.flow.log_prob(x))
 
 
+def test_plugin_flows_are_registered_and_recipes_may_name_import_paths(plugin):
+    assert registered(FLOWS)["demo-scale"] == "boltzflow_demo_plugin:build"
+    assert callable(resolve(FLOWS, "demo-scale", "flow", allow_import=False))
+    assert resolve(FLOWS, "spline-coupling") is spline_coupling_flow
+    assert resolve(FLOWS, f"{__name__}:make_flow") is make_flow  # recipes are code
+    with pytest.raises(KeyError, match="not registered"):
+        resolve(FLOWS, f"{__name__}:make_flow", "flow", allow_import=False)
+
+
+HOSTILE = [
+    {"builder": "builtins:print", "event_shape": ["attacker", "chosen"]},
+    {"builder": "subprocess:run", "event_shape": ["sh", "-c", "touch {marker}"]},
+    {"builder": "boltzflow_payload:run", "event_shape": [3]},
+    {"builder": "spline-coupling", "event_shape": ["sh", "-c", "true"]},
+    {"builder": "spline-coupling", "event_shape": [2], "dtype": "load"},
+    {"builder": "spline-coupling", "event_shape": [2], "builder_kwargs": ["x"]},
+]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE, ids=lambda h: h["builder"])
+def test_hostile_metadata_is_refused_before_anything_runs(hostile, tmp_path, monkeypatch, capfd):
+    """A ``flow.json`` naming an importable callable must not import, call or print anything."""
+    marker = tmp_path / "pwned"
+    payload = tmp_path / "payload"
+    payload.mkdir()
+    (payload / "boltzflow_payload.py").write_text(
+        f"open({str(marker)!r}, 'w').write('imported')\ndef run(*a, **k):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(payload))
+    save_checkpoint(tmp_path / "ck", trained_flow(), {})
+    meta = json.loads((tmp_path / "ck.json").read_text())
+    meta.update({k: v for k, v in hostile.items() if k != "event_shape"})
+    meta["event_shape"] = [
+        d.format(marker=marker) if isinstance(d, str) else d for d in hostile["event_shape"]
+    ]
+    (tmp_path / "ck.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="refusing|event_shape|dtype|builder_kwargs"):
+        load_checkpoint(tmp_path / "ck")
+    assert not marker.exists()
+    assert "boltzflow_payload" not in sys.modules
+    assert capfd.readouterr().out == ""
+
+
 def test_weights_file_is_plain_tensors(tmp_path):
     pt, _ = save_checkpoint(tmp_path / "model", trained_flow(), META)
     assert pt == tmp_path / "model.pt"
@@ -77,7 +168,7 @@ def test_weights_file_is_plain_tensors(tmp_path):
     assert set(state) == {"transform.log_scale"}
 
 
-def test_load_refuses_pickled_objects(tmp_path):
+def test_load_refuses_pickled_objects(tmp_path, plugin):
     """Negative control: weights_only=True must reject arbitrary pickled objects."""
     pt, _ = save_checkpoint(tmp_path, trained_flow(), META)
     torch.save({"transform.log_scale": torch.zeros(3), "payload": Flow}, pt)
