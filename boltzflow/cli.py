@@ -3,7 +3,9 @@
 * ``boltzflow systems`` lists the catalogue;
 * ``boltzflow run [NAME|PATH] [--budget smoke|default|long] [--seed N] [--out DIR]
   [--device cpu|cuda] [--workers N] [--scheduler ADDRESS] [--threads N]`` runs a recipe end to end;
-* further subcommands (``md``, ``umbrella``) are added by the modules that provide them.
+* further subcommands (``md``, ``umbrella``, and plugins' commands from the
+  ``boltzflow.commands`` entry-point group) are added by the modules that provide them; one
+  whose module fails to import is listed as unavailable and fails with the import error.
 """
 
 from __future__ import annotations
@@ -100,17 +102,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(func=_cmd_run)
 
-    for mod in _PLUGIN_PARSERS:
+    for name, where in _subcommand_modules():
         try:
-            importlib.import_module(mod).add_parser(sub)
-        except ImportError:
-            continue
+            _load_add_parser(where)(sub)
+        except ImportError as exc:
+            _unavailable(sub, name, where, exc)
     return p
+
+
+def _subcommand_modules() -> list[tuple[str, str]]:
+    """``(name, "module" or "module:attr")`` of the built-in and plugin subcommands.
+
+    Plugins declare an ``add_parser(subparsers)`` function in the ``boltzflow.commands``
+    entry-point group (the name is the subcommand's).
+    """
+    from importlib import metadata
+
+    built_in = [(mod.rsplit(".", 1)[-1], mod) for mod in _PLUGIN_PARSERS]
+    plugins = [(ep.name, ep.value) for ep in metadata.entry_points(group="boltzflow.commands")]
+    return built_in + plugins
+
+
+def _load_add_parser(where: str):
+    module, _, attr = where.partition(":")
+    return getattr(importlib.import_module(module), attr or "add_parser")
+
+
+def _unavailable(sub, name: str, where: str, exc: ImportError) -> None:
+    """A subcommand whose module failed to import: listed, and an error when used."""
+    reason = f"{type(exc).__name__}: {exc}"
+    u = sub.add_parser(name, help=f"(unavailable: {reason})", add_help=False)
+
+    def fail(args) -> int:
+        print(
+            f"boltzflow: error: the '{name}' command could not be loaded from {where} ({reason})",
+            file=sys.stderr,
+        )
+        return 2
+
+    u.set_defaults(func=fail, unavailable=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``boltzflow`` command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "unavailable", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

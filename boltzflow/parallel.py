@@ -138,6 +138,7 @@ def evaluate_chunk(spec: SystemSpec, positions: np.ndarray) -> tuple[np.ndarray,
     energies = np.full(n, np.nan)
     forces = np.zeros(pos.shape, dtype=np.float64)
     finite = np.isfinite(pos).reshape(n, -1).all(axis=1)
+    failed: list[tuple[int, str]] = []
     for i in np.flatnonzero(finite):
         try:
             ctx.setPositions(pos[i])
@@ -146,10 +147,20 @@ def evaluate_chunk(spec: SystemSpec, positions: np.ndarray) -> tuple[np.ndarray,
             e = state.getPotentialEnergy()._value
             f = state.getForces(asNumpy=True)._value
         except Exception as exc:  # OpenMMException on NaN/overflow; keep this config only
-            log.debug("OpenMM failed on configuration %d: %s", i, exc)
+            failed.append((int(i), str(exc)))
             continue
         energies[i] = e
         forces[i] = f
+    if failed:
+        i, msg = failed[0]
+        log.warning(
+            "OpenMM raised on %d of %d configurations (first: row %d, %s); their energy is "
+            "NaN and they count as non-finite",
+            len(failed),
+            n,
+            i,
+            msg.strip().splitlines()[0] if msg.strip() else "no message",
+        )
     bad = ~np.isfinite(energies) | ~np.isfinite(forces).reshape(n, -1).all(axis=1)
     forces[bad] = 0.0
     energies[bad & np.isfinite(energies)] = np.nan  # finite energy with non-finite forces

@@ -162,7 +162,8 @@ def emcee_sampler(
     if flow_weight > 0:
         moves = [(moves, 1.0 - flow_weight), (FlowMove(flow), flow_weight)]
     t0, n0 = time.perf_counter(), target.n_evaluations
-    sampler = emcee.EnsembleSampler(walkers, dim, EmceeLogProb(target), moves=moves, vectorize=True)
+    log_prob = EmceeLogProb(target)
+    sampler = emcee.EnsembleSampler(walkers, dim, log_prob, moves=moves, vectorize=True)
     sampler._random = rs  # emcee's legacy RandomState, seeded
     keep = -(-int(n_samples) // walkers)
     total = int(np.ceil(keep / (1.0 - burn_fraction)))
@@ -183,7 +184,11 @@ def emcee_sampler(
         method="emcee" if flow_weight == 0 else "emcee+flow",
         energy_evaluations=target.n_evaluations - n0,
         wall_seconds=time.perf_counter() - t0,
-        info={"acceptance_rate": float(np.mean(sampler.acceptance_fraction)), "walkers": walkers},
+        info={
+            "acceptance_rate": float(np.mean(sampler.acceptance_fraction)),
+            "walkers": walkers,
+            **log_prob.counts(),
+        },
     )
 
 
@@ -279,6 +284,7 @@ def flow_emcee(
         "warmup_seconds": warmup_seconds,
         "warmup_global_acceptance": warm_acc,
         **chain_diagnostics(x),
+        **log_prob.counts(),
     }
     if evidence_samples > 0:
         info["evidence"] = flow_evidence(flow, target, evidence_samples, seed=int(seed))

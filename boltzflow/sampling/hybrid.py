@@ -91,13 +91,15 @@ def train_nll(
 
     Gradients are clipped to norm 10; batches are drawn with replacement from ``generator``:
     uniformly, or with probabilities ``probs [n]`` (a weighted NLL). ``optimizer`` continues
-    an existing optimizer instead of a fresh Adam at ``lr``.
+    an existing optimizer instead of a fresh Adam at ``lr``. Data points where the flow's
+    density is not finite are dropped from their batch's mean, and a step whose loss is not
+    finite is skipped; both are counted and logged as one warning at the end.
     """
     params = [p for p in flow.parameters() if p.requires_grad]
     if not params or steps <= 0:
         return []
     opt = optimizer if optimizer is not None else torch.optim.Adam(params, lr=lr)
-    losses = []
+    losses, skipped, dropped, seen = [], 0, 0, 0
     flow.train()
     for _ in range(int(steps)):
         if probs is None:
@@ -105,8 +107,10 @@ def train_nll(
             idx = torch.randint(data.shape[0], (n,), generator=generator)
         else:
             idx = torch.multinomial(probs, int(batch_size), replacement=True, generator=generator)
-        loss = nll(flow, None, data[idx.to(data.device)]).loss
+        out = nll(flow, None, data[idx.to(data.device)])
+        loss, dropped, seen = out.loss, dropped + out.n_nonfinite, seen + int(idx.numel())
         if not torch.isfinite(loss):
+            skipped += 1
             continue
         opt.zero_grad()
         loss.backward()
@@ -114,6 +118,15 @@ def train_nll(
         opt.step()
         losses.append(float(loss.detach()))
     flow.eval()
+    if skipped or dropped:
+        logger.warning(
+            "NLL training dropped %d of %d data points whose flow density was not finite and "
+            "skipped %d of %d steps whose loss was not finite",
+            dropped,
+            seen,
+            skipped,
+            int(steps),
+        )
     return losses
 
 

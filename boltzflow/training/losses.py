@@ -150,7 +150,13 @@ def nll(flow, target, data: torch.Tensor, generator: torch.Generator | None = No
     del target, generator
     log_q = flow.log_prob(data)
     finite = torch.isfinite(log_q)
-    return LossOutput(-_masked_mean(log_q, finite), 0, int((~finite).sum()))
+    n_bad = int((~finite).sum())
+    if n_bad:
+        # Re-evaluate on the finite rows only: the parameter gradient of a NaN or infinite
+        # log-density is itself NaN, and masking the mean (0 x NaN) would not stop it.
+        log_q = flow.log_prob(data[finite])
+        finite = torch.isfinite(log_q)
+    return LossOutput(-_masked_mean(log_q, finite), 0, n_bad)
 
 
 def mixed_kl(

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from boltzflow.energies.base import Energy
 from boltzflow.energies.gaussians import GaussianMixture
 from boltzflow.energies.posterior import EmceeLogProb
 from boltzflow.flows.base import FlowSample
@@ -151,3 +152,37 @@ def test_defensive_flow_is_a_normalized_mixture_with_its_sampler():
     cdf = torch.cumulative_trapezoid(dens, grid[:, 0]).numpy()
     u = np.interp(s.x[:, 0].numpy(), grid[1:, 0].numpy(), cdf)
     assert stats.kstest(u, "uniform").pvalue > 1e-3
+
+
+class RaisingGaussian(Energy):
+    """A standard normal whose energy raises for any batch with a walker beyond ``x_0 > cut``."""
+
+    def __init__(self, cut=math.inf):
+        super().__init__(2)
+        self.cut = cut
+
+    def _energy(self, x):
+        if bool((x[:, 0] > self.cut).any()):
+            raise ValueError("outside the model's domain")
+        return 0.5 * (x**2).sum(-1)
+
+    def sample_prior(self, n, generator=None, dtype=torch.float64):
+        return 0.1 * torch.randn(n, 2, generator=generator, dtype=dtype)
+
+
+def test_energy_exceptions_inside_emcee_are_counted_and_reported(caplog):
+    """An energy that raises gives -inf (emcee keeps going) and a counted, logged warning."""
+    from boltzflow.sampling.emcee_move import emcee_sampler
+
+    with caplog.at_level("WARNING"):
+        res = emcee_sampler(None, RaisingGaussian(1.5), n_samples=1600, seed=0, walkers=16)
+    assert res.info["n_errors"] > 0 and res.info["n_nonfinite"] >= res.info["n_errors"]
+    raised = [r for r in caplog.records if "outside the model's domain" in r.getMessage()]
+    assert len(raised) == 1 and raised[0].levelname == "WARNING"  # first error, with its message
+    assert any("non-finite" in r.getMessage() for r in caplog.records)  # the final count
+    assert float(res.x[..., 0].max()) <= 1.5  # no walker was ever accepted where it raised
+    # negative control: a well-behaved energy reports nothing
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        res = emcee_sampler(None, RaisingGaussian(), n_samples=320, seed=0, walkers=16)
+    assert res.info["n_errors"] == 0 and res.info["n_nonfinite"] == 0 and not caplog.records

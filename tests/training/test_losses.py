@@ -203,3 +203,22 @@ def test_energy_cap_bounds_reverse_kl_gradient():
     g1 = flat_grad(out.loss, flow)
     assert float(out.loss.detach()) < 200 and torch.isfinite(g1).all()
     assert g1.norm() < 1e-3 * g0.norm()
+
+
+def test_nll_drops_non_finite_data_rows_without_poisoning_the_gradient():
+    """NaN data rows are counted and dropped; the parameter gradients stay those of the rest."""
+    from boltzflow.flows.builders import spline_coupling_flow
+
+    flow = spline_coupling_flow((2,), num_layers=2, hidden=8, seed=0).double()
+    data = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    bad = torch.cat([data, torch.full((4, 2), math.nan, dtype=torch.float64)])
+    out = nll(flow, None, bad)
+    assert out.n_nonfinite == 4
+    out.loss.backward()
+    grads = [p.grad.clone() for p in flow.parameters()]
+    flow.zero_grad()
+    ref = nll(flow, None, data)
+    ref.loss.backward()
+    assert ref.n_nonfinite == 0 and torch.equal(out.loss, ref.loss)
+    for g, p in zip(grads, flow.parameters(), strict=True):
+        assert torch.isfinite(g).all() and torch.allclose(g, p.grad)
