@@ -42,7 +42,7 @@ import emcee
 import numpy as np
 import torch
 
-from boltzflow import registry
+from boltzflow import arviz_compat, registry
 from boltzflow.energies.astro_pta import PTAPosterior
 from boltzflow.energies.astro_rv import RVPosterior
 from boltzflow.energies.posterior import EmceeLogProb
@@ -51,7 +51,6 @@ from boltzflow.recipes import load_recipe
 from boltzflow.sampling import diagnostics
 from boltzflow.sampling.reweighting import expectation
 
-ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {
     "smoke": {
         "pta": dict(n_pulsars=3, n_toas=60, n_freq=5),
@@ -106,11 +105,9 @@ def run_emcee(post, walkers: int, steps: int, seed: int = 0, cache: str | None =
 
 
 def _read_run(post, run_dir: Path) -> dict:
-    import arviz as az
-
     summary = json.loads((run_dir / "summary.json").read_text())
-    idata = az.from_netcdf(run_dir / "samples.nc")
-    y = np.stack([idata.posterior[n].values for n in post.parameter_names], -1)
+    posterior = arviz_compat.group(arviz_compat.read_netcdf(run_dir / "samples.nc"), "posterior")
+    y = np.stack([posterior[n].values for n in post.parameter_names], -1)
     s = summary["sampling"]
     extra = s.get("evidence", {}).get("n", 0) + summary["reweighting"]["n"]  # not for samples
     return {
@@ -263,7 +260,7 @@ def emcee_replicates(post, walkers: int, steps: int, replicates: int, w_ref, ref
 def rv_benchmark(cfg: dict, budget: str, from_run=None) -> dict:
     recipe = load_recipe("rv-kepler", budget)
     post = build_target(recipe)  # the recipe's posterior: (A, B, gamma) marginalized
-    ref = json.loads((ROOT / "systems" / "rv-kepler" / "reference.json").read_text())
+    ref = json.loads((recipe.folder / "reference.json").read_text())
     w_ref, ref_se = np.asarray(ref["mode_weights"]), ref.get("mode_weights_stderr", 0.0)
     em = run_emcee(post, *cfg["rv"])
     out = {"reference": ref["mode_weights"]}

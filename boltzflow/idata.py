@@ -1,4 +1,7 @@
-"""Samples as :class:`arviz.InferenceData` (written to ``samples.nc``).
+"""Samples as arviz data (written to ``samples.nc``).
+
+An ``arviz.InferenceData`` under arviz 0.x and an ``xarray.DataTree`` under arviz 1.x, built and
+read through :mod:`boltzflow.arviz_compat`; the file is netCDF4/HDF5 either way.
 
 Layout (the run contract in DESIGN.md):
 
@@ -12,20 +15,14 @@ arviz has no first-class sample weights; ``sample_stats.log_weight`` is the conv
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
+from boltzflow import arviz_compat
+
 __all__ = ["to_inference_data", "write_samples", "read_samples"]
-
-
-def _arviz():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        import arviz as az
-    return az
 
 
 def _np(t) -> np.ndarray:
@@ -41,7 +38,8 @@ def to_inference_data(
     names: Sequence[str] | None = None,
     attrs: Mapping | None = None,
 ):
-    """Build InferenceData from a :class:`~boltzflow.sampling.runners.SamplingResult`.
+    """arviz data (InferenceData or DataTree) from a
+    :class:`~boltzflow.sampling.runners.SamplingResult`.
 
     Args:
         result: samples ``x [chains, draws, *event]`` with ``log_weight``, ``energy`` and
@@ -50,7 +48,6 @@ def to_inference_data(
         names: if given (flat events only), one posterior variable per coordinate.
         attrs: metadata stored on every group (system, method, budget, ...).
     """
-    az = _arviz()
     x = _np(result.x)
     if x.ndim < 2:
         raise ValueError(f"samples must be [chains, draws, ...], got shape {x.shape}")
@@ -69,21 +66,19 @@ def to_inference_data(
     stats = {"log_weight": _np(result.log_weight), "energy": _np(result.energy)}
     if result.accepted is not None:
         stats["accepted"] = _np(result.accepted).astype(bool)
-    idata = az.from_dict(posterior=posterior, sample_stats=stats)
     meta = {
         str(k): (v if isinstance(v, (int, float, str)) else str(v))
         for k, v in (attrs or {}).items()
     }
-    for group in idata.groups():
-        idata[group].attrs.update(meta)
-    return idata
+    return arviz_compat.from_dict(posterior, stats, attrs=meta)
 
 
 def write_samples(idata, path) -> None:
-    """Write InferenceData to netCDF (``samples.nc``)."""
-    idata.to_netcdf(str(path))
+    """Write arviz data to netCDF (``samples.nc``)."""
+    arviz_compat.write_netcdf(idata, path)
 
 
 def read_samples(path):
-    """Read ``samples.nc`` back as InferenceData."""
-    return _arviz().from_netcdf(str(path))
+    """Read ``samples.nc`` back with the installed arviz (InferenceData or DataTree); its
+    groups as :class:`xarray.Dataset` via :func:`boltzflow.arviz_compat.group`."""
+    return arviz_compat.read_netcdf(path)

@@ -249,7 +249,8 @@ class Posterior(Energy):
 
     # ---------------------------------------------------------------- outputs
     def inference_data(self, result, attrs=None):
-        """An arviz ``InferenceData`` with one variable per named constrained parameter.
+        """arviz data (``InferenceData`` under arviz 0.x, ``DataTree`` under 1.x; see
+        :mod:`boltzflow.arviz_compat`) with one variable per named constrained parameter.
 
         Args:
             result: a :class:`~boltzflow.sampling.runners.SamplingResult` (or any NamedTuple

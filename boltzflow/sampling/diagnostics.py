@@ -7,8 +7,9 @@ Nothing here re-implements an autocorrelation estimator:
   (Sokal 1997, "Monte Carlo methods in statistical mechanics"; Goodman & Weare 2010), computed
   by :func:`emcee.autocorr.integrated_time` with the autocorrelation averaged over chains;
 * :func:`ess` and :func:`rhat` -- bulk/tail effective sample size and rank-normalized split
-  R-hat from arviz (Vehtari, Gelman, Simpson, Carpenter & Bürkner 2021, "Rank-normalization,
-  folding, and localization: an improved R-hat", Bayesian Analysis 16, 667);
+  R-hat from arviz, through :mod:`boltzflow.arviz_compat` (Vehtari, Gelman, Simpson,
+  Carpenter & Bürkner 2021, "Rank-normalization, folding, and localization: an improved
+  R-hat", Bayesian Analysis 16, 667);
 * :func:`mcse` -- Monte Carlo standard error of the mean, ``sd / sqrt(ESS)``;
 * :func:`calibrated_z` -- ``|mean - truth| / MCSE`` per coordinate, the calibrated test
   statistic used against exact answers (≈ ``|N(0, 1)|`` for a correct sampler).
@@ -21,10 +22,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import arviz as az
 import emcee
 import numpy as np
 import torch
+
+from boltzflow import arviz_compat
 
 __all__ = [
     "as_chains",
@@ -77,31 +79,29 @@ def integrated_time(samples, c: float = 5.0) -> np.ndarray:
 
 def _arviz(samples, fn, **kwargs) -> np.ndarray:
     a = as_chains(samples)
-    ds = az.convert_to_dataset({"x": _flat_event(a)})
-    out = fn(ds, **kwargs)["x"].values
-    return np.asarray(out, dtype=np.float64).reshape(_event_shape(a))
+    return fn(_flat_event(a), **kwargs).reshape(_event_shape(a))
 
 
 def ess(samples, method: str = "bulk") -> np.ndarray:
-    """Effective sample size per coordinate via :func:`arviz.ess`.
+    """Effective sample size per coordinate (arviz's ``ess``).
 
     ``method``: ``"bulk"`` (rank-normalized, default), ``"tail"`` (5 % and 95 % quantiles),
     ``"mean"`` (the plain ESS that governs the error of the mean), or any arviz method.
     """
-    return _arviz(samples, az.ess, method=method)
+    return _arviz(samples, arviz_compat.ess, method=method)
 
 
 def rhat(samples, method: str = "rank") -> np.ndarray:
-    """Rank-normalized split R-hat per coordinate via :func:`arviz.rhat` (needs ≥ 2 chains
+    """Rank-normalized split R-hat per coordinate (arviz's ``rhat``; needs ≥ 2 chains
     for between-chain information; values above ~1.01 signal non-convergence)."""
-    return _arviz(samples, az.rhat, method=method)
+    return _arviz(samples, arviz_compat.rhat, method=method)
 
 
 def mcse(samples, method: str = "mean") -> np.ndarray:
     r"""Monte Carlo standard error of the mean, :math:`\mathrm{sd}/\sqrt{\mathrm{ESS}}`.
 
     ``sd`` pools all draws (``ddof=1``); ``ESS`` is :func:`ess` with ``method`` (``"mean"`` by
-    default, matching :func:`arviz.mcse`; ``"bulk"`` is more robust to heavy tails).
+    default, matching arviz's ``mcse``; ``"bulk"`` is more robust to heavy tails).
     """
     a = as_chains(samples)
     flat = _flat_event(a)

@@ -9,7 +9,8 @@ For samples :math:`x_i \sim q` with unnormalized target :math:`p(x) \propto e^{-
 Non-finite energies give :math:`\log w = -\infty` (weight 0). They are counted in
 ``n_nonfinite`` and never turn into NaN. The log Z standard error is a bootstrap over
 samples (scipy); PSIS k̂ (Vehtari et al. 2024, "Pareto smoothed importance sampling") comes
-from :func:`arviz.psislw` -- k̂ > 0.7 flags an unreliable importance estimate.
+from arviz through :func:`boltzflow.arviz_compat.psis` -- k̂ > 0.7 flags an unreliable
+importance estimate and is logged as a warning.
 
 Free energies between state sets ``A`` and ``B`` (in kT):
 :math:`\Delta F_{AB} = -\ln(\sum_{i\in A} w_i / \sum_{i\in B} w_i)`.
@@ -124,7 +125,7 @@ def kish_ess(log_w) -> float:
 
 
 def pareto_k(log_w) -> float:
-    """PSIS Pareto shape k̂ from :func:`arviz.psislw`.
+    """PSIS Pareto shape k̂ of the weights (:func:`boltzflow.arviz_compat.psis`).
 
     Returns ``inf`` with fewer than 10 non-zero weights, and 0 when all non-zero weights are
     equal (an exact flow: the tail has no spread, so no Pareto fit exists and none is needed).
@@ -135,12 +136,9 @@ def pareto_k(log_w) -> float:
         return math.inf
     if np.ptp(finite) <= 1e-12 * max(1.0, float(np.abs(finite).max())):
         return 0.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import arviz as az
+    from boltzflow.arviz_compat import psis
 
-        _, k = az.psislw(lw)
-    k = float(np.asarray(k))
+    _, k = psis(lw)
     return k if math.isfinite(k) else math.inf
 
 
@@ -148,8 +146,11 @@ def _bootstrap_stderr(data: tuple, statistic: Callable, n_bootstrap: int, seed) 
     """Bootstrap standard error of ``statistic(*data, axis=-1)`` (:func:`scipy.stats.bootstrap`)."""
     n = data[0].shape[-1]
     batch = max(1, min(n_bootstrap, int(2e7 // max(n, 1))))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    # A resample holding only zero weights has log Z = -inf: its statistic is -inf, quantiles
+    # through it are NaN (numpy's invalid-value warning, then scipy's DegenerateDataWarning)
+    # and the standard error becomes inf, which is returned. Both warnings are expected here.
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         res = stats.bootstrap(
             data,
             statistic,
