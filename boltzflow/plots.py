@@ -1,6 +1,8 @@
-"""Report figures (matplotlib, Agg backend): training curve, log-weights, marginals.
+"""Report figures (matplotlib): training curve, log-weights, marginals.
 
 Each function takes plain arrays/tensors and a path, writes a PNG and returns the path.
+Figures are built with :func:`new_figure` (object-oriented matplotlib, no pyplot), so writing a
+report neither selects nor switches the matplotlib backend of the calling program.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "new_figure",
     "normalized_weights",
     "plot_training",
     "plot_log_weights",
@@ -20,13 +23,26 @@ __all__ = [
 ]
 
 
-def _plt():
-    import matplotlib
+def new_figure(nrows: int = 1, ncols: int = 1, *, figsize=(5.0, 3.5), **subplots_kw):
+    """A new figure and its ``nrows x ncols`` axes, independent of pyplot.
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    Built as :class:`matplotlib.figure.Figure` directly: no backend is selected, pyplot is not
+    imported, the figure is not registered anywhere (nothing to close; it is freed with its
+    last reference) and ``fig.savefig(path)`` renders with matplotlib's own Agg canvas.
 
-    return plt
+    Args:
+        nrows, ncols: the axes grid.
+        figsize: ``(width, height)`` in inches.
+        **subplots_kw: passed to :meth:`matplotlib.figure.Figure.subplots` (``squeeze``,
+            ``sharex``, ``sharey``, ...).
+
+    Returns:
+        ``(fig, axes)`` as from :meth:`~matplotlib.figure.Figure.subplots`.
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **subplots_kw)
 
 
 def _np(a) -> np.ndarray:
@@ -47,8 +63,7 @@ def normalized_weights(log_w) -> np.ndarray:
 
 def plot_training(history: Mapping[str, Sequence[float]], path) -> Path:
     """Loss (and held-out ESS fraction, when recorded) against the training step."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = new_figure(figsize=(6, 3.5))
     steps = np.asarray(history.get("step", range(len(history.get("loss", [])))))
     loss = np.asarray(history.get("loss", []), dtype=float)
     if loss.size:
@@ -63,16 +78,14 @@ def plot_training(history: Mapping[str, Sequence[float]], path) -> Path:
     ax.set_title("Training")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
 def plot_log_weights(log_w, path) -> Path:
     """Histogram of finite log-weights relative to their maximum (a spike at 0 is ideal)."""
-    plt = _plt()
     lw = _np(log_w).reshape(-1)
     finite = lw[np.isfinite(lw)]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = new_figure(figsize=(5, 3.5))
     if finite.size:
         rel = finite - finite.max()
         ax.hist(rel, bins=80, color="C0", alpha=0.8)
@@ -81,7 +94,6 @@ def plot_log_weights(log_w, path) -> Path:
     ax.set_title(f"Log-weights ({lw.size - finite.size} non-finite)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
@@ -95,11 +107,10 @@ def plot_marginals(
         log_w: log-weights ``[n]`` (zeros for MCMC samples).
         reference: exact samples ``[m, d]`` from the target, if available.
     """
-    plt = _plt()
     x = _np(x).reshape(len(_np(log_w).reshape(-1)), -1)
     w = normalized_weights(log_w)
     d = min(x.shape[1], max_dims)
-    fig, axes = plt.subplots(1, d, figsize=(3.2 * d, 3), squeeze=False)
+    fig, axes = new_figure(1, d, figsize=(3.2 * d, 3), squeeze=False)
     ref = None if reference is None else _np(reference).reshape(-1, x.shape[1])
     for i, ax in enumerate(axes[0]):
         lo, hi = np.percentile(x[:, i], [0.1, 99.9])
@@ -128,18 +139,16 @@ def plot_marginals(
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
 def plot_samples_2d(x, log_w, path, centers=None, dims=(0, 1)) -> Path:
     """2-D histograms of flow samples and of reweighted samples (log colour scale)."""
-    plt = _plt()
     from matplotlib.colors import LogNorm
 
     x = _np(x).reshape(len(_np(log_w).reshape(-1)), -1)[:, list(dims)]
     w = normalized_weights(log_w)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharex=True, sharey=True)
+    fig, axes = new_figure(1, 2, figsize=(9, 4), sharex=True, sharey=True)
     rng = [np.percentile(x[:, k], [0.05, 99.95]) for k in range(2)]
     for ax, ww, title in ((axes[0], None, "flow samples"), (axes[1], w, "reweighted")):
         ax.hist2d(x[:, 0], x[:, 1], bins=120, range=rng, weights=ww, norm=LogNorm(), cmap="viridis")
@@ -151,5 +160,4 @@ def plot_samples_2d(x, log_w, path, centers=None, dims=(0, 1)) -> Path:
     axes[0].set_ylabel(f"x[{dims[1]}]")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)

@@ -210,9 +210,8 @@ def _histogram_figure(out_dir, filename, title, values, log_w, discrete=False) -
     """Flow (unweighted) and reweighted histograms of a scalar observable, saved as PNG."""
     from pathlib import Path
 
-    from boltzflow.plots import _plt, normalized_weights
+    from boltzflow.plots import new_figure, normalized_weights
 
-    plt = _plt()
     v = values.detach().cpu().double().numpy()
     w = normalized_weights(log_w)
     if discrete:
@@ -220,14 +219,13 @@ def _histogram_figure(out_dir, filename, title, values, log_w, discrete=False) -
         bins = [b - 0.5 for b in range(lo, hi + 2)]
     else:
         bins = 60
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = new_figure(figsize=(5, 3.5))
     ax.hist(v, bins=bins, density=True, histtype="step", label="flow q")
     ax.hist(v, bins=bins, weights=w, density=True, histtype="step", label="reweighted to p")
     ax.set_xlabel(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(Path(out_dir) / filename, dpi=100)
-    plt.close(fig)
     return filename
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from boltzflow.plots import normalized_weights
+from boltzflow.plots import new_figure, normalized_weights
 
 __all__ = ["plot_ramachandran", "ramachandran_histogram"]
 
@@ -45,10 +45,6 @@ def plot_ramachandran(path, flow_angles, log_w=None, md=None, bins: int = 64) ->
         log_w: importance log-weights of the flow samples (reweighted panel if given).
         md: ``(phi, psi)`` of MD frames in rad, or ``None``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
     panels = []
@@ -61,7 +57,7 @@ def plot_ramachandran(path, flow_angles, log_w=None, md=None, bins: int = 64) ->
     positive = [h[h > 0] for _, h in panels if (h > 0).any()]
     vmax = max(p.max() for p in positive) if positive else 1.0
     vmin = max(vmax * 1e-5, min(p.min() for p in positive)) if positive else 1e-5
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    fig, axes = new_figure(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
     ext = (-180, 180, -180, 180)
     for ax, (title, h) in zip(axes[0], panels, strict=True):
         im = ax.imshow(
@@ -81,5 +77,4 @@ def plot_ramachandran(path, flow_angles, log_w=None, md=None, bins: int = 64) ->
         ax.set_ylabel(r"$\psi$ (deg)")
     fig.colorbar(im, ax=axes[0].tolist(), label=r"density (rad$^{-2}$)", shrink=0.85)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
