@@ -9,6 +9,8 @@ naming the key and the file.
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 import inspect
 import os
 import sys
@@ -94,10 +96,29 @@ class Recipe:
 
 
 def systems_dir() -> Path:
-    """The systems catalogue: ``$BOLTZFLOW_SYSTEMS`` or ``systems/`` next to the package."""
+    """The systems catalogue folder.
+
+    ``$BOLTZFLOW_SYSTEMS`` when set (a folder of user systems); otherwise the catalogue shipped
+    with boltzflow: the package data ``boltzflow.systems`` (the repository's top-level
+    ``systems/``, installed inside the wheel, or mapped there by an editable install), or
+    ``systems/`` of the source tree when boltzflow is imported from a checkout that was not
+    installed. A single system folder or TOML file can always be given to
+    :func:`find_system` (``boltzflow run PATH``) instead.
+    """
     env = os.environ.get("BOLTZFLOW_SYSTEMS")
     if env:
         return Path(env)
+    return _shipped_catalogue()
+
+
+@functools.cache
+def _shipped_catalogue() -> Path:
+    try:
+        root = importlib.resources.files("boltzflow.systems")
+    except ModuleNotFoundError:  # a checkout on sys.path, not installed
+        root = None
+    if isinstance(root, Path) and root.is_dir():
+        return root
     return Path(__file__).resolve().parent.parent / "systems"
 
 

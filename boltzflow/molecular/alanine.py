@@ -64,13 +64,9 @@ def system_folder(solvent: str = "vacuum") -> Path:
     """The ``systems/`` folder that holds the vendored files for ``solvent``."""
     if solvent not in SOLVENTS:
         raise ValueError(f"unknown solvent '{solvent}' (choose from {', '.join(SOLVENTS)})")
-    try:
-        from boltzflow.recipes import systems_dir
+    from boltzflow.recipes import systems_dir
 
-        root = systems_dir()
-    except ImportError:  # pragma: no cover - recipes module absent
-        root = Path(__file__).resolve().parents[2] / "systems"
-    return root / SOLVENTS[solvent]
+    return systems_dir() / SOLVENTS[solvent]
 
 
 def load_alanine_dipeptide(solvent: str = "vacuum", folder: str | Path | None = None):

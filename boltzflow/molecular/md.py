@@ -14,8 +14,9 @@ and returns frames ``float32[n_frames, n_atoms, 3]`` in nm. It takes a picklable
 dihedrals) can be switched on for the first ``steps`` (steering into a basin) or for the
 whole run (umbrella windows, :mod:`boltzflow.molecular.umbrella`).
 
-:func:`cached_md` stores each trajectory under ``$BOLTZFLOW_CACHE`` (default
-``.boltzflow-cache/md`` next to ``systems/``), keyed by the SHA-256 of the system XML, the
+:func:`cached_md` stores each trajectory under ``$BOLTZFLOW_CACHE/md`` (default
+``.boltzflow-cache/md`` next to ``systems/`` in a checkout, ``~/.cache/boltzflow/md`` for an
+installed wheel; :func:`cache_dir`), keyed by the SHA-256 of the system XML, the
 start positions and every MD setting, so a repeated request is a file read.
 """
 
@@ -130,13 +131,19 @@ def run_md(spec: SystemSpec, positions: np.ndarray, settings: MDSettings) -> np.
 
 
 def cache_dir() -> Path:
-    """``$BOLTZFLOW_CACHE`` or ``.boltzflow-cache`` next to the ``systems/`` catalogue."""
+    """``$BOLTZFLOW_CACHE``, else ``.boltzflow-cache`` next to the ``systems/`` catalogue of a
+    checkout or of ``$BOLTZFLOW_SYSTEMS``; for the catalogue installed inside the package (a
+    wheel), the user cache ``$XDG_CACHE_HOME/boltzflow`` (default ``~/.cache/boltzflow``)."""
     env = os.environ.get("BOLTZFLOW_CACHE")
     if env:
         return Path(env)
     from boltzflow.recipes import systems_dir
 
-    return systems_dir().parent / ".boltzflow-cache"
+    root = systems_dir().resolve()
+    if not root.is_relative_to(Path(__file__).resolve().parents[1]):
+        return root.parent / ".boltzflow-cache"
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "boltzflow"
 
 
 def _key(spec: SystemSpec, positions: np.ndarray, settings: MDSettings) -> str:
