@@ -16,13 +16,22 @@ layer contract "returns ``(y, dlogp)``" is shared by both.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-__all__ = ["TransformResult", "FlowSample", "Transform", "Compose", "Flow", "InverseTransform"]
+__all__ = [
+    "TransformResult",
+    "FlowSample",
+    "Transform",
+    "Compose",
+    "Flow",
+    "InverseTransform",
+    "frozen",
+]
 
 
 class TransformResult(NamedTuple):
@@ -137,3 +146,25 @@ class Flow(nn.Module):
         r"""``log q(x) = log p_z(f^{-1}(x)) + log|det ∂f^{-1}/∂x|``, shape ``[batch]``."""
         z, ladj_inv = self.transform.inverse(x)
         return self.base.log_prob(z) + ladj_inv
+
+
+@contextlib.contextmanager
+def frozen(flow):
+    """Within the block, ``flow`` is in eval mode with every parameter fixed.
+
+    On exit every module's train/eval mode and every parameter's ``requires_grad`` are put
+    back as they were, so a layer the caller froze stays frozen and a trainable one stays
+    trainable: samplers borrow the flow, they do not change it.
+    """
+    modes = [(m, m.training) for m in flow.modules()]
+    flags = [(p, p.requires_grad) for p in flow.parameters()]
+    flow.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield flow
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)

@@ -303,7 +303,8 @@ def annealed_flow(
     go to :func:`annealed_training`. ``info`` also has the tempering ladder, the training cost
     and, for IMH, acceptance, R-hat and bulk/tail ESS.
     """
-    from boltzflow.sampling.hybrid import chain_diagnostics, freeze
+    from boltzflow.flows.base import frozen
+    from boltzflow.sampling.hybrid import chain_diagnostics
 
     if sampler not in ("imh", "importance"):
         raise ValueError(f"sampler must be 'imh' or 'importance', got {sampler!r}")
@@ -312,7 +313,6 @@ def annealed_flow(
         defensive=defensive, defensive_scale=defensive_scale, defensive_prior=defensive_prior
     )
     train_info = annealed_training(flow, target, seed=seed, **defensive_settings, **training)
-    freeze(flow)
     g = torch.Generator().manual_seed(int(seed) + 7)
     t1 = time.perf_counter()
     if sampler == "imh":
@@ -321,7 +321,8 @@ def annealed_flow(
     else:
         n = int(n_samples)
     proposal = defensive_proposal(flow, defensive, defensive_scale, target, defensive_prior)
-    x, lw, u = draw_with_log_weights(proposal, target, n, g)
+    with frozen(flow):
+        x, lw, u = draw_with_log_weights(proposal, target, n, g)
     info = {
         "training": train_info,
         "warmup_evaluations": int(train_info["evaluations"]),

@@ -26,7 +26,7 @@ import torch
 from emcee.moves import MHMove
 
 from boltzflow.energies.posterior import EmceeLogProb
-from boltzflow.flows.base import FlowSample
+from boltzflow.flows.base import FlowSample, frozen
 from boltzflow.sampling.runners import SamplingResult
 
 __all__ = ["FlowMove", "DefensiveFlow", "emcee_sampler", "flow_emcee"]
@@ -234,7 +234,6 @@ def flow_emcee(
         chain_diagnostics,
         fit_affine_to_data,
         flow_evidence,
-        freeze,
         start_points,
         train_nll,
     )
@@ -268,10 +267,10 @@ def flow_emcee(
         history.append(_chains(stage))
         warm_acc.append((move.n_accepted - n_acc) / max(move.n_proposed - n_prop, 1))
     warmup_evals, warmup_seconds = target.n_evaluations - n0, time.perf_counter() - t0
-    freeze(flow)
     n_acc, n_prop = move.n_accepted, move.n_proposed
-    prod = ensemble(mixed)
-    prod.run_mcmc(state, -(-int(n_samples) // walkers), progress=progress)
+    with frozen(flow):
+        prod = ensemble(mixed)
+        prod.run_mcmc(state, -(-int(n_samples) // walkers), progress=progress)
     x = _chains(prod)
     energy = torch.as_tensor(-prod.get_log_prob().T.copy())
     moved = torch.as_tensor(np.any(np.diff(prod.get_chain(), axis=0) != 0, axis=-1).T.copy())
@@ -287,7 +286,8 @@ def flow_emcee(
         **log_prob.counts(),
     }
     if evidence_samples > 0:
-        info["evidence"] = flow_evidence(flow, target, evidence_samples, seed=int(seed))
+        with frozen(flow):
+            info["evidence"] = flow_evidence(flow, target, evidence_samples, seed=int(seed))
     return SamplingResult(
         x=x,
         log_weight=torch.zeros_like(energy),

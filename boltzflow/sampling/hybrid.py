@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from boltzflow.flows.affine import ElementwiseAffine
+from boltzflow.flows.base import frozen
 from boltzflow.sampling import diagnostics
 from boltzflow.sampling.chains import run_chain
 from boltzflow.sampling.kernels import (
@@ -52,7 +53,6 @@ __all__ = [
     "train_nll",
     "chain_diagnostics",
     "flow_evidence",
-    "freeze",
     "fit_affine_to_data",
     "start_points",
 ]
@@ -128,13 +128,6 @@ def train_nll(
             int(steps),
         )
     return losses
-
-
-def freeze(flow) -> None:
-    """Put ``flow`` in eval mode with every parameter fixed (the post-warm-up flow)."""
-    flow.eval()
-    for p in flow.parameters():
-        p.requires_grad_(False)
 
 
 def fit_affine_to_data(flow, data: torch.Tensor) -> None:
@@ -320,11 +313,11 @@ def hybrid(
             target.n_evaluations - n0,
         )
     warmup_evals, warmup_seconds = target.n_evaluations - n0, time.perf_counter() - t0
-    freeze(flow)
-    local_kernel = _local_kernel(target, local, step, n_leapfrog, mass, jitter)
-    mix = Mixture([local_kernel, IndependenceMH(flow, target)], repeats=repeats)
-    n_draws = -(-int(n_samples) // chains)
-    res = run_chain(mix, mix.adopt(state), n_draws * thin, thin=thin, progress=progress)
+    with frozen(flow):
+        local_kernel = _local_kernel(target, local, step, n_leapfrog, mass, jitter)
+        mix = Mixture([local_kernel, IndependenceMH(flow, target)], repeats=repeats)
+        n_draws = -(-int(n_samples) // chains)
+        res = run_chain(mix, mix.adopt(state), n_draws * thin, thin=thin, progress=progress)
     rates = Mixture.acceptance_rates(res.stats["kernel_accepted"], res.stats["kernel_steps"])
     info = {
         "local": local,
@@ -340,13 +333,11 @@ def hybrid(
     }
     if evidence_samples > 0:
         if evidence_train_steps > 0:
-            for p in flow.parameters():
-                p.requires_grad_(True)
             pooled = torch.cat([data, res.x.reshape(-1, *res.x.shape[2:]).to(data.dtype)])
             nll = train_nll(flow, pooled, evidence_train_steps, batch_size, lr, g)
             info["evidence_nll"] = float(np.mean(nll[-20:]))
-            freeze(flow)
-        info["evidence"] = flow_evidence(flow, target, evidence_samples, seed=int(seed))
+        with frozen(flow):
+            info["evidence"] = flow_evidence(flow, target, evidence_samples, seed=int(seed))
     return SamplingResult(
         x=res.x,
         log_weight=torch.zeros_like(res.energy),
@@ -381,21 +372,21 @@ def neutra(
     """
     g = torch.Generator().manual_seed(int(seed))
     t0, n0 = time.perf_counter(), target.n_evaluations
-    freeze(flow)
-    with torch.no_grad():
-        x0 = flow.sample(chains, generator=g).x.detach()
-    step = torch.full((chains, 1), float(step_size), dtype=x0.dtype)
-    state = LatentHMC(target, flow, step, n_leapfrog).init(x0, seed=int(seed))
-    for _ in range(int(warmup_rounds)):
+    with frozen(flow):
+        with torch.no_grad():
+            x0 = flow.sample(chains, generator=g).x.detach()
+        step = torch.full((chains, 1), float(step_size), dtype=x0.dtype)
+        state = LatentHMC(target, flow, step, n_leapfrog).init(x0, seed=int(seed))
+        for _ in range(int(warmup_rounds)):
+            kernel = LatentHMC(target, flow, step, n_leapfrog)
+            res = run_chain(kernel, state, warmup_steps, progress=progress)
+            state = res.final_state
+            step = _adapt(step, res.acceptance_prob.double().mean(1), target_accept)
         kernel = LatentHMC(target, flow, step, n_leapfrog)
-        res = run_chain(kernel, state, warmup_steps, progress=progress)
-        state = res.final_state
-        step = _adapt(step, res.acceptance_prob.double().mean(1), target_accept)
-    kernel = LatentHMC(target, flow, step, n_leapfrog)
-    state = kernel.adopt(state)
-    warmup_evals = target.n_evaluations - n0
-    n_draws = -(-int(n_samples) // chains)
-    res = run_chain(kernel, state, n_draws * thin, thin=thin, progress=progress)
+        state = kernel.adopt(state)
+        warmup_evals = target.n_evaluations - n0
+        n_draws = -(-int(n_samples) // chains)
+        res = run_chain(kernel, state, n_draws * thin, thin=thin, progress=progress)
     info = {
         "acceptance_rate": float(res.accepted.double().mean()),
         "warmup_evaluations": int(warmup_evals),

@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from boltzflow.flows.base import frozen
 from boltzflow.sampling.chains import run_chain
 from boltzflow.sampling.kernels.hmc import HMC
 from boltzflow.sampling.kernels.latent_hmc import LatentHMC
@@ -170,14 +171,9 @@ def flow_hmc(
         float(flow.base.high - flow.base.low), float(period)
     ):
         raise ValueError("a torus target needs a flow whose base is the same torus")
-    for p in flow.parameters():
-        p.requires_grad_(False)
-    try:
+    with frozen(flow):
         kernel = LatentHMC(target, flow, step_size, n_leapfrog, wrap=period)
         n_draws = -(-int(n_samples) // int(chains))
         res = run_chain(kernel, x0, n_draws * thin, seed=seed, thin=thin, n_warmup=n_warmup)
-    finally:
-        for p in flow.parameters():
-            p.requires_grad_(True)
     extra = {"step_size": step_size, "n_leapfrog": n_leapfrog, "thin": thin, "n_warmup": n_warmup}
     return _result(res, "flow-hmc", target, n0, t0, extra)

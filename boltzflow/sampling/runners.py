@@ -52,12 +52,16 @@ class SamplingResult(NamedTuple):
 def draw_with_log_weights(
     flow, target, n: int, generator: torch.Generator | None = None, batch_size: int = 8192
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw ``n`` flow samples in batches; return ``(x [n, *event], log_w [n], energy [n])``."""
+    """Draw ``n`` flow samples in batches; return ``(x [n, *event], log_w [n], energy [n])``.
+
+    No gradients are tracked (the draws are data), whether or not the flow is trainable.
+    """
     xs, lws, us = [], [], []
     done = 0
     while done < n:
         m = min(batch_size, n - done)
-        s = flow.sample(m, generator=generator)
+        with torch.no_grad():
+            s = flow.sample(m, generator=generator)
         lw = log_weights(target, s.x, s.log_q)
         xs.append(s.x)
         lws.append(lw)

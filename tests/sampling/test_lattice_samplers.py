@@ -202,3 +202,16 @@ def test_u1_fitted_tree_flow_at_weak_coupling():
     unfitted = u1_gauge_flow(target, num_layers=0, fit_tree=False, seed=0).double()
     _, bad = _nis(unfitted, target, 4000, seed=3)
     assert reweight(bad, seed=0).ess_fraction < 0.01
+
+
+def test_flow_hmc_leaves_the_fitted_tree_layers_frozen():
+    """Regression: flow-HMC used to set requires_grad on every parameter when it finished,
+    which unfroze the fitted plaquette-tree and sink splines."""
+    target = U1Wilson(4, 1.0)
+    flow = u1_gauge_flow(target, num_layers=2, num_bins=4, hidden=[4], seed=0).double()
+    flags = {name: p.requires_grad for name, p in flow.named_parameters()}
+    assert not all(flags.values()) and any(flags.values())  # tree frozen, couplings trainable
+    flow.train()
+    flow_hmc(flow, target, n_samples=8, chains=2, step_size=0.05, n_leapfrog=2, n_warmup=1)
+    assert {name: p.requires_grad for name, p in flow.named_parameters()} == flags
+    assert flow.training  # the caller's mode is restored too
