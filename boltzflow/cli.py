@@ -151,8 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
     )
+    # Stages and progress lines are always shown (bars on a terminal, lines elsewhere).
+    logging.getLogger("boltzflow.progress").setLevel(logging.INFO)
     from boltzflow.recipes import RecipeError
 
     try:

@@ -18,6 +18,7 @@ import torch
 
 import boltzflow
 from boltzflow import registry
+from boltzflow.progress import logger as stage_log
 from boltzflow.recipes import Recipe, load_recipe
 from boltzflow.sampling.reweighting import (
     expectation,
@@ -239,7 +240,6 @@ def run(
     dev = _device(recipe, device)
     dtype = getattr(torch, recipe.system.get("dtype", "float32"))
     out_dir = Path(out or f"runs/{recipe.name}-{budget}-s{seed}")
-    torch.manual_seed(seed)
     runtime = {
         "workers": workers,
         "scheduler": scheduler,
@@ -247,6 +247,12 @@ def run(
         "device": dev,
     }
     with contextlib.ExitStack() as stack:
+        # Seed torch's global RNG for code that draws from it (weight initialisation), on a
+        # fork of it: the caller's RNG state is the same after the run as before.
+        cuda = [dev.index or 0] if dev.type == "cuda" else []
+        stack.enter_context(torch.random.fork_rng(devices=cuda))
+        torch.manual_seed(seed)
+        stage_log.info("%s (%s budget, seed %d): building the target", recipe.name, budget, seed)
         target = build_target(recipe, **runtime)
         if hasattr(target, "close"):
             stack.callback(target.close)
@@ -254,6 +260,8 @@ def run(
         out_dir.mkdir(parents=True, exist_ok=True)
 
         t0 = time.perf_counter()
+        steps = sum(int(st["steps"]) for st in recipe.stages)
+        stage_log.info("training: %d stages, %d steps", len(recipe.stages), steps)
         training = _train(flow, target, recipe, seed, out_dir)
         train_summary = {
             "loss": "+".join(st["loss"] for st in recipe.stages) or "none",
@@ -262,7 +270,11 @@ def run(
             "wall_seconds": time.perf_counter() - t0,
         }
         flow.eval()
+        stage_log.info(
+            "sampling: %s, %d samples", recipe.sampling["method"], recipe.sampling["n_samples"]
+        )
         summary = _sample_and_summarise(recipe, flow, target, seed, train_summary)
+        stage_log.info("writing the report to %s", out_dir)
         _write_outputs(recipe, flow, target, summary, training, out_dir, seed)
     return summary
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
-from tqdm.auto import tqdm
 
+from boltzflow.progress import progress_bar
 from boltzflow.sampling.base import StepInfo
 
 __all__ = ["ChainResult", "run_chain"]
@@ -70,8 +70,8 @@ def run_chain(
         n_steps: steps after warm-up; the kept draws are steps ``thin, 2·thin, …``.
         seed: seed (or ``torch.Generator``) for :meth:`init`.
         thin: keep every ``thin``-th state.
-        progress: show a tqdm bar; ``None`` or ``True`` show it only on a terminal, ``False``
-            never.
+        progress: ``False`` shows nothing; otherwise a tqdm bar on a terminal and a log line
+            every ~30 s elsewhere (:func:`boltzflow.progress.progress_bar`).
         n_warmup: steps run first and discarded (no adaptation is done).
 
     Returns:
@@ -84,9 +84,8 @@ def run_chain(
     state = x0 if _is_state(x0) else kernel.init(x0, seed)
     kept: list[torch.Tensor] = []
     infos: list[Any] = []
-    disable = True if progress is False else None  # None: tqdm turns itself off without a TTY
     total = n_warmup + n_steps
-    with tqdm(total=total, disable=disable, desc=type(kernel).__name__, leave=False) as bar:
+    with progress_bar(total, type(kernel).__name__, enabled=progress, leave=False) as bar:
         for i in range(total):
             state, info = kernel.step(state)
             bar.update(1)

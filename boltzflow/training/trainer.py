@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from boltzflow.io import load_trainer_state, save_trainer_state
+from boltzflow.progress import progress_bar
 from boltzflow.sampling.base import make_generator
 from boltzflow.training.callbacks import Callback
 from boltzflow.training.force_matching import nll_force_matching
@@ -86,7 +86,8 @@ class Trainer:
         checkpoint_every: save the trainer state to ``checkpoint_path`` every this many steps
             (and at the end).
         checkpoint_path: file for the trainer state.
-        progress: show a tqdm bar; ``None`` shows it only on a terminal.
+        progress: ``False`` shows nothing; otherwise a tqdm bar on a terminal and a log line
+            every ~30 s elsewhere (:func:`boltzflow.progress.progress_bar`).
     """
 
     def __init__(
@@ -229,12 +230,8 @@ class Trainer:
         if resume_from is not None:
             self.load_state_dict(load_trainer_state(resume_from, map_location=self.device))
         total = sum(s.steps for s in self.stages)
-        bar = tqdm(
-            total=total,
-            initial=min(self.global_step, total),
-            disable=None if self.progress is None else not self.progress,
-            desc="training",
-            dynamic_ncols=True,
+        bar = progress_bar(
+            total, "training", enabled=self.progress, initial=min(self.global_step, total)
         )
         t0 = time.perf_counter() - self.wall_seconds
         for cb in self.callbacks:
