@@ -98,6 +98,7 @@ LOSSES = Registry(
         "reverse_kl": "boltzflow.training.losses:reverse_kl",
         "nll": "boltzflow.training.losses:nll",
         "mixed": "boltzflow.training.losses:mixed_kl",
+        "forward_kl_is": "boltzflow.training.losses:forward_kl_is",
         "force_matching": "boltzflow.training.force_matching:force_matching",
         "nll_force_matching": "boltzflow.training.force_matching:nll_force_matching",
     },

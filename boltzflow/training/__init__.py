@@ -1,7 +1,7 @@
 """Losses and the training loop.
 
-* :mod:`boltzflow.training.losses` -- ``reverse_kl``, ``nll``, ``mixed_kl`` returning
-  :class:`LossOutput` ``(loss, n_evaluations, n_nonfinite)``;
+* :mod:`boltzflow.training.losses` -- ``reverse_kl``, ``nll``, ``mixed_kl``,
+  ``forward_kl_is`` returning :class:`LossOutput` ``(loss, n_evaluations, n_nonfinite)``;
 * :mod:`boltzflow.training.stages` -- :class:`Stage` (loss, steps, LR schedule, data);
 * :mod:`boltzflow.training.trainer` -- :class:`Trainer` / :func:`train` over stages;
 * :mod:`boltzflow.training.callbacks` -- :class:`EarlyStopping` and the callback base;
@@ -11,7 +11,14 @@
 
 from boltzflow.training.callbacks import Callback, EarlyStopping, LoggingCallback
 from boltzflow.training.force_matching import force_matching, force_rmse, nll_force_matching
-from boltzflow.training.losses import LossOutput, mixed_kl, nll, reverse_kl, soft_cap
+from boltzflow.training.losses import (
+    LossOutput,
+    forward_kl_is,
+    mixed_kl,
+    nll,
+    reverse_kl,
+    soft_cap,
+)
 from boltzflow.training.stages import Stage, cosine_warmup
 from boltzflow.training.trainer import Trainer, TrainingResult, train
 
@@ -23,6 +30,7 @@ __all__ = [
     "nll_force_matching",
     "LoggingCallback",
     "LossOutput",
+    "forward_kl_is",
     "mixed_kl",
     "nll",
     "reverse_kl",
