@@ -28,36 +28,10 @@ def test_training_logs_progress_lines_without_a_terminal(monkeypatch, caplog):
     assert torch.get_default_dtype() == torch.float32
 
 
-RECIPE = """
-[system]
-name = "tiny-double-well"
-description = "a few seconds of the double well"
-
-[target]
-kind = "double-well"
-
-[flow]
-kind = "spline-coupling"
-num_layers = 2
-hidden = 8
-
-[[training.stages]]
-loss = "forward_kl_is"
-steps = 40
-batch_size = 128
-lr = 1e-3
-
-[sampling]
-method = "importance"
-n_samples = 500
-"""
-
-
-def test_cli_run_without_a_terminal_reports_stages_and_progress(tmp_path):
+def test_cli_run_without_a_terminal_reports_stages_and_progress(tiny_recipe, tmp_path):
     """``boltzflow run`` with output redirected (no TTY) logs each stage and progress lines."""
-    (tmp_path / "system.toml").write_text(RECIPE)
     env = {"BOLTZFLOW_PROGRESS_INTERVAL": "0", "PATH": "/usr/bin:/bin"}
-    cmd = [sys.executable, "-m", "boltzflow.cli", "run", str(tmp_path), "--budget", "smoke"]
+    cmd = [sys.executable, "-m", "boltzflow.cli", "run", str(tiny_recipe), "--budget", "smoke"]
     proc = subprocess.run(
         [*cmd, "--out", str(tmp_path / "run")],
         capture_output=True,
