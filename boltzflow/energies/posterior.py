@@ -295,8 +295,8 @@ def from_log_prob(
     Example:
         >>> import torch
         >>> post = from_log_prob(lambda t: -0.5 * (t**2).sum(-1), 2)
-        >>> post.energy(torch.zeros(3, 2, dtype=torch.float64))
-        tensor([0., 0., 0.], dtype=torch.float64)
+        >>> post.energy(torch.tensor([[1.0, 0.0], [1.0, 2.0]], dtype=torch.float64))
+        tensor([0.5000, 2.5000], dtype=torch.float64)
     """
     if isinstance(parameters, int):
         parameters = [f"theta_{i}" for i in range(parameters)]

@@ -56,9 +56,15 @@ class IndependenceMH:
     ``Info.log_weight`` is ``log w = -u(x) - log q(x)`` of the state after the step.
 
     Example:
-        >>> kernel = IndependenceMH(flow, target)          # doctest: +SKIP
-        >>> state = kernel.init(x0, seed=0)                # doctest: +SKIP
-        >>> state, info = kernel.step(state)               # doctest: +SKIP
+        >>> import torch
+        >>> from boltzflow.energies.double_well import DoubleWell2D
+        >>> from boltzflow.flows.builders import spline_coupling_flow
+        >>> target = DoubleWell2D()
+        >>> kernel = IndependenceMH(spline_coupling_flow(target, seed=0), target)
+        >>> state = kernel.init(torch.zeros(4, 2), seed=0)
+        >>> state, info = kernel.step(state)
+        >>> state.x.shape, info.accepted.shape
+        (torch.Size([4, 2]), torch.Size([4]))
     """
 
     State = IMHState

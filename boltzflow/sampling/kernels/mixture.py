@@ -70,8 +70,16 @@ class Mixture:
             probability ``weights[k] / Σ weights``. Give ``repeats`` or ``weights``, not both.
 
     Example:
+        >>> import torch
+        >>> from boltzflow.energies.double_well import DoubleWell2D
+        >>> from boltzflow.flows.builders import spline_coupling_flow
+        >>> from boltzflow.sampling.kernels import MALA, IndependenceMH
+        >>> target = DoubleWell2D()
+        >>> flow = spline_coupling_flow(target, seed=0)
         >>> hybrid = Mixture([MALA(target, 0.05), IndependenceMH(flow, target)], repeats=(10, 1))
-        ... # doctest: +SKIP
+        >>> state, info = hybrid.step(hybrid.init(torch.zeros(4, 2), seed=0))
+        >>> info.accepted.shape
+        torch.Size([4])
     """
 
     State = MixtureState
