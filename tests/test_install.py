@@ -155,3 +155,4 @@ def test_wheel_with_dependencies_on_other_pythons(version, wheel, tmp_path, reco
         pytest.skip(f"no Python {version} interpreter on this machine")
     where = _install_and_run(python, wheel, tmp_path, fast=False)
     record_property("arviz", where["arviz"])  # 0.x up to Python 3.11, 1.x from 3.12
+    print(f"Python {version}: {where}")
