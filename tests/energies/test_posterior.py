@@ -20,7 +20,7 @@ from boltzflow.energies.priors import (
     UniformDisk,
 )
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 SCALAR_BIJECTIONS = [
     Identity(),

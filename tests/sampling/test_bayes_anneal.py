@@ -14,7 +14,7 @@ from boltzflow.sampling.bayes_anneal import annealed_flow, imh_sweep, next_beta
 from boltzflow.sampling.bayes_proposals import prior_energy
 from boltzflow.sampling.reweighting import kish_ess
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 Z_MAX = 4.0
 PRIOR_SD, NOISE, DATA = 3.0, 0.3, (1.0, -0.5)
 

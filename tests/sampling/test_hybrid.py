@@ -10,7 +10,7 @@ from boltzflow.sampling import diagnostics
 from boltzflow.sampling.hybrid import hybrid, neutra
 from boltzflow.training.losses import reverse_kl
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64_module")
 Z_MAX = 4.0  # |N(0,1)| beyond 4 has probability 6e-5 per coordinate
 
 
@@ -34,7 +34,7 @@ def z_scores(x, truth):
 
 
 @pytest.fixture(scope="module")
-def gaussian():
+def gaussian(float64_module):
     return CorrelatedGaussian(dim=3, condition_number=30.0, seed=1)
 
 
