@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import stats
+from scipy import optimize, stats
 
 from boltzflow.energies.astro_pta import PTAPosterior, hellings_downs, power_law_log_psd
 from boltzflow.energies.astro_rv import (
@@ -16,7 +16,7 @@ from boltzflow.energies.astro_rv import (
     true_anomaly,
 )
 
-torch.set_default_dtype(torch.float64)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def small_pta():
@@ -136,13 +136,56 @@ def test_rv_linear_marginal_matches_the_posterior_energy():
     assert float(closed[0]) == pytest.approx(laplace, abs=1e-9)
 
 
-def test_rv_reference_is_normalized_and_converges():
-    post = RVPosterior()
-    per, dens, log_z = reference_period_marginal(post, n_period=300, n_e=5, n_m0=10, n_s=4)
-    lp = torch.log(per)
-    assert float(torch.trapezoid(dens, lp)) == pytest.approx(1.0, rel=1e-10)
-    _, _, log_z2 = reference_period_marginal(post, n_period=300, n_e=7, n_m0=14, n_s=6)
-    assert abs(log_z - log_z2) < 0.1
+def rv_dense_marginal_log_likelihood(post, period, e, m0, s):
+    """``log N(v; 0, D + X Λ Xᵀ)`` by scipy's dense multivariate normal (no Woodbury), with
+    Kepler's equation solved by bisection: ``(A, B, γ) ~ N(0, Λ)`` integrated out exactly."""
+    d = post.data
+    mean_anomaly = np.remainder(2 * np.pi * (d.t - d.t0) / period + m0, 2 * np.pi)
+    kepler = lambda x, m: x - e * np.sin(x) - m  # noqa: E731
+    ecc = np.array([optimize.brentq(kepler, 0, 2 * np.pi, (m,), xtol=1e-14) for m in mean_anomaly])
+    nu = 2 * np.arctan2(np.sqrt(1 + e) * np.sin(ecc / 2), np.sqrt(1 - e) * np.cos(ecc / 2))
+    x = np.stack([np.cos(nu - m0) + e * np.cos(m0), np.sin(nu - m0) - e * np.sin(m0)], 1)
+    x = np.concatenate([x, np.ones((len(d.t), 1))], 1)
+    lam = np.diag([post.sigma_k**2, post.sigma_k**2, post.sigma_gamma**2])
+    cov = np.diag(d.sigma**2 + s**2) + x @ lam @ x.T
+    return stats.multivariate_normal(np.zeros(len(d.t)), cov).logpdf(d.v)
+
+
+def test_rv_linear_marginal_is_the_dense_gaussian_evidence():
+    """The marginalized posterior's likelihood is ``log N(v; 0, D + X Λ Xᵀ)`` at prior draws and
+    at the injected orbit. Negative control: amplitude priors 1.5x wider change it."""
+    post = RVPosterior(marginalize_linear=True)
+    theta = post.constrain(post.sample_prior(8, torch.Generator().manual_seed(2))).theta
+    theta = torch.cat([theta, torch.tensor([[post.injected[n] for n in post.names]])])
+    dense = np.array([rv_dense_marginal_log_likelihood(post, *row) for row in theta.tolist()])
+    np.testing.assert_allclose(post.log_likelihood(theta).numpy(), dense, rtol=0, atol=1e-8)
+    wide = RVPosterior(marginalize_linear=True, sigma_k=1.5 * post.sigma_k)
+    assert np.min(np.abs(wide.log_likelihood(theta).numpy() - dense)) > 0.1
+
+
+def test_rv_reference_quadrature_matches_monte_carlo_over_the_prior():
+    """The quadrature's log evidence and mode masses agree with plain Monte Carlo over the prior
+    (100k draws; the marginal likelihood is checked above) within 4 combined errors: the
+    bootstrap error and the coarse grid's error (0.03 in log Z, 0.01 in mode mass, measured
+    against a 3000 x 12 x 24 x 8 grid). A narrow period range keeps both cheap. Negative
+    control: the quadrature with a 1.5x wider amplitude prior misses the evidence."""
+    from boltzflow.sampling.reweighting import expectation, reweight
+
+    post = RVPosterior(marginalize_linear=True, period_range=(11.0, 12.5))
+    grid = dict(n_period=300, n_e=7, n_m0=14, n_s=6)
+    per, dens, log_z = reference_period_marginal(post, **grid)
+    theta = post.constrain(post.sample_prior(100_000, torch.Generator().manual_seed(0))).theta
+    ll = post.log_likelihood(theta)
+    mc = reweight(ll, seed=0, n_bootstrap=100).log_z
+    assert abs(log_z - mc.mean) < 4 * math.hypot(mc.stderr, 0.03), (log_z, mc)
+    grid_mode, mc_mode = post.mode_index(per), post.mode_index(theta[:, 0])
+    for j in range(len(post.mode_edges) + 1):
+        mass = float(torch.trapezoid(dens * (grid_mode == j), torch.log(per)))
+        e = expectation((mc_mode == j).double(), ll)
+        assert abs(mass - e.mean) < 4 * math.hypot(e.stderr, 0.01), (j, mass, e)
+    wide = RVPosterior(marginalize_linear=True, period_range=(11.0, 12.5), sigma_k=15.0)
+    log_z_wide = reference_period_marginal(wide, **grid)[2]
+    assert abs(log_z_wide - mc.mean) > 4 * math.hypot(mc.stderr, 0.03), (log_z_wide, mc)
 
 
 def test_rv_posterior_mode_observables_and_lifted_phase():
@@ -204,8 +247,6 @@ def test_rv_marginal_posterior_importance_sampling_from_the_prior():
     y = post.sample_prior(200_000, generator=g)
     theta = post.constrain(y).theta
     ll = post.log_likelihood(theta)
-    closed = linear_marginal_log_likelihood(post, *(theta[:, i : i + 1] for i in range(4)))
-    torch.testing.assert_close(ll, closed)
     full = RVPosterior()
     y_full = full.sample_prior(5, g)
     assert not torch.allclose(full.log_likelihood(full.constrain(y_full).theta), ll[:5])
