@@ -5,8 +5,11 @@ checkout gets no ``build/`` or ``*.egg-info``. It is installed into fresh virtua
 and ``boltzflow systems`` and ``boltzflow run gmm40 --budget smoke`` run from a scratch working
 directory with a clean environment (no ``PYTHONPATH``, no ``$BOLTZFLOW_SYSTEMS``).
 
-* the current interpreter: ``--system-site-packages`` with ``--no-deps`` reuses the installed
-  dependencies (seconds, apart from the smoke run itself);
+* the current interpreter: the wheel goes in with ``--no-deps`` and a ``.pth`` file puts the
+  running interpreter's site-packages after the venv's own, so the installed dependencies are
+  reused (seconds, apart from the smoke run itself). Unlike ``--system-site-packages`` this
+  also works when the suite runs inside a venv, and the editable install's import hook (a
+  ``.pth`` in that site-packages) is not run, so it cannot shadow the wheel;
 * Python 3.10, 3.12 and 3.13 where present (``-m slow``): a fresh environment with every
   dependency installed by pip as a user would get them (torch is a large download).
 """
@@ -15,6 +18,7 @@ import glob
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
@@ -79,8 +83,14 @@ def wheel(tmp_path_factory) -> Path:
 def _install_and_run(python, wheel: Path, tmp_path: Path, fast: bool) -> dict:
     """Install ``wheel`` into a new venv of ``python`` and run the CLI from a scratch folder."""
     venv = tmp_path / "venv"
-    _run([python, "-m", "venv", *(["--system-site-packages"] if fast else []), venv], tmp_path, 300)
+    _run([python, "-m", "venv", venv], tmp_path, 300)
     py = venv / "bin" / "python"
+    if fast:  # reuse this interpreter's packages, after the venv's own
+        purelib = _run(
+            [py, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], tmp_path, 60
+        )
+        deps = Path(purelib.stdout.strip()) / "_test_dependencies.pth"
+        deps.write_text("\n".join(site.getsitepackages()) + "\n")
     pip = [py, "-m", "pip", "install", "--no-input", *(["--no-deps"] if fast else []), wheel]
     _run(pip, tmp_path, 600 if fast else 3600)
     work = tmp_path / "work"  # nowhere near the source tree
