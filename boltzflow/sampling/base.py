@@ -3,7 +3,8 @@ r"""Kernel contract and the one Metropolis–Hastings acceptance used by every s
 A kernel is a pair ``init(x0) -> State`` and ``step(state) -> (State, Info)`` over small
 immutable records (blackjax style). ``x0`` is ``Tensor[chains, *event_shape]``: chains are
 always batched. A state carries the RNG state (``rng_state``, from
-``torch.Generator.get_state()``) so that a resumed chain continues bit-for-bit.
+``torch.Generator.get_state()``; generators come from :mod:`boltzflow.rng`) so that a resumed
+chain continues bit-for-bit.
 
 Proposals return ``(x_new, log_q_ratio)`` with ``log_q_ratio = log q(x_old | x_new) -
 log q(x_new | x_old)``, and :func:`metropolis_hastings_accept` does the rest
@@ -22,8 +23,6 @@ __all__ = [
     "StepInfo",
     "log_acceptance_ratio",
     "metropolis_hastings_accept",
-    "make_generator",
-    "generator_from_state",
 ]
 
 
@@ -95,22 +94,3 @@ def metropolis_hastings_accept(
     )
     accepted = torch.log(u) < log_alpha
     return accepted, torch.exp(torch.clamp(log_alpha, max=0.0))
-
-
-def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
-    """A fresh ``torch.Generator`` on ``device``, seeded (or randomly seeded if ``None``)."""
-    g = torch.Generator(device=device)
-    if seed is None:
-        g.seed()
-    else:
-        g.manual_seed(int(seed))
-    return g
-
-
-def generator_from_state(
-    rng_state: torch.Tensor, device: torch.device | str = "cpu"
-) -> torch.Generator:
-    """Rebuild a generator from ``rng_state`` (the inverse of ``Generator.get_state``)."""
-    g = torch.Generator(device=device)
-    g.set_state(rng_state)
-    return g

@@ -6,11 +6,13 @@ For samples :math:`x_i \sim q` with unnormalized target :math:`p(x) \propto e^{-
           \hat Z = \frac1N \sum_i w_i, \qquad
           \mathrm{ESS} = \frac{(\sum_i w_i)^2}{\sum_i w_i^2}\ \text{(Kish 1965)}.
 
-Non-finite energies give :math:`\log w = -\infty` (weight 0). They are counted in
-``n_nonfinite`` and never turn into NaN. The log Z standard error is a bootstrap over
-samples (scipy); PSIS k̂ (Vehtari et al. 2024, "Pareto smoothed importance sampling") comes
-from arviz through :func:`boltzflow.arviz_compat.psis` -- k̂ > 0.7 flags an unreliable
-importance estimate and is logged as a warning.
+Log-weights, their rule for non-finite values (NaN and :math:`\pm\infty` give weight 0 and are
+counted in ``n_nonfinite``, never NaN) and the Kish ESS live in :mod:`boltzflow.weights`;
+:func:`log_weights`, :func:`sanitize_log_weights` and :func:`kish_ess` are re-exported here.
+The log Z standard error is a bootstrap over samples (scipy); PSIS k̂ (Vehtari et al. 2024,
+"Pareto smoothed importance sampling") comes from arviz through
+:func:`boltzflow.arviz_compat.psis` -- k̂ > 0.7 flags an unreliable importance estimate and is
+logged as a warning.
 
 Free energies between state sets ``A`` and ``B`` (in kT):
 :math:`\Delta F_{AB} = -\ln(\sum_{i\in A} w_i / \sum_{i\in B} w_i)`.
@@ -25,9 +27,10 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
-import torch
 from scipy import stats
 from scipy.special import logsumexp
+
+from boltzflow.weights import as_float64_numpy, kish_ess, log_weights, sanitize_log_weights
 
 __all__ = [
     "Estimate",
@@ -75,53 +78,14 @@ class ReweightingResult(NamedTuple):
         }
 
 
-def _to_numpy(a) -> np.ndarray:
-    if isinstance(a, torch.Tensor):
-        return a.detach().cpu().double().numpy()
-    return np.asarray(a, dtype=np.float64)
-
-
-def sanitize_log_weights(log_w) -> tuple[np.ndarray, int]:
-    """Flatten to float64 numpy, map NaN/±inf to ``-inf`` and count them.
-
-    ``+inf`` log-weights (``u = -inf`` or ``log q = -inf`` at a sampled point) are invalid
-    evidence of a broken energy or flow; they are treated as non-finite like NaN.
-    """
-    lw = _to_numpy(log_w).reshape(-1).copy()
-    bad = ~np.isfinite(lw)
-    lw[bad] = -np.inf
-    return lw, int(bad.sum())
-
-
-def log_weights(target, x: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """``log w = -u(x) - log q(x)`` with non-finite values mapped to ``-inf`` (never NaN).
-
-    Args:
-        target: an :class:`~boltzflow.energies.Energy`.
-        x: samples ``[n, *event_shape]`` drawn from the flow.
-        log_q: the flow's log-density at ``x``, ``[n]``.
-    """
-    with torch.no_grad():
-        lw = -target.energy(x) - log_q
-    return torch.where(torch.isfinite(lw), lw, torch.full_like(lw, -math.inf))
-
-
 def log_mean_exp(log_w) -> float:
     """``log((1/N) Σ exp(log_w))`` computed stably; ``-inf`` if every weight is zero."""
-    lw = _to_numpy(log_w).reshape(-1)
+    lw = as_float64_numpy(log_w).reshape(-1)
     if lw.size == 0:
         raise ValueError("log_mean_exp of an empty array")
     if not np.isfinite(lw).any():
         return -math.inf
     return float(logsumexp(lw) - math.log(lw.size))
-
-
-def kish_ess(log_w) -> float:
-    r"""Kish effective sample size :math:`(\sum w)^2 / \sum w^2` (0 if all weights vanish)."""
-    lw, _ = sanitize_log_weights(log_w)
-    if not np.isfinite(lw).any():
-        return 0.0
-    return float(np.exp(2 * logsumexp(lw) - logsumexp(2 * lw)))
 
 
 def pareto_k(log_w) -> float:
@@ -209,7 +173,7 @@ def expectation(values, log_w) -> Estimate:
 
     (Owen 2013, *Monte Carlo theory, methods and examples*, ch. 9). ``values`` is ``[n]``.
     """
-    f = _to_numpy(values).reshape(-1)
+    f = as_float64_numpy(values).reshape(-1)
     lw, _ = sanitize_log_weights(log_w)
     if f.shape != lw.shape:
         raise ValueError(f"values {f.shape} and log_w {lw.shape} must have the same length")
@@ -245,8 +209,8 @@ def free_energy_difference(
     Returns ``Estimate(inf, inf)`` if ``A`` has no weight, ``(-inf, inf)`` if ``B`` has none.
     The bootstrap treats samples as independent; for correlated MCMC samples thin first.
     """
-    a = _to_numpy(in_a).reshape(-1).astype(np.float64)
-    b = _to_numpy(in_b).reshape(-1).astype(np.float64)
+    a = as_float64_numpy(in_a).reshape(-1).astype(np.float64)
+    b = as_float64_numpy(in_b).reshape(-1).astype(np.float64)
     lw, _ = sanitize_log_weights(log_w)
     if not (a.shape == b.shape == lw.shape):
         raise ValueError("in_a, in_b and log_w must have the same length")
@@ -267,8 +231,8 @@ def free_energy_difference_chains(in_a, in_b) -> Estimate:
     """
     from boltzflow.sampling.diagnostics import mcse
 
-    a = _to_numpy(in_a).astype(np.float64)
-    b = _to_numpy(in_b).astype(np.float64)
+    a = as_float64_numpy(in_a).astype(np.float64)
+    b = as_float64_numpy(in_b).astype(np.float64)
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError("in_a and in_b must both be [chains, draws]")
     pa, pb = a.mean(), b.mean()

@@ -30,11 +30,12 @@ import torch
 
 from boltzflow.io import load_trainer_state, save_trainer_state
 from boltzflow.progress import progress_bar
-from boltzflow.sampling.base import make_generator
+from boltzflow.rng import make_generator
 from boltzflow.training.callbacks import Callback
 from boltzflow.training.force_matching import nll_force_matching
 from boltzflow.training.losses import LossOutput, mixed_kl, nll
 from boltzflow.training.stages import EpochSampler, Stage, cosine_warmup, seed_for
+from boltzflow.weights import count_nonfinite, kish_ess, log_weights
 
 __all__ = ["Stage", "Trainer", "TrainingResult", "train", "cosine_warmup"]
 
@@ -210,8 +211,6 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, n: int | None = None) -> dict:
         """Kish ESS fraction of ``n`` fresh flow samples (uses the evaluation generator)."""
-        from boltzflow.sampling.reweighting import kish_ess, log_weights
-
         n = self.eval_samples if n is None else int(n)
         was_training = self.flow.training
         self.flow.eval()
@@ -221,7 +220,7 @@ class Trainer:
         self.energy_evaluations += n
         return {
             "ess_fraction": kish_ess(log_w) / n,
-            "eval_nonfinite": int((~torch.isfinite(log_w)).sum()),
+            "eval_nonfinite": count_nonfinite(log_w),
         }
 
     # -------------------------------------------------------------------- run

@@ -1,4 +1,4 @@
-"""Tests for the shared Metropolis–Hastings acceptance and RNG plumbing."""
+"""Tests for the shared Metropolis–Hastings acceptance."""
 
 import math
 
@@ -6,12 +6,8 @@ import pytest
 import torch
 from scipy import stats
 
-from boltzflow.sampling.base import (
-    generator_from_state,
-    log_acceptance_ratio,
-    make_generator,
-    metropolis_hastings_accept,
-)
+from boltzflow.rng import make_generator
+from boltzflow.sampling.base import log_acceptance_ratio, metropolis_hastings_accept
 
 D = torch.float64
 
@@ -74,13 +70,6 @@ def test_accept_is_deterministic_given_generator_and_keeps_dtype():
     a2, p2 = metropolis_hastings_accept(la, make_generator(7))
     assert torch.equal(a1, a2) and torch.equal(p1, p2)
     assert p1.dtype == torch.float32 and a1.dtype == torch.bool
-
-
-def test_generator_round_trip():
-    g = make_generator(5)
-    torch.rand(10, generator=g)
-    g2 = generator_from_state(g.get_state())
-    assert torch.equal(torch.rand(10, generator=g), torch.rand(10, generator=g2))
 
 
 def test_accept_compares_one_uniform_per_chain():

@@ -10,7 +10,7 @@ from scipy import integrate, stats
 
 from boltzflow.energies.base import CallableEnergy
 from boltzflow.energies.double_well import DoubleWell2D
-from boltzflow.sampling.base import generator_from_state
+from boltzflow.rng import generator_from_state
 from boltzflow.sampling.chains import run_chain
 from boltzflow.sampling.diagnostics import calibrated_z
 from boltzflow.sampling.kernels import HMC, energy_and_grad, kinetic_energy, leapfrog, torus_wrap

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from boltzflow.energies.gaussians import CorrelatedGaussian
-from boltzflow.sampling.base import generator_from_state
+from boltzflow.rng import generator_from_state
 from boltzflow.sampling.chains import run_chain
 from boltzflow.sampling.diagnostics import calibrated_z
 from boltzflow.sampling.kernels import (

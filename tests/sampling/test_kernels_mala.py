@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 
 from boltzflow.energies.double_well import DoubleWell2D
-from boltzflow.sampling.base import generator_from_state
+from boltzflow.rng import generator_from_state
 from boltzflow.sampling.kernels import MALA, GradientState
 
 D = torch.float64

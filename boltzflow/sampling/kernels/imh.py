@@ -13,6 +13,17 @@ The chain is uniformly ergodic when ``w`` is bounded; the acceptance rate reflec
 ``q`` covers ``p``.
 
 Cost per step: one flow sample (forward pass) and one target evaluation per chain.
+
+Proposals of an independence sampler do not depend on the chain state, so they can all be
+drawn and scored first, in large batches; :func:`imh_sweep` then runs the accept/reject steps
+over the cached log-weights. It is the one independence-MH loop of the batched runners
+(:func:`~boltzflow.sampling.runners.flow_imh`,
+:func:`~boltzflow.sampling.bayes_anneal.annealed_flow`), and its transition law is exactly that
+of :class:`IndependenceMH`: both accept by the shared
+:func:`~boltzflow.sampling.base.metropolis_hastings_accept` with
+:math:`\log\alpha = \log w(x') - \log w(x)`, and both give a non-finite proposal weight 0
+(:mod:`boltzflow.weights`), so it is never accepted, while a chain at a point of weight 0 accepts
+any proposal of positive weight.
 """
 
 from __future__ import annotations
@@ -23,16 +34,11 @@ import torch
 
 from boltzflow.energies.base import Energy
 from boltzflow.flows.base import Flow
-from boltzflow.sampling.base import StepInfo
-from boltzflow.sampling.kernels.mh import (
-    Proposal,
-    generator_for,
-    importance_log_weight,
-    mh_update,
-    start_generator,
-)
+from boltzflow.sampling.base import StepInfo, metropolis_hastings_accept
+from boltzflow.sampling.kernels.mh import Proposal, generator_for, mh_update, start_generator
+from boltzflow.weights import importance_log_weights
 
-__all__ = ["IMHState", "IndependenceMH"]
+__all__ = ["IMHState", "IndependenceMH", "IMHSweep", "imh_sweep"]
 
 
 class IMHState(NamedTuple):
@@ -109,6 +115,40 @@ class IndependenceMH:
         """One independence proposal per chain, accepted by :func:`mh_update`."""
         g = generator_for(state.rng_state, state.x)
         new = mh_update(state.x, state.energy, state.log_q, self.propose(state, g), g)
-        log_w = importance_log_weight(new.energy, new.cache)
+        log_w = importance_log_weights(new.energy, new.cache)
         info = StepInfo(new.accepted, new.acceptance_prob, new.energy, log_w)
         return IMHState(new.x, new.energy, g.get_state(), new.cache), info
+
+
+class IMHSweep(NamedTuple):
+    """Result of :func:`imh_sweep`: ``index [chains, draws]`` into the flattened proposals
+    (the state each chain holds after each kept step) and ``accepted [chains, draws]``."""
+
+    index: torch.Tensor
+    accepted: torch.Tensor
+
+
+def imh_sweep(log_w: torch.Tensor, n_warmup: int, generator: torch.Generator) -> IMHSweep:
+    r"""Independence MH over precomputed proposals with log-weights ``log_w [steps + 1, chains]``.
+
+    Row 0 holds the chains' starting points; at step ``t`` chain ``c`` moves to proposal
+    ``(t, c)`` with probability :math:`\min(1, w_{t,c} / w_{cur})` (one uniform per chain from
+    ``generator``). ``log_w`` must already follow the rule of :mod:`boltzflow.weights`
+    (non-finite → ``-inf``). The first ``n_warmup`` steps are dropped.
+
+    Returns:
+        :class:`IMHSweep` with indices into the flattened ``[(steps + 1) · chains]`` proposals
+        (``t · chains + c``), ``steps - n_warmup`` kept draws per chain.
+    """
+    steps, chains = log_w.shape[0] - 1, log_w.shape[1]
+    ar = torch.arange(chains, device=log_w.device)
+    current, lw_cur = ar.clone(), log_w[0]
+    kept, accepted = [], []
+    for t in range(1, steps + 1):
+        acc, _ = metropolis_hastings_accept(log_w[t] - lw_cur, generator)
+        current = torch.where(acc, t * chains + ar, current)
+        lw_cur = torch.where(acc, log_w[t], lw_cur)
+        if t > n_warmup:
+            kept.append(current)
+            accepted.append(acc)
+    return IMHSweep(torch.stack(kept, 1), torch.stack(accepted, 1))

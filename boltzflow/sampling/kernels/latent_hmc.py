@@ -28,7 +28,8 @@ from boltzflow.flows.base import Flow
 from boltzflow.sampling.base import StepInfo
 from boltzflow.sampling.kernels.hmc import HMC, PositionMap
 from boltzflow.sampling.kernels.mala import GradientState
-from boltzflow.sampling.kernels.mh import importance_log_weight, where_chains
+from boltzflow.sampling.kernels.mh import where_chains
+from boltzflow.weights import importance_log_weights
 
 __all__ = ["PulledBackEnergy", "LatentHMCState", "LatentHMC"]
 
@@ -142,5 +143,5 @@ class LatentHMC:
         x = where_chains(acc, x_new, state.x)
         u = torch.where(acc, inner.energy + ladj, state.energy)
         new_state = LatentHMCState(x, u, inner.rng_state, inner.x, inner.energy, inner.grad)
-        log_w = importance_log_weight(inner.energy, log_pz)
+        log_w = importance_log_weights(inner.energy, log_pz)
         return new_state, StepInfo(acc, hmc_info.acceptance_prob, u, log_w)

@@ -12,18 +12,13 @@ values exactly, so NaN never enters a state.
 from __future__ import annotations
 
 import logging
-import math
 from typing import NamedTuple
 
 import torch
 
 from boltzflow.energies.base import Energy
-from boltzflow.sampling.base import (
-    generator_from_state,
-    log_acceptance_ratio,
-    make_generator,
-    metropolis_hastings_accept,
-)
+from boltzflow.rng import generator_from_state, make_generator
+from boltzflow.sampling.base import log_acceptance_ratio, metropolis_hastings_accept
 
 __all__ = [
     "EnergyAndGrad",
@@ -36,7 +31,6 @@ __all__ = [
     "mh_update",
     "start_generator",
     "generator_for",
-    "importance_log_weight",
     "warn_nonfinite_start",
     "like",
 ]
@@ -145,13 +139,6 @@ def start_generator(x0: torch.Tensor, seed: int | torch.Generator | None) -> tor
 def generator_for(rng_state: torch.Tensor, like: torch.Tensor) -> torch.Generator:
     """Rebuild the generator stored in a state, on the device of ``like``."""
     return generator_from_state(rng_state, like.device)
-
-
-def importance_log_weight(energy: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    r"""``log w = -u - log q`` with non-finite ``u`` (or NaN) mapped to ``-inf``, never NaN."""
-    log_w = -energy - log_q
-    bad = ~torch.isfinite(energy) | torch.isnan(log_w)
-    return torch.where(bad, torch.full_like(log_w, -math.inf), log_w)
 
 
 def warn_nonfinite_start(energy: torch.Tensor, grad: torch.Tensor | None, name: str) -> None:
