@@ -45,10 +45,10 @@ import torch
 from boltzflow import arviz_compat, registry
 from boltzflow.energies.astro_pta import PTAPosterior
 from boltzflow.energies.astro_rv import RVPosterior
-from boltzflow.energies.posterior import EmceeLogProb
 from boltzflow.pipeline import build_flow, build_target
 from boltzflow.recipes import load_recipe
 from boltzflow.sampling import diagnostics
+from boltzflow.sampling.emcee_move import EmceeLogProb
 from boltzflow.sampling.reweighting import expectation
 
 SETTINGS = {

@@ -46,7 +46,7 @@ from boltzflow.energies.astro_pta import PTAPosterior
 from boltzflow.flows.builders import spline_coupling_flow
 from boltzflow.sampling import diagnostics
 from boltzflow.sampling.emcee_move import emcee_sampler
-from boltzflow.sampling.hybrid import hybrid
+from boltzflow.sampling.hybrid import Evidence, GlobalMoves, LocalMoves, Schedule, hybrid
 
 torch.set_num_threads(1)
 SMOKE = os.environ.get("BOLTZFLOW_SMOKE") == "1"
@@ -54,14 +54,14 @@ SMOKE = os.environ.get("BOLTZFLOW_SMOKE") == "1"
 if SMOKE:
     post = PTAPosterior(seed=0, n_pulsars=3, n_toas=60, n_freq=5)
     EMCEE = dict(n_samples=32 * 1500, walkers=32)
-    HMC = dict(n_samples=8 * 300, chains=8, n_leapfrog=32, warmup_rounds=4, local_steps=30)
-    EVIDENCE = dict(evidence_samples=4000, evidence_train_steps=300)
+    N_HMC = 8 * 300
+    EVIDENCE, EVIDENCE_LR = Evidence(samples=4000, train_steps=300), 1e-3
     FLOW = dict(num_layers=4, hidden=32)
 else:
     post = PTAPosterior(seed=0)
     EMCEE = dict(n_samples=46 * 36000, walkers=46, burn_fraction=0.1)  # 40,000 steps, ~35 min
-    HMC = dict(n_samples=8 * 500, chains=8, n_leapfrog=32, warmup_rounds=4, local_steps=30)
-    EVIDENCE = dict(evidence_samples=10000, evidence_train_steps=300, lr=3e-4)
+    N_HMC = 8 * 500
+    EVIDENCE, EVIDENCE_LR = Evidence(samples=10000, train_steps=300), 3e-4
     FLOW = dict(num_layers=6, hidden=64)
 print(f"{post.dim} parameters:", ", ".join(post.names))
 
@@ -78,18 +78,25 @@ print(f"emcee: {res_emcee.energy_evaluations} evaluations, {time.perf_counter() 
 
 # %% [markdown]
 # ## boltzflow: dense-metric HMC, then a flow for the evidence
-# `hybrid(local="hmc", metric="dense")` runs batched chains from prior draws: 100 Adam steps
-# on the energy leave the prior's tails, then warm-up rounds adapt each chain's step size and
-# re-estimate the mass matrix from the pooled history. `repeats=(1, 0)` switches the flow's
-# independence moves off; `evidence_train_steps` trains the flow on the finished chains.
+# `hybrid(local=LocalMoves(kind="hmc", metric="dense"))` runs batched chains from prior draws:
+# 100 Adam steps on the energy leave the prior's tails, then warm-up rounds adapt each chain's
+# step size and re-estimate the mass matrix from the pooled history. `repeats=(1, 0)` switches
+# the flow's independence moves off; `Evidence(train_steps=...)` trains the flow on the
+# finished chains.
 
 # %%
 flow = spline_coupling_flow(post, seed=0, **FLOW).double()
 t0 = time.perf_counter()
 res_bf = hybrid(
-    flow, post, seed=0, local="hmc", metric="dense", jitter=0.5, init_steps=100,
-    global_steps=0, train_steps=0, repeats=(1, 0), **HMC, **EVIDENCE,
-)  # fmt: skip
+    flow,
+    post,
+    n_samples=N_HMC,
+    seed=0,
+    schedule=Schedule(chains=8, warmup_rounds=4, init_steps=100, repeats=(1, 0)),
+    local=LocalMoves(kind="hmc", metric="dense", n_leapfrog=32, jitter=0.5, steps=30),
+    global_moves=GlobalMoves(steps=0, train_steps=0, lr=EVIDENCE_LR),
+    evidence=EVIDENCE,
+)
 print(f"boltzflow: {res_bf.energy_evaluations} evaluations, {time.perf_counter() - t0:.0f} s")
 print(f"HMC acceptance {res_bf.info['local_acceptance']:.2f}, R-hat {res_bf.info['rhat_max']:.3f}")
 
@@ -110,7 +117,7 @@ def theta_chains(res):
         return post.constrain(x).theta.reshape(*res.x.shape[:2], -1).numpy()
 
 
-n_evidence = EVIDENCE["evidence_samples"]
+n_evidence = EVIDENCE.samples
 cost = {}
 for name, res, n in [("emcee", res_emcee, 0), ("boltzflow", res_bf, n_evidence)]:
     ess = diagnostics.ess(theta_chains(res)).min()

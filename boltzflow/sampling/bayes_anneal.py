@@ -41,25 +41,27 @@ import time
 import torch
 
 from boltzflow.flows.affine import ElementwiseAffine
-from boltzflow.sampling.base import metropolis_hastings_accept
-from boltzflow.sampling.bayes_proposals import defensive_proposal, prior_energy
-from boltzflow.sampling.reweighting import kish_ess, reweight
-from boltzflow.sampling.runners import SamplingResult, draw_with_log_weights
+from boltzflow.flows.base import frozen
+from boltzflow.sampling.proposals import defensive_proposal, prior_energy
+from boltzflow.sampling.reweighting import reweight
+from boltzflow.sampling.runners import (
+    RunCost,
+    SamplingResult,
+    draw_with_log_weights,
+    independence_chains,
+)
+from boltzflow.training.fit import fit_affine_to_data, fit_nll
+from boltzflow.weights import clean_log_weights, kish_ess
 
-__all__ = [
-    "next_beta",
-    "annealed_training",
-    "annealed_flow",
-    "imh_sweep",
-]
+__all__ = ["next_beta", "annealed_training", "annealed_flow"]
 
 logger = logging.getLogger(__name__)
 
 
 def _tempered_log_w(log_w0: torch.Tensor, log_l: torch.Tensor, beta: float) -> torch.Tensor:
-    """``log_w0 + beta · log L``, with ``-inf`` wherever it is not finite (``0 · -inf`` too)."""
-    lw = log_w0 + beta * log_l if beta > 0 else log_w0.clone()
-    return torch.where(torch.isfinite(lw), lw, torch.full_like(lw, -math.inf))
+    """``log_w0 + beta · log L`` under the rule of :mod:`boltzflow.weights` (non-finite →
+    ``-inf``); at ``beta = 0`` the likelihood does not enter (no ``0 · -inf``)."""
+    return clean_log_weights(log_w0 + beta * log_l if beta > 0 else log_w0)
 
 
 def next_beta(
@@ -118,8 +120,6 @@ def _train_weighted(flow, opt, batches, beta, steps, batch_size, g) -> list:
     truncated at :math:`\sqrt{n}/n` (Ionides 2008, JCGS 17, 295): one rare large weight cannot
     make the flow fit a spike; the bias this adds is in training only, since the final
     estimates reweight or accept-reject against the frozen flow."""
-    from boltzflow.sampling.hybrid import train_nll
-
     probs, xs = [], []
     for x, lw0, ll in batches:
         lw = _tempered_log_w(lw0, ll, beta)
@@ -130,7 +130,7 @@ def _train_weighted(flow, opt, batches, beta, steps, batch_size, g) -> list:
         probs.append(w / w.sum() * kish_ess(lw))
         xs.append(x)
     p, data = torch.cat(probs), torch.cat(xs)
-    return train_nll(flow, data, steps, batch_size, 0.0, g, probs=p / p.sum(), optimizer=opt)
+    return fit_nll(flow, data, steps, batch_size, 0.0, g, probs=p / p.sum(), optimizer=opt)
 
 
 #: Defensive-mixture defaults: share from the wide base, its width factor, share from the prior.
@@ -177,24 +177,22 @@ def annealed_training(
         batch_size, lr: minibatch size and learning rate of one Adam optimizer kept over all
             stages (a fresh optimizer's first steps perturb every parameter by about ``lr``).
         defensive, defensive_scale: draws come from the defensive mixture
-            :class:`~boltzflow.sampling.emcee_move.DefensiveFlow` (this share from a base
+            :class:`~boltzflow.sampling.proposals.DefensiveFlow` (this share from a base
             ``defensive_scale`` times wider), which bounds the weights where the flow's tails
             are too light; 0 draws from the flow itself. ``defensive_prior`` mixes in the
-            prior as well (:class:`PriorDefensive`).
+            prior as well (:class:`~boltzflow.sampling.proposals.PriorDefensive`).
 
     Returns:
         dict with the tempering ladder ``betas``, ``ess_fractions`` (towards each new
         :math:`\beta`), the final ``ess_fraction`` at :math:`\beta = 1`, ``evaluations`` and
         ``seconds``.
     """
-    from boltzflow.sampling.hybrid import fit_affine_to_data, train_nll
-
     g = torch.Generator().manual_seed(int(seed))
     dtype = next(flow.parameters()).dtype
     t0, n0 = time.perf_counter(), target.n_evaluations
     prior = target.sample_prior(int(prior_samples), generator=g, dtype=dtype)
     fit_affine_to_data(flow, prior)
-    train_nll(flow, prior, prior_steps, batch_size, 1e-3, g)
+    fit_nll(flow, prior, prior_steps, batch_size, 1e-3, g)
     opt = torch.optim.Adam([p for p in flow.parameters() if p.requires_grad], lr=lr)
     proposal = defensive_proposal(flow, defensive, defensive_scale, target, defensive_prior)
     beta, betas, fracs, batches, final = 0.0, [0.0], [], [], []
@@ -209,8 +207,7 @@ def annealed_training(
             break
         n = n_final if at_end else int(n_per_stage)
         flow.eval()
-        x, lw, u = draw_with_log_weights(proposal, target, n, g)
-        log_q = -lw - u
+        x, _, u, log_q = draw_with_log_weights(proposal, target, n, g)
         u0 = prior_energy(target, x)
         lw0, ll = -u0 - log_q, u0 - u  # log L = u0 - u  (-inf where u = inf)
         batch = (x, lw0, ll)
@@ -255,29 +252,6 @@ def annealed_training(
     }
 
 
-def imh_sweep(log_w: torch.Tensor, chains: int, n_warmup: int, generator) -> tuple:
-    r"""Independence MH over precomputed proposals: ``log_w [steps + 1, chains]`` -> indices.
-
-    The chain moves to proposal ``t`` with probability :math:`\min(1, w_t / w_{cur})` through
-    :func:`~boltzflow.sampling.base.metropolis_hastings_accept` (the transition law of
-    :func:`~boltzflow.sampling.runners.flow_imh`). Returns ``(index [chains, draws],
-    accepted [chains, draws])`` into the flattened ``[(steps + 1) · chains]`` proposals,
-    dropping the first ``n_warmup`` steps.
-    """
-    steps = log_w.shape[0] - 1
-    ar = torch.arange(chains, device=log_w.device)
-    current, lw_cur = ar.clone(), log_w[0]
-    kept, accepted = [], []
-    for t in range(1, steps + 1):
-        acc, _ = metropolis_hastings_accept(log_w[t] - lw_cur, generator)
-        current = torch.where(acc, t * chains + ar, current)
-        lw_cur = torch.where(acc, log_w[t], lw_cur)
-        if t > n_warmup:
-            kept.append(current)
-            accepted.append(acc)
-    return torch.stack(kept, 1), torch.stack(accepted, 1)
-
-
 def annealed_flow(
     flow,
     target,
@@ -303,26 +277,20 @@ def annealed_flow(
     go to :func:`annealed_training`. ``info`` also has the tempering ladder, the training cost
     and, for IMH, acceptance, R-hat and bulk/tail ESS.
     """
-    from boltzflow.flows.base import frozen
-    from boltzflow.sampling.hybrid import chain_diagnostics
-
     if sampler not in ("imh", "importance"):
         raise ValueError(f"sampler must be 'imh' or 'importance', got {sampler!r}")
-    t0, n0 = time.perf_counter(), target.n_evaluations
+    cost = RunCost(target)
     defensive_settings = dict(
         defensive=defensive, defensive_scale=defensive_scale, defensive_prior=defensive_prior
     )
     train_info = annealed_training(flow, target, seed=seed, **defensive_settings, **training)
     g = torch.Generator().manual_seed(int(seed) + 7)
     t1 = time.perf_counter()
-    if sampler == "imh":
-        n_draws = -(-int(n_samples) // int(chains))
-        n = int(chains) * (n_draws + int(n_warmup) + 1)
-    else:
-        n = int(n_samples)
+    n_draws = -(-int(n_samples) // int(chains))
+    n = int(chains) * (n_draws + int(n_warmup) + 1) if sampler == "imh" else int(n_samples)
     proposal = defensive_proposal(flow, defensive, defensive_scale, target, defensive_prior)
     with frozen(flow):
-        x, lw, u = draw_with_log_weights(proposal, target, n, g)
+        draws = draw_with_log_weights(proposal, target, n, g)
     info = {
         "training": train_info,
         "warmup_evaluations": int(train_info["evaluations"]),
@@ -330,36 +298,15 @@ def annealed_flow(
         "sampling_seconds": 0.0,
     }
     if evidence:
-        info["evidence"] = reweight(lw, seed=int(seed)).as_dict()
-    if sampler == "imh":
-        idx, acc = imh_sweep(lw.reshape(-1, int(chains)), int(chains), int(n_warmup), g)
-        flat = idx.reshape(-1)
-        xs = x[flat].reshape(*idx.shape, *x.shape[1:])
-        result = SamplingResult(
-            x=xs,
-            log_weight=torch.zeros(idx.shape, dtype=u.dtype),
-            energy=u[flat].reshape(idx.shape),
-            accepted=acc,
-            method="annealed-imh",
-            energy_evaluations=0,
-            wall_seconds=0.0,
-            info=info,
+        info["evidence"] = reweight(draws.log_weight, seed=int(seed)).as_dict()
+    if sampler == "importance":
+        info["kish_ess"] = float(kish_ess(draws.log_weight))
+        info["sampling_seconds"] = time.perf_counter() - t1
+        method = "annealed-importance"
+        return SamplingResult.from_draws(
+            draws.x, draws.log_weight, draws.energy, method=method, cost=cost, info=info
         )
-        info["acceptance_rate"] = float(acc.double().mean())
-        info.update(chain_diagnostics(xs))
-    else:
-        result = SamplingResult(
-            x=x.unsqueeze(0),
-            log_weight=lw.unsqueeze(0),
-            energy=u.unsqueeze(0),
-            accepted=None,
-            method="annealed-importance",
-            energy_evaluations=0,
-            wall_seconds=0.0,
-            info=info,
-        )
-        info["kish_ess"] = float(kish_ess(lw))
     info["sampling_seconds"] = time.perf_counter() - t1
-    return result._replace(
-        energy_evaluations=target.n_evaluations - n0, wall_seconds=time.perf_counter() - t0
+    return independence_chains(
+        draws, chains, n_warmup, g, method="annealed-imh", cost=cost, info=info, diagnostics=True
     )

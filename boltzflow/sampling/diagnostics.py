@@ -12,7 +12,8 @@ Nothing here re-implements an autocorrelation estimator:
   R-hat", Bayesian Analysis 16, 667);
 * :func:`mcse` -- Monte Carlo standard error of the mean, ``sd / sqrt(ESS)``;
 * :func:`calibrated_z` -- ``|mean - truth| / MCSE`` per coordinate, the calibrated test
-  statistic used against exact answers (≈ ``|N(0, 1)|`` for a correct sampler).
+  statistic used against exact answers (≈ ``|N(0, 1)|`` for a correct sampler);
+* :func:`chain_diagnostics` -- the worst R-hat and ESS over coordinates, as runners report them.
 
 Inputs may be torch tensors or numpy arrays of shape ``[chains, draws, *event]`` (a 1-D array
 is one chain); outputs are float64 numpy arrays of shape ``event`` (scalars for scalar chains).
@@ -37,6 +38,7 @@ __all__ = [
     "calibrated_z",
     "ChainSummary",
     "summarize",
+    "chain_diagnostics",
 ]
 
 
@@ -153,3 +155,24 @@ def summarize(samples) -> ChainSummary:
         rhat(a),
         integrated_time(a),
     )
+
+
+def chain_diagnostics(x) -> dict:
+    """``{"rhat_max", "ess_bulk_min", "ess_tail_min"}`` over the coordinates of draws
+    ``x [chains, draws, *event]`` (:func:`rhat`, :func:`ess`); ``{}`` with fewer than 4 draws.
+
+    These are the diagnostic keys of :class:`~boltzflow.sampling.runners.SamplingResult`'s
+    ``info``.
+    """
+    a = (
+        x.detach().cpu().double().numpy()
+        if isinstance(x, torch.Tensor)
+        else np.asarray(x, np.float64)
+    )
+    if a.shape[1] < 4:
+        return {}
+    return {
+        "rhat_max": float(np.max(rhat(a))),
+        "ess_bulk_min": float(np.min(ess(a, "bulk"))),
+        "ess_tail_min": float(np.min(ess(a, "tail"))),
+    }

@@ -13,60 +13,78 @@ stretch move (Goodman & Weare 2010) cannot make.
 
 emcee hands moves its legacy :class:`numpy.random.RandomState`; the flow is driven by a
 ``torch.Generator`` seeded from it, so a seeded emcee run is reproducible end to end.
+:class:`EmceeLogProb` is the other side of the interface: any
+:class:`~boltzflow.energies.base.Energy` as emcee's ``log_prob_fn``, robust to non-finite values
+and exceptions.
 """
 
 from __future__ import annotations
 
-import math
-import time
+import logging
 
 import emcee
 import numpy as np
 import torch
 from emcee.moves import MHMove
 
-from boltzflow.energies.posterior import EmceeLogProb
-from boltzflow.flows.base import FlowSample, frozen
-from boltzflow.sampling.runners import SamplingResult
+from boltzflow.flows.base import frozen
+from boltzflow.sampling.proposals import DefensiveFlow
+from boltzflow.sampling.runners import RunCost, SamplingResult, flow_evidence, start_points
+from boltzflow.training.fit import fit_affine_to_data, fit_nll
 
-__all__ = ["FlowMove", "DefensiveFlow", "emcee_sampler", "flow_emcee"]
+__all__ = ["EmceeLogProb", "FlowMove", "emcee_sampler", "flow_emcee"]
+
+logger = logging.getLogger(__name__)
 
 
-class DefensiveFlow(torch.nn.Module):
-    r"""Defensive mixture proposal :math:`q = (1-\epsilon)q_1 + \epsilon q_s` (Hesterberg 1995).
+class EmceeLogProb:
+    r"""``log_prob_fn`` for :class:`emcee.EnsembleSampler` over an :class:`Energy`'s coordinates.
 
-    :math:`q_s` pushes a wider base :math:`\mathcal N(0, s^2 I)` through the same transform, so
-    the mixture has heavier tails than the flow alone and importance weights
-    :math:`p/q \le p/(\epsilon q_s)` stay bounded where the flow under-covers the target; this
-    keeps independence chains from sticking there. Exact densities: both components share the
-    transform, :math:`\log q_s(x) = \log\mathcal N(z; 0, s^2) + \log|\det\partial z/\partial x|`.
-
-    Args:
-        flow: a :class:`~boltzflow.flows.base.Flow` with a standard-normal base.
-        weight: :math:`\epsilon`, the probability of drawing from the wide component.
-        scale: :math:`s > 1`.
+    ``coords [n_walkers, dim]`` (use ``vectorize=True``) or ``[dim]`` map to :math:`-u`. NaN and
+    other non-finite values give :math:`-\infty` and are counted in ``n_nonfinite``. An
+    exception raised by the energy is not allowed to stop emcee's loop: the batch gets
+    :math:`-\infty`, the walkers in it are counted in ``n_errors``, and the first exception is
+    logged as a warning with its message (later ones only counted). Runners report both counts.
+    Likelihood calls are counted by ``target.n_evaluations``.
     """
 
-    def __init__(self, flow, weight: float = 0.2, scale: float = 2.0):
-        super().__init__()
-        self.flow, self.weight, self.scale = flow, float(weight), float(scale)
-        self.dim = flow.dim
+    def __init__(self, target, dtype: torch.dtype = torch.float64):
+        self.target, self.dtype = target, dtype
+        self.n_nonfinite = 0
+        self.n_errors = 0
+        self.first_error: str | None = None
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        z, ladj_inv = self.flow.inverse(x)
-        zz = (z * z).reshape(z.shape[0], -1).sum(-1)
-        c = -0.5 * self.dim * math.log(2 * math.pi)
-        narrow = c - 0.5 * zz + ladj_inv
-        wide = c - self.dim * math.log(self.scale) - 0.5 * zz / self.scale**2 + ladj_inv
-        return torch.logaddexp(math.log1p(-self.weight) + narrow, math.log(self.weight) + wide)
+    def __call__(self, coords):
+        arr = np.asarray(coords, dtype=np.float64)
+        y = torch.as_tensor(np.atleast_2d(arr), dtype=self.dtype)
+        try:
+            with torch.no_grad():
+                lp = -self.target.energy(y).cpu().double().numpy()
+        except Exception as exc:  # noqa: BLE001 - never raise inside emcee's loop
+            if self.first_error is None:
+                self.first_error = f"{type(exc).__name__}: {exc}"
+                logger.warning(
+                    "the energy raised inside emcee (%s); those walkers get log p = -inf and "
+                    "further errors are counted in n_errors",
+                    self.first_error,
+                )
+            self.n_errors += int(y.shape[0])
+            lp = np.full(y.shape[0], -np.inf)
+        bad = ~np.isfinite(lp)
+        self.n_nonfinite += int(bad.sum())
+        lp = np.where(bad, -np.inf, lp)
+        return lp if arr.ndim == 2 else float(lp[0])
 
-    def sample(self, n: int, generator: torch.Generator | None = None):
-        z = self.flow.base.sample(n, generator=generator)
-        u = torch.rand(n, generator=generator, dtype=z.dtype, device=z.device)
-        wide = (u < self.weight).reshape(-1, *([1] * (z.dim() - 1)))
-        z = torch.where(wide, z * self.scale, z)
-        x, _ = self.flow.forward(z)
-        return FlowSample(x, z, self.log_prob(x))
+    def counts(self) -> dict:
+        """``{"n_nonfinite": ..., "n_errors": ...}`` for a runner's ``info``; warns if either
+        is non-zero."""
+        if self.n_nonfinite:
+            logger.warning(
+                "%d emcee log-probabilities were non-finite (%d of them from exceptions)",
+                self.n_nonfinite,
+                self.n_errors,
+            )
+        return {"n_nonfinite": int(self.n_nonfinite), "n_errors": int(self.n_errors)}
 
 
 class FlowMove(MHMove):
@@ -153,15 +171,13 @@ def emcee_sampler(
         n_samples: kept draws in total (``ceil(n_samples / walkers)`` per walker).
         walkers: ensemble size (default ``max(32, 2·dim + 2)``, made even).
     """
-    from boltzflow.sampling.hybrid import start_points
-
     dim, walkers = int(target.dim), _walkers(target, walkers)
     rs = np.random.RandomState(int(seed))
     x0 = start_points(flow, target, walkers, init, torch.Generator().manual_seed(int(seed)))
     moves = emcee.moves.StretchMove()
     if flow_weight > 0:
         moves = [(moves, 1.0 - flow_weight), (FlowMove(flow), flow_weight)]
-    t0, n0 = time.perf_counter(), target.n_evaluations
+    cost = RunCost(target)
     log_prob = EmceeLogProb(target)
     sampler = emcee.EnsembleSampler(walkers, dim, log_prob, moves=moves, vectorize=True)
     sampler._random = rs  # emcee's legacy RandomState, seeded
@@ -176,20 +192,13 @@ def emcee_sampler(
     accepted = (
         torch.as_tensor(moved) if moved is not None else torch.ones(x.shape[:2], dtype=torch.bool)
     )
-    return SamplingResult(
-        x=x,
-        log_weight=torch.zeros_like(energy),
-        energy=energy,
-        accepted=accepted,
-        method="emcee" if flow_weight == 0 else "emcee+flow",
-        energy_evaluations=target.n_evaluations - n0,
-        wall_seconds=time.perf_counter() - t0,
-        info={
-            "acceptance_rate": float(np.mean(sampler.acceptance_fraction)),
-            "walkers": walkers,
-            **log_prob.counts(),
-        },
-    )
+    info = {
+        "acceptance_rate": float(np.mean(sampler.acceptance_fraction)),
+        "walkers": walkers,
+        **log_prob.counts(),
+    }
+    method = "emcee" if flow_weight == 0 else "emcee+flow"
+    return SamplingResult.from_chain(x, energy, accepted, method=method, cost=cost, info=info)
 
 
 def _chains(sampler, start: int = 0) -> torch.Tensor:
@@ -230,18 +239,10 @@ def flow_emcee(
     flow-move and overall acceptance, warm-up cost, R-hat and ESS (walkers as chains, arviz)
     and, with ``evidence_samples``, the flow importance-sampling evidence.
     """
-    from boltzflow.sampling.hybrid import (
-        chain_diagnostics,
-        fit_affine_to_data,
-        flow_evidence,
-        start_points,
-        train_nll,
-    )
-
     dim, walkers = int(target.dim), _walkers(target, walkers)
     rs = np.random.RandomState(int(seed))
     g = torch.Generator().manual_seed(int(seed))
-    t0, n0 = time.perf_counter(), target.n_evaluations
+    cost = RunCost(target)
     x0 = start_points(flow, target, walkers, init, g).double().cpu().numpy()
     log_prob = EmceeLogProb(target)
 
@@ -260,13 +261,13 @@ def flow_emcee(
         data = torch.cat([h.reshape(-1, dim) for h in history]).to(next(flow.parameters()).dtype)
         if r == 0:
             fit_affine_to_data(flow, data)
-        train_nll(flow, data, train_steps, batch_size, lr, g)
+        fit_nll(flow, data, train_steps, batch_size, lr, g)
         n_acc, n_prop = move.n_accepted, move.n_proposed
         stage = ensemble(mixed)
         state = stage.run_mcmc(state, int(round_steps), progress=progress)
         history.append(_chains(stage))
         warm_acc.append((move.n_accepted - n_acc) / max(move.n_proposed - n_prop, 1))
-    warmup_evals, warmup_seconds = target.n_evaluations - n0, time.perf_counter() - t0
+    warmup_evals, warmup_seconds = cost.evaluations, cost.seconds
     n_acc, n_prop = move.n_accepted, move.n_proposed
     with frozen(flow):
         prod = ensemble(mixed)
@@ -282,19 +283,11 @@ def flow_emcee(
         "warmup_evaluations": int(warmup_evals),
         "warmup_seconds": warmup_seconds,
         "warmup_global_acceptance": warm_acc,
-        **chain_diagnostics(x),
         **log_prob.counts(),
     }
     if evidence_samples > 0:
         with frozen(flow):
             info["evidence"] = flow_evidence(flow, target, evidence_samples, seed=int(seed))
-    return SamplingResult(
-        x=x,
-        log_weight=torch.zeros_like(energy),
-        energy=energy,
-        accepted=accepted,
-        method="flow-emcee",
-        energy_evaluations=target.n_evaluations - n0,
-        wall_seconds=time.perf_counter() - t0,
-        info=info,
+    return SamplingResult.from_chain(
+        x, energy, accepted, method="flow-emcee", cost=cost, info=info, diagnostics=True
     )

@@ -7,7 +7,7 @@ registered in :data:`boltzflow.registry.SAMPLERS`):
   supplies starting points (``start="flow"``), or none is used (``"random"``, ``"cold"``);
 * :func:`flow_hmc` -- HMC in the flow's latent space on :math:`U(z) = u(f(z)) -
   \log|\det J_f(z)|` (NeuTra, Hoffman et al. 2019; flow-HMC on lattices, Foreman et al. 2021,
-  arXiv:2112.01586).
+  arXiv:2112.01586), with a fixed step: the chain of :mod:`boltzflow.sampling.neutra`.
 
 Targets on a torus (U(1) links) declare ``period = 2π``; positions (and latent points, since the
 gauge flow maps the torus to itself and is periodic) are then wrapped after every drift.
@@ -23,18 +23,16 @@ no window fits in the chain, the largest :math:`\tau(M)` is reported as a lower 
 
 from __future__ import annotations
 
-import math
-import time
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from boltzflow.flows.base import frozen
+from boltzflow.rng import generator_for_module
 from boltzflow.sampling.chains import run_chain
 from boltzflow.sampling.kernels.hmc import HMC
-from boltzflow.sampling.kernels.latent_hmc import LatentHMC
-from boltzflow.sampling.runners import SamplingResult
+from boltzflow.sampling.neutra import latent_hmc_chains
+from boltzflow.sampling.runners import RunCost, SamplingResult
 
 __all__ = ["TauEstimate", "pooled_integrated_time", "hmc", "flow_hmc", "chain_observable_taus"]
 
@@ -95,29 +93,21 @@ def _start(flow, target, chains: int, start: str, generator: torch.Generator) ->
         return torch.zeros(shape, dtype=anchor.dtype, device=anchor.device)
     if start == "random":
         u = torch.rand(shape, generator=generator, dtype=anchor.dtype, device=anchor.device)
-        period = getattr(target, "period", None)
+        period = target.period
         return (u - 0.5) * period if period else 2.0 * u - 1.0
     raise ValueError(f"start must be 'flow', 'cold' or 'random', got {start!r}")
 
 
-def _result(res, method, target, n0, t0, extra) -> SamplingResult:
-    wall = time.perf_counter() - t0
+def _result(res, method: str, target, cost: RunCost, extra: dict) -> SamplingResult:
     steps = res.x.shape[1] * extra.get("thin", 1) + extra.get("n_warmup", 0)
     info = {
         "acceptance_rate": res.acceptance_rate,
-        "seconds_per_step": wall / max(steps, 1),
+        "seconds_per_step": cost.seconds / max(steps, 1),
         **extra,
         **chain_observable_taus(target, res.x),
     }
-    return SamplingResult(
-        x=res.x,
-        log_weight=torch.zeros_like(res.energy),
-        energy=res.energy,
-        accepted=res.accepted,
-        method=method,
-        energy_evaluations=target.n_evaluations - n0,
-        wall_seconds=wall,
-        info=info,
+    return SamplingResult.from_chain(
+        res.x, res.energy, res.accepted, method=method, cost=cost, info=info
     )
 
 
@@ -139,14 +129,14 @@ def hmc(
     Runs ``chains`` chains for ``ceil(n_samples / chains)`` kept draws after ``n_warmup``
     discarded steps. Each step costs ``n_leapfrog`` energy + gradient evaluations per chain.
     """
-    g = torch.Generator(device=next(iter(flow.parameters())).device).manual_seed(int(seed))
+    g = generator_for_module(flow, seed)
     x0 = _start(flow, target, int(chains), start, g)
-    n0, t0 = target.n_evaluations, time.perf_counter()
-    kernel = HMC(target, step_size, n_leapfrog, wrap=getattr(target, "period", None))
+    cost = RunCost(target)
+    kernel = HMC(target, step_size, n_leapfrog, wrap=target.period)
     n_draws = -(-int(n_samples) // int(chains))
     res = run_chain(kernel, x0, n_draws * thin, seed=seed, thin=thin, n_warmup=n_warmup)
     extra = {"step_size": step_size, "n_leapfrog": n_leapfrog, "thin": thin, "n_warmup": n_warmup}
-    return _result(res, "hmc", target, n0, t0, extra)
+    return _result(res, "hmc", target, cost, extra)
 
 
 def flow_hmc(
@@ -161,19 +151,22 @@ def flow_hmc(
     thin: int = 1,
     n_warmup: int = 50,
 ) -> SamplingResult:
-    r"""HMC in the flow's latent space (chains start at flow samples, so in equilibrium as far as
-    the flow is right); draws are reported as configurations :math:`x = f(z)`."""
-    g = torch.Generator(device=next(iter(flow.parameters())).device).manual_seed(int(seed))
-    x0 = _start(flow, target, int(chains), "flow", g)
-    n0, t0 = target.n_evaluations, time.perf_counter()
-    period = getattr(target, "period", None)
-    if period is not None and not math.isclose(
-        float(flow.base.high - flow.base.low), float(period)
-    ):
-        raise ValueError("a torus target needs a flow whose base is the same torus")
-    with frozen(flow):
-        kernel = LatentHMC(target, flow, step_size, n_leapfrog, wrap=period)
-        n_draws = -(-int(n_samples) // int(chains))
-        res = run_chain(kernel, x0, n_draws * thin, seed=seed, thin=thin, n_warmup=n_warmup)
+    r"""HMC in the flow's latent space with a fixed step (NeuTra,
+    :func:`~boltzflow.sampling.neutra.latent_hmc_chains`); chains start at flow samples, so in
+    equilibrium as far as the flow is right, and run ``n_warmup`` discarded steps, then
+    ``ceil(n_samples / chains)`` kept draws each, reported as configurations :math:`x = f(z)`."""
+    cost = RunCost(target)
+    out = latent_hmc_chains(
+        flow,
+        target,
+        n_draws=-(-int(n_samples) // int(chains)),
+        seed=seed,
+        chains=chains,
+        step_size=step_size,
+        n_leapfrog=n_leapfrog,
+        thin=thin,
+        n_warmup=n_warmup,
+        progress=None,
+    )
     extra = {"step_size": step_size, "n_leapfrog": n_leapfrog, "thin": thin, "n_warmup": n_warmup}
-    return _result(res, "flow-hmc", target, n0, t0, extra)
+    return _result(out.result, "flow-hmc", target, cost, extra)

@@ -1,9 +1,16 @@
-"""Sampler runners used by recipes: a flow and a target in, a :class:`SamplingResult` out.
+r"""Sampler runners used by recipes: a flow and a target in, a :class:`SamplingResult` out.
 
 Every runner has the signature ``fn(flow, target, *, n_samples, seed, **params)`` and is
 registered in :data:`boltzflow.registry.SAMPLERS`. Results are always laid out as
 ``[chains, draws, ...]`` (importance sampling is one "chain" of independent draws), which is
-the layout of the ``posterior`` group in ``samples.nc``.
+the layout of the ``posterior`` group in ``samples.nc``. Every runner builds its result with
+:meth:`SamplingResult.from_chain` (MCMC) or :meth:`SamplingResult.from_draws` (weighted i.i.d.
+draws), with the cost measured by a :class:`RunCost` started when the run starts.
+
+Also here, the plumbing the flow-based runners share: batched flow draws with their
+log-weights (:func:`draw_with_log_weights`), flow importance-sampling evidence
+(:func:`flow_evidence`), batched independence MH over cached draws
+(:func:`independence_chains`) and chain starting points (:func:`start_points`).
 """
 
 from __future__ import annotations
@@ -13,10 +20,39 @@ from typing import NamedTuple
 
 import torch
 
-from boltzflow.sampling.base import metropolis_hastings_accept
-from boltzflow.sampling.reweighting import log_weights
+from boltzflow.rng import generator_for_module
+from boltzflow.sampling.kernels.imh import imh_sweep
+from boltzflow.weights import importance_log_weights
 
-__all__ = ["SamplingResult", "importance_sampling", "flow_imh", "draw_with_log_weights"]
+__all__ = [
+    "SamplingResult",
+    "RunCost",
+    "FlowDraws",
+    "draw_with_log_weights",
+    "flow_evidence",
+    "independence_chains",
+    "start_points",
+    "importance_sampling",
+    "flow_imh",
+]
+
+
+class RunCost:
+    """The meter of one run: target evaluations and wall-clock seconds since it was made."""
+
+    def __init__(self, target):
+        self.target = target
+        self.n0, self.t0 = target.n_evaluations, time.perf_counter()
+
+    @property
+    def evaluations(self) -> int:
+        """Target evaluations since the start (counted by ``target.n_evaluations``)."""
+        return self.target.n_evaluations - self.n0
+
+    @property
+    def seconds(self) -> float:
+        """Wall-clock seconds since the start."""
+        return time.perf_counter() - self.t0
 
 
 class SamplingResult(NamedTuple):
@@ -25,12 +61,29 @@ class SamplingResult(NamedTuple):
     Attributes:
         x: samples ``[chains, draws, *event_shape]``.
         log_weight: importance log-weights ``[chains, draws]`` (zeros for exact MCMC output).
-        energy: reduced energies ``[chains, draws]`` in kT.
+        energy: reduced energies ``[chains, draws]`` in kT (the target's own values).
         accepted: MCMC acceptance flags ``[chains, draws]``, or ``None`` for i.i.d. draws.
         method: the sampler's name.
-        energy_evaluations: target evaluations spent by the sampler.
+        energy_evaluations: target evaluations spent by the sampler, warm-up, flow training
+            and evidence draws included.
         wall_seconds: wall-clock time.
-        info: extra JSON-serialisable numbers (acceptance rates per move, tau_int, ...).
+        info: extra JSON-serialisable numbers; they are copied into ``summary.json``'s
+            ``sampling`` block. Keys that mean the same in every runner:
+
+            * ``acceptance_rate`` -- fraction of kept draws whose step moved the chain (MCMC;
+              emcee reports its own per-walker acceptance fraction);
+            * ``n_warmup`` -- steps per chain run and discarded before the first kept draw;
+            * ``warmup_evaluations``, ``warmup_seconds`` -- target evaluations and seconds
+              spent before production (adaptation, flow training);
+            * ``step_size`` (fixed) or ``step_size_median`` (adapted per chain, median);
+            * ``rhat_max``, ``ess_bulk_min``, ``ess_tail_min`` -- from
+              :func:`~boltzflow.sampling.diagnostics.chain_diagnostics`;
+            * ``local_acceptance``, ``global_acceptance`` -- per-move rates of a hybrid chain;
+              ``warmup_global_acceptance`` the flow moves' rate per warm-up round;
+            * ``evidence`` -- :meth:`~boltzflow.sampling.reweighting.ReweightingResult.as_dict`
+              of flow importance draws (log Z with bootstrap error, ESS, PSIS k̂);
+            * ``tau_int_<observable>`` (and ``..._lower_bound``) -- lattice runners;
+            * ``walkers``, ``n_nonfinite``, ``n_errors`` -- emcee runners.
     """
 
     x: torch.Tensor
@@ -47,47 +100,149 @@ class SamplingResult(NamedTuple):
         """True when the samples need their importance weights (i.i.d. flow draws)."""
         return self.accepted is None
 
+    @classmethod
+    def from_chain(
+        cls,
+        x: torch.Tensor,
+        energy: torch.Tensor,
+        accepted: torch.Tensor,
+        *,
+        method: str,
+        cost: RunCost,
+        info: dict | None = None,
+        diagnostics: bool = False,
+    ) -> SamplingResult:
+        """Exact MCMC draws ``x [chains, draws, *event]``: zero log-weights, the cost so far,
+        ``info["acceptance_rate"]`` from ``accepted`` unless ``info`` has one, and with
+        ``diagnostics`` the R-hat and ESS keys."""
+        info = dict(info or {})
+        if "acceptance_rate" not in info:
+            info = {"acceptance_rate": float(accepted.double().mean()), **info}
+        if diagnostics:
+            from boltzflow.sampling.diagnostics import chain_diagnostics
+
+            info.update(chain_diagnostics(x))
+        zeros = torch.zeros_like(energy)
+        return cls(x, zeros, energy, accepted, method, cost.evaluations, cost.seconds, info)
+
+    @classmethod
+    def from_draws(
+        cls,
+        x: torch.Tensor,
+        log_weight: torch.Tensor,
+        energy: torch.Tensor,
+        *,
+        method: str,
+        cost: RunCost,
+        info: dict | None = None,
+    ) -> SamplingResult:
+        """Weighted i.i.d. draws ``x [n, *event]`` (with ``log_weight``, ``energy`` ``[n]``) as
+        one chain, with the cost so far."""
+        return cls(
+            x.unsqueeze(0),
+            log_weight.unsqueeze(0),
+            energy.unsqueeze(0),
+            None,
+            method,
+            cost.evaluations,
+            cost.seconds,
+            dict(info or {}),
+        )
+
+
+class FlowDraws(NamedTuple):
+    """``n`` proposal draws ``x [n, *event]`` with ``log_weight``, ``energy`` (kT) and the
+    proposal's ``log_q``, each ``[n]``; ``log_weight = -energy - log_q`` under the rule of
+    :mod:`boltzflow.weights`, while ``energy`` and ``log_q`` are the values as computed."""
+
+    x: torch.Tensor
+    log_weight: torch.Tensor
+    energy: torch.Tensor
+    log_q: torch.Tensor
+
 
 @torch.no_grad()
 def draw_with_log_weights(
     flow, target, n: int, generator: torch.Generator | None = None, batch_size: int = 8192
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Draw ``n`` flow samples in batches; return ``(x [n, *event], log_w [n], energy [n])``.
+) -> FlowDraws:
+    """Draw ``n`` samples of ``flow`` (anything with ``sample(n, generator) -> (x, z, log_q)``)
+    in batches and score them: one target evaluation per draw.
 
     No gradients are tracked (the draws are data), whether or not the flow is trainable.
     """
-    xs, lws, us = [], [], []
+    xs, lws, us, lqs = [], [], [], []
     done = 0
     while done < n:
         m = min(batch_size, n - done)
-        with torch.no_grad():
-            s = flow.sample(m, generator=generator)
-        lw = log_weights(target, s.x, s.log_q)
+        s = flow.sample(m, generator=generator)
+        u = target.energy(s.x)
         xs.append(s.x)
-        lws.append(lw)
-        us.append(-lw - s.log_q)
+        lws.append(importance_log_weights(u, s.log_q))
+        us.append(u)
+        lqs.append(s.log_q)
         done += m
-    return torch.cat(xs), torch.cat(lws), torch.cat(us)
+    return FlowDraws(torch.cat(xs), torch.cat(lws), torch.cat(us), torch.cat(lqs))
+
+
+def flow_evidence(flow, target, n: int, seed: int = 0) -> dict:
+    r"""Evidence :math:`\log Z` by flow importance sampling of ``n`` draws (generator seeded
+    ``seed + 1``): :func:`~boltzflow.sampling.reweighting.reweight` as a dict."""
+    from boltzflow.sampling.reweighting import reweight
+
+    g = generator_for_module(flow, int(seed) + 1)
+    draws = draw_with_log_weights(flow, target, int(n), g)
+    return reweight(draws.log_weight, seed=int(seed)).as_dict()
+
+
+def independence_chains(
+    draws: FlowDraws,
+    chains: int,
+    n_warmup: int,
+    generator: torch.Generator,
+    *,
+    method: str,
+    cost: RunCost,
+    info: dict | None = None,
+    diagnostics: bool = False,
+) -> SamplingResult:
+    """Batched independence MH over cached draws, by
+    :func:`~boltzflow.sampling.kernels.imh.imh_sweep`.
+
+    ``draws`` holds ``(steps + 1) · chains`` proposals in step-major order; the result has
+    ``steps - n_warmup`` kept draws per chain, built by :meth:`SamplingResult.from_chain`.
+    """
+    sweep = imh_sweep(draws.log_weight.reshape(-1, int(chains)), int(n_warmup), generator)
+    flat = sweep.index.reshape(-1)
+    x = draws.x[flat].reshape(*sweep.index.shape, *draws.x.shape[1:])
+    energy = draws.energy[flat].reshape(sweep.index.shape)
+    return SamplingResult.from_chain(
+        x, energy, sweep.accepted, method=method, cost=cost, info=info, diagnostics=diagnostics
+    )
+
+
+def start_points(flow, target, n: int, init: str, generator: torch.Generator) -> torch.Tensor:
+    """``n`` starting points: the target's prior draws (``init="prior"``) or flow samples."""
+    params = next(iter(flow.parameters()), None) if flow is not None else None
+    dtype = params.dtype if params is not None else torch.float64
+    with torch.no_grad():
+        if init == "prior":
+            try:
+                return target.sample_prior(n, generator=generator, dtype=dtype)
+            except NotImplementedError:  # Energy's default: no prior, start from the flow
+                pass
+        if flow is None:
+            raise ValueError("init='flow' needs a flow (or a target with sample_prior)")
+        return flow.sample(n, generator=generator).x.detach()
 
 
 def importance_sampling(
     flow, target, *, n_samples: int, seed: int = 0, batch_size: int = 8192
 ) -> SamplingResult:
     """I.i.d. flow draws with importance log-weights ``-u(x) - log q(x)`` (one chain)."""
-    g = _generator_for(flow, seed)
-    n0 = target.n_evaluations
-    t0 = time.perf_counter()
-    x, lw, u = draw_with_log_weights(flow, target, int(n_samples), g, batch_size)
-    return SamplingResult(
-        x=x.unsqueeze(0),
-        log_weight=lw.unsqueeze(0),
-        energy=u.unsqueeze(0),
-        accepted=None,
-        method="importance",
-        energy_evaluations=target.n_evaluations - n0,
-        wall_seconds=time.perf_counter() - t0,
-        info={},
-    )
+    g = generator_for_module(flow, seed)
+    cost = RunCost(target)
+    d = draw_with_log_weights(flow, target, int(n_samples), g, batch_size)
+    return SamplingResult.from_draws(d.x, d.log_weight, d.energy, method="importance", cost=cost)
 
 
 def flow_imh(
@@ -102,9 +257,8 @@ def flow_imh(
 ) -> SamplingResult:
     r"""Independence Metropolis–Hastings with flow proposals, batched.
 
-    Proposals of an independence sampler do not depend on the chain state, so all of them are
-    drawn and scored in large batches first; the accept/reject sweep then runs over cached
-    log-weights with the shared :func:`~boltzflow.sampling.base.metropolis_hastings_accept`:
+    All proposals are drawn and scored in large batches first; the accept/reject sweep then
+    runs over the cached log-weights (:func:`independence_chains`):
     :math:`\alpha = \min(1, w(x')/w(x))` with :math:`\log w = -u - \log q`
     (Tierney 1994; used with flows by Nicoli et al. 2020 and Gabrié et al. 2022). The
     transition law is exactly that of :class:`~boltzflow.sampling.kernels.imh.IndependenceMH`.
@@ -116,39 +270,8 @@ def flow_imh(
     chains = int(chains)
     n_draws = -(-int(n_samples) // chains)
     warm = min(100, n_draws // 10) if n_warmup is None else int(n_warmup)
-    steps = warm + n_draws
-    g = _generator_for(flow, seed)
-    n0 = target.n_evaluations
-    t0 = time.perf_counter()
-    x, lw, u = draw_with_log_weights(flow, target, chains * (steps + 1), g, batch_size)
-    lw = lw.reshape(steps + 1, chains)
-    current = torch.arange(chains, device=lw.device)  # flat index of each chain's state
-    lw_cur = lw[0]
-    kept, accepted = [], []
-    for t in range(1, steps + 1):
-        acc, _ = metropolis_hastings_accept(lw[t] - lw_cur, g)
-        current = torch.where(acc, t * chains + torch.arange(chains, device=lw.device), current)
-        lw_cur = torch.where(acc, lw[t], lw_cur)
-        if t > warm:
-            kept.append(current)
-            accepted.append(acc)
-    idx = torch.stack(kept, dim=1)  # [chains, draws]
-    acc_t = torch.stack(accepted, dim=1)
-    return SamplingResult(
-        x=x[idx.reshape(-1)].reshape(chains, n_draws, *x.shape[1:]),
-        log_weight=torch.zeros(chains, n_draws, dtype=u.dtype, device=u.device),
-        energy=u[idx.reshape(-1)].reshape(chains, n_draws),
-        accepted=acc_t,
-        method="imh",
-        energy_evaluations=target.n_evaluations - n0,
-        wall_seconds=time.perf_counter() - t0,
-        info={"acceptance_rate": float(acc_t.double().mean()), "n_warmup": warm},
-    )
-
-
-def _generator_for(flow, seed: int) -> torch.Generator:
-    p = next(iter(flow.parameters()), None)
-    device = p.device if p is not None else torch.device("cpu")
-    g = torch.Generator(device=device)
-    g.manual_seed(int(seed))
-    return g
+    g = generator_for_module(flow, seed)
+    cost = RunCost(target)
+    draws = draw_with_log_weights(flow, target, chains * (warm + n_draws + 1), g, batch_size)
+    info = {"n_warmup": warm}
+    return independence_chains(draws, chains, warm, g, method="imh", cost=cost, info=info)

@@ -69,9 +69,9 @@ class MisNormalized(torch.nn.Module):
 
 def evidence(proposal, n=20000, seed=0):
     with torch.no_grad():
-        _, log_w, _ = draw_with_log_weights(
+        log_w = draw_with_log_weights(
             proposal, posterior(), n, torch.Generator().manual_seed(seed)
-        )
+        ).log_weight
     return reweight(log_w, seed=seed)
 
 

@@ -6,7 +6,7 @@ import torch
 from boltzflow.energies.gaussians import CorrelatedGaussian
 from boltzflow.flows.base import frozen
 from boltzflow.flows.builders import spline_coupling_flow
-from boltzflow.sampling.hybrid import neutra
+from boltzflow.sampling.neutra import neutra
 
 
 def _flow():

@@ -10,8 +10,9 @@ from boltzflow.energies.posterior import Parameter, Posterior
 from boltzflow.energies.priors import Normal, Uniform
 from boltzflow.flows.builders import spline_coupling_flow
 from boltzflow.sampling import diagnostics
-from boltzflow.sampling.bayes_anneal import annealed_flow, imh_sweep, next_beta
-from boltzflow.sampling.bayes_proposals import prior_energy
+from boltzflow.sampling.bayes_anneal import annealed_flow, next_beta
+from boltzflow.sampling.kernels.imh import imh_sweep
+from boltzflow.sampling.proposals import prior_energy
 from boltzflow.sampling.reweighting import kish_ess
 
 pytestmark = pytest.mark.usefixtures("float64")
@@ -85,13 +86,13 @@ def test_prior_energy_is_the_normalized_prior():
 
 
 def test_imh_sweep_accepts_equal_weights_and_is_calibrated():
-    idx, acc = imh_sweep(torch.zeros(11, 3), 3, 0, torch.Generator().manual_seed(0))
+    idx, acc = imh_sweep(torch.zeros(11, 3), 0, torch.Generator().manual_seed(0))
     assert acc.all() and idx[:, -1].tolist() == [30, 31, 32]
     # proposal N(0, 1.5²), target N(0, 1): log w = log N(x;0,1) - log N(x;0,1.5²)
     g = torch.Generator().manual_seed(1)
     x = 1.5 * torch.randn(2001, 16, generator=g)
     lw = -0.5 * x**2 + 0.5 * (x / 1.5) ** 2
-    idx, _ = imh_sweep(lw, 16, 50, g)
+    idx, _ = imh_sweep(lw, 50, g)
     chain = x.reshape(-1)[idx]
     z = diagnostics.calibrated_z((chain**2).numpy()[..., None], np.array([1.0]), method="mean")
     assert abs(z[0]) < Z_MAX
@@ -142,7 +143,7 @@ def test_bad_sampler_name():
 
 
 def test_prior_defensive_density_matches_its_draws():
-    from boltzflow.sampling.bayes_proposals import defensive_proposal
+    from boltzflow.sampling.proposals import defensive_proposal
 
     post = conjugate_posterior()
     flow = spline_coupling_flow(post, num_layers=2, hidden=8, seed=0).double()

@@ -9,10 +9,9 @@ import torch
 
 from boltzflow.energies.base import Energy
 from boltzflow.energies.gaussians import GaussianMixture
-from boltzflow.energies.posterior import EmceeLogProb
 from boltzflow.flows.base import FlowSample
 from boltzflow.sampling import diagnostics
-from boltzflow.sampling.emcee_move import FlowMove
+from boltzflow.sampling.emcee_move import EmceeLogProb, FlowMove
 
 DIM, WEIGHT = 5, 0.7
 
@@ -139,7 +138,7 @@ def test_defensive_flow_is_a_normalized_mixture_with_its_sampler():
     from scipy import stats
 
     from boltzflow.flows.builders import spline_coupling_flow
-    from boltzflow.sampling.emcee_move import DefensiveFlow
+    from boltzflow.sampling.proposals import DefensiveFlow
 
     flow = spline_coupling_flow(1, seed=0).double()
     q = DefensiveFlow(flow, weight=0.3, scale=2.0)

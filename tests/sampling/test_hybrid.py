@@ -7,7 +7,8 @@ import torch
 from boltzflow.energies.gaussians import CorrelatedGaussian, Funnel
 from boltzflow.flows.builders import spline_coupling_flow
 from boltzflow.sampling import diagnostics
-from boltzflow.sampling.hybrid import hybrid, neutra
+from boltzflow.sampling.hybrid import GlobalMoves, LocalMoves, Schedule, hybrid
+from boltzflow.sampling.neutra import neutra
 from boltzflow.training.losses import reverse_kl
 
 pytestmark = pytest.mark.usefixtures("float64_module")
@@ -41,9 +42,10 @@ def gaussian(float64_module):
 @pytest.fixture(scope="module")
 def gaussian_hybrid(gaussian):
     return hybrid(
-        small_flow(gaussian), gaussian, n_samples=2400, seed=0, chains=8, init="flow",
-        warmup_rounds=3, local_steps=20, global_steps=5, train_steps=80, batch_size=256,
-        lr=5e-3, repeats=(1, 2),
+        small_flow(gaussian), gaussian, n_samples=2400, seed=0,
+        schedule=Schedule(chains=8, init="flow", warmup_rounds=3, repeats=(1, 2)),
+        local=LocalMoves(steps=20),
+        global_moves=GlobalMoves(steps=5, train_steps=80, batch_size=256, lr=5e-3),
     )  # fmt: skip
 
 
@@ -76,9 +78,10 @@ def test_hybrid_negative_control_wrong_truth_fails(gaussian, gaussian_hybrid):
 def test_hybrid_hmc_funnel_calibrated():
     funnel = Funnel(dim=3, sigma=1.5)
     res = hybrid(
-        small_flow(funnel), funnel, n_samples=3000, seed=1, chains=8, init="flow", local="hmc",
-        n_leapfrog=5, step_size=0.2, warmup_rounds=4, local_steps=15, global_steps=5,
-        train_steps=80, batch_size=256, lr=5e-3, repeats=(1, 2),
+        small_flow(funnel), funnel, n_samples=3000, seed=1,
+        schedule=Schedule(chains=8, init="flow", warmup_rounds=4, repeats=(1, 2)),
+        local=LocalMoves(kind="hmc", n_leapfrog=5, step_size=0.2, steps=15),
+        global_moves=GlobalMoves(steps=5, train_steps=80, batch_size=256, lr=5e-3),
     )  # fmt: skip
     z = z_scores(res.x, np.zeros(3))
     assert bool((z < Z_MAX).all()), z

@@ -8,7 +8,8 @@ import torch
 from boltzflow.energies.gaussians import CorrelatedGaussian
 from boltzflow.flows.builders import spline_coupling_flow
 from boltzflow.sampling import diagnostics
-from boltzflow.sampling.hybrid import _metric, hybrid
+from boltzflow.sampling.adaptation import estimate_metric
+from boltzflow.sampling.hybrid import hybrid_sampler
 from boltzflow.sampling.kernels import DenseMetric
 
 D = torch.float64
@@ -27,7 +28,7 @@ def _z(x, truth):
 def _run(gaussian, local, **kw):
     flow = spline_coupling_flow(gaussian, num_layers=2, hidden=16, seed=0).double()
     x0 = {"init": "flow"}
-    return hybrid(
+    return hybrid_sampler(
         flow, gaussian, n_samples=3200, seed=1, chains=16, local=local, n_leapfrog=3,
         step_size=0.05, jitter=0.3, warmup_rounds=4, local_steps=30, train_steps=60, batch_size=256,
         lr=5e-3, **x0, **kw,
@@ -45,13 +46,13 @@ def dense_run(gaussian):
 def test_dense_metric_estimate_is_the_shrunk_sample_covariance():
     data = torch.randn(500, 3, generator=torch.Generator().manual_seed(0), dtype=D)
     data = data @ torch.tensor([[2.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, 0.3, 0.1]], dtype=D)
-    m = _metric(data, "dense")
+    m = estimate_metric(data, "dense")
     assert isinstance(m, DenseMetric)
     expected = (500 * torch.cov(data.T) + 5e-3 * torch.eye(3, dtype=D)) / 505
     torch.testing.assert_close(m.inv_mass, expected)
-    torch.testing.assert_close(_metric(data, "diag"), 1.0 / data.var(0))
+    torch.testing.assert_close(estimate_metric(data, "diag"), 1.0 / data.var(0))
     with pytest.raises(ValueError):
-        _metric(data, "full")
+        estimate_metric(data, "full")
 
 
 def test_calibrated_on_an_ill_conditioned_gaussian(gaussian, dense_run):
