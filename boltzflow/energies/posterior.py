@@ -30,7 +30,7 @@ from boltzflow.energies.base import Energy, Observable
 from boltzflow.energies.bijections import Bijection, CircleLift, Constrained
 from boltzflow.energies.priors import Flat, Prior
 
-__all__ = ["Parameter", "Posterior", "from_log_prob", "EmceeLogProb"]
+__all__ = ["Parameter", "Posterior", "from_log_prob"]
 
 logger = logging.getLogger(__name__)
 
@@ -303,53 +303,3 @@ def from_log_prob(
     if not isinstance(parameters, Mapping):
         parameters = [p if isinstance(p, Parameter) else Parameter(p, Flat()) for p in parameters]
     return Posterior(parameters, log_prob, numpy=numpy, log_z=log_z)
-
-
-class EmceeLogProb:
-    r"""``log_prob_fn`` for :class:`emcee.EnsembleSampler` over an :class:`Energy`'s coordinates.
-
-    ``coords [n_walkers, dim]`` (use ``vectorize=True``) or ``[dim]`` map to :math:`-u`. NaN and
-    other non-finite values give :math:`-\infty` and are counted in ``n_nonfinite``. An
-    exception raised by the energy is not allowed to stop emcee's loop: the batch gets
-    :math:`-\infty`, the walkers in it are counted in ``n_errors``, and the first exception is
-    logged as a warning with its message (later ones only counted). Runners report both counts.
-    Likelihood calls are counted by ``target.n_evaluations``.
-    """
-
-    def __init__(self, target: Energy, dtype: torch.dtype = torch.float64):
-        self.target, self.dtype = target, dtype
-        self.n_nonfinite = 0
-        self.n_errors = 0
-        self.first_error: str | None = None
-
-    def __call__(self, coords):
-        arr = np.asarray(coords, dtype=np.float64)
-        y = torch.as_tensor(np.atleast_2d(arr), dtype=self.dtype)
-        try:
-            with torch.no_grad():
-                lp = -self.target.energy(y).cpu().double().numpy()
-        except Exception as exc:  # noqa: BLE001 - never raise inside emcee's loop
-            if self.first_error is None:
-                self.first_error = f"{type(exc).__name__}: {exc}"
-                logger.warning(
-                    "the energy raised inside emcee (%s); those walkers get log p = -inf and "
-                    "further errors are counted in n_errors",
-                    self.first_error,
-                )
-            self.n_errors += int(y.shape[0])
-            lp = np.full(y.shape[0], -np.inf)
-        bad = ~np.isfinite(lp)
-        self.n_nonfinite += int(bad.sum())
-        lp = np.where(bad, -np.inf, lp)
-        return lp if arr.ndim == 2 else float(lp[0])
-
-    def counts(self) -> dict:
-        """``{"n_nonfinite": ..., "n_errors": ...}`` for a runner's ``info``; warns if either
-        is non-zero."""
-        if self.n_nonfinite:
-            logger.warning(
-                "%d emcee log-probabilities were non-finite (%d of them from exceptions)",
-                self.n_nonfinite,
-                self.n_errors,
-            )
-        return {"n_nonfinite": int(self.n_nonfinite), "n_errors": int(self.n_errors)}

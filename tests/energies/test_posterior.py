@@ -9,7 +9,7 @@ import torch
 from scipy import integrate
 
 from boltzflow.energies.bijections import CircleLift, Identity, Interval, Positive, UnitDisk
-from boltzflow.energies.posterior import EmceeLogProb, Parameter, Posterior, from_log_prob
+from boltzflow.energies.posterior import Parameter, Posterior, from_log_prob
 from boltzflow.energies.priors import (
     Flat,
     HalfCauchy,
@@ -19,6 +19,7 @@ from boltzflow.energies.priors import (
     Uniform,
     UniformDisk,
 )
+from boltzflow.sampling.emcee_move import EmceeLogProb
 
 pytestmark = pytest.mark.usefixtures("float64")
 
