@@ -1,4 +1,4 @@
-r"""Langevin molecular dynamics with OpenMM, cached on disk, and the ``boltzflow md`` command.
+r"""Langevin molecular dynamics with OpenMM, cached on disk (command: :mod:`boltzflow.cli.md`).
 
 :func:`run_md` integrates the Langevin equation with OpenMM's ``LangevinMiddleIntegrator``
 (BAOAB splitting; Leimkuhler & Matthews 2013, Appl. Math. Res. Express 2013, 34) at
@@ -33,8 +33,8 @@ import numpy as np
 
 from boltzflow.parallel import SystemSpec
 
-__all__ = ["MDSettings", "Restraint", "run_md", "cached_md", "cache_dir", "md_command"]
-__all__ += ["add_md_parser", "alanine_md_frames", "cached_md_many"]
+__all__ = ["MDSettings", "Restraint", "run_md", "cached_md", "cache_dir"]
+__all__ += ["alanine_md_frames", "cached_md_many"]
 
 log = logging.getLogger(__name__)
 
@@ -193,50 +193,6 @@ def cached_md_many(spec, jobs, *, pool=None, directory=None) -> list[np.ndarray]
     return [np.load(p) for p in paths]
 
 
-# ----------------------------------------------------------------------------- CLI
-def add_md_parser(subparsers) -> None:
-    """Register ``boltzflow md SYSTEM --ns N`` on an ``argparse`` subparsers object."""
-    p = subparsers.add_parser(
-        "md",
-        help="generate (and cache) Langevin MD training data for a molecular system",
-        description="Run the MD a molecular recipe trains on, and store it in the cache.",
-    )
-    p.add_argument("system", help="system name or recipe path (e.g. alanine-dipeptide-vacuum)")
-    p.add_argument("--ns", type=float, default=None, help="main 300 K trajectory length (ns)")
-    p.add_argument("--alpha-l-ns", type=float, default=None, help="αL-seeded trajectory (ns)")
-    p.add_argument("--budget", default="default", help="recipe budget for unset values")
-    p.add_argument("--seed", type=int, default=None, help="MD seed (default: the recipe's)")
-    p.add_argument("--workers", type=int, default=None, help="worker processes")
-    p.add_argument("--out", default=None, help="also write the frames (nm) to this .npy file")
-    p.set_defaults(func=md_command)
-
-
-def md_command(args) -> int:
-    """``boltzflow md``: generate the recipe's MD data set (cached) and print where it is."""
-    from boltzflow.pipeline import build_target
-    from boltzflow.recipes import load_recipe
-
-    recipe = load_recipe(args.system, args.budget)
-    overrides = {
-        k: v
-        for k, v in (("md_ns", args.ns), ("md_alpha_l_ns", args.alpha_l_ns), ("md_seed", args.seed))
-        if v is not None
-    }
-    recipe.target.update(overrides)
-    target = build_target(recipe, workers=args.workers, system_dir=recipe.folder)
-    try:
-        frames = target.md_frames()
-    finally:
-        if hasattr(target, "close"):
-            target.close()
-    if args.out:
-        np.save(args.out, np.concatenate(frames))
-    for name, f in zip(("main", "alpha_l"), frames, strict=False):
-        print(f"{name}: {len(f)} frames of {f.shape[1]} atoms")
-    print(f"cache: {cache_dir() / 'md'}")
-    return 0
-
-
 def alanine_md_frames(
     target,
     ns: float = 2.0,
@@ -289,7 +245,3 @@ def alanine_md_frames(
     main = np.concatenate(out[:n_main])
     alpha = np.concatenate(out[n_main:]) if len(out) > n_main else main[:0]
     return [main, alpha]
-
-
-#: The name ``boltzflow.cli`` looks up to register the subcommand.
-add_parser = add_md_parser

@@ -3,9 +3,13 @@
 * ``boltzflow systems`` lists the catalogue;
 * ``boltzflow run [NAME|PATH] [--budget smoke|default|long] [--seed N] [--out DIR]
   [--device cpu|cuda] [--workers N] [--scheduler ADDRESS] [--threads N]`` runs a recipe end to end;
-* further subcommands (``md``, ``umbrella``, and plugins' commands from the
-  ``boltzflow.commands`` entry-point group) are added by the modules that provide them; one
+* ``boltzflow md`` and ``boltzflow umbrella`` (:mod:`boltzflow.cli.md`,
+  :mod:`boltzflow.cli.umbrella`) make the training data and reference free energies of the
+  molecular systems;
+* plugins add commands through the ``boltzflow.commands`` entry-point group. A subcommand
   whose module fails to import is listed as unavailable and fails with the import error.
+
+``python -m boltzflow.cli`` runs the same command.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ __all__ = ["main", "build_parser", "DEFAULT_SYSTEM"]
 DEFAULT_SYSTEM = "alanine-dipeptide-vacuum"
 
 #: Modules contributing subcommands through an ``add_parser(subparsers)`` function.
-_PLUGIN_PARSERS = ("boltzflow.molecular.md", "boltzflow.molecular.umbrella")
+_PLUGIN_PARSERS = ("boltzflow.cli.md", "boltzflow.cli.umbrella")
 
 
 def _cmd_systems(args) -> int:
@@ -163,7 +167,3 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as exc:
         print(f"boltzflow: error: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
