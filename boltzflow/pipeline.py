@@ -68,20 +68,22 @@ def _stage_data(data, target, recipe: Recipe, dtype, device):
     """Resolve a stage's ``data``: ``"exact"``, a target-provided set, or a file in the system."""
     if data is None or data == "exact":
         return data
-    provider = getattr(target, "training_data", None)
-    if callable(provider):
-        tensor = provider(data)
-    else:
-        path = recipe.folder / str(data)
-        if not path.is_file():
-            raise FileNotFoundError(f"{recipe.path}: training data '{data}' not found ({path})")
-        if path.suffix == ".npy":
-            import numpy as np
-
-            tensor = torch.from_numpy(np.load(path))
-        else:
-            tensor = torch.load(path, weights_only=True)
+    try:
+        tensor = target.training_data(data)
+    except NotImplementedError:  # the target provides none: a file in the system folder
+        tensor = _data_file(recipe, data)
     return tensor.to(device=device, dtype=dtype)
+
+
+def _data_file(recipe: Recipe, data) -> torch.Tensor:
+    path = recipe.folder / str(data)
+    if not path.is_file():
+        raise FileNotFoundError(f"{recipe.path}: training data '{data}' not found ({path})")
+    if path.suffix == ".npy":
+        import numpy as np
+
+        return torch.from_numpy(np.load(path))
+    return torch.load(path, weights_only=True)
 
 
 def _train(flow, target, recipe: Recipe, seed: int, out_dir: Path):
@@ -174,11 +176,8 @@ def _estimate_free_energies(target, result: SamplingResult, n_bootstrap, seed) -
 
 def _reference_stderr(target, name: str) -> float | None:
     """Standard error of a target's estimated (not exact) reference value, if it has one."""
-    fn = getattr(target, "reference_stderr", None)
-    if not callable(fn):
-        return None
     try:
-        return float(fn(name))
+        return float(target.reference_stderr(name))
     except (KeyError, ValueError, NotImplementedError):
         return None
 
@@ -193,13 +192,10 @@ def _references(target, summary: dict) -> dict:
         if lz["stderr"] and math.isfinite(lz["stderr"]) and lz["stderr"] > 0:
             ref["log_z_z_score"] = round((lz["mean"] - target.log_z) / lz["stderr"], 3)
         ref["log_z_abs_error"] = abs(lz["mean"] - target.log_z)
-    for group, method in (
-        ("observables", "exact_observable"),
-        ("free_energies", "exact_free_energy"),
+    for group, exact in (
+        ("observables", target.exact_observable),
+        ("free_energies", target.exact_free_energy),
     ):
-        exact = getattr(target, method, None)
-        if not callable(exact):
-            continue
         for name, est in summary[group].items():
             try:
                 val = float(exact(name))
@@ -254,8 +250,7 @@ def run(
         torch.manual_seed(seed)
         stage_log.info("%s (%s budget, seed %d): building the target", recipe.name, budget, seed)
         target = build_target(recipe, **runtime)
-        if hasattr(target, "close"):
-            stack.callback(target.close)
+        stack.callback(target.close)
         flow = build_flow(recipe, target, seed).to(device=dev, dtype=dtype)
         out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -318,9 +313,10 @@ def _sample_and_summarise(recipe, flow, target, seed, train_summary) -> dict:
         "free_energies": free,
     }
     summary["reference"] = _references(target, summary)
-    assign = getattr(target, "mode_assignment", None)
-    if callable(assign):
-        modes = assign(result.x.reshape(-1, *result.x.shape[2:]))
+    modes = None
+    with contextlib.suppress(NotImplementedError):
+        modes = target.mode_assignment(result.x.reshape(-1, *result.x.shape[2:]))
+    if modes is not None:
         counts = torch.bincount(modes.reshape(-1), minlength=int(target.n_modes))
         summary["sampling"]["n_modes"] = int(target.n_modes)
         summary["sampling"]["modes_covered"] = int((counts > 0).sum())
@@ -331,48 +327,21 @@ def _sample_and_summarise(recipe, flow, target, seed, train_summary) -> dict:
 
 
 def _write_outputs(recipe, flow, target, summary, training, out_dir: Path, seed: int) -> None:
-    from boltzflow import plots
-    from boltzflow.idata import to_inference_data, write_samples
     from boltzflow.io import save_checkpoint
-    from boltzflow.report import write_report, write_summary
+    from boltzflow.reporting.idata import to_inference_data, write_samples
+    from boltzflow.reporting.report import write_report, write_summary
+    from boltzflow.reporting.run_figures import run_figures
 
     result = summary.pop("_result")
     imp = summary.pop("_importance")
     obs_values = summary.pop("_obs_values")
     attrs = {"system": recipe.name, "method": result.method, "budget": recipe.budget, "seed": seed}
-    names = getattr(target, "parameter_names", None)
+    names = target.parameter_names
     idata = to_inference_data(result, obs_values, names=names, attrs=attrs)
     write_samples(idata, out_dir / "samples.nc")
     flow_kwargs = {k: v for k, v in recipe.flow.items() if k != "kind"}
     meta = {"system": recipe.name, "builder": recipe.flow["kind"], "builder_kwargs": flow_kwargs}
     save_checkpoint(out_dir, flow, {**meta, "seed": seed, "budget": recipe.budget})
-
-    figs = {}
-    history = _training_history(training)
-    if len(history.get("loss", [])):
-        plots.plot_training(history, out_dir / "training.png")
-        figs["Training curve"] = "training.png"
-    plots.plot_log_weights(imp.log_weight, out_dir / "log_weights.png")
-    figs["Log-weights"] = "log_weights.png"
-    x = imp.x[0]
-    if x.dim() == 2 and x.shape[1] <= 64:
-        ref = None
-        with contextlib.suppress(NotImplementedError):
-            ref = target.sample(
-                min(20000, x.shape[0]), generator=torch.Generator().manual_seed(seed)
-            )
-        plots.plot_marginals(x, imp.log_weight[0], out_dir / "marginals.png", reference=ref)
-        figs["Marginals: flow, reweighted, exact"] = "marginals.png"
-        if x.shape[1] >= 2:
-            plots.plot_samples_2d(
-                x,
-                imp.log_weight[0],
-                out_dir / "samples_2d.png",
-                centers=getattr(target, "means", None),
-            )
-            figs["Samples (first two coordinates)"] = "samples_2d.png"
-    hook = getattr(target, "extra_figures", None)
-    if callable(hook):
-        figs.update(hook(out_dir, imp.x[0], imp.log_weight[0]) or {})
+    figs = run_figures(target, _training_history(training), imp, out_dir, seed)
     write_summary(summary, out_dir)
     write_report(summary, figs, out_dir)

@@ -26,10 +26,9 @@ SCRIPT = textwrap.dedent(
     import torch
 
     import boltzflow
-    from boltzflow import plots
-    from boltzflow.energies.lattice import _histogram_figure
-    from boltzflow.molecular.plots import plot_ramachandran
-    from boltzflow.plots_bayes import posterior_figures
+    from boltzflow.reporting import figures as plots
+    from boltzflow.reporting.figures_bayes import posterior_figures
+    from boltzflow.reporting.figures_molecular import plot_ramachandran
 
     out = Path(sys.argv[1])
     g = torch.Generator().manual_seed(0)
@@ -40,8 +39,8 @@ SCRIPT = textwrap.dedent(
     plots.plot_log_weights(lw, out / "log_weights.png")
     plots.plot_marginals(x, lw, out / "marginals.png", reference=x)
     plots.plot_samples_2d(x, lw, out / "samples_2d.png", centers=x[:3])
-    _histogram_figure(out, "magnetization.png", "m", x[:, 0], lw)
-    _histogram_figure(out, "charge.png", "Q", x[:, 1].round(), lw, discrete=True)
+    plots.plot_histogram(out / "magnetization.png", "m", x[:, 0], lw)
+    plots.plot_histogram(out / "charge.png", "Q", x[:, 1].round(), lw, discrete=True)
     angles = (math.pi * torch.tanh(x[:, 0]), math.pi * torch.tanh(x[:, 1]))
     plot_ramachandran(out / "ramachandran.png", angles, lw, md=angles)
     for kind in ("mcmc", "is"):
@@ -49,7 +48,7 @@ SCRIPT = textwrap.dedent(
     state = {"before": before, "after_figures": raw_backend(),
              "pyplot": "matplotlib.pyplot" in sys.modules}
     # writing samples.nc imports arviz, which imports pyplot: the backend must still be kept
-    from boltzflow.idata import read_samples
+    from boltzflow.reporting.idata import read_samples
     read_samples(out / "mcmc" / "samples.nc")
     state["after_arviz"] = raw_backend()
     state["backend"] = matplotlib.get_backend()
@@ -62,7 +61,7 @@ def _write_samples(folder, mcmc: bool) -> None:
     """``samples.nc`` with 2 chains x 200 draws of three named scalars (MCMC or importance)."""
     import torch
 
-    from boltzflow.idata import to_inference_data, write_samples
+    from boltzflow.reporting.idata import to_inference_data, write_samples
     from boltzflow.sampling.runners import SamplingResult
 
     g = torch.Generator().manual_seed(1)

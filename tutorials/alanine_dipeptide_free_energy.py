@@ -19,9 +19,9 @@ import os
 import torch
 
 from boltzflow.molecular.flows import internal_coordinate_flow
-from boltzflow.molecular.plots import plot_ramachandran
 from boltzflow.molecular.target import AlanineDipeptideTarget
 from boltzflow.molecular.umbrella import alanine_umbrella
+from boltzflow.reporting.figures_molecular import plot_ramachandran
 from boltzflow.sampling.reweighting import free_energy_difference, log_weights, reweight
 from boltzflow.training import train
 

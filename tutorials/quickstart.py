@@ -14,7 +14,7 @@ import torch
 
 from boltzflow.energies import ManyWell
 from boltzflow.flows.builders import spline_coupling_flow
-from boltzflow.plots import plot_marginals
+from boltzflow.reporting.figures import plot_marginals
 from boltzflow.sampling.reweighting import expectation, log_weights, reweight
 from boltzflow.training import train
 

@@ -1,28 +1,56 @@
-r"""The :class:`Energy` protocol: reduced (dimensionless, units of kT) potentials.
+r"""The :class:`Energy` contract: reduced (dimensionless, units of kT) potentials.
 
 Every target in boltzflow is an unnormalized density
 
 .. math:: p(x) \propto \exp(-u(x)),
 
 where :math:`u` is a *reduced* energy, i.e. measured in units of :math:`k_B T`.
-Subclasses implement :meth:`Energy._energy` at the reference temperature; the only place
-where temperature enters is :meth:`Energy.energy`, which multiplies by
-``beta_scale = T_ref / T``.
 
 Shapes: ``x`` is ``Tensor[batch, *event_shape]``; ``energy(x)`` is ``Tensor[batch]``
 with no trailing singleton dimension. ``force(x) = -∂u/∂x`` has the shape of ``x``.
+
+**Temperature** enters in one place, :meth:`Energy.energy`. A target splits its energy at
+the reference temperature into a *tempered* part :math:`u_\mathrm{phys}` and the log-density
+:math:`\log m = \sum_k \log m_k` of an untempered *reference measure* with respect to Lebesgue
+measure on the sampled coordinates (:class:`EnergyTerms`). At ``temperature_scale =
+s = T/T_ref``
+
+.. math:: u_s(y) = \frac{u_\mathrm{phys}(y)}{s} - \sum_k \log m_k(y) .
+
+For a coordinate map :math:`x(y)` the measure is its Jacobian, :math:`\log m = \log|J(y)|`:
+tempering the Boltzmann density :math:`p_s(x) \propto e^{-u_\mathrm{phys}(x)/s}` in Cartesian
+coordinates and changing variables to :math:`y` gives exactly :math:`u_s(y)`, so the Jacobian
+is never divided by :math:`s` (it is part of the measure, not of the energy). A molecule in
+internal coordinates tempers :math:`E(x(y))/k_BT` and keeps :math:`-\log|J|`. A Bayesian
+posterior tempers its likelihood and keeps the prior and the constraining Jacobian, the power
+posterior :math:`\pi(\theta)L(\theta)^{1/s}` (Friel & Pettitt 2008, J. R. Stat. Soc. B 70,
+589), which at :math:`s = 1/\beta` is the :math:`p_\beta` that
+:mod:`boltzflow.sampling.bayes_anneal` anneals through. A target with only
+:meth:`Energy._energy` is tempered as a whole (Lebesgue measure).
+
+**Hooks.** Everything the package reads from a target is declared on :class:`Energy` with a
+default that means "not provided": ``None`` attributes, methods raising
+:class:`NotImplementedError`, empty mappings, a no-op :meth:`Energy.close`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["Energy", "Observable", "StateSets", "CallableEnergy", "as_event_shape"]
+__all__ = [
+    "Energy",
+    "EnergyTerms",
+    "FigureRequest",
+    "Observable",
+    "StateSets",
+    "CallableEnergy",
+    "as_event_shape",
+]
 
 
 class Observable(NamedTuple):
@@ -39,6 +67,39 @@ class StateSets(NamedTuple):
     in_b: Callable[[torch.Tensor], torch.Tensor]
 
 
+class EnergyTerms(NamedTuple):
+    r"""An energy at the reference temperature, split by how temperature acts on it.
+
+    :meth:`Energy.energy` returns ``tempered / s - log_measure[0] - log_measure[1] - ...``
+    (subtracted in this order), set to :math:`+\infty` where ``outside`` is true or the result
+    is NaN.
+
+    Attributes:
+        tempered: :math:`u_\mathrm{phys}` in kT at ``T_ref``, ``Tensor[batch]``.
+        log_measure: untempered log-densities of the reference measure (log-Jacobians
+            :math:`\log|J_k|` of coordinate maps, a posterior's log prior), each a
+            ``Tensor[batch]`` or a constant.
+        outside: ``bool[batch]`` marking configurations outside the support, or ``None``.
+    """
+
+    tempered: torch.Tensor
+    log_measure: tuple[torch.Tensor | float, ...] = ()
+    outside: torch.Tensor | None = None
+
+
+class FigureRequest(NamedTuple):
+    """A report figure a target asks for; :mod:`boltzflow.reporting` draws it.
+
+    Attributes:
+        kind: the drawer, a key of :data:`boltzflow.reporting.figures.DRAWERS`
+            (``"histogram"``, ``"ramachandran"``, ``"posterior"``).
+        data: the drawer's keyword arguments (tensors, labels, file name, caption).
+    """
+
+    kind: str
+    data: Mapping[str, Any]
+
+
 def as_event_shape(shape: int | tuple[int, ...] | torch.Size) -> torch.Size:
     """Normalise an int or tuple to a ``torch.Size`` event shape."""
     if isinstance(shape, int):
@@ -46,36 +107,49 @@ def as_event_shape(shape: int | tuple[int, ...] | torch.Size) -> torch.Size:
     return torch.Size(tuple(int(s) for s in shape))
 
 
+def _check_scale(temperature_scale: float) -> float:
+    if not (temperature_scale > 0 and math.isfinite(temperature_scale)):
+        raise ValueError(f"temperature_scale must be positive and finite, got {temperature_scale}")
+    return float(temperature_scale)
+
+
 class Energy:
     r"""Base class for reduced energies :math:`u(x)` in kT.
 
-    Subclasses set ``event_shape`` (via ``super().__init__``) and implement
-    :meth:`_energy`. Optional hooks:
-
-    * ``log_z`` -- the exact :math:`\log Z = \log\int e^{-u(x)}dx` at the reference
-      temperature, or ``None`` if unknown;
-    * :meth:`sample` -- exact samples (analytic targets only), used for NLL training and tests;
-    * :meth:`observables` / :meth:`state_sets` -- what reports should estimate.
+    Subclasses set ``event_shape`` (via ``super().__init__``) and implement :meth:`_energy`
+    (a density tempered as a whole) or :meth:`_energy_terms` (a tempered part plus an
+    untempered measure, see the module docstring). The optional hooks below keep their "not
+    provided" defaults unless a target overrides them.
 
     Args:
         event_shape: shape of one configuration (an ``int`` means a flat vector).
-        temperature_scale: ratio ``T / T_ref``. ``energy`` returns ``_energy / temperature_scale``.
+        temperature_scale: ratio ``s = T / T_ref`` (see :meth:`energy`).
     """
 
-    #: Exact log normalizer at the reference temperature, if known.
+    #: Exact :math:`\log Z = \log\int e^{-u(x)}dx` at the current temperature, or ``None``.
     log_z: float | None = None
     #: Bool tensor shaped like ``event_shape`` marking periodic coordinates on [-π, π)
     #: (torsions, lattice angles), or ``None`` if all coordinates are Euclidean. Flow
     #: builders read it to place circular transforms.
     periodic_mask: torch.Tensor | None = None
+    #: Period of every coordinate when the configuration space is a torus
+    #: :math:`[-P/2, P/2)^d` (e.g. :math:`2\pi` for U(1) links), else ``None``. Samplers wrap
+    #: positions and draw random starts on it.
+    period: float | None = None
+    #: Number of modes labelled by :meth:`mode_assignment` (``None``: no labelling). Runs
+    #: report how many of them the samples visit.
+    n_modes: int | None = None
+    #: Mode centres ``Tensor[n_modes, dim]`` (units of ``x``), marked in the 2-D sample
+    #: figure, or ``None``.
+    means: torch.Tensor | None = None
+    #: One name per flattened coordinate of ``x`` for the samples file, or ``None`` (then
+    #: ``x_0, x_1, ...``).
+    parameter_names: Sequence[str] | None = None
 
     def __init__(self, event_shape: int | tuple[int, ...], temperature_scale: float = 1.0):
         self.event_shape = as_event_shape(event_shape)
-        if not (temperature_scale > 0 and math.isfinite(temperature_scale)):
-            raise ValueError(
-                f"temperature_scale must be positive and finite, got {temperature_scale}"
-            )
-        self.temperature_scale = float(temperature_scale)
+        #: ``T / T_ref``; set through the constructor or :meth:`at_temperature`.
+        self.temperature_scale = _check_scale(temperature_scale)
         #: Number of configurations evaluated so far (reported as ``energy_evaluations``).
         self.n_evaluations = 0
 
@@ -86,24 +160,38 @@ class Energy:
         return int(math.prod(self.event_shape))
 
     def _energy(self, x: torch.Tensor) -> torch.Tensor:
-        """Reduced energy at the reference temperature, ``Tensor[batch]``. Override this."""
-        raise NotImplementedError
+        """Reduced energy at ``T_ref``, all of it tempered, ``Tensor[batch]``. Override this
+        or :meth:`_energy_terms`."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither _energy nor terms")
+
+    def _energy_terms(self, x: torch.Tensor) -> EnergyTerms:
+        """Tempered part and reference measure at ``T_ref`` (default: all of :meth:`_energy`
+        tempered, Lebesgue measure)."""
+        return EnergyTerms(self._energy(x))
+
+    def _temper(self, value: torch.Tensor) -> torch.Tensor:
+        """``value · T_ref / T``: the one place temperature scales a tempered quantity (energies
+        here; engine forces in subclasses that bypass autograd)."""
+        s = self.temperature_scale
+        return value if s == 1.0 else value / s
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:
-        """Reduced energy ``u(x) = u_ref(x) · T_ref / T`` in kT, shape ``[batch]``.
-
-        This is the single place where temperature is applied.
-        """
+        r"""Reduced energy :math:`u_s(x) = u_\mathrm{phys}(x)/s - \sum_k\log m_k(x)` in kT,
+        ``Tensor[batch]`` (module docstring; :math:`s` = ``temperature_scale``)."""
         self._check_shape(x)
         self.n_evaluations += int(x.shape[0])
-        u = self._energy(x)
+        terms = self._energy_terms(x)
+        u = terms.tempered
         if u.shape != x.shape[:1]:
             raise RuntimeError(
                 f"{type(self).__name__}._energy returned shape {tuple(u.shape)}, "
                 f"expected ({x.shape[0]},)"
             )
-        if self.temperature_scale != 1.0:
-            u = u / self.temperature_scale
+        u = self._temper(u)
+        for term in terms.log_measure:
+            u = u - term
+        if terms.outside is not None:
+            u = torch.where(terms.outside | torch.isnan(u), torch.full_like(u, math.inf), u)
         return u
 
     def force(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,17 +212,15 @@ class Energy:
     # --------------------------------------------------------------- tempering
     def at_temperature(self, temperature_scale: float) -> Energy:
         """A shallow copy at ``T = temperature_scale · T_ref`` (``log_z`` is dropped)."""
-        if not (temperature_scale > 0 and math.isfinite(temperature_scale)):
-            raise ValueError(f"temperature_scale must be positive and finite: {temperature_scale}")
         new = copy.copy(self)
-        new.temperature_scale = float(temperature_scale)
-        if float(temperature_scale) != self.temperature_scale:
+        new.temperature_scale = _check_scale(temperature_scale)
+        if new.temperature_scale != self.temperature_scale:
             new.log_z = None
         return new
 
-    # -------------------------------------------------------------- optional
+    # ------------------------------------------------------ exact and reference
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Exact samples, ``Tensor[n, *event_shape]`` (analytic targets only)."""
+        """Exact samples ``Tensor[n, *event_shape]`` (analytic targets; NLL training, tests)."""
         raise NotImplementedError(f"{type(self).__name__} has no exact sampler")
 
     def observables(self) -> Mapping[str, Observable]:
@@ -142,8 +228,62 @@ class Energy:
         return {}
 
     def state_sets(self) -> Mapping[str, StateSets]:
-        """Named pairs of state sets whose free-energy difference is reported."""
+        """Named pairs of state sets whose free-energy difference is reported (default: none)."""
         return {}
+
+    def exact_observable(self, name: str) -> float:
+        """Exact expectation of the observable ``name`` (its unit); ``KeyError`` if there is
+        none for that name, ``NotImplementedError`` if the target has none at all."""
+        raise NotImplementedError(f"{type(self).__name__} has no exact observables")
+
+    def exact_free_energy(self, name: str) -> float:
+        """Exact or reference ΔF (kT) of the state-set pair ``name``; ``KeyError`` /
+        ``NotImplementedError`` as :meth:`exact_observable`."""
+        raise NotImplementedError(f"{type(self).__name__} has no reference free energies")
+
+    def reference_stderr(self, name: str) -> float:
+        """Standard error of an *estimated* reference value ``name`` (e.g. umbrella sampling
+        + MBAR), in the value's unit; ``NotImplementedError`` when references are exact."""
+        raise NotImplementedError(f"{type(self).__name__}'s references are exact")
+
+    def mode_assignment(self, x: torch.Tensor) -> torch.Tensor:
+        """Mode label in ``[0, n_modes)`` of each configuration, ``LongTensor[batch]``."""
+        raise NotImplementedError(f"{type(self).__name__} does not label modes")
+
+    # -------------------------------------------------------------- Bayesian
+    def sample_prior(
+        self, n: int, generator: torch.Generator | None = None, dtype=torch.float64, device=None
+    ) -> torch.Tensor:
+        """Draws ``Tensor[n, *event_shape]`` from the prior, in the sampled coordinates
+        (posteriors: chain starts, annealing from β = 0, defensive proposals)."""
+        raise NotImplementedError(f"{type(self).__name__} has no prior")
+
+    def constrain(self, y: torch.Tensor):
+        """``y [batch, dim] -> Constrained(theta [batch, n_theta], ladj [batch])``: the
+        constraining bijection of a posterior (:mod:`boltzflow.energies.bijections`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no constrained parameters")
+
+    def log_prior(self, theta: torch.Tensor) -> torch.Tensor:
+        """Normalized log prior density of ``theta [batch, n_theta]``, ``Tensor[batch]``."""
+        raise NotImplementedError(f"{type(self).__name__} has no prior")
+
+    # ------------------------------------------------------- data and reports
+    def training_data(self, name: str) -> torch.Tensor:
+        """Training configurations ``Tensor[n, *event_shape]`` for a recipe stage's
+        ``data = name``; ``NotImplementedError``: the run reads ``name`` as a file."""
+        raise NotImplementedError(f"{type(self).__name__} provides no training data")
+
+    def report_figures(self, x: torch.Tensor, log_weight: torch.Tensor) -> Sequence[FigureRequest]:
+        """Figures to add to the report for flow samples ``x [n, *event_shape]`` with
+        ``log_weight [n]``; drawn by :mod:`boltzflow.reporting` (default: none)."""
+        return ()
+
+    def report_data(self, x: torch.Tensor, log_weight: torch.Tensor) -> Mapping[str, Mapping]:
+        """JSON documents to store beside the report, by file name (default: none)."""
+        return {}
+
+    def close(self) -> None:
+        """Release worker processes or engines (default: nothing to release)."""
 
     # ------------------------------------------------------------------ utils
     def _check_shape(self, x: torch.Tensor) -> None:

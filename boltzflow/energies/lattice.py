@@ -36,7 +36,7 @@ from typing import NamedTuple
 import torch
 
 from boltzflow.energies import lattice_exact
-from boltzflow.energies.base import Energy, Observable
+from boltzflow.energies.base import Energy, FigureRequest, Observable
 
 __all__ = [
     "Phi4",
@@ -184,11 +184,17 @@ class Phi4(Energy):
         }
         return free[name]
 
-    def extra_figures(self, out_dir, x, log_weight) -> dict[str, str]:
+    def report_figures(self, x, log_weight) -> tuple[FigureRequest, ...]:
         """Report figure: histogram of the magnetization, flow vs reweighted."""
-        m = x.mean(dim=(1, 2))
-        name = _histogram_figure(out_dir, "magnetization.png", "magnetization m", m, log_weight)
-        return {"Magnetization: flow and reweighted": name}
+        return (
+            _histogram(
+                "magnetization.png",
+                "Magnetization: flow and reweighted",
+                "magnetization m",
+                x.mean(dim=(1, 2)),
+                log_weight,
+            ),
+        )
 
     def __repr__(self):
         return f"Phi4(L={self.L}, m2={self.m2:g}, lam={self.lam:g})"
@@ -206,27 +212,10 @@ def binder_cumulant(x: torch.Tensor, log_weight: torch.Tensor | None = None) -> 
     return float(1.0 - m4 / (3.0 * m2 * m2))
 
 
-def _histogram_figure(out_dir, filename, title, values, log_w, discrete=False) -> str:
-    """Flow (unweighted) and reweighted histograms of a scalar observable, saved as PNG."""
-    from pathlib import Path
-
-    from boltzflow.plots import new_figure, normalized_weights
-
-    v = values.detach().cpu().double().numpy()
-    w = normalized_weights(log_w)
-    if discrete:
-        lo, hi = int(v.min()), int(v.max())
-        bins = [b - 0.5 for b in range(lo, hi + 2)]
-    else:
-        bins = 60
-    fig, ax = new_figure(figsize=(5, 3.5))
-    ax.hist(v, bins=bins, density=True, histtype="step", label="flow q")
-    ax.hist(v, bins=bins, weights=w, density=True, histtype="step", label="reweighted to p")
-    ax.set_xlabel(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(Path(out_dir) / filename, dpi=100)
-    return filename
+def _histogram(filename, title, label, values, log_weight, discrete=False) -> FigureRequest:
+    """Request for a histogram of a scalar observable, flow (unweighted) and reweighted."""
+    data = dict(filename=filename, title=title, label=label, values=values, discrete=discrete)
+    return FigureRequest("histogram", {**data, "log_weight": log_weight})
 
 
 # ============================================================================== U(1)
@@ -305,11 +294,11 @@ class U1Wilson(Energy):
             "action_density": -self.beta * e.mean_plaquette,
         }[name]
 
-    def extra_figures(self, out_dir, x, log_weight) -> dict[str, str]:
+    def report_figures(self, x, log_weight) -> tuple[FigureRequest, ...]:
         """Report figure: histogram of the topological charge, flow vs reweighted."""
         q = topological_charge(x)
-        name = _histogram_figure(out_dir, "charge.png", "topological charge Q", q, log_weight, True)
-        return {"Topological charge: flow and reweighted": name}
+        title, label = "Topological charge: flow and reweighted", "topological charge Q"
+        return (_histogram("charge.png", title, label, q, log_weight, discrete=True),)
 
     def __repr__(self):
         return f"U1Wilson(L={self.L}, beta={self.beta:g})"

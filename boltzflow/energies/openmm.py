@@ -169,14 +169,14 @@ class OpenMMEnergy(Energy):
         self._check_shape(x)
         self.n_evaluations += int(x.shape[0])
         _, f = self._evaluate_reduced(x.detach())
-        return f / self.temperature_scale
+        return self._temper(f)
 
     def energy_and_force(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(u(x) [batch] in kT, F(x) [batch, 3N] in kT/nm)`` from one OpenMM call."""
         self._check_shape(x)
         self.n_evaluations += int(x.shape[0])
         u, f = self._evaluate_reduced(x.detach())
-        return u / self.temperature_scale, f / self.temperature_scale
+        return self._temper(u), self._temper(f)
 
     def __getstate__(self):
         state = self.__dict__.copy()

@@ -9,6 +9,12 @@ With named parameter blocks :math:`\theta_j = g_j(y_j)` (see :mod:`.bijections`)
 so :math:`\int e^{-u(y)}\,dy = \int \pi(\theta) L(\theta)\,d\theta = Z`, the evidence. Flows,
 MCMC kernels and importance weights all work on ``y``; reports use the named ``θ``.
 
+Temperature tempers the likelihood only: at ``temperature_scale = s``,
+:math:`u_s(y) = -\log L(g(y))/s - \log\pi(g(y)) - \log J(y)`, the power posterior
+:math:`\pi L^\beta` with :math:`\beta = 1/s` (Friel & Pettitt 2008, J. R. Stat. Soc. B 70, 589)
+that :mod:`boltzflow.sampling.bayes_anneal` anneals through. The prior and the Jacobian are
+the reference measure (:mod:`boltzflow.energies.base`).
+
 A parameter vector that is out of support, or whose likelihood is NaN or raises, gets
 :math:`u = +\infty` (log-prob :math:`-\infty`), is counted in ``n_nonfinite`` and never
 raises inside a chain. The likelihood may be a torch function (differentiable: MALA, HMC,
@@ -26,7 +32,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from boltzflow.energies.base import Energy, Observable
+from boltzflow.energies.base import Energy, EnergyTerms, FigureRequest, Observable
 from boltzflow.energies.bijections import Bijection, CircleLift, Constrained
 from boltzflow.energies.priors import Flat, Prior
 
@@ -202,16 +208,15 @@ class Posterior(Energy):
         return torch.where(bad, torch.full_like(ll, -math.inf), ll)
 
     # ------------------------------------------------------------------ energy
-    def _energy(self, y: torch.Tensor) -> torch.Tensor:
+    def _energy_terms(self, y: torch.Tensor) -> EnergyTerms:
+        r"""Tempered :math:`-\log L(\theta(y))`; untempered measure terms
+        :math:`\log\pi(\theta(y))` and :math:`\log J(y)` (module docstring)."""
         theta, ladj = self.constrain(y)
         lp = self.log_prior(theta)
-        u = -(lp + self.log_likelihood(theta) + ladj)
-        bad = ~torch.isfinite(u)
-        n_bad = int(bad.sum())
-        if n_bad:
-            self.n_nonfinite += n_bad
-            u = torch.where(bad, torch.full_like(u, math.inf), u)
-        return u
+        ll = self.log_likelihood(theta)
+        bad = ~(torch.isfinite(ll) & torch.isfinite(lp) & torch.isfinite(ladj))
+        self.n_nonfinite += int(bad.sum())
+        return EnergyTerms(-ll, (lp, ladj), bad)
 
     def force(self, x: torch.Tensor) -> torch.Tensor:
         if not self.differentiable:
@@ -247,31 +252,9 @@ class Posterior(Energy):
             for i, (name, unit) in enumerate(zip(self.names, self.units, strict=True))
         }
 
-    # ---------------------------------------------------------------- outputs
-    def inference_data(self, result, attrs=None):
-        """arviz data (``InferenceData`` under arviz 0.x, ``DataTree`` under 1.x; see
-        :mod:`boltzflow.arviz_compat`) with one variable per named constrained parameter.
-
-        Args:
-            result: a :class:`~boltzflow.sampling.runners.SamplingResult` (or any NamedTuple
-                with ``x [chains, draws, dim]``, ``log_weight``, ``energy``, ``accepted``) in
-                the unconstrained coordinates.
-            attrs: metadata stored on every group.
-        """
-        from boltzflow.idata import to_inference_data
-
-        x = torch.as_tensor(result.x).detach()
-        chains, draws = x.shape[:2]
-        with torch.no_grad():
-            theta = self.constrain(x.reshape(chains * draws, -1)).theta
-        theta = theta.reshape(chains, draws, -1)
-        return to_inference_data(result._replace(x=theta), names=self.names, attrs=attrs)
-
-    def extra_figures(self, out_dir, x=None, log_weight=None) -> dict[str, str]:
-        """Pair and trace plots of the named parameters from ``out_dir/samples.nc``."""
-        from boltzflow.plots_bayes import posterior_figures
-
-        return posterior_figures(out_dir, self.names)
+    def report_figures(self, x=None, log_weight=None) -> tuple[FigureRequest, ...]:
+        """Pair and trace plots of the named parameters, drawn from the run's ``samples.nc``."""
+        return (FigureRequest("posterior", {"names": list(self.names)}),)
 
 
 def from_log_prob(

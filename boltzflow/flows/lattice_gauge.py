@@ -350,8 +350,7 @@ def u1_gauge_flow(
     r"""Gauge-equivariant flow for U(1) links ``[2, L, L]`` with a uniform (Haar) base.
 
     Args:
-        target: a :class:`~boltzflow.energies.lattice.U1Wilson` (its ``L`` is used), or ``None``
-            with ``L`` given.
+        target: a :class:`~boltzflow.energies.lattice.U1Wilson` (its ``L``), or ``None`` and ``L``.
         num_layers: couplings; layer i updates direction ``i % 2`` at offset ``(i // 2) % 4``,
             or at ``-(i // 2) % 4`` if ``descending``.
         num_bins, hidden, kernel_size, positional, loops: spline and conditioner settings
@@ -391,7 +390,7 @@ def u1_gauge_flow(
         if tree:
             tree_layer, sink_layer = PlaquetteTreeSpline(L), SinkSpline(L)
             if fit_tree and target is not None:
-                kappa = float(target.beta) / float(getattr(target, "temperature_scale", 1.0))
+                kappa = float(target.beta) / float(target.temperature_scale)
                 fitted = _von_mises_splines(kappa, torch.get_default_dtype())
                 tree_layer.splines.load_state_dict(fitted)
                 sink_layer.splines.load_state_dict(fitted)

@@ -47,7 +47,7 @@ import torch
 from boltzflow.coordinates.chirality import is_l_chirality
 from boltzflow.coordinates.transform import InternalCoordinateTransform
 from boltzflow.coordinates.zmatrix import zmatrix_from_topology
-from boltzflow.energies.base import Energy, Observable, StateSets
+from boltzflow.energies.base import Energy, EnergyTerms, FigureRequest, Observable, StateSets
 from boltzflow.energies.openmm import OpenMMEnergy
 from boltzflow.molecular import alanine as ala
 
@@ -223,13 +223,9 @@ class AlanineDipeptideTarget(Energy):
             return is_l_chirality(self.to_cartesian(y), self._quads)
 
     # ----------------------------------------------------------------- energy
-    def energy(self, y: torch.Tensor) -> torch.Tensor:
-        """Reduced energy in normalized internal coordinates (module docstring), ``[batch]``.
-
-        Temperature scales the physical energy only, not the Jacobian terms.
-        """
-        self._check_shape(y)
-        self.n_evaluations += int(y.shape[0])
+    def _energy_terms(self, y: torch.Tensor) -> EnergyTerms:
+        r"""Tempered :math:`E(X(q(y)))/k_BT`; measure terms :math:`\mathrm{ladj}_{IC}(q)` and
+        :math:`\sum_m\log\sigma_m` (module docstring); out of the domain: :math:`+\infty`."""
         q = self.to_internal(y)
         x, ladj = self.ict(q)
         z = self.zmatrix
@@ -241,11 +237,7 @@ class AlanineDipeptideTarget(Energy):
             bad |= ~is_l_chirality(x.detach(), self._quads)
         bad |= ~torch.isfinite(x.detach()).all(-1)
         u_x = self.cartesian.energy(torch.where(bad[:, None], math.nan, x))  # NaN: not sent
-        u = u_x / self.temperature_scale - ladj - self._log_scale
-        return torch.where(bad | torch.isnan(u), torch.full_like(u, math.inf), u)
-
-    def _energy(self, y: torch.Tensor) -> torch.Tensor:
-        return self.energy(y)
+        return EnergyTerms(u_x, (ladj, self._log_scale), bad)
 
     @property
     def n_nonfinite(self) -> int:
@@ -296,22 +288,27 @@ class AlanineDipeptideTarget(Energy):
         ok = self.is_l(y)
         return {"n": int(ok.numel()), "d_fraction": float((~ok).double().mean())}
 
-    def extra_figures(self, out_dir, samples: torch.Tensor, log_w: torch.Tensor) -> dict:
-        """Ramachandran plots MD vs flow vs reweighted flow; writes ``molecular.json`` too."""
-        from boltzflow.molecular.plots import plot_ramachandran
+    def report_data(self, x: torch.Tensor, log_weight: torch.Tensor) -> dict:
+        """``molecular.json``: the D fraction of the flow samples and the umbrella reference."""
+        chir = self.chirality_report(x.detach().double())
+        return {
+            "molecular.json": {
+                "chirality": chir,
+                "umbrella_reference": self.reference_free_energies(),
+            }
+        }
 
-        out_dir = Path(out_dir)
-        phi, psi = self.phi_psi(samples.detach().double())
+    def report_figures(self, x: torch.Tensor, log_weight: torch.Tensor) -> tuple:
+        """Ramachandran plots: MD (if generated), flow, and flow reweighted by ``log_weight``."""
+        phi, psi = self.phi_psi(x.detach().double())
         md = None
         if self._md_cache is not None:
             frames = np.concatenate(self._md_cache)
             md = ala.phi_psi(torch.as_tensor(frames, dtype=torch.float64))
-        chir = self.chirality_report(samples.detach().double())
-        extra = {"chirality": chir, "umbrella_reference": self.reference_free_energies()}
-        (out_dir / "molecular.json").write_text(json.dumps(extra, indent=1))
-        plot_ramachandran(out_dir / "ramachandran.png", (phi, psi), log_w, md=md)
-        title = f"Ramachandran: MD, flow, reweighted flow (D fraction {chir['d_fraction']:.2%})"
-        return {title: "ramachandran.png"}
+        d = self.chirality_report(x.detach().double())["d_fraction"]
+        title = f"Ramachandran: MD, flow, reweighted flow (D fraction {d:.2%})"
+        data = dict(filename="ramachandran.png", title=title, angles=(phi, psi), md=md)
+        return (FigureRequest("ramachandran", {**data, "log_weight": log_weight}),)
 
     # ------------------------------------------------------------------- data
     def md_frames(self) -> list[np.ndarray]:

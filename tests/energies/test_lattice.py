@@ -181,7 +181,11 @@ def test_u1_periodicity_observables_and_log_z():
 
 def test_report_figures(tmp_path):
     x = wrap_angle(_rand((50, 2, 4, 4), seed=5, scale=2.0))
-    figs = U1Wilson(4, 1.0).extra_figures(tmp_path, x, torch.zeros(50, dtype=DT))
+    from boltzflow.reporting.run_figures import draw_requested
+
+    requests = U1Wilson(4, 1.0).report_figures(x, torch.zeros(50, dtype=DT))
+    figs = draw_requested(tmp_path, requests)
     assert all((tmp_path / f).stat().st_size > 0 for f in figs.values())
-    figs = Phi4(4, 1.0, 0.0).extra_figures(tmp_path, _rand((50, 4, 4)), _rand((50,), seed=6))
+    requests = Phi4(4, 1.0, 0.0).report_figures(_rand((50, 4, 4)), _rand((50,), seed=6))
+    figs = draw_requested(tmp_path, requests)
     assert all((tmp_path / f).stat().st_size > 0 for f in figs.values())

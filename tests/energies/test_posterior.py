@@ -228,7 +228,7 @@ def test_inference_data_round_trip_through_netcdf(tmp_path):
     import arviz as az
 
     from boltzflow import arviz_compat
-    from boltzflow.idata import write_samples
+    from boltzflow.reporting.idata import posterior_inference_data, write_samples
     from boltzflow.sampling.runners import SamplingResult
 
     post = Posterior(
@@ -245,7 +245,7 @@ def test_inference_data_round_trip_through_netcdf(tmp_path):
         wall_seconds=0.0,
         info={},
     )
-    idata = post.inference_data(result, attrs={"system": "test"})
+    idata = posterior_inference_data(post, result, attrs={"system": "test"})
     write_samples(idata, tmp_path / "samples.nc")
     back = az.from_netcdf(str(tmp_path / "samples.nc"))  # the installed arviz reads the file
     posterior = arviz_compat.group(back, "posterior")

@@ -59,6 +59,42 @@ def test_energy_is_cartesian_energy_minus_log_jacobians(target, y_sample):
     )
 
 
+@pytest.mark.parametrize("s", [1.0, 2.5])
+def test_temperature_divides_the_openmm_energy_and_not_the_jacobian(target, md_sample, s):
+    r"""``at_temperature(s).energy(y) = E(x)/(s k_B T) - \log|J(y)|`` from scratch: OpenMM's
+    energy of the Cartesian frame, and :math:`\log|J| = \sum\log\sigma + \sum 2\log b +
+    \sum\log\sin\theta` from the frame's bond lengths and angles (module docstring)."""
+    import openmm
+    import openmm.unit as unit
+
+    frames = np.asarray(md_sample[:6], dtype=np.float64)  # [6, 22, 3] nm
+    y = target.from_cartesian(frames)
+    ctx = openmm.Context(
+        target.mol.system,
+        openmm.VerletIntegrator(0.001),
+        openmm.Platform.getPlatformByName("Reference"),
+    )
+    kt = kT_kJ_per_mol(300.0)
+    u_phys = []
+    for f in frames:
+        ctx.setPositions(f * unit.nanometer)
+        e = ctx.getState(getEnergy=True).getPotentialEnergy()
+        u_phys.append(e.value_in_unit(unit.kilojoule_per_mole) / kt)
+    z = target.zmatrix
+    b = np.stack([np.linalg.norm(frames[:, i] - frames[:, j], axis=-1) for i, j in z.bonds()], -1)
+    cos = []
+    for i, j, k in z.angles():
+        u, v = frames[:, i] - frames[:, j], frames[:, k] - frames[:, j]
+        cos.append((u * v).sum(-1) / np.linalg.norm(u, axis=-1) / np.linalg.norm(v, axis=-1))
+    sin = np.sqrt(1 - np.stack(cos, -1) ** 2)
+    _, scale = force_field_normalization(target.mol.system, z, 300.0)
+    n_bonded = z.torsion_slice.start
+    log_sigma = np.log(scale[:n_bonded]).sum() + 12 * math.log(0.12)  # 12 impropers
+    log_j = log_sigma + 2 * np.log(b).sum(-1) + np.log(sin).sum(-1)
+    expected = torch.as_tensor(np.asarray(u_phys) / s - log_j)
+    torch.testing.assert_close(target.at_temperature(s).energy(y), expected, rtol=0, atol=1e-6)
+
+
 def test_gradient_matches_finite_differences(target, y_sample):
     y = y_sample[:2].clone().requires_grad_(True)
     (g,) = torch.autograd.grad(target.energy(y).sum(), y)
@@ -106,7 +142,10 @@ def test_state_sets_and_observables_read_torsions(target, y_sample):
 def test_training_data_from_file_and_figures(target, tmp_path, md_sample):
     data = target.training_data("md_sample.npy")
     assert data.shape == (1500, 60) and torch.isfinite(target.energy(data[:50])).all()
-    out = target.extra_figures(tmp_path, data[:300], torch.zeros(300))
+    from boltzflow.reporting.run_figures import draw_requested, write_report_data
+
+    write_report_data(tmp_path, target.report_data(data[:300], torch.zeros(300)))
+    out = draw_requested(tmp_path, target.report_figures(data[:300], torch.zeros(300)))
     assert (tmp_path / "ramachandran.png").stat().st_size > 1000
     info = json.loads((tmp_path / "molecular.json").read_text())
     assert info["chirality"]["d_fraction"] == 0.0 and list(out.values()) == ["ramachandran.png"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from boltzflow.plots import new_figure, normalized_weights
+from boltzflow.reporting.figures import new_figure, normalized_weights
 
 __all__ = ["plot_ramachandran", "ramachandran_histogram"]
 

@@ -22,7 +22,7 @@ import torch
 
 from boltzflow import arviz_compat
 
-__all__ = ["to_inference_data", "write_samples", "read_samples"]
+__all__ = ["to_inference_data", "posterior_inference_data", "write_samples", "read_samples"]
 
 
 def _np(t) -> np.ndarray:
@@ -82,3 +82,22 @@ def read_samples(path):
     """Read ``samples.nc`` back with the installed arviz (InferenceData or DataTree); its
     groups as :class:`xarray.Dataset` via :func:`boltzflow.arviz_compat.group`."""
     return arviz_compat.read_netcdf(path)
+
+
+def posterior_inference_data(posterior, result, attrs: Mapping | None = None):
+    """arviz data with one variable per named constrained parameter of a posterior.
+
+    Args:
+        posterior: a :class:`~boltzflow.energies.posterior.Posterior` (its ``constrain`` and
+            ``names``).
+        result: a :class:`~boltzflow.sampling.runners.SamplingResult` (or any NamedTuple with
+            ``x [chains, draws, dim]``, ``log_weight``, ``energy``, ``accepted``) in the
+            unconstrained coordinates.
+        attrs: metadata stored on every group.
+    """
+    x = torch.as_tensor(result.x).detach()
+    chains, draws = x.shape[:2]
+    with torch.no_grad():
+        theta = posterior.constrain(x.reshape(chains * draws, -1)).theta
+    theta = theta.reshape(chains, draws, -1)
+    return to_inference_data(result._replace(x=theta), names=posterior.names, attrs=attrs)

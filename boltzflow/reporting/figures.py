@@ -1,4 +1,4 @@
-"""Report figures (matplotlib): training curve, log-weights, marginals.
+"""Report figures (matplotlib): training curve, log-weights, marginals, histograms.
 
 Each function takes plain arrays/tensors and a path, writes a PNG and returns the path.
 Figures are built with :func:`new_figure` (object-oriented matplotlib, no pyplot), so writing a
@@ -20,6 +20,7 @@ __all__ = [
     "plot_log_weights",
     "plot_marginals",
     "plot_samples_2d",
+    "plot_histogram",
 ]
 
 
@@ -160,4 +161,31 @@ def plot_samples_2d(x, log_w, path, centers=None, dims=(0, 1)) -> Path:
     axes[0].set_ylabel(f"x[{dims[1]}]")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    return Path(path)
+
+
+def plot_histogram(path, label: str, values, log_w, discrete: bool = False) -> Path:
+    """Flow (unweighted) and reweighted histograms of a scalar observable ``values [n]``.
+
+    Args:
+        path: output PNG.
+        label: x-axis label (observable and unit).
+        values: the observable on the flow samples.
+        log_w: their importance log-weights (non-finite count as zero).
+        discrete: integer-valued observable: one bin per integer.
+    """
+    v = _np(values).reshape(-1)
+    w = normalized_weights(log_w)
+    if discrete:
+        lo, hi = int(v.min()), int(v.max())
+        bins = [b - 0.5 for b in range(lo, hi + 2)]
+    else:
+        bins = 60
+    fig, ax = new_figure(figsize=(5, 3.5))
+    ax.hist(v, bins=bins, density=True, histtype="step", label="flow q")
+    ax.hist(v, bins=bins, weights=w, density=True, histtype="step", label="reweighted to p")
+    ax.set_xlabel(label)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     return Path(path)

@@ -1,10 +1,11 @@
 """Posterior figures from a samples file: a corner (pair) plot and a trace plot.
 
-Used by :meth:`boltzflow.energies.posterior.Posterior.extra_figures`, which the run pipeline
-calls after writing ``samples.nc``. MCMC output (``sample_stats.accepted`` present) is plotted
+Drawn for the ``"posterior"`` figure request of
+:meth:`boltzflow.energies.posterior.Posterior.report_figures`, after the run has written
+``samples.nc``. MCMC output (``sample_stats.accepted`` present) is plotted
 as is; importance samples are plotted after resampling by their ``log_weight``.
 
-The figures are plain matplotlib (:func:`boltzflow.plots.new_figure`), drawn from the
+The figures are plain matplotlib (:func:`boltzflow.reporting.figures.new_figure`), drawn from the
 ``[chains, draws]`` arrays of the ``posterior`` group, so they look the same under arviz 0.x
 and 1.x and leave the caller's matplotlib backend alone. :func:`posterior_figures` reads the
 file with xarray (:func:`boltzflow.arviz_compat.read_groups`), without importing arviz.
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from boltzflow import arviz_compat
-from boltzflow.plots import new_figure
+from boltzflow.reporting.figures import new_figure
 
 __all__ = ["pair_plot", "trace_plot", "posterior_figures"]
 
