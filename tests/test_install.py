@@ -158,6 +158,7 @@ def _interpreter(version: str) -> str | None:
 
 
 @pytest.mark.slow
+@pytest.mark.install
 @pytest.mark.parametrize("version", ["3.10", "3.12", "3.13"])
 def test_wheel_with_dependencies_on_other_pythons(version, wheel, tmp_path, record_property):
     python = _interpreter(version)
