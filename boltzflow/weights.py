@@ -47,7 +47,17 @@ def clean_log_weights(log_w: torch.Tensor) -> torch.Tensor:
 
 def importance_log_weights(energy: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     r"""``log w = -u - log q`` from energies ``u [n]`` (kT) and proposal log-densities
-    ``log q [n]``, with every non-finite result mapped to :math:`-\infty` (module docstring)."""
+    ``log q [n]``, with every non-finite result mapped to :math:`-\infty` (module docstring).
+
+    Example (a NaN energy, :math:`\log q = -\infty` and :math:`u = -\infty` all get weight 0):
+        >>> import torch
+        >>> inf = float("inf")
+        >>> importance_log_weights(torch.tensor([1.0, 2.0, 2.0, -inf]),
+        ...                        torch.tensor([0.5, -inf, inf, 0.0]))
+        tensor([-1.5000,    -inf,    -inf,    -inf])
+        >>> importance_log_weights(torch.tensor([float("nan")]), torch.tensor([0.0]))
+        tensor([-inf])
+    """
     return clean_log_weights(-energy - log_q)
 
 

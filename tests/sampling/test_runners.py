@@ -10,7 +10,13 @@ from boltzflow.flows.affine import ElementwiseAffine
 from boltzflow.sampling.chains import run_chain
 from boltzflow.sampling.diagnostics import calibrated_z
 from boltzflow.sampling.kernels.imh import IndependenceMH
-from boltzflow.sampling.runners import flow_imh, importance_sampling
+from boltzflow.sampling.runners import (
+    RunCost,
+    SamplingResult,
+    draw_with_log_weights,
+    flow_imh,
+    importance_sampling,
+)
 
 
 def _broad_flow(dim=2, scale=2.0):
@@ -56,3 +62,34 @@ def test_imh_counts_energy_evaluations():
     n0 = target.n_evaluations
     res = flow_imh(_broad_flow(), target, n_samples=800, seed=0, chains=4, n_warmup=10)
     assert res.energy_evaluations == target.n_evaluations - n0 == 4 * (200 + 10 + 1)
+
+
+def test_draws_keep_the_target_energies_where_the_weight_is_zero():
+    """A point with log q = -inf has log-weight -inf (weight 0) but its true, finite energy."""
+    target = CorrelatedGaussian(mean=torch.zeros(2), cov=torch.eye(2))
+
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.flow = _broad_flow()
+
+        def sample(self, n, generator=None):
+            s = self.flow.sample(n, generator=generator)
+            return s._replace(log_q=torch.where(torch.arange(n) % 2 == 0, -math.inf, s.log_q))
+
+    d = draw_with_log_weights(Broken(), target, 6, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(d.energy, target.energy(d.x))
+    assert bool((d.log_weight[::2] == -math.inf).all())
+    assert bool(torch.isfinite(d.log_weight[1::2]).all())
+
+
+def test_chain_result_builder_sets_the_common_fields():
+    target = CorrelatedGaussian(mean=torch.zeros(2), cov=torch.eye(2))
+    cost = RunCost(target)
+    target.energy(torch.zeros(3, 2, dtype=torch.float64))
+    accepted = torch.tensor([[True, False], [True, True]])
+    res = SamplingResult.from_chain(
+        torch.zeros(2, 2, 2), torch.ones(2, 2), accepted, method="m", cost=cost, info={"a": 1}
+    )
+    assert res.info == {"acceptance_rate": 0.75, "a": 1} and res.energy_evaluations == 3
+    assert bool((res.log_weight == 0).all()) and not res.weighted
