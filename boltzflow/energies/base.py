@@ -91,7 +91,7 @@ class FigureRequest(NamedTuple):
     """A report figure a target asks for; :mod:`boltzflow.reporting` draws it.
 
     Attributes:
-        kind: the drawer, a key of :data:`boltzflow.reporting.figures.DRAWERS`
+        kind: the drawer, a key of :data:`boltzflow.reporting.run_figures.DRAWERS`
             (``"histogram"``, ``"ramachandran"``, ``"posterior"``).
         data: the drawer's keyword arguments (tensors, labels, file name, caption).
     """
