@@ -232,12 +232,12 @@ def test_dask_local_cluster_two_workers(spec, vacuum):
 def test_openmm_failures_are_counted_and_reported(spec, vacuum, caplog):
     """A configuration OpenMM raises on gives NaN and a warning that says how many failed."""
     pos = _batch(vacuum, 3)[:, :-1]  # one atom short: setPositions raises for every row
-    with caplog.at_level("WARNING", logger="boltzflow.parallel"):
+    with caplog.at_level("WARNING", logger="boltzflow.openmm_worker"):
         e, f = evaluate_chunk(spec, pos)
     assert np.isnan(e).all() and (f == 0).all()
     (record,) = [r for r in caplog.records if "OpenMM raised" in r.getMessage()]
     assert record.levelname == "WARNING" and "on 3 of 3 configurations" in record.getMessage()
     caplog.clear()
-    with caplog.at_level("WARNING", logger="boltzflow.parallel"):
+    with caplog.at_level("WARNING", logger="boltzflow.openmm_worker"):
         evaluate_chunk(spec, _batch(vacuum, 3))
     assert not caplog.records  # negative control: nothing to report on good input
