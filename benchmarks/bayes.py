@@ -45,8 +45,8 @@ import torch
 from boltzflow import arviz_compat, registry
 from boltzflow.energies.astro_pta import PTAPosterior
 from boltzflow.energies.astro_rv import RVPosterior
-from boltzflow.pipeline import build_flow, build_target
-from boltzflow.recipes import load_recipe
+from boltzflow.runs.pipeline import build_flow, build_target
+from boltzflow.runs.recipes import load_recipe
 from boltzflow.sampling import diagnostics
 from boltzflow.sampling.emcee_move import EmceeLogProb
 from boltzflow.sampling.reweighting import expectation

@@ -30,8 +30,8 @@ import torch
 
 from boltzflow.energies.lattice import topological_charge
 from boltzflow.io import load_checkpoint
-from boltzflow.pipeline import build_flow, build_target, run
-from boltzflow.recipes import load_recipe
+from boltzflow.runs.pipeline import build_flow, build_target, run
+from boltzflow.runs.recipes import load_recipe
 from boltzflow.sampling.lattice_hmc import flow_hmc, hmc, pooled_integrated_time
 from boltzflow.sampling.runners import flow_imh
 

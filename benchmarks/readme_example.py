@@ -39,7 +39,7 @@ def readme_example() -> str:
 
 def run_one(code: str, seed: int, dtype: str, loss: str) -> tuple[list[float], float]:
     """Run the example with the flow's seed and the default dtype replaced; parsed numbers."""
-    if "seed=0)" not in code or '"forward_kl_is"' not in code:
+    if "seed=0)" not in code or '"forward_kl_is"' not in code:  # the parts this script varies
         raise SystemExit("the README example no longer has 'seed=0)' and 'forward_kl_is'")
     body = code.replace("seed=0)", f"seed={seed})").replace('"forward_kl_is"', f'"{loss}"')
     prog = f"import torch\ntorch.set_default_dtype(torch.{dtype})\n{body}{REPORT}"

@@ -85,8 +85,8 @@ def _chunked(fn, x, chunk=2048):
 def alanine(args) -> None:
     """The molecular comparison (module docstring)."""
     from boltzflow.molecular.target import AlanineDipeptideTarget
-    from boltzflow.pipeline import build_flow, build_target
-    from boltzflow.recipes import load_recipe
+    from boltzflow.runs.pipeline import build_flow, build_target
+    from boltzflow.runs.recipes import load_recipe
     from boltzflow.sampling.reweighting import free_energy_difference
     from boltzflow.training.force_matching import force_rmse, stack_positions_forces
 

@@ -9,7 +9,7 @@ Flow checkpoints are two files side by side:
   ``builder_kwargs``, from which :func:`load_checkpoint` rebuilds the flow.
 
 A checkpoint is data, never code. :func:`load_checkpoint` accepts only builder names
-registered in :data:`boltzflow.registry.FLOWS` (built-in, or a plugin's ``boltzflow.flows``
+registered in :data:`boltzflow.runs.registry.FLOWS` (built-in, or a plugin's ``boltzflow.flows``
 entry point); a ``"module:attr"`` string in ``flow.json`` is refused before anything is
 imported. To load a flow made by your own function, pass ``builder=`` (or ``flow=``).
 
@@ -194,7 +194,7 @@ def _builder_call(metadata: dict, target, builder, where: Path):
     registered name (no import paths), the event shape a list of non-negative integers, the
     dtype a floating dtype name and the builder arguments a JSON object.
     """
-    from boltzflow.registry import FLOWS, resolve
+    from boltzflow.runs.registry import FLOWS, resolve
 
     builder = builder if builder is not None else metadata.get("builder")
     if builder is None:

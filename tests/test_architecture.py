@@ -65,14 +65,14 @@ def test_import_collector_sees_function_level_and_relative_imports():
     """The checker itself: a function-level and a relative import are both found."""
     pkg = ROOT / "boltzflow" / "sampling" / "runners.py"
     assert "boltzflow.sampling.reweighting" in _imports(pkg)
-    assert any(_in(d, "boltzflow.sampling") for d in _imports(PACKAGE / "pipeline.py"))
+    assert any(_in(d, "boltzflow.sampling") for d in _imports(PACKAGE / "runs" / "pipeline.py"))
 
 
 @pytest.mark.parametrize(
     ("src", "dst"),
     [
         ("boltzflow.training", "boltzflow.sampling"),  # samplers may train; trainers never sample
-        ("boltzflow.molecular", "boltzflow.pipeline"),
+        ("boltzflow.molecular", "boltzflow.runs.pipeline"),
         ("boltzflow.energies", "boltzflow.reporting"),
         ("boltzflow.energies", "boltzflow.reporting.figures"),
         ("boltzflow.energies", "boltzflow.reporting.figures_bayes"),

@@ -36,7 +36,7 @@ SOURCES = ("pyproject.toml", "README.md", "boltzflow", "systems")
 
 # Where boltzflow and its catalogue were imported from, printed by the installed package.
 PROBE = (
-    "import json, arviz, boltzflow, boltzflow.recipes as r; "
+    "import json, arviz, boltzflow, boltzflow.runs.recipes as r; "
     "print(json.dumps({'module': boltzflow.__file__, 'systems': str(r.systems_dir()), "
     "'arviz': arviz.__version__}))"
 )

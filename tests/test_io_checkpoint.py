@@ -20,7 +20,7 @@ from boltzflow.io import (
     save_checkpoint,
     save_trainer_state,
 )
-from boltzflow.registry import FLOWS, registered, resolve
+from boltzflow.runs.registry import FLOWS, registered, resolve
 
 torch.set_num_threads(1)
 

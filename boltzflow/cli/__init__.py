@@ -31,7 +31,7 @@ _PLUGIN_PARSERS = ("boltzflow.cli.md", "boltzflow.cli.umbrella")
 
 
 def _cmd_systems(args) -> int:
-    from boltzflow.recipes import list_systems, systems_dir
+    from boltzflow.runs.recipes import list_systems, systems_dir
 
     systems = list_systems()
     if not systems:
@@ -51,7 +51,7 @@ def _cmd_run(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from boltzflow.pipeline import run
+    from boltzflow.runs.pipeline import run
 
     summary = run(
         args.system,
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Stages and progress lines are always shown (bars on a terminal, lines elsewhere).
     logging.getLogger("boltzflow.progress").setLevel(logging.INFO)
-    from boltzflow.recipes import RecipeError
+    from boltzflow.runs.recipes import RecipeError
 
     try:
         return int(args.func(args) or 0)

@@ -34,8 +34,8 @@ def md_command(args) -> int:
     import numpy as np
 
     from boltzflow.molecular.md import cache_dir
-    from boltzflow.pipeline import build_target
-    from boltzflow.recipes import load_recipe
+    from boltzflow.runs.pipeline import build_target
+    from boltzflow.runs.recipes import load_recipe
 
     recipe = load_recipe(args.system, args.budget)
     overrides = {

@@ -45,8 +45,8 @@ def umbrella_command(args) -> int:
 
     from boltzflow.molecular.target import REFERENCE_FILE
     from boltzflow.molecular.umbrella import alanine_umbrella
-    from boltzflow.pipeline import build_target
-    from boltzflow.recipes import load_recipe
+    from boltzflow.runs.pipeline import build_target
+    from boltzflow.runs.recipes import load_recipe
 
     recipe = load_recipe(args.system, "default")
     workers = args.workers or len(os.sched_getaffinity(0))

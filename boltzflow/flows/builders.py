@@ -1,4 +1,4 @@
-r"""Ready-made flows for a target or an event shape (registered in ``boltzflow.registry.FLOWS``).
+r"""Ready-made flows for a target or an event shape (registered as ``runs.registry.FLOWS``).
 
 Every builder takes an :class:`~boltzflow.energies.base.Energy` (its ``event_shape`` is used)
 or an event shape / int, and returns a :class:`~boltzflow.flows.base.Flow` mapping latent

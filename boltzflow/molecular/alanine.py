@@ -64,7 +64,7 @@ def system_folder(solvent: str = "vacuum") -> Path:
     """The ``systems/`` folder that holds the vendored files for ``solvent``."""
     if solvent not in SOLVENTS:
         raise ValueError(f"unknown solvent '{solvent}' (choose from {', '.join(SOLVENTS)})")
-    from boltzflow.recipes import systems_dir
+    from boltzflow.runs.recipes import systems_dir
 
     return systems_dir() / SOLVENTS[solvent]
 

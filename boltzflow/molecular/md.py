@@ -137,7 +137,7 @@ def cache_dir() -> Path:
     env = os.environ.get("BOLTZFLOW_CACHE")
     if env:
         return Path(env)
-    from boltzflow.recipes import systems_dir
+    from boltzflow.runs.recipes import systems_dir
 
     root = systems_dir().resolve()
     if not root.is_relative_to(Path(__file__).resolve().parents[1]):

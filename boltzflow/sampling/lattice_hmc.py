@@ -1,7 +1,7 @@
 r"""HMC-family sampler runners for lattice targets, and τ_int for observables that freeze.
 
 Runners (signature ``fn(flow, target, *, n_samples, seed, **params) -> SamplingResult``,
-registered in :data:`boltzflow.registry.SAMPLERS`):
+registered in :data:`boltzflow.runs.registry.SAMPLERS`):
 
 * :func:`hmc` -- the baseline: HMC on the target itself (Duane et al. 1987). The flow only
   supplies starting points (``start="flow"``), or none is used (``"random"``, ``"cold"``);

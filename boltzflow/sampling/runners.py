@@ -1,7 +1,7 @@
 r"""Sampler runners used by recipes: a flow and a target in, a :class:`SamplingResult` out.
 
 Every runner has the signature ``fn(flow, target, *, n_samples, seed, **params)`` and is
-registered in :data:`boltzflow.registry.SAMPLERS`. Results are always laid out as
+registered in :data:`boltzflow.runs.registry.SAMPLERS`. Results are always laid out as
 ``[chains, draws, ...]`` (importance sampling is one "chain" of independent draws), which is
 the layout of the ``posterior`` group in ``samples.nc``. Every runner builds its result with
 :meth:`SamplingResult.from_chain` (MCMC) or :meth:`SamplingResult.from_draws` (weighted i.i.d.
@@ -238,7 +238,24 @@ def start_points(flow, target, n: int, init: str, generator: torch.Generator) ->
 def importance_sampling(
     flow, target, *, n_samples: int, seed: int = 0, batch_size: int = 8192
 ) -> SamplingResult:
-    """I.i.d. flow draws with importance log-weights ``-u(x) - log q(x)`` (one chain)."""
+    r"""I.i.d. flow draws with their importance log-weights, as one "chain".
+
+    .. math:: x_i \sim q, \qquad \log w_i = -u(x_i) - \log q(x_i)
+
+    (non-finite values give weight 0 and are counted; :mod:`boltzflow.weights`). Summarise
+    the weights with :func:`~boltzflow.sampling.reweighting.reweight` (ESS, log Z ± error).
+
+    Args:
+        flow: the proposal (``sample(n, generator) -> (x, z, log_q)``), used without gradients.
+        target: the :class:`~boltzflow.energies.base.Energy` (kT).
+        n_samples: number of draws ``n``.
+        seed: seeds a generator on the flow's device.
+        batch_size: draws per flow call (memory).
+
+    Returns:
+        :class:`SamplingResult` with ``x [1, n, *event_shape]``, ``log_weight`` and ``energy``
+        ``[1, n]`` and ``accepted = None``.
+    """
     g = generator_for_module(flow, seed)
     cost = RunCost(target)
     d = draw_with_log_weights(flow, target, int(n_samples), g, batch_size)

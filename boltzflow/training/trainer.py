@@ -134,7 +134,7 @@ class Trainer:
     def _begin_stage(self) -> None:
         stage = self.stages[self.stage_index]
         if isinstance(stage.loss, str):
-            from boltzflow.registry import LOSSES, resolve
+            from boltzflow.runs.registry import LOSSES, resolve
 
             self._loss_fn = resolve(LOSSES, stage.loss, "loss")
         else:
@@ -341,6 +341,22 @@ class Trainer:
 
 
 def train(flow, target, stages: Sequence[Stage | dict], **kwargs) -> TrainingResult:
-    """Convenience wrapper: ``Trainer(flow, target, stages, **kwargs).fit()``."""
+    r"""Train ``flow`` towards ``target`` through ``stages``: ``Trainer(...).fit()`` in one call.
+
+    Each stage minimises its loss over its steps with Adam, e.g. reverse KL
+    :math:`\mathbb E_q[u + \log q]`, the NLL :math:`-\mathbb E_p[\log q]` on data, or
+    ``forward_kl_is`` (:mod:`boltzflow.training.losses`).
+
+    Args:
+        flow: the flow to train (in place).
+        target: the :class:`~boltzflow.energies.base.Energy` (kT), or ``None`` for data-only
+            stages.
+        stages: :class:`Stage` objects or dicts of their fields.
+        **kwargs: :class:`Trainer` options (``seed``, ``callbacks``, ``eval_every``,
+            ``progress``, checkpoints) and ``resume_from`` (a trainer-state file).
+
+    Returns:
+        :class:`TrainingResult` (history, steps, energy evaluations, wall seconds).
+    """
     resume_from = kwargs.pop("resume_from", None)
     return Trainer(flow, target, stages, **kwargs).fit(resume_from=resume_from)

@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 
 import boltzflow
-from boltzflow.recipes import Recipe
 from boltzflow.reporting.idata import read_samples
+from boltzflow.runs.recipes import Recipe
 
 SECTIONS = ("training", "sampling", "reweighting", "observables", "free_energies")
 FILES = ("summary.json", "samples.nc", "flow.pt", "flow.json", "report.md")

@@ -2,7 +2,7 @@
 
 import torch
 
-from boltzflow.pipeline import run
+from boltzflow.runs.pipeline import run
 
 
 def test_run_leaves_the_global_rng_and_default_dtype_alone(tiny_recipe, tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 
 from boltzflow.cli import main
-from boltzflow.recipes import RecipeError, list_systems, load_recipe
+from boltzflow.runs.recipes import RecipeError, list_systems, load_recipe
 
 GOOD = """
 [system]

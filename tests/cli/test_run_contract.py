@@ -8,8 +8,8 @@ import torch
 from run_contract import asked_samples, contract_problems
 
 import boltzflow
-from boltzflow.recipes import load_recipe
 from boltzflow.reporting.idata import to_inference_data, write_samples
+from boltzflow.runs.recipes import load_recipe
 from boltzflow.sampling.runners import SamplingResult
 
 RECIPE = load_recipe("double-well", "smoke")  # reverse KL 2 x 100 steps, flow IMH 8 x 500

@@ -4,7 +4,7 @@ import pytest
 from run_contract import contract_problems
 
 from boltzflow.cli import main
-from boltzflow.recipes import list_systems, load_recipe
+from boltzflow.runs.recipes import list_systems, load_recipe
 
 SYSTEMS = sorted(list_systems())
 

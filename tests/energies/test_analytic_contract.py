@@ -13,7 +13,7 @@ from boltzflow.energies import (
     ManyWell,
     gmm40,
 )
-from boltzflow.registry import TARGETS, resolve
+from boltzflow.runs.registry import TARGETS, resolve
 
 torch.set_num_threads(1)
 F64 = torch.float64

@@ -20,7 +20,7 @@ from boltzflow.flows.builders import (
 from boltzflow.flows.circular import CircularShift, CircularSpline, CircularSplineCoupling
 from boltzflow.flows.distributions import MixedNormalTorus, StandardNormal, UniformTorus
 from boltzflow.flows.nflows_adapter import NflowsTransform
-from boltzflow.registry import FLOWS, resolve
+from boltzflow.runs.registry import FLOWS, resolve
 
 BUILDERS = [spline_coupling_flow, spline_autoregressive_flow, maf_flow, circular_spline_flow]
 SMALL = dict(num_layers=2, hidden=8, num_blocks=1)

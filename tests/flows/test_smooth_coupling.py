@@ -17,7 +17,7 @@ from boltzflow.energies.base import CallableEnergy
 from boltzflow.flows import smooth
 from boltzflow.flows.base import InverseTransform
 from boltzflow.flows.smooth_coupling import SmoothCoupling, smooth_coupling_flow
-from boltzflow.registry import FLOWS, resolve
+from boltzflow.runs.registry import FLOWS, resolve
 
 D = torch.float64
 

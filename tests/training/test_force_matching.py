@@ -12,7 +12,7 @@ import torch
 
 from boltzflow.dynamics import FlowPotential
 from boltzflow.flows.smooth_coupling import smooth_coupling_flow
-from boltzflow.registry import LOSSES, resolve
+from boltzflow.runs.registry import LOSSES, resolve
 from boltzflow.training import train
 from boltzflow.training.force_matching import (
     flow_force,

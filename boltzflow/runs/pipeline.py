@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 import boltzflow
-from boltzflow import registry
+from boltzflow.runs import registry
 from boltzflow.progress import logger as stage_log
-from boltzflow.recipes import Recipe, load_recipe
+from boltzflow.runs.recipes import Recipe, load_recipe
 from boltzflow.sampling.reweighting import (
     expectation,
     free_energy_difference,

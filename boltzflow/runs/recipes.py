@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from boltzflow import registry
+from boltzflow.runs import registry
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -119,7 +119,7 @@ def _shipped_catalogue() -> Path:
         root = None
     if isinstance(root, Path) and root.is_dir():
         return root
-    return Path(__file__).resolve().parent.parent / "systems"
+    return Path(__file__).resolve().parents[2] / "systems"
 
 
 def list_systems() -> dict[str, str]:
