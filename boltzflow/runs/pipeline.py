@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 import boltzflow
-from boltzflow.runs import registry
 from boltzflow.progress import logger as stage_log
+from boltzflow.runs import registry
 from boltzflow.runs.recipes import Recipe, load_recipe
 from boltzflow.sampling.reweighting import (
     expectation,
