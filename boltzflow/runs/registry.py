@@ -141,8 +141,8 @@ def resolve(
             or an entry that cannot be loaded.
     """
     entries = registered(registry)
-    target = entries.get(str(name))
-    if target is None:
+    location = entries.get(str(name))
+    if location is None:
         known = ", ".join(sorted(entries))
         if ":" not in str(name):
             raise KeyError(f"unknown {what} '{name}' (known: {known})")
@@ -153,9 +153,9 @@ def resolve(
                 f"(known: {known}). Register it under the entry-point group '{group}' or pass "
                 "the callable explicitly."
             )
-        target = str(name)
-    module, _, attr = target.partition(":")
+        location = str(name)
+    module, _, attr = location.partition(":")
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
-        raise KeyError(f"{what} '{name}' could not be loaded from '{target}': {exc}") from exc
+        raise KeyError(f"{what} '{name}' could not be loaded from '{location}': {exc}") from exc
