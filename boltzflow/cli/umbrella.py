@@ -59,6 +59,7 @@ def umbrella_command(args) -> int:
             ns_per_window=args.ns_per_window,
             interval_ps=args.interval_ps,
             seed=args.seed,
+            uncertainty=args.uncertainty,
             n_bootstrap=args.bootstrap,
         )
     finally:
@@ -67,6 +68,7 @@ def umbrella_command(args) -> int:
         f"boltzflow umbrella {shlex.quote(str(args.system))} --windows {args.windows} "
         f"--kappa {args.kappa:g} --ns-per-window {args.ns_per_window:g} "
         f"--interval-ps {args.interval_ps:g} --seed {args.seed} --uncertainty {args.uncertainty}"
+        + (f" --bootstrap {args.bootstrap}" if args.uncertainty == "bootstrap" else "")
     )
     text = json.dumps(result, indent=1)
     for name, est in result["free_energies"].items():

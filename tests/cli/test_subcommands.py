@@ -48,3 +48,28 @@ def test_broken_built_in_module_is_reported_not_dropped(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_PLUGIN_PARSERS", (*cli._PLUGIN_PARSERS, "boltzflow.no_such_cmd"))
     assert cli.main(["no_such_cmd"]) == 2
     assert "No module named 'boltzflow.no_such_cmd'" in capsys.readouterr().err
+
+
+def test_umbrella_forwards_the_uncertainty_choice(monkeypatch, tmp_path, capsys):
+    """``--uncertainty bootstrap --bootstrap N`` reaches the MBAR estimate."""
+    import boltzflow.molecular.umbrella as umbrella
+    import boltzflow.runs.pipeline as pipeline
+
+    class _Target:
+        def close(self):
+            pass
+
+    seen = {}
+
+    def fake_umbrella(target, **kwargs):
+        seen.update(kwargs)
+        return {"free_energies": {"alphaL_vs_rest": {"mean": 1.0, "stderr": 0.1}}}
+
+    monkeypatch.setattr(pipeline, "build_target", lambda *a, **k: _Target())
+    monkeypatch.setattr(umbrella, "alanine_umbrella", fake_umbrella)
+    out = tmp_path / "ref.json"
+    argv = ["umbrella", "alanine-dipeptide-vacuum", "--uncertainty", "bootstrap",
+            "--bootstrap", "7", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert seen["uncertainty"] == "bootstrap" and seen["n_bootstrap"] == 7
+    assert "--uncertainty bootstrap --bootstrap 7" in out.read_text()
