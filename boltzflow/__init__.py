@@ -1,24 +1,31 @@
 r"""boltzflow: Boltzmann generators for scientific sampling.
 
-Train a normalizing flow :math:`q_\theta` towards an unnormalized target
-:math:`p(x) \propto e^{-u(x)}` (energies in kT), then correct it exactly, by importance
-weights :math:`\log w = -u(x) - \log q_\theta(x)` or inside MCMC. ``import boltzflow as bf``
+Train a normalizing flow $q_\theta$ towards an unnormalized target
+$p(x) \propto e^{-u(x)}$ (energies in kT), then correct it exactly, by importance
+weights $\log w = -u(x) - \log q_\theta(x)$ or inside MCMC. `import boltzflow as bf`
 gives the names most work needs; everything else lives in the subpackages
-(:mod:`boltzflow.energies`, :mod:`boltzflow.flows`, :mod:`boltzflow.training`,
-:mod:`boltzflow.sampling`).
+(`boltzflow.energies`, `boltzflow.flows`, `boltzflow.training`,
+`boltzflow.sampling`).
 
 =============================  ===========================================================
-targets                        :class:`Energy` (the base class), :func:`from_log_prob`
-flows                          :func:`spline_coupling_flow`, :func:`spline_autoregressive_flow`
-training                       :func:`train`, :class:`Stage`
-independent draws              :func:`importance_sampling`, :func:`reweight`,
-                               :func:`free_energy_difference`
-MCMC                           :func:`imh`, :func:`hmc`, :func:`neutra`, :func:`hybrid`,
-                               :class:`FlowMove` (an emcee move)
-checkpoints                    :func:`load_checkpoint`
+targets                        [`Energy`][boltzflow.energies.base.Energy] (the base class),
+[`from_log_prob`][boltzflow.energies.posterior.from_log_prob] flows
+[`spline_coupling_flow`][boltzflow.flows.builders.spline_coupling_flow],
+[`spline_autoregressive_flow`][boltzflow.flows.builders.spline_autoregressive_flow] training
+                               [`train`][boltzflow.training.trainer.train],
+                               [`Stage`][boltzflow.training.stages.Stage] independent draws
+                               [`importance_sampling`][boltzflow.sampling.runners.importance_sampling],
+                               [`reweight`][boltzflow.sampling.reweighting.reweight],
+                               [`free_energy_difference`][boltzflow.sampling.reweighting.free_energy_difference]
+MCMC                           [`imh`][boltzflow.sampling.runners.flow_imh],
+                               [`hmc`][boltzflow.sampling.lattice_hmc.hmc],
+                               [`neutra`][boltzflow.sampling.neutra.neutra],
+                               [`hybrid`][boltzflow.sampling.hybrid.hybrid],
+                               [`FlowMove`][boltzflow.sampling.emcee_move.FlowMove] (an emcee move)
+checkpoints                    [`load_checkpoint`][boltzflow.io.load_checkpoint]
 =============================  ===========================================================
 
-The names are imported on first use, so ``import boltzflow`` stays light.
+The names are imported on first use, so `import boltzflow` stays light.
 """
 
 from __future__ import annotations

@@ -1,23 +1,28 @@
-r"""The one place boltzflow calls arviz: PSIS, ESS/R-hat/MCSE, and the ``samples.nc`` file.
+r"""The one place boltzflow calls arviz: PSIS, ESS/R-hat/MCSE, and the `samples.nc` file.
 
-``pip install boltzflow`` gets arviz 0.x on Python 3.10-3.11 (``InferenceData``,
-``az.psislw``) and arviz 1.x on Python >= 3.12 (``xarray.DataTree``; PSIS and diagnostics in
+`pip install boltzflow` gets arviz 0.x on Python 3.10-3.11 (`InferenceData`,
+`az.psislw`) and arviz 1.x on Python >= 3.12 (`xarray.DataTree`; PSIS and diagnostics in
 arviz-stats; plotting in arviz-plots). The functions here give the same results under both, on
 plain numpy arrays:
 
-* :func:`psis` -- Pareto-smoothed importance sampling (Vehtari, Simpson, Gelman, Yao & Gabry
-  2024, JMLR 25(72)): log-weights ``[n]`` -> normalized smoothed log-weights ``[n]`` and the
-  Pareto shape k̂ of the right tail of the weights;
-* :func:`ess`, :func:`rhat`, :func:`mcse` -- on ``[chains, draws, dim]`` -> ``[dim]``;
-* :func:`from_dict`, :func:`write_netcdf`, :func:`read_netcdf`, :func:`group` -- the samples
-  file: an ``InferenceData`` (0.x) or ``DataTree`` (1.x) with ``posterior`` and
-  ``sample_stats`` groups, written to netCDF4/HDF5 (h5netcdf) so that the installed arviz
-  reads it back (``az.from_netcdf``; ``xarray.open_datatree`` in 1.x);
-* :func:`read_groups` -- the same file as ``{group: xarray.Dataset}`` through xarray alone.
+* [`psis`][boltzflow.arviz_compat.psis] -- Pareto-smoothed importance sampling (Vehtari, Simpson,
+  Gelman, Yao & Gabry 2024, JMLR 25(72)): log-weights `[n]` -> normalized smoothed log-weights `[n]`
+  and the Pareto shape k̂ of the right tail of the weights;
+* [`ess`][boltzflow.arviz_compat.ess], [`rhat`][boltzflow.arviz_compat.rhat],
+  [`mcse`][boltzflow.arviz_compat.mcse] -- on `[chains, draws, dim]` -> `[dim]`;
+* [`from_dict`][boltzflow.arviz_compat.from_dict],
+  [`write_netcdf`][boltzflow.arviz_compat.write_netcdf],
+  [`read_netcdf`][boltzflow.arviz_compat.read_netcdf], [`group`][boltzflow.arviz_compat.group] --
+  the samples
+  file: an `InferenceData` (0.x) or `DataTree` (1.x) with `posterior` and
+  `sample_stats` groups, written to netCDF4/HDF5 (h5netcdf) so that the installed arviz
+  reads it back (`az.from_netcdf`; `xarray.open_datatree` in 1.x);
+* [`read_groups`][boltzflow.arviz_compat.read_groups] -- the same file as `{group: xarray.Dataset}`
+  through xarray alone.
 
-arviz is imported on first use, so ``import boltzflow`` stays light. Importing arviz (either
-line) also imports ``matplotlib.pyplot``; :func:`read_groups` avoids that for code that only
-reads the file, such as the report figures.
+arviz is imported on first use, so `import boltzflow` stays light. Importing arviz (either
+line) also imports `matplotlib.pyplot`; [`read_groups`][boltzflow.arviz_compat.read_groups] avoids
+that for code that only reads the file, such as the report figures.
 """
 
 from __future__ import annotations
@@ -50,17 +55,17 @@ def is_arviz_1() -> bool:
 def psis(log_w) -> tuple[np.ndarray, float]:
     r"""Pareto-smoothed importance sampling of one set of log-weights.
 
-    The largest :math:`M \approx \min(n/5, 3\sqrt n)` weights are replaced by the expected
+    The largest $M \approx \min(n/5, 3\sqrt n)$ weights are replaced by the expected
     order statistics of a generalized Pareto distribution fitted to them; k̂ is its shape.
-    If :math:`w` has a tail :math:`P(w > t) \sim t^{-\alpha}`, then :math:`\hat k \to 1/\alpha`.
+    If $w$ has a tail $P(w > t) \sim t^{-\alpha}$, then $\hat k \to 1/\alpha$.
     k̂ < 0.5: variance finite; 0.5-0.7: usable; > 0.7: the importance estimate is unreliable.
 
     Args:
-        log_w: log-weights ``[n]`` (finite or ``-inf`` for zero weight; no NaN, no ``+inf``).
+        log_w: log-weights `[n]` (finite or `-inf` for zero weight; no NaN, no `+inf`).
 
     Returns:
-        ``(smoothed, k)``: smoothed log-weights ``[n]`` normalized to
-        :math:`\log\sum_i e^{\cdot} = 0`, and k̂ (``inf`` when the tail has fewer than five
+        `(smoothed, k)`: smoothed log-weights `[n]` normalized to
+        $\log\sum_i e^{\cdot} = 0$, and k̂ (`inf` when the tail has fewer than five
         distinct values, so that no Pareto fit exists).
     """
     lw = np.array(log_w, dtype=np.float64).reshape(-1)
@@ -102,22 +107,22 @@ def _diagnostic(name: str, a, method: str) -> np.ndarray:
 
 
 def ess(a, method: str = "bulk") -> np.ndarray:
-    """Effective sample size (Vehtari et al. 2021) of ``a [chains, draws, dim]`` -> ``[dim]``.
+    """Effective sample size (Vehtari et al. 2021) of `a [chains, draws, dim]` -> `[dim]`.
 
-    ``method``: ``"bulk"`` (rank-normalized), ``"tail"``, ``"mean"``, or another arviz method.
+    `method`: `"bulk"` (rank-normalized), `"tail"`, `"mean"`, or another arviz method.
     """
     return _diagnostic("ess", a, method)
 
 
 def rhat(a, method: str = "rank") -> np.ndarray:
-    """Split R-hat of ``[chains, draws, dim]`` -> ``[dim]`` (``"rank"``: rank-normalized,
+    """Split R-hat of `[chains, draws, dim]` -> `[dim]` (`"rank"`: rank-normalized,
     folded; Vehtari et al. 2021)."""
     return _diagnostic("rhat", a, method)
 
 
 def mcse(a, method: str = "mean") -> np.ndarray:
-    """arviz's Monte Carlo standard error (of the mean by default): ``[chains, draws, dim]``
-    -> ``[dim]``."""
+    """arviz's Monte Carlo standard error (of the mean by default): `[chains, draws, dim]`
+    -> `[dim]`."""
     return _diagnostic("mcse", a, method)
 
 
@@ -127,11 +132,11 @@ def from_dict(
     sample_stats: Mapping[str, np.ndarray] | None = None,
     attrs: Mapping[str, int | float | str] | None = None,
 ):
-    """An ``InferenceData`` (0.x) or ``DataTree`` (1.x) with ``posterior`` and ``sample_stats``.
+    """An `InferenceData` (0.x) or `DataTree` (1.x) with `posterior` and `sample_stats`.
 
     Args:
-        posterior: ``{name: array [chains, draws, *shape]}``.
-        sample_stats: ``{name: array [chains, draws]}`` (``log_weight``, ``energy``, ...).
+        posterior: `{name: array [chains, draws, *shape]}`.
+        sample_stats: `{name: array [chains, draws]}` (`log_weight`, `energy`, ...).
         attrs: metadata added to the attributes of every group.
     """
     groups = {"posterior": dict(posterior)}
@@ -145,7 +150,7 @@ def from_dict(
 
 
 def group_names(data) -> list[str]:
-    """Names of the groups of an ``InferenceData``, a ``DataTree`` or a ``{name: Dataset}``."""
+    """Names of the groups of an `InferenceData`, a `DataTree` or a `{name: Dataset}`."""
     if callable(getattr(data, "groups", None)):  # arviz 0.x InferenceData
         return list(data.groups())
     if hasattr(data, "children"):  # xarray.DataTree (arviz 1.x)
@@ -154,10 +159,10 @@ def group_names(data) -> list[str]:
 
 
 def group(data, name: str):
-    """Group ``name`` as an :class:`xarray.Dataset`, or ``None`` if ``data`` has none.
+    """Group `name` as an `xarray.Dataset`, or `None` if `data` has none.
 
-    ``data``: an ``InferenceData``, a ``DataTree`` or a ``{name: Dataset}`` from
-    :func:`read_groups`.
+    `data`: an `InferenceData`, a `DataTree` or a `{name: Dataset}` from
+    [`read_groups`][boltzflow.arviz_compat.read_groups].
     """
     if name not in group_names(data):
         return None
@@ -166,7 +171,7 @@ def group(data, name: str):
 
 
 def write_netcdf(data, path) -> None:
-    """Write every group to one netCDF4/HDF5 file (engine ``h5netcdf``)."""
+    """Write every group to one netCDF4/HDF5 file (engine `h5netcdf`)."""
     data.to_netcdf(str(path), engine="h5netcdf")
 
 
@@ -180,7 +185,7 @@ def read_netcdf(path):
 
 
 def read_groups(path) -> dict:
-    """Every group of a samples file as ``{name: xarray.Dataset}`` (in memory), read by xarray
+    """Every group of a samples file as `{name: xarray.Dataset}` (in memory), read by xarray
     and h5netcdf without importing arviz."""
     import h5netcdf
     import xarray as xr

@@ -1,23 +1,24 @@
-r"""Molecular dynamics on reduced energies, including a flow's potential :math:`-\log q(x)`.
+r"""Molecular dynamics on reduced energies, including a flow's potential $-\log q(x)$.
 
-A trained flow defines the potential :math:`u_q(x) = -\log q(x)` (kT) with forces
-:math:`\nabla_x \log q(x)`; Köhler, Krämer & Noé 2021 ("Smooth Normalizing Flows", NeurIPS)
+A trained flow defines the potential $u_q(x) = -\log q(x)$ (kT) with forces
+$\nabla_x \log q(x)$; Köhler, Krämer & Noé 2021 ("Smooth Normalizing Flows", NeurIPS)
 run MD on it, which requires a C∞ flow: a spline flow's forces jump at its knots (and at ReLU
 kinks of its conditioner), and each jump injects an energy error that a symplectic integrator
 cannot undo, so the total energy drifts.
 
-Reduced units: energies in kT, positions in the target's length unit :math:`L`, time in
-:math:`\tau`, masses in kT·τ²/L², velocities in L/τ; at the reference temperature ``kT = 1``
-the Maxwell-Boltzmann velocities are :math:`v \sim \mathcal N(0, kT/m)`.
+Reduced units: energies in kT, positions in the target's length unit $L$, time in
+$\tau$, masses in kT·τ²/L², velocities in L/τ; at the reference temperature `kT = 1`
+the Maxwell-Boltzmann velocities are $v \sim \mathcal N(0, kT/m)$.
 
-* :func:`velocity_verlet` -- NVE, symplectic and time-reversible (Swope et al. 1982); for a
-  smooth potential the total energy error stays bounded, :math:`O(\Delta t^2)`, with no drift
-  (Hairer, Lubich & Wanner, *Geometric Numerical Integration*).
-* :func:`langevin` -- BAOAB splitting of underdamped Langevin dynamics (Leimkuhler &
-  Matthews 2013, Appl. Math. Res. Express), friction :math:`\gamma` in 1/τ.
-* :func:`energy_drift` -- the slope of the total energy, per :math:`10^4` steps.
+* [`velocity_verlet`][boltzflow.dynamics.velocity_verlet] -- NVE, symplectic and time-reversible
+  (Swope et al. 1982); for a smooth potential the total energy error stays bounded, $O(\Delta t^2)$,
+  with no drift (Hairer, Lubich & Wanner, *Geometric Numerical Integration*).
+* [`langevin`][boltzflow.dynamics.langevin] -- BAOAB splitting of underdamped Langevin dynamics
+  (Leimkuhler & Matthews 2013, Appl. Math. Res. Express), friction $\gamma$ in 1/τ.
+* [`energy_drift`][boltzflow.dynamics.energy_drift] -- the slope of the total energy, per $10^4$
+  steps.
 
-Periodic coordinates (a ``periodic`` mask) are wrapped into :math:`[-\pi, \pi)` after each
+Periodic coordinates (a `periodic` mask) are wrapped into $[-\pi, \pi)$ after each
 position update.
 """
 
@@ -43,9 +44,10 @@ __all__ = [
 
 
 class FlowPotential(Energy):
-    r"""The flow's potential :math:`u_q(x) = -\log q(x)` in kT, as an :class:`Energy`.
+    r"""The flow's potential $u_q(x) = -\log q(x)$ in kT, as an
+    [`Energy`][boltzflow.energies.base.Energy].
 
-    Its ``force`` is :math:`\nabla_x \log q(x)`; ``log_z = 0`` because :math:`q` is normalised.
+    Its `force` is $\nabla_x \log q(x)$; `log_z = 0` because $q$ is normalised.
     """
 
     log_z = 0.0
@@ -59,8 +61,8 @@ class FlowPotential(Energy):
 
 
 class Trajectory(NamedTuple):
-    """Recorded frames: ``x [frames, batch, *event]``, ``v`` likewise, ``potential`` and
-    ``kinetic`` ``[frames, batch]`` (kT), ``steps [frames]`` (integration step of each frame)."""
+    """Recorded frames: `x [frames, batch, *event]`, `v` likewise, `potential` and
+    `kinetic` `[frames, batch]` (kT), `steps [frames]` (integration step of each frame)."""
 
     x: torch.Tensor
     v: torch.Tensor
@@ -70,12 +72,12 @@ class Trajectory(NamedTuple):
 
     @property
     def total(self) -> torch.Tensor:
-        """Total energy ``potential + kinetic`` ``[frames, batch]`` (kT)."""
+        """Total energy `potential + kinetic` `[frames, batch]` (kT)."""
         return self.potential + self.kinetic
 
 
 class EnergyDrift(NamedTuple):
-    """Total-energy drift over NVE trajectories (kT per ``per_steps`` steps).
+    """Total-energy drift over NVE trajectories (kT per `per_steps` steps).
 
     Attributes:
         rms: root mean square over trajectories of the least-squares slope.
@@ -93,7 +95,7 @@ class EnergyDrift(NamedTuple):
 
 
 def potential_and_force(energy, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(u(x), -∂u/∂x)`` from one energy evaluation and one backward pass, both detached."""
+    """`(u(x), -∂u/∂x)` from one energy evaluation and one backward pass, both detached."""
     with torch.enable_grad():
         xr = x.detach().requires_grad_(True)
         u = energy.energy(xr) if hasattr(energy, "energy") else energy(xr)
@@ -104,7 +106,7 @@ def potential_and_force(energy, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 def maxwell_boltzmann(
     like: torch.Tensor, mass=1.0, kT: float = 1.0, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Velocities ``v ~ N(0, kT / m)`` with the shape, dtype and device of ``like``."""
+    """Velocities `v ~ N(0, kT / m)` with the shape, dtype and device of `like`."""
     noise = torch.empty_like(like).normal_(generator=generator)
     return noise * torch.sqrt(kT / torch.as_tensor(mass, dtype=like.dtype, device=like.device))
 
@@ -145,24 +147,25 @@ def velocity_verlet(
     record_every: int = 1,
     periodic=None,
 ) -> Trajectory:
-    r"""NVE velocity Verlet on ``energy`` (an :class:`Energy` or a callable ``u(x)``, kT).
+    r"""NVE velocity Verlet on `energy` (an [`Energy`][boltzflow.energies.base.Energy] or a callable
+    `u(x)`, kT).
 
-    .. math::
-
-        v_{n+1/2} = v_n + \tfrac{\Delta t}{2m} F(x_n), \quad
-        x_{n+1} = x_n + \Delta t\, v_{n+1/2}, \quad
-        v_{n+1} = v_{n+1/2} + \tfrac{\Delta t}{2m} F(x_{n+1}).
+    $$
+    v_{n+1/2} = v_n + \tfrac{\Delta t}{2m} F(x_n), \quad
+    x_{n+1} = x_n + \Delta t\, v_{n+1/2}, \quad
+    v_{n+1} = v_{n+1/2} + \tfrac{\Delta t}{2m} F(x_{n+1}).
+    $$
 
     Args:
         energy: reduced potential; one evaluation (energy + force) per step.
-        x, v: initial positions and velocities ``[batch, *event_shape]``.
+        x, v: initial positions and velocities `[batch, *event_shape]`.
         dt: time step (τ); n_steps: number of steps.
-        mass: scalar or tensor broadcastable to ``x`` (kT·τ²/L²).
-        record_every: frame stride (frames at steps ``0, k, 2k, …``).
-        periodic: optional bool mask over the event of angles wrapped into :math:`[-\pi, \pi)`.
+        mass: scalar or tensor broadcastable to `x` (kT·τ²/L²).
+        record_every: frame stride (frames at steps `0, k, 2k, …`).
+        periodic: optional bool mask over the event of angles wrapped into $[-\pi, \pi)$.
 
     Returns:
-        :class:`Trajectory`.
+        [`Trajectory`][boltzflow.dynamics.Trajectory].
     """
     wrap, rec = _wrapper(periodic, x), _Recorder(record_every)
     x, v = wrap(x.detach()), v.detach().clone()
@@ -192,19 +195,20 @@ def langevin(
 ) -> Trajectory:
     r"""Underdamped Langevin dynamics by BAOAB (Leimkuhler & Matthews 2013).
 
-    B: :math:`v \mathrel{+}= \tfrac{\Delta t}{2m}F`; A: :math:`x \mathrel{+}= \tfrac{\Delta t}2 v`;
-    O: :math:`v \leftarrow e^{-\gamma\Delta t} v + \sqrt{(1-e^{-2\gamma\Delta t})\,kT/m}\;\xi`;
-    then A, B. Samples :math:`\exp(-u/kT)` with :math:`O(\Delta t^2)` configurational bias.
-    ``kT`` is the temperature in units of the energy's kT (1 = the reference temperature).
+    B: $v \mathrel{+}= \tfrac{\Delta t}{2m}F$; A: $x \mathrel{+}= \tfrac{\Delta t}2 v$;
+    O: $v \leftarrow e^{-\gamma\Delta t} v + \sqrt{(1-e^{-2\gamma\Delta t})\,kT/m}\;\xi$;
+    then A, B. Samples $\exp(-u/kT)$ with $O(\Delta t^2)$ configurational bias.
+    `kT` is the temperature in units of the energy's kT (1 = the reference temperature).
 
     Args:
-        energy, x, dt, n_steps, mass, record_every, periodic: as in :func:`velocity_verlet`.
-        friction: :math:`\gamma` (1/τ).
-        v: initial velocities (default: Maxwell-Boltzmann from ``generator``).
+        energy, x, dt, n_steps, mass, record_every, periodic: as in
+            [`velocity_verlet`][boltzflow.dynamics.velocity_verlet].
+        friction: $\gamma$ (1/τ).
+        v: initial velocities (default: Maxwell-Boltzmann from `generator`).
         generator: explicit randomness for the velocities and the O step.
 
     Returns:
-        :class:`Trajectory`.
+        [`Trajectory`][boltzflow.dynamics.Trajectory].
     """
     wrap, rec = _wrapper(periodic, x), _Recorder(record_every)
     x = wrap(x.detach())
@@ -227,11 +231,11 @@ def langevin(
 
 
 def energy_drift(trajectory: Trajectory, per_steps: int = 10_000) -> EnergyDrift:
-    r"""Least-squares slope of the total energy against the step, in kT per ``per_steps`` steps.
+    r"""Least-squares slope of the total energy against the step, in kT per `per_steps` steps.
 
-    Each trajectory's slope :math:`\hat b_j` is fitted to its recorded frames; ``rms`` is
-    :math:`\sqrt{\overline{\hat b_j^2}}` (systematic and random-walk drift alike), ``mean`` and
-    ``stderr`` the average and its standard error. Trajectories with a non-finite energy are
+    Each trajectory's slope $\hat b_j$ is fitted to its recorded frames; `rms` is
+    $\sqrt{\overline{\hat b_j^2}}$ (systematic and random-walk drift alike), `mean` and
+    `stderr` the average and its standard error. Trajectories with a non-finite energy are
     dropped and counted.
     """
     total = trajectory.total.to(torch.float64)

@@ -2,21 +2,21 @@
 
 Flow checkpoints are two files side by side:
 
-* ``<prefix>.pt`` -- the flow's ``state_dict`` (tensors only), loaded with
-  ``torch.load(weights_only=True)`` so that opening a checkpoint never runs pickled code;
-* ``<prefix>.json`` -- human-readable metadata: format version, boltzflow version, dtype,
-  event shape, parameter count, and the ``builder`` (a registered flow name) with its
-  ``builder_kwargs``, from which :func:`load_checkpoint` rebuilds the flow.
+* `<prefix>.pt` -- the flow's `state_dict` (tensors only), loaded with
+  `torch.load(weights_only=True)` so that opening a checkpoint never runs pickled code;
+* `<prefix>.json` -- human-readable metadata: format version, boltzflow version, dtype,
+  event shape, parameter count, and the `builder` (a registered flow name) with its
+  `builder_kwargs`, from which [`load_checkpoint`][boltzflow.io.load_checkpoint] rebuilds the flow.
 
-A checkpoint is data, never code. :func:`load_checkpoint` accepts only builder names
-registered in :data:`boltzflow.runs.registry.FLOWS` (built-in, or a plugin's ``boltzflow.flows``
-entry point); a ``"module:attr"`` string in ``flow.json`` is refused before anything is
-imported. To load a flow made by your own function, pass ``builder=`` (or ``flow=``).
+A checkpoint is data, never code. [`load_checkpoint`][boltzflow.io.load_checkpoint] accepts only
+builder names registered in `boltzflow.runs.registry.FLOWS` (built-in, or a plugin's
+`boltzflow.flows` entry point); a `"module:attr"` string in `flow.json` is refused before anything
+is imported. To load a flow made by your own function, pass `builder=` (or `flow=`).
 
-Trainer-state checkpoints (:func:`save_trainer_state`) hold everything a resumed run needs:
-parameters, optimizer and LR-scheduler state, stage and step counters, generator states,
-history and callback state. They too are written atomically and read with
-``weights_only=True``.
+Trainer-state checkpoints ([`save_trainer_state`][boltzflow.io.save_trainer_state]) hold everything
+a resumed run needs: parameters, optimizer and LR-scheduler state, stage and step counters,
+generator states, history and callback state. They too are written atomically and read with
+`weights_only=True`.
 """
 
 from __future__ import annotations
@@ -50,11 +50,11 @@ class LoadedCheckpoint(NamedTuple):
 
 
 def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
-    """``(weights, metadata)`` paths for a directory or a prefix.
+    """`(weights, metadata)` paths for a directory or a prefix.
 
-    An existing directory (or a path ending in a separator) gives ``dir/flow.pt`` and
-    ``dir/flow.json``; ``name.pt`` or ``name.json`` give ``name.pt``/``name.json``; any other
-    path is a prefix to which ``.pt`` and ``.json`` are appended.
+    An existing directory (or a path ending in a separator) gives `dir/flow.pt` and
+    `dir/flow.json`; `name.pt` or `name.json` give `name.pt`/`name.json`; any other
+    path is a prefix to which `.pt` and `.json` are appended.
     """
     s = os.fspath(path)
     p = Path(s)
@@ -66,7 +66,7 @@ def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def _jsonable(obj: Any):
-    """``json`` fallback for numpy/torch scalars, shapes, dtypes and paths."""
+    """`json` fallback for numpy/torch scalars, shapes, dtypes and paths."""
     if isinstance(obj, torch.Tensor) and obj.numel() == 1:
         return obj.item()
     if isinstance(obj, (torch.Size, set, frozenset)):
@@ -102,19 +102,19 @@ def _flow_dtype(flow: torch.nn.Module) -> torch.dtype | None:
 def save_checkpoint(
     path: str | os.PathLike, flow: torch.nn.Module, metadata: dict | None = None
 ) -> tuple[Path, Path]:
-    """Save ``flow.state_dict()`` to ``.pt`` and metadata to ``.json``.
+    """Save `flow.state_dict()` to `.pt` and metadata to `.json`.
 
-    File names follow :func:`checkpoint_paths`.
+    File names follow [`checkpoint_paths`][boltzflow.io.checkpoint_paths].
 
     Args:
-        path: a directory (files ``flow.pt``/``flow.json``) or a file prefix.
-        flow: the flow (any ``nn.Module``).
-        metadata: JSON-serializable dict. Put ``builder`` (a registered ``FLOWS`` name) and
-            ``builder_kwargs`` here so that :func:`load_checkpoint` can rebuild the flow;
-            anything else (target, seed, training summary) is kept as is.
+        path: a directory (files `flow.pt`/`flow.json`) or a file prefix.
+        flow: the flow (any `nn.Module`).
+        metadata: JSON-serializable dict. Put `builder` (a registered `FLOWS` name) and
+            `builder_kwargs` here so that [`load_checkpoint`][boltzflow.io.load_checkpoint] can
+            rebuild the flow; anything else (target, seed, training summary) is kept as is.
 
     Returns:
-        The ``(weights_path, metadata_path)`` written.
+        The `(weights_path, metadata_path)` written.
     """
     pt, js = checkpoint_paths(path)
     from boltzflow import __version__
@@ -145,17 +145,17 @@ def load_checkpoint(
     map_location: str | torch.device | None = None,
     strict: bool = True,
 ) -> LoadedCheckpoint:
-    """Load a flow checkpoint written by :func:`save_checkpoint`.
+    """Load a flow checkpoint written by [`save_checkpoint`][boltzflow.io.save_checkpoint].
 
     Args:
-        path: the directory or prefix given to :func:`save_checkpoint`.
-        flow: load the weights into this flow; if ``None`` the flow is rebuilt as
-            ``builder(target or event_shape, **builder_kwargs)`` from the metadata.
-        target: passed to the builder instead of the saved ``event_shape`` when given.
-        builder: overrides the metadata's ``builder``: a callable (trusted: it is your code)
+        path: the directory or prefix given to [`save_checkpoint`][boltzflow.io.save_checkpoint].
+        flow: load the weights into this flow; if `None` the flow is rebuilt as
+            `builder(target or event_shape, **builder_kwargs)` from the metadata.
+        target: passed to the builder instead of the saved `event_shape` when given.
+        builder: overrides the metadata's `builder`: a callable (trusted: it is your code)
             or a registered flow name.
         map_location: device for the loaded tensors (default: where they were saved, i.e. cpu).
-        strict: passed to ``load_state_dict``.
+        strict: passed to `load_state_dict`.
 
     Raises:
         ValueError: the files are not a boltzflow checkpoint, or the metadata names a builder
@@ -188,7 +188,7 @@ _DTYPES = {
 
 
 def _builder_call(metadata: dict, target, builder, where: Path):
-    """Validate the metadata and return ``(builder, first_argument, builder_kwargs)``.
+    """Validate the metadata and return `(builder, first_argument, builder_kwargs)`.
 
     Everything read from the file is checked before it is used: the builder must be a
     registered name (no import paths), the event shape a list of non-negative integers, the
@@ -221,7 +221,7 @@ def _builder_call(metadata: dict, target, builder, where: Path):
 
 
 def save_trainer_state(path: str | os.PathLike, state: dict) -> Path:
-    """Atomically save a trainer state dict (see ``Trainer.state_dict``) to ``path``."""
+    """Atomically save a trainer state dict (see `Trainer.state_dict`) to `path`."""
     path = Path(path)
     state = {"format": TRAINER_FORMAT, "format_version": FORMAT_VERSION, **state}
     _atomic_write(path, lambda p: torch.save(state, p))
@@ -231,7 +231,8 @@ def save_trainer_state(path: str | os.PathLike, state: dict) -> Path:
 def load_trainer_state(
     path: str | os.PathLike, map_location: str | torch.device | None = None
 ) -> dict:
-    """Load a trainer state written by :func:`save_trainer_state` (``weights_only=True``)."""
+    """Load a trainer state written by [`save_trainer_state`][boltzflow.io.save_trainer_state]
+    (`weights_only=True`)."""
     state = torch.load(Path(path), map_location=map_location, weights_only=True)
     if not isinstance(state, dict) or state.get("format") != TRAINER_FORMAT:
         raise ValueError(f"{path} is not a boltzflow trainer state")

@@ -1,14 +1,16 @@
 r"""The worker side of OpenMM energy evaluation: what runs inside each worker process.
 
-:func:`evaluate_chunk` receives a :class:`SystemSpec` (a serialized ``openmm.System`` as XML,
-the platform and its properties, and a content hash) and a chunk of configurations as a
-``numpy`` array ``[n, n_atoms, 3]`` in nm. Each worker process builds one ``openmm.Context``
-per spec, once, and caches it under the spec's SHA-256 content hash. It returns potential
-energies ``[n]`` in kJ/mol and forces ``[n, n_atoms, 3]`` in kJ/mol/nm. A configuration that
-OpenMM cannot evaluate gets ``energy = nan`` and zero forces; the exception is caught per
-configuration, counted and reported as one warning per chunk, so no result ever leaks from one
-configuration to the next. :func:`evaluate_shared_chunk` does the same on rows of a
-shared-memory batch. The parent side, :class:`boltzflow.parallel.EnergyPool`, sends the work.
+[`evaluate_chunk`][boltzflow.openmm_worker.evaluate_chunk] receives a
+[`SystemSpec`][boltzflow.openmm_worker.SystemSpec] (a serialized `openmm.System` as XML, the
+platform and its properties, and a content hash) and a chunk of configurations as a `numpy` array
+`[n, n_atoms, 3]` in nm. Each worker process builds one `openmm.Context` per spec, once, and caches
+it under the spec's SHA-256 content hash. It returns potential energies `[n]` in kJ/mol and forces
+`[n, n_atoms, 3]` in kJ/mol/nm. A configuration that OpenMM cannot evaluate gets `energy = nan` and
+zero forces; the exception is caught per configuration, counted and reported as one warning per
+chunk, so no result ever leaks from one configuration to the next.
+[`evaluate_shared_chunk`][boltzflow.openmm_worker.evaluate_shared_chunk] does the same on rows of a
+shared-memory batch. The parent side,
+[`boltzflow.parallel.EnergyPool`][boltzflow.parallel.EnergyPool], sends the work.
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ class SystemSpec:
     """A picklable description of an OpenMM evaluation setup.
 
     Attributes:
-        xml: ``openmm.XmlSerializer.serialize(system)``.
-        platform: OpenMM platform name (``"Reference"``, ``"CPU"``, ``"CUDA"``, ...).
-        properties: platform properties as sorted ``(name, value)`` string pairs.
-        key: SHA-256 of ``(xml, platform, properties)``; the worker-side cache key.
+        xml: `openmm.XmlSerializer.serialize(system)`.
+        platform: OpenMM platform name (`"Reference"`, `"CPU"`, `"CUDA"`, ...).
+        properties: platform properties as sorted `(name, value)` string pairs.
+        key: SHA-256 of `(xml, platform, properties)`; the worker-side cache key.
     """
 
     xml: str
@@ -57,7 +59,7 @@ class SystemSpec:
 
     @classmethod
     def from_system(cls, system, platform: str = "Reference", properties=None) -> SystemSpec:
-        """Serialize an ``openmm.System``."""
+        """Serialize an `openmm.System`."""
         import openmm
 
         xml = openmm.XmlSerializer.serialize(system)
@@ -69,7 +71,7 @@ class SystemSpec:
 
 
 def _context(spec: SystemSpec):
-    """The cached Context for ``spec`` in this process (built on first use)."""
+    """The cached Context for `spec` in this process (built on first use)."""
     ctx = _CONTEXTS.get(spec.key)
     if ctx is not None:
         _CONTEXTS.move_to_end(spec.key)
@@ -92,11 +94,11 @@ def evaluate_chunk(spec: SystemSpec, positions: np.ndarray) -> tuple[np.ndarray,
 
     Args:
         spec: the system to evaluate.
-        positions: ``float[n, n_atoms, 3]`` in nm.
+        positions: `float[n, n_atoms, 3]` in nm.
 
     Returns:
-        ``(energies [n] in kJ/mol, forces [n, n_atoms, 3] in kJ/mol/nm)`` as float64. Where
-        the positions are not finite or OpenMM raises, the energy is ``nan`` and the forces 0.
+        `(energies [n] in kJ/mol, forces [n, n_atoms, 3] in kJ/mol/nm)` as float64. Where
+        the positions are not finite or OpenMM raises, the energy is `nan` and the forces 0.
     """
     ctx = _context(spec)
     pos = np.asarray(positions, dtype=np.float64)
@@ -134,10 +136,11 @@ def evaluate_chunk(spec: SystemSpec, positions: np.ndarray) -> tuple[np.ndarray,
 
 
 def evaluate_shared_chunk(spec: SystemSpec, handle, start: int, stop: int) -> None:
-    """:func:`evaluate_chunk` on rows ``start:stop`` of a shared batch, written in place.
+    """[`evaluate_chunk`][boltzflow.openmm_worker.evaluate_chunk] on rows `start:stop` of a shared
+    batch, written in place.
 
-    ``handle`` is a :class:`~boltzflow.shared_arrays.SharedArraysHandle` with arrays
-    ``positions [n, n_atoms, 3]``, ``energies [n]`` and ``forces [n, n_atoms, 3]`` (float64).
+    `handle` is a [`SharedArraysHandle`][boltzflow.shared_arrays.SharedArraysHandle] with arrays
+    `positions [n, n_atoms, 3]`, `energies [n]` and `forces [n, n_atoms, 3]` (float64).
     """
     views = _attached(handle)
     e, f = evaluate_chunk(spec, views["positions"][start:stop])
@@ -150,7 +153,7 @@ _ATTACHED: OrderedDict[str, tuple] = OrderedDict()
 
 
 def _attached(handle) -> dict[str, np.ndarray]:
-    """Views of ``handle``'s block, attached once per worker; older blocks are let go."""
+    """Views of `handle`'s block, attached once per worker; older blocks are let go."""
     if handle.name not in _ATTACHED:
         _ATTACHED[handle.name] = handle.attach()
         while len(_ATTACHED) > 2:
@@ -161,7 +164,7 @@ def _attached(handle) -> dict[str, np.ndarray]:
 
 
 def worker_info() -> tuple[int, tuple[int, ...]]:
-    """``(pid, cpu affinity)`` of the calling process (used by tests to find workers)."""
+    """`(pid, cpu affinity)` of the calling process (used by tests to find workers)."""
     aff = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else ()
     return os.getpid(), aff
 

@@ -1,28 +1,29 @@
-r"""Batched OpenMM energy + force evaluation through a ``concurrent.futures.Executor``.
+r"""Batched OpenMM energy + force evaluation through a `concurrent.futures.Executor`.
 
 Two pieces:
 
-* :func:`evaluate_chunk` -- the worker side, in :mod:`boltzflow.openmm_worker` (re-exported
-  here): one cached ``openmm.Context`` per :class:`SystemSpec` in each worker process, energies
-  in kJ/mol and forces in kJ/mol/nm, ``nan`` energy and zero forces for a configuration OpenMM
-  cannot evaluate (counted and reported), never a result leaking between configurations.
-* :class:`EnergyPool` -- the parent side. It splits a batch into a few chunks per worker (one
-  task per chunk, never one message per configuration), submits them to an executor and
-  gathers the results in order. Its own local workers read positions from, and write
+* [`evaluate_chunk`][boltzflow.openmm_worker.evaluate_chunk] -- the worker side, in
+  [`boltzflow.openmm_worker`][boltzflow.openmm_worker] (re-exported here): one cached
+  `openmm.Context` per [`SystemSpec`][boltzflow.openmm_worker.SystemSpec] in each worker process,
+  energies in kJ/mol and forces in kJ/mol/nm, `nan` energy and zero forces for a configuration
+  OpenMM cannot evaluate (counted and reported), never a result leaking between configurations.
+* [`EnergyPool`][boltzflow.parallel.EnergyPool] -- the parent side. It splits a batch into a few
+  chunks per worker (one task per chunk, never one message per configuration), submits them to an
+  executor and gathers the results in order. Its own local workers read positions from, and write
   energies and forces to, a shared-memory block that the pool keeps while the batch layout
-  repeats (:func:`evaluate_shared_chunk`);
+  repeats ([`evaluate_shared_chunk`][boltzflow.openmm_worker.evaluate_shared_chunk]);
   other executors get the chunks by value. The executor is one of
 
-  - local processes (``workers=N``; ``spawn`` context, each worker pinned to one core, which
-    the ``CPU`` platform needs to avoid a thread wake-up penalty);
-  - a ``dask.distributed`` cluster (``scheduler="tcp://host:port"`` or ``client=Client``);
-  - any ``concurrent.futures.Executor`` passed as ``executor=``.
+  - local processes (`workers=N`; `spawn` context, each worker pinned to one core, which
+    the `CPU` platform needs to avoid a thread wake-up penalty);
+  - a `dask.distributed` cluster (`scheduler="tcp://host:port"` or `client=Client`);
+  - any `concurrent.futures.Executor` passed as `executor=`.
 
-``EnergyPool`` is a context manager and always shuts down what it created (also when it is
+`EnergyPool` is a context manager and always shuts down what it created (also when it is
 garbage-collected; there is no module-level pool). A worker that dies makes the evaluation
-fail with :class:`WorkerPoolError` or, for pools that it owns, rebuilds the executor and
-retries (``retries`` times); a task that does not return within ``timeout`` seconds fails the
-evaluation rather than hang.
+fail with [`WorkerPoolError`][boltzflow.parallel.WorkerPoolError] or, for pools that it owns,
+rebuilds the executor and retries (`retries` times); a task that does not return within `timeout`
+seconds fails the evaluation rather than hang.
 """
 
 from __future__ import annotations
@@ -74,19 +75,20 @@ class EnergyPool:
 
     Args:
         workers: number of local worker processes (default: all available cores). Ignored when
-            ``executor``, ``client`` or ``scheduler`` is given.
-        executor: any ``concurrent.futures.Executor`` (not shut down by the pool).
-        scheduler: address of a ``dask.distributed`` scheduler, e.g. ``"tcp://127.0.0.1:8786"``.
-        client: an existing ``dask.distributed.Client`` (not closed by the pool).
+            `executor`, `client` or `scheduler` is given.
+        executor: any `concurrent.futures.Executor` (not shut down by the pool).
+        scheduler: address of a `dask.distributed` scheduler, e.g. `"tcp://127.0.0.1:8786"`.
+        client: an existing `dask.distributed.Client` (not closed by the pool).
         chunks_per_worker: tasks per worker and batch (more chunks balance load better).
-        timeout: seconds to wait for one batch before failing with :class:`WorkerPoolError`.
+        timeout: seconds to wait for one batch before failing with
+            [`WorkerPoolError`][boltzflow.parallel.WorkerPoolError].
         retries: how often a batch is retried after a worker death (owned local pools only;
             the broken executor is rebuilt first). Dask reschedules tasks of a lost worker
             by itself.
         pin: pin local workers to one core each (round robin over the allowed cores).
         shared_memory: local pools pass positions, energies and forces through one shared
-            memory block per batch (:mod:`boltzflow.shared_arrays`) instead of pickling them;
-            dask and foreign executors always pickle.
+            memory block per batch ([`boltzflow.shared_arrays`][boltzflow.shared_arrays]) instead of
+            pickling them; dask and foreign executors always pickle.
 
     Example:
         >>> with EnergyPool(workers=2) as pool:                      # doctest: +SKIP
@@ -176,18 +178,18 @@ class EnergyPool:
     _DEFAULT = object()
 
     def map(self, fn, args_list: list[tuple], timeout=_DEFAULT) -> list:
-        """Run ``fn(*args)`` for each tuple on the executor; results in order.
+        """Run `fn(*args)` for each tuple on the executor; results in order.
 
         Args:
             fn: a module-level (picklable) function.
             args_list: one argument tuple per task.
-            timeout: seconds to wait for all tasks (default: the pool's ``timeout``; ``None``
+            timeout: seconds to wait for all tasks (default: the pool's `timeout`; `None`
                 waits as long as the workers live, for long tasks such as MD; a dead worker
                 still fails the call at once).
 
         Raises:
-            WorkerPoolError: a worker died (after ``retries`` rebuilds of an owned pool) or
-                the results did not arrive within ``timeout`` seconds.
+            WorkerPoolError: a worker died (after `retries` rebuilds of an owned pool) or
+                the results did not arrive within `timeout` seconds.
         """
         timeout = self.timeout if timeout is EnergyPool._DEFAULT else timeout
         if self._closed:
@@ -236,10 +238,10 @@ class EnergyPool:
         )
 
     def evaluate(self, spec: SystemSpec, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Energies ``[n]`` (kJ/mol) and forces ``[n, n_atoms, 3]`` (kJ/mol/nm) of a batch.
+        """Energies `[n]` (kJ/mol) and forces `[n, n_atoms, 3]` (kJ/mol/nm) of a batch.
 
-        The batch is split into ``n_workers * chunks_per_worker`` contiguous chunks, one task
-        each; see :func:`evaluate_chunk` for the conventions.
+        The batch is split into `n_workers * chunks_per_worker` contiguous chunks, one task
+        each; see [`evaluate_chunk`][boltzflow.openmm_worker.evaluate_chunk] for the conventions.
         """
         pos = np.ascontiguousarray(positions, dtype=np.float64)
         n = pos.shape[0]

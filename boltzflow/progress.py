@@ -1,17 +1,17 @@
 """Progress of long work: a tqdm bar on a terminal, periodic log lines everywhere else.
 
-Training and MCMC loops report progress through :func:`progress_bar`. On a terminal it is an
-ordinary tqdm bar. Without one (a script whose output is redirected, a batch job, CI) a bar
-would print nothing, so the same bar writes one line through the ``boltzflow.progress``
-logger at most every ``BOLTZFLOW_PROGRESS_INTERVAL`` seconds (default 30) and one when it
-closes, e.g. ::
+Training and MCMC loops report progress through [`progress_bar`][boltzflow.progress.progress_bar].
+On a terminal it is an ordinary tqdm bar. Without one (a script whose output is redirected, a batch
+job, CI) a bar would print nothing, so the same bar writes one line through the `boltzflow.progress`
+logger at most every `BOLTZFLOW_PROGRESS_INTERVAL` seconds (default 30) and one when it
+closes, e.g.
 
     INFO boltzflow.progress: training: 1200/3000 (40%), loss=-52.1, ess=0.31 [03:10<04:45]
 
-(steps done, loss and ESS where known, elapsed and remaining time). The ``boltzflow`` command
+(steps done, loss and ESS where known, elapsed and remaining time). The `boltzflow` command
 shows these lines; in your own scripts, enable them with
-``logging.getLogger("boltzflow.progress").setLevel(logging.INFO)`` and a handler (for example
-``logging.basicConfig()``).
+`logging.getLogger("boltzflow.progress").setLevel(logging.INFO)` and a handler (for example
+`logging.basicConfig()`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ _LOG_FORMAT = "{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%){postfix} [{elapse
 
 
 def log_interval() -> float:
-    """Seconds between progress lines off a terminal (``$BOLTZFLOW_PROGRESS_INTERVAL``, 30)."""
+    """Seconds between progress lines off a terminal (`$BOLTZFLOW_PROGRESS_INTERVAL`, 30)."""
     try:
         return max(0.0, float(os.environ.get("BOLTZFLOW_PROGRESS_INTERVAL", 30.0)))
     except ValueError:
@@ -58,18 +58,18 @@ def _on_terminal() -> bool:
 def progress_bar(
     total: int, desc: str, *, enabled: bool | None = None, leave: bool = True, initial: int = 0
 ) -> tqdm:
-    """A progress bar for ``total`` steps named ``desc``.
+    """A progress bar for `total` steps named `desc`.
 
     Args:
         total: number of steps.
-        desc: what is progressing (``"training"``, a kernel name).
-        enabled: ``False`` shows nothing; ``True`` or ``None`` show a bar on a terminal and
+        desc: what is progressing (`"training"`, a kernel name).
+        enabled: `False` shows nothing; `True` or `None` show a bar on a terminal and
             periodic log lines otherwise.
         leave: keep the final state (a bar) or log a final line (off a terminal).
         initial: steps already done (a resumed run).
 
     Returns:
-        a :class:`tqdm.tqdm`; use ``update``, ``set_postfix`` and ``close`` (or ``with``).
+        a `tqdm.tqdm`; use `update`, `set_postfix` and `close` (or `with`).
     """
     if enabled is False:
         return tqdm(total=total, initial=initial, disable=True)

@@ -1,7 +1,7 @@
 """Explicit random-number generators: every stochastic function takes one, none uses the
 global torch RNG.
 
-A generator's state (``Generator.get_state()``, a ``uint8`` tensor) is what chain states and
+A generator's state (`Generator.get_state()`, a `uint8` tensor) is what chain states and
 trainer checkpoints store, so a resumed run continues bit-for-bit.
 """
 
@@ -13,7 +13,7 @@ __all__ = ["make_generator", "generator_from_state", "module_device", "generator
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
-    """A fresh ``torch.Generator`` on ``device``, seeded (or randomly seeded if ``None``)."""
+    """A fresh `torch.Generator` on `device`, seeded (or randomly seeded if `None`)."""
     g = torch.Generator(device=device)
     if seed is None:
         g.seed()
@@ -25,18 +25,18 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
 def generator_from_state(
     rng_state: torch.Tensor, device: torch.device | str = "cpu"
 ) -> torch.Generator:
-    """Rebuild a generator from ``rng_state`` (the inverse of ``Generator.get_state``)."""
+    """Rebuild a generator from `rng_state` (the inverse of `Generator.get_state`)."""
     g = torch.Generator(device=device)
     g.set_state(rng_state)
     return g
 
 
 def module_device(module: torch.nn.Module) -> torch.device:
-    """Device of ``module``'s first parameter (cpu for a module without parameters)."""
+    """Device of `module`'s first parameter (cpu for a module without parameters)."""
     p = next(iter(module.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
 
 
 def generator_for_module(module: torch.nn.Module, seed: int) -> torch.Generator:
-    """``make_generator(seed)`` on the device of ``module`` (e.g. to draw flow samples)."""
+    """`make_generator(seed)` on the device of `module` (e.g. to draw flow samples)."""
     return make_generator(int(seed), module_device(module))

@@ -1,14 +1,16 @@
 """Numpy arrays in one POSIX shared-memory block, handed to local worker processes by name.
 
-:class:`~boltzflow.parallel.EnergyPool` uses this for its own local worker processes: the
+[`EnergyPool`][boltzflow.parallel.EnergyPool] uses this for its own local worker processes: the
 parent writes a batch of positions once, each worker reads its chunk and writes its energies
-and forces in place, and only a small :class:`SharedArraysHandle` (block name, shapes, dtypes)
-travels through the executor's pipes. For fast systems (alanine dipeptide in vacuum takes
-≈ 18 µs per evaluation) pickling megabytes of positions and forces per batch otherwise costs
-a noticeable fraction of the throughput.
+and forces in place, and only a small
+[`SharedArraysHandle`][boltzflow.shared_arrays.SharedArraysHandle] (block name, shapes, dtypes)
+travels through the executor's pipes. For fast systems (alanine dipeptide in vacuum takes ≈ 18 µs
+per evaluation) pickling megabytes of positions and forces per batch otherwise costs a noticeable
+fraction of the throughput.
 
-The creating process owns the block: :meth:`SharedArrays.close` (or leaving the ``with``
-block) unlinks it, also when a worker died mid-batch. Workers only attach and detach.
+The creating process owns the block:
+[`SharedArrays.close`][boltzflow.shared_arrays.SharedArrays.close] (or leaving the `with` block)
+unlinks it, also when a worker died mid-batch. Workers only attach and detach.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ __all__ = ["SharedArrays", "SharedArraysHandle"]
 
 @dataclass(frozen=True)
 class SharedArraysHandle:
-    """Picklable description of a :class:`SharedArrays` block: its name and layout."""
+    """Picklable description of a [`SharedArrays`][boltzflow.shared_arrays.SharedArrays] block: its
+    name and layout."""
 
     name: str
     layout: tuple[tuple[str, tuple[int, ...], str, int], ...]  # (key, shape, dtype, offset)
 
     def attach(self) -> tuple[shared_memory.SharedMemory, dict[str, np.ndarray]]:
-        """Open the block in this process; returns ``(shm, views)``. Call ``shm.close()``
+        """Open the block in this process; returns `(shm, views)`. Call `shm.close()`
         when done and drop the views first."""
         shm = shared_memory.SharedMemory(name=self.name)
         return shm, _views(shm, self.layout)
@@ -46,7 +49,7 @@ class SharedArrays:
     """A set of named arrays in one shared-memory block (created and owned by this process).
 
     Args:
-        specs: ``{key: (shape, dtype)}``.
+        specs: `{key: (shape, dtype)}`.
 
     Example:
         >>> with SharedArrays({"x": ((2, 3), "float64")}) as block:

@@ -1,23 +1,25 @@
 r"""Importance log-weights and the Kish effective sample size: the one rule, used everywhere.
 
-For a point :math:`x` drawn from a flow (or any proposal) :math:`q` and an unnormalized target
-:math:`p(x) \propto e^{-u(x)}` (``u`` reduced, in kT),
+For a point $x$ drawn from a flow (or any proposal) $q$ and an unnormalized target
+$p(x) \propto e^{-u(x)}$ (`u` reduced, in kT),
 
-.. math:: \log w(x) = -u(x) - \log q(x), \qquad
-          \mathrm{ESS} = \frac{(\sum_i w_i)^2}{\sum_i w_i^2}\ \text{(Kish 1965)}.
+$$
+\log w(x) = -u(x) - \log q(x), \qquad
+\mathrm{ESS} = \frac{(\sum_i w_i)^2}{\sum_i w_i^2}\ \text{(Kish 1965)}.
+$$
 
 **The rule for values that are not finite.** Every log-weight that is not a finite number --
-NaN, :math:`-\infty` *and* :math:`+\infty` -- becomes :math:`-\infty`, i.e. weight 0, and is
-counted (:func:`sanitize_log_weights`, :func:`count_nonfinite`); it is never NaN and never
-silently dropped. :math:`-\infty` and NaN are the expected cases (a non-finite or undefined
-energy). :math:`+\infty` can only come from :math:`u = -\infty` or :math:`\log q = -\infty` at
-a point ``q`` itself drew: either is evidence of a broken energy or a broken flow, not of a
-point with infinite importance, so it gets weight 0 like any other invalid value rather than
-all of the mass. Samplers, the trainer's held-out ESS and the reweighting estimators all go
-through these functions, so they agree on every sample.
+NaN, $-\infty$ *and* $+\infty$ -- becomes $-\infty$, i.e. weight 0, and is
+counted ([`sanitize_log_weights`][boltzflow.weights.sanitize_log_weights],
+[`count_nonfinite`][boltzflow.weights.count_nonfinite]); it is never NaN and never silently dropped.
+$-\infty$ and NaN are the expected cases (a non-finite or undefined energy). $+\infty$ can only come
+from $u = -\infty$ or $\log q = -\infty$ at a point `q` itself drew: either is evidence of a broken
+energy or a broken flow, not of a point with infinite importance, so it gets weight 0 like any other
+invalid value rather than all of the mass. Samplers, the trainer's held-out ESS and the reweighting
+estimators all go through these functions, so they agree on every sample.
 
-This module is core: it imports nothing from :mod:`boltzflow.sampling` or
-:mod:`boltzflow.training`, which both use it.
+This module is core: it imports nothing from `boltzflow.sampling` or
+`boltzflow.training`, which both use it.
 """
 
 from __future__ import annotations
@@ -40,16 +42,16 @@ __all__ = [
 
 
 def clean_log_weights(log_w: torch.Tensor) -> torch.Tensor:
-    r"""The rule of the module docstring on a tensor: NaN and :math:`\pm\infty` become
-    :math:`-\infty` (weight 0); finite values pass unchanged. Same shape, dtype and device."""
+    r"""The rule of the module docstring on a tensor: NaN and $\pm\infty$ become
+    $-\infty$ (weight 0); finite values pass unchanged. Same shape, dtype and device."""
     return torch.where(torch.isfinite(log_w), log_w, torch.full_like(log_w, -math.inf))
 
 
 def importance_log_weights(energy: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    r"""``log w = -u - log q`` from energies ``u [n]`` (kT) and proposal log-densities
-    ``log q [n]``, with every non-finite result mapped to :math:`-\infty` (module docstring).
+    r"""`log w = -u - log q` from energies `u [n]` (kT) and proposal log-densities
+    `log q [n]`, with every non-finite result mapped to $-\infty$ (module docstring).
 
-    Example (a NaN energy, :math:`\log q = -\infty` and :math:`u = -\infty` all get weight 0):
+    Example (a NaN energy, $\log q = -\infty$ and $u = -\infty$ all get weight 0):
         >>> import torch
         >>> inf = float("inf")
         >>> importance_log_weights(torch.tensor([1.0, 2.0, 2.0, -inf]),
@@ -62,15 +64,15 @@ def importance_log_weights(energy: torch.Tensor, log_q: torch.Tensor) -> torch.T
 
 
 def log_weights(target, x: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """``log w = -u(x) - log q(x)`` with non-finite values mapped to ``-inf`` (never NaN).
+    """`log w = -u(x) - log q(x)` with non-finite values mapped to `-inf` (never NaN).
 
     Args:
-        target: an :class:`~boltzflow.energies.Energy` (one evaluation per sample).
-        x: samples ``[n, *event_shape]`` drawn from the flow.
-        log_q: the flow's log-density at ``x``, ``[n]``.
+        target: an [`Energy`][boltzflow.energies.base.Energy] (one evaluation per sample).
+        x: samples `[n, *event_shape]` drawn from the flow.
+        log_q: the flow's log-density at `x`, `[n]`.
 
     Returns:
-        ``Tensor[n]``, without gradients.
+        `Tensor[n]`, without gradients.
     """
     with torch.no_grad():
         return importance_log_weights(target.energy(x), log_q)
@@ -91,10 +93,10 @@ def count_nonfinite(log_w) -> int:
 
 
 def sanitize_log_weights(log_w) -> tuple[np.ndarray, int]:
-    """Flatten to float64 numpy, apply the rule (NaN and ±inf → ``-inf``) and count.
+    """Flatten to float64 numpy, apply the rule (NaN and ±inf → `-inf`) and count.
 
     Returns:
-        ``(log_w [n] float64, n_nonfinite)``; the input is not modified.
+        `(log_w [n] float64, n_nonfinite)`; the input is not modified.
     """
     lw = as_float64_numpy(log_w).reshape(-1).copy()
     bad = ~np.isfinite(lw)
@@ -103,10 +105,10 @@ def sanitize_log_weights(log_w) -> tuple[np.ndarray, int]:
 
 
 def kish_ess(log_w) -> float:
-    r"""Kish effective sample size :math:`(\sum w)^2 / \sum w^2` (0 if all weights vanish).
+    r"""Kish effective sample size $(\sum w)^2 / \sum w^2$ (0 if all weights vanish).
 
-    ``log_w`` is a tensor or array of any shape (flattened); non-finite entries count as
-    weight 0. The ESS fraction is ``kish_ess(log_w) / n``.
+    `log_w` is a tensor or array of any shape (flattened); non-finite entries count as
+    weight 0. The ESS fraction is `kish_ess(log_w) / n`.
     """
     lw, _ = sanitize_log_weights(log_w)
     if not np.isfinite(lw).any():

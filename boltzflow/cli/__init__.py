@@ -1,15 +1,15 @@
-"""The ``boltzflow`` command line.
+"""The `boltzflow` command line.
 
-* ``boltzflow systems`` lists the catalogue;
-* ``boltzflow run [NAME|PATH] [--budget smoke|default|long] [--seed N] [--out DIR]
-  [--device cpu|cuda] [--workers N] [--scheduler ADDRESS] [--threads N]`` runs a recipe end to end;
-* ``boltzflow md`` and ``boltzflow umbrella`` (:mod:`boltzflow.cli.md`,
-  :mod:`boltzflow.cli.umbrella`) make the training data and reference free energies of the
-  molecular systems;
-* plugins add commands through the ``boltzflow.commands`` entry-point group. A subcommand
+* `boltzflow systems` lists the catalogue;
+* `boltzflow run [NAME|PATH] [--budget smoke|default|long] [--seed N] [--out DIR]
+  [--device cpu|cuda] [--workers N] [--scheduler ADDRESS] [--threads N]` runs a recipe end to end;
+* `boltzflow md` and `boltzflow umbrella` ([`boltzflow.cli.md`][boltzflow.cli.md],
+  [`boltzflow.cli.umbrella`][boltzflow.cli.umbrella]) make the training data and reference free
+  energies of the molecular systems;
+* plugins add commands through the `boltzflow.commands` entry-point group. A subcommand
   whose module fails to import is listed as unavailable and fails with the import error.
 
-``python -m boltzflow.cli`` runs the same command.
+`python -m boltzflow.cli` runs the same command.
 """
 
 from __future__ import annotations
@@ -115,9 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _subcommand_modules() -> list[tuple[str, str]]:
-    """``(name, "module" or "module:attr")`` of the built-in and plugin subcommands.
+    """`(name, "module" or "module:attr")` of the built-in and plugin subcommands.
 
-    Plugins declare an ``add_parser(subparsers)`` function in the ``boltzflow.commands``
+    Plugins declare an `add_parser(subparsers)` function in the `boltzflow.commands`
     entry-point group (the name is the subcommand's).
     """
     from importlib import metadata
@@ -148,7 +148,7 @@ def _unavailable(sub, name: str, where: str, exc: ImportError) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``boltzflow`` command."""
+    """Entry point of the `boltzflow` command."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "unavailable", False):

@@ -1,4 +1,4 @@
-"""``python -m boltzflow.cli``: the ``boltzflow`` command."""
+"""`python -m boltzflow.cli`: the `boltzflow` command."""
 
 import sys
 

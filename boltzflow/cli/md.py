@@ -1,10 +1,10 @@
-"""``boltzflow md SYSTEM``: generate (and cache) the MD training data of a molecular recipe.
+"""`boltzflow md SYSTEM`: generate (and cache) the MD training data of a molecular recipe.
 
-The recipe's target is built with its MD settings (overridden by ``--ns``, ``--alpha-l-ns``
-and ``--seed``) and asked for its frames
-(:meth:`~boltzflow.molecular.target.AlanineDipeptideTarget.md_frames`), which runs the MD of
-:func:`boltzflow.molecular.md.alanine_md_frames` once and stores it in the cache
-(:func:`boltzflow.molecular.md.cache_dir`).
+The recipe's target is built with its MD settings (overridden by `--ns`, `--alpha-l-ns`
+and `--seed`) and asked for its frames
+([`md_frames`][boltzflow.molecular.target.AlanineDipeptideTarget.md_frames]), which runs the MD of
+[`boltzflow.molecular.md.alanine_md_frames`][boltzflow.molecular.md.alanine_md_frames] once and
+stores it in the cache ([`boltzflow.molecular.md.cache_dir`][boltzflow.molecular.md.cache_dir]).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ __all__ = ["add_parser", "md_command"]
 
 
 def add_parser(subparsers) -> None:
-    """Register ``boltzflow md SYSTEM --ns N`` on an ``argparse`` subparsers object."""
+    """Register `boltzflow md SYSTEM --ns N` on an `argparse` subparsers object."""
     p = subparsers.add_parser(
         "md",
         help="generate (and cache) Langevin MD training data for a molecular system",
@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
 
 
 def md_command(args) -> int:
-    """``boltzflow md``: generate the recipe's MD data set (cached) and print where it is."""
+    """`boltzflow md`: generate the recipe's MD data set (cached) and print where it is."""
     import numpy as np
 
     from boltzflow.molecular.md import cache_dir

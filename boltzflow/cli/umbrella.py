@@ -1,9 +1,9 @@
-"""``boltzflow umbrella SYSTEM``: umbrella sampling along φ + MBAR reference free energies.
+"""`boltzflow umbrella SYSTEM`: umbrella sampling along φ + MBAR reference free energies.
 
 Builds the recipe's alanine-dipeptide target on a worker pool, runs
-:func:`boltzflow.molecular.umbrella.alanine_umbrella` and prints the ΔF of the target's state
-sets in kT; ``--write-reference`` stores the result as the system's
-``umbrella_reference.json``, which the target reports as its reference values.
+[`boltzflow.molecular.umbrella.alanine_umbrella`][boltzflow.molecular.umbrella.alanine_umbrella] and
+prints the ΔF of the target's state sets in kT; `--write-reference` stores the result as the
+system's `umbrella_reference.json`, which the target reports as its reference values.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ __all__ = ["add_parser", "umbrella_command"]
 
 
 def add_parser(subparsers) -> None:
-    """Register ``boltzflow umbrella SYSTEM`` on an ``argparse`` subparsers object."""
+    """Register `boltzflow umbrella SYSTEM` on an `argparse` subparsers object."""
     p = subparsers.add_parser(
         "umbrella",
         help="umbrella sampling along phi + MBAR reference free energies",
@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
 
 
 def umbrella_command(args) -> int:
-    """``boltzflow umbrella``: print (and optionally store) the MBAR free energies."""
+    """`boltzflow umbrella`: print (and optionally store) the MBAR free energies."""
     import json
     import os
     import shlex

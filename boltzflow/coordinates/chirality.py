@@ -5,10 +5,12 @@ stereocentre by construction: a flow on internal coordinates can produce the mir
 (D-amino acid) of an L residue with the same energy. The check used here is the signed
 chiral volume of Cα (as in PDB/REFMAC geometry validation),
 
-.. math:: V = (x_N - x_{C\alpha}) \cdot
-          \bigl[(x_C - x_{C\alpha}) \times (x_{C\beta} - x_{C\alpha})\bigr],
+$$
+V = (x_N - x_{C\alpha}) \cdot
+\bigl[(x_C - x_{C\alpha}) \times (x_{C\beta} - x_{C\alpha})\bigr],
+$$
 
-which is about :math:`+2.5\ \text{Å}^3 = +2.5\times10^{-3}\ \text{nm}^3` for L residues and
+which is about $+2.5\ \text{Å}^3 = +2.5\times10^{-3}\ \text{nm}^3$ for L residues and
 negative for D residues (Engh & Huber 1991, Acta Cryst. A47, 392; Midgley et al. 2023, "Flow
 annealed importance sampling bootstrap", ICLR, report and filter D samples).
 """
@@ -21,10 +23,10 @@ __all__ = ["chiral_volume", "is_l_chirality", "alpha_carbon_quads"]
 
 
 def chiral_volume(x: torch.Tensor, center: int, a: int, b: int, c: int) -> torch.Tensor:
-    r"""Signed volume :math:`(x_a - x_0)\cdot[(x_b - x_0)\times(x_c - x_0)]` in nm³, ``[batch]``.
+    r"""Signed volume $(x_a - x_0)\cdot[(x_b - x_0)\times(x_c - x_0)]$ in nm³, `[batch]`.
 
     Args:
-        x: positions ``[batch, 3N]`` or ``[batch, N, 3]`` in nm.
+        x: positions `[batch, 3N]` or `[batch, N, 3]` in nm.
         center, a, b, c: atom indices (for Cα: Cα, N, C, Cβ).
     """
     p = x.reshape(x.shape[0], -1, 3)
@@ -33,9 +35,9 @@ def chiral_volume(x: torch.Tensor, center: int, a: int, b: int, c: int) -> torch
 
 
 def is_l_chirality(x: torch.Tensor, quads) -> torch.Tensor:
-    """True where every ``(Cα, N, C, Cβ)`` in ``quads`` has L chirality (positive volume).
+    """True where every `(Cα, N, C, Cβ)` in `quads` has L chirality (positive volume).
 
-    Returns ``bool[batch]``; a configuration with any D residue is False.
+    Returns `bool[batch]`; a configuration with any D residue is False.
     """
     ok = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     for quad in quads:
@@ -44,7 +46,7 @@ def is_l_chirality(x: torch.Tensor, quads) -> torch.Tensor:
 
 
 def alpha_carbon_quads(topology) -> list[tuple[int, int, int, int]]:
-    """``(Cα, N, C, Cβ)`` atom indices of every residue of an ``mdtraj.Topology`` with a Cβ."""
+    """`(Cα, N, C, Cβ)` atom indices of every residue of an `mdtraj.Topology` with a Cβ."""
     quads = []
     for res in topology.residues:
         names = {a.name: a.index for a in res.atoms}

@@ -1,41 +1,45 @@
-r"""Internal ↔ Cartesian coordinates as a boltzflow :class:`~boltzflow.flows.base.Transform`.
+r"""Internal ↔ Cartesian coordinates as a boltzflow [`Transform`][boltzflow.flows.base.Transform].
 
-``forward`` maps internal coordinates :math:`q \in \mathbb R^{3N-6}` (bonds, angles,
-torsions; layout of :class:`~boltzflow.coordinates.zmatrix.ZMatrix`) to Cartesian positions
-``x [batch, 3N]`` in nm, in a canonical frame:
+`forward` maps internal coordinates $q \in \mathbb R^{3N-6}$ (bonds, angles,
+torsions; layout of [`ZMatrix`][boltzflow.coordinates.zmatrix.ZMatrix]) to Cartesian positions
+`x [batch, 3N]` in nm, in a canonical frame:
 
-* atom ``a0`` at the origin;
-* atom ``a1`` on the +x axis, :math:`x_{a1} = (b_1, 0, 0)`;
-* atom ``a2`` in the xy-plane with positive y,
-  :math:`x_{a2} = x_{a1} + b_2(-\cos\theta_2, \sin\theta_2, 0)`;
-* every other atom by :func:`~boltzflow.coordinates.geometry.place_atom` (NeRF).
+* atom `a0` at the origin;
+* atom `a1` on the +x axis, $x_{a1} = (b_1, 0, 0)$;
+* atom `a2` in the xy-plane with positive y,
+  $x_{a2} = x_{a1} + b_2(-\cos\theta_2, \sin\theta_2, 0)$;
+* every other atom by `place_atom` (NeRF).
 
 Reference measure and log-det. The 6 external degrees of freedom are not represented. Write
-a general configuration as :math:`x = R(\alpha, \beta, \gamma)\, Q\, X(q) + t` with translation
-:math:`t`, ZYZ Euler angles and a fixed rotation :math:`Q` taking +x to +z; the Jacobian of
-this map from :math:`(t, \alpha, \beta, \gamma, q)` is
+a general configuration as $x = R(\alpha, \beta, \gamma)\, Q\, X(q) + t$ with translation
+$t$, ZYZ Euler angles and a fixed rotation $Q$ taking +x to +z; the Jacobian of
+this map from $(t, \alpha, \beta, \gamma, q)$ is
 
-.. math:: \bigl|\det \partial x / \partial(t, \alpha,\beta,\gamma, q)\bigr|
-          = \sin\beta \cdot b_1^2 \cdot \prod_{m \ge 2} b_m^2 \sin\theta_m
-          \;=\; \sin\beta \cdot e^{\mathrm{ladj}(q)},
+$$
+\bigl|\det \partial x / \partial(t, \alpha,\beta,\gamma, q)\bigr|
+= \sin\beta \cdot b_1^2 \cdot \prod_{m \ge 2} b_m^2 \sin\theta_m
+\;=\; \sin\beta \cdot e^{\mathrm{ladj}(q)},
+$$
 
 (spherical coordinates of every atom around its bond partner; Noé et al. 2019, "Boltzmann
-generators", Science 365, eaaw1147, supplementary). Since :math:`u(x)` is invariant under
-rigid motions, integrating out :math:`t` over a box of volume :math:`V` and the rotation
-(:math:`\int \sin\beta\, d\alpha\, d\beta\, d\gamma = 8\pi^2`) gives the density of the internal
-coordinates with respect to the Lebesgue measure :math:`dq`:
+generators", Science 365, eaaw1147, supplementary). Since $u(x)$ is invariant under
+rigid motions, integrating out $t$ over a box of volume $V$ and the rotation
+($\int \sin\beta\, d\alpha\, d\beta\, d\gamma = 8\pi^2$) gives the density of the internal
+coordinates with respect to the Lebesgue measure $dq$:
 
-.. math:: p(q) \propto \exp\bigl(-u(X(q)) + \mathrm{ladj}(q)\bigr), \qquad
-          \mathrm{ladj}(q) = \sum_{m=1}^{N-1} 2\log b_m + \sum_{m=2}^{N-1} \log\sin\theta_m,
+$$
+p(q) \propto \exp\bigl(-u(X(q)) + \mathrm{ladj}(q)\bigr), \qquad
+\mathrm{ladj}(q) = \sum_{m=1}^{N-1} 2\log b_m + \sum_{m=2}^{N-1} \log\sin\theta_m,
+$$
 
-so that :math:`\log Z_q = \log Z_x - \log(8\pi^2 V)`; ratios, expectations of internal
-observables and free-energy differences are unchanged. ``forward`` returns this ``ladj`` and
-``inverse`` returns ``-ladj``: the transform is an isometry-free bijection between
-:math:`q`-space and Cartesian configurations in the canonical frame (``inverse`` accepts
+so that $\log Z_q = \log Z_x - \log(8\pi^2 V)$; ratios, expectations of internal
+observables and free-energy differences are unchanged. `forward` returns this `ladj` and
+`inverse` returns `-ladj`: the transform is an isometry-free bijection between
+$q$-space and Cartesian configurations in the canonical frame (`inverse` accepts
 any frame, since internal coordinates are rigid-motion invariant).
 
-Domain: bonds :math:`b > 0`, angles :math:`\theta \in (0, \pi)`, torsions periodic. Outside
-it ``forward`` still returns a finite value (``|b|``, ``|\sin\theta|`` in the log-det); targets
+Domain: bonds $b > 0$, angles $\theta \in (0, \pi)$, torsions periodic. Outside
+it `forward` still returns a finite value (`|b|`, `|\sin\theta|` in the log-det); targets
 should give such points zero density.
 """
 
@@ -51,11 +55,11 @@ __all__ = ["InternalCoordinateTransform"]
 
 
 class InternalCoordinateTransform(Transform):
-    """Bijection internal coordinates ``[batch, 3N-6]`` → Cartesian ``[batch, 3N]`` (nm).
+    """Bijection internal coordinates `[batch, 3N-6]` → Cartesian `[batch, 3N]` (nm).
 
     Args:
         zmatrix: the coordinate definition (e.g. from
-            :func:`~boltzflow.coordinates.zmatrix.zmatrix_from_topology`).
+            [`zmatrix_from_topology`][boltzflow.coordinates.zmatrix.zmatrix_from_topology]).
 
     Example:
         >>> from boltzflow.coordinates.zmatrix import zmatrix_from_bonds
@@ -84,13 +88,13 @@ class InternalCoordinateTransform(Transform):
         return self.zmatrix.n_dof
 
     def log_det(self, q: torch.Tensor) -> torch.Tensor:
-        """``ladj(q) = Σ 2 log b + Σ log sin θ``, ``[batch]`` (absolute values off-domain)."""
+        """`ladj(q) = Σ 2 log b + Σ log sin θ`, `[batch]` (absolute values off-domain)."""
         b = q[:, self.zmatrix.bond_slice]
         th = q[:, self.zmatrix.angle_slice]
         return 2 * torch.log(b.abs()).sum(-1) + torch.log(torch.sin(th).abs()).sum(-1)
 
     def forward(self, q: torch.Tensor) -> TransformResult:
-        """Internal coordinates → canonical-frame Cartesians ``[batch, 3N]`` and ``ladj``."""
+        """Internal coordinates → canonical-frame Cartesians `[batch, 3N]` and `ladj`."""
         z = self.zmatrix
         b = q[:, z.bond_slice]
         th = q[:, z.angle_slice]
@@ -109,7 +113,7 @@ class InternalCoordinateTransform(Transform):
         return TransformResult(x, self.log_det(q))
 
     def internal(self, x: torch.Tensor) -> torch.Tensor:
-        """Internal coordinates ``[batch, 3N-6]`` of Cartesians ``[batch, 3N]`` (any frame)."""
+        """Internal coordinates `[batch, 3N-6]` of Cartesians `[batch, 3N]` (any frame)."""
         p = x.reshape(x.shape[0], self.n_atoms, 3)
         bi, ai, ti = self._bond_atoms, self._angle_atoms, self._torsion_atoms
         bonds = distance(p[:, bi[:, 0]], p[:, bi[:, 1]])
@@ -118,6 +122,6 @@ class InternalCoordinateTransform(Transform):
         return torch.cat([bonds, angles, torsions], dim=-1)
 
     def inverse(self, x: torch.Tensor) -> TransformResult:
-        """Cartesians ``[batch, 3N]`` → internal coordinates and ``-ladj``."""
+        """Cartesians `[batch, 3N]` → internal coordinates and `-ladj`."""
         q = self.internal(x)
         return TransformResult(q, -self.log_det(q))

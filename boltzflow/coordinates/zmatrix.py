@@ -1,26 +1,26 @@
 r"""Z-matrices (bond / angle / torsion definitions) built automatically from a topology.
 
-A Z-matrix places atoms one at a time. The first three placed atoms ``root = (a0, a1, a2)``
-fix the frame: ``a1`` is bonded to ``a0`` and ``a2`` to ``a1``. Every later atom ``i`` is
-placed from three already-placed reference atoms ``(j, k, l)``, with ``j`` bonded to ``i``,
-``k`` bonded to ``j``, and ``l`` bonded to ``j`` if ``j`` already has two placed neighbours
-(an *improper* torsion: nearly rigid for branches) or else bonded to ``k`` (a *proper*
+A Z-matrix places atoms one at a time. The first three placed atoms `root = (a0, a1, a2)`
+fix the frame: `a1` is bonded to `a0` and `a2` to `a1`. Every later atom `i` is
+placed from three already-placed reference atoms `(j, k, l)`, with `j` bonded to `i`,
+`k` bonded to `j`, and `l` bonded to `j` if `j` already has two placed neighbours
+(an *improper* torsion: nearly rigid for branches) or else bonded to `k` (a *proper*
 torsion: a rotor), by
 
-* the bond length :math:`b = |x_i - x_j|` (nm),
-* the bond angle :math:`\theta = \angle(i, j, k) \in (0, \pi)` (rad),
-* the torsion :math:`\tau = \operatorname{dihedral}(i, j, k, l) \in (-\pi, \pi]` (rad, periodic).
+* the bond length $b = |x_i - x_j|$ (nm),
+* the bond angle $\theta = \angle(i, j, k) \in (0, \pi)$ (rad),
+* the torsion $\tau = \operatorname{dihedral}(i, j, k, l) \in (-\pi, \pi]$ (rad, periodic).
 
-Internal-coordinate vector layout (length :math:`3N - 6`)::
+Internal-coordinate vector layout (length $3N - 6$):
 
     [ bonds (N-1): a1, a2, then the others | angles (N-2): a2, others | torsions (N-3) ]
 
-Automatic choice (:func:`zmatrix_from_topology`): ``a1`` is the graph centre of the heavy
-atoms, ``a0`` and ``a2`` its two heavy neighbours with most heavy neighbours themselves;
-atoms are then placed breadth-first, heavy atoms before hydrogens and backbone continuations
-before side branches, and references prefer heavy atoms placed early. For alanine dipeptide
-this gives the root (C, Cα, N); the backbone dihedrals :math:`\phi`, :math:`\psi` and the two
-amide :math:`\omega` and three methyl rotors are proper torsions, every other torsion is an
+Automatic choice ([`zmatrix_from_topology`][boltzflow.coordinates.zmatrix.zmatrix_from_topology]):
+`a1` is the graph centre of the heavy atoms, `a0` and `a2` its two heavy neighbours with most heavy
+neighbours themselves; atoms are then placed breadth-first, heavy atoms before hydrogens and
+backbone continuations before side branches, and references prefer heavy atoms placed early. For
+alanine dipeptide this gives the root (C, Cα, N); the backbone dihedrals $\phi$, $\psi$ and the two
+amide $\omega$ and three methyl rotors are proper torsions, every other torsion is an
 improper one (e.g. Cβ–Cα–C–N, whose sign is the Cα chirality).
 """
 
@@ -39,9 +39,9 @@ class ZMatrix:
     """Placement order and reference atoms of a molecule.
 
     Attributes:
-        n_atoms: number of atoms :math:`N` (:math:`N \\ge 3`).
-        root: the first three placed atoms ``(a0, a1, a2)``; ``a2`` is bonded to ``a1``.
-        rows: ``int[N - 3, 4]``, each ``(i, j, k, l)`` in placement order.
+        n_atoms: number of atoms $N$ ($N \\ge 3$).
+        root: the first three placed atoms `(a0, a1, a2)`; `a2` is bonded to `a1`.
+        rows: `int[N - 3, 4]`, each `(i, j, k, l)` in placement order.
     """
 
     n_atoms: int
@@ -62,7 +62,7 @@ class ZMatrix:
     # ------------------------------------------------------------ layout
     @property
     def n_dof(self) -> int:
-        """Number of internal coordinates, :math:`3N - 6`."""
+        """Number of internal coordinates, $3N - 6$."""
         return 3 * self.n_atoms - 6
 
     @property
@@ -79,14 +79,14 @@ class ZMatrix:
 
     @property
     def periodic_mask(self) -> np.ndarray:
-        """``bool[3N - 6]``, True on torsions."""
+        """`bool[3N - 6]`, True on torsions."""
         mask = np.zeros(self.n_dof, dtype=bool)
         mask[self.torsion_slice] = True
         return mask
 
     @property
     def order(self) -> np.ndarray:
-        """Atom indices in placement order, ``int[N]``."""
+        """Atom indices in placement order, `int[N]`."""
         return np.concatenate([np.asarray(self.root), self.rows[:, 0]])
 
     def bonds(self) -> list[tuple[int, int]]:
@@ -95,16 +95,16 @@ class ZMatrix:
         return [(a1, a0), (a2, a1)] + [(int(i), int(j)) for i, j, _, _ in self.rows]
 
     def angles(self) -> list[tuple[int, int, int]]:
-        """The angles ``(i, j, k)`` (vertex ``j``), in IC order."""
+        """The angles `(i, j, k)` (vertex `j`), in IC order."""
         a0, a1, a2 = self.root
         return [(a2, a1, a0)] + [(int(i), int(j), int(k)) for i, j, k, _ in self.rows]
 
     def torsions(self) -> list[tuple[int, int, int, int]]:
-        """The torsions ``(i, j, k, l)``, in IC order."""
+        """The torsions `(i, j, k, l)`, in IC order."""
         return [tuple(int(a) for a in r) for r in self.rows]
 
     def torsion_index(self, atoms) -> int:
-        """Position in the IC vector of the torsion over ``atoms`` (either direction).
+        """Position in the IC vector of the torsion over `atoms` (either direction).
 
         Raises:
             KeyError: if no torsion coordinate runs over these four atoms.
@@ -116,7 +116,7 @@ class ZMatrix:
         raise KeyError(f"no torsion coordinate over atoms {atoms}")
 
     def labels(self, names: list[str] | None = None) -> list[str]:
-        """Human-readable names of the coordinates, e.g. ``"bond(H1-CH3)"``."""
+        """Human-readable names of the coordinates, e.g. `"bond(H1-CH3)"`."""
         nm = names or [str(i) for i in range(self.n_atoms)]
         out = [f"bond({nm[i]}-{nm[j]})" for i, j in self.bonds()]
         out += [f"angle({nm[i]}-{nm[j]}-{nm[k]})" for i, j, k in self.angles()]
@@ -125,7 +125,7 @@ class ZMatrix:
 
 
 def _graph_center(adj: list[set[int]], nodes: list[int]) -> int:
-    """Node of ``nodes`` with the smallest eccentricity within ``nodes`` (lowest index on ties)."""
+    """Node of `nodes` with the smallest eccentricity within `nodes` (lowest index on ties)."""
     allowed = set(nodes)
     best, best_ecc = nodes[0], None
     for s in nodes:
@@ -150,13 +150,14 @@ def zmatrix_from_bonds(
     heavy: np.ndarray | None = None,
     root: tuple[int, int, int] | None = None,
 ) -> ZMatrix:
-    """Build a :class:`ZMatrix` from a bond list (the molecule must be connected).
+    """Build a [`ZMatrix`][boltzflow.coordinates.zmatrix.ZMatrix] from a bond list (the molecule
+    must be connected).
 
     Args:
         n_atoms: number of atoms.
-        bonds: iterable of ``(i, j)`` atom-index pairs.
-        heavy: ``bool[n_atoms]``, True for non-hydrogen atoms (default: all heavy).
-        root: ``(a0, a1, a2)`` with bonds a0–a1 and a1–a2; default: automatic (module doc).
+        bonds: iterable of `(i, j)` atom-index pairs.
+        heavy: `bool[n_atoms]`, True for non-hydrogen atoms (default: all heavy).
+        root: `(a0, a1, a2)` with bonds a0–a1 and a1–a2; default: automatic (module doc).
     """
     adj: list[set[int]] = [set() for _ in range(n_atoms)]
     for i, j in bonds:
@@ -217,7 +218,8 @@ def zmatrix_from_bonds(
 
 
 def zmatrix_from_topology(topology, root: tuple[int, int, int] | None = None) -> ZMatrix:
-    """Build a :class:`ZMatrix` from an ``mdtraj.Topology`` (bonds and elements)."""
+    """Build a [`ZMatrix`][boltzflow.coordinates.zmatrix.ZMatrix] from an `mdtraj.Topology` (bonds
+    and elements)."""
     bonds = [(b[0].index, b[1].index) for b in topology.bonds]
     heavy = np.array([a.element is None or a.element.symbol != "H" for a in topology.atoms])
     return zmatrix_from_bonds(topology.n_atoms, bonds, heavy=heavy, root=root)

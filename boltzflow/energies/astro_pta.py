@@ -2,34 +2,36 @@ r"""A simulated pulsar timing array (PTA): per-pulsar red noise plus a Hellings�
 
 Model (the standard Gaussian-process PTA likelihood; van Haasteren & Vallisneri 2014,
 "New advances in the Gaussian-process approach to pulsar-timing data analysis", PRD 90,
-104012; Hellings & Downs 1983, ApJ 265, L39). Pulsar :math:`a = 1..P` has timing residuals
-:math:`r_a` (μs) at irregular times :math:`t_a` (yr) with known white noise
-:math:`N_a = \sigma_a^2 I`. Red processes are expanded on the Fourier basis
-:math:`f_k = k/T`, :math:`k = 1..K` (sine and cosine columns in :math:`F_a`), with coefficient
+104012; Hellings & Downs 1983, ApJ 265, L39). Pulsar $a = 1..P$ has timing residuals
+$r_a$ (μs) at irregular times $t_a$ (yr) with known white noise
+$N_a = \sigma_a^2 I$. Red processes are expanded on the Fourier basis
+$f_k = k/T$, $k = 1..K$ (sine and cosine columns in $F_a$), with coefficient
 prior covariance, per frequency and quadrature,
 
-.. math::
-    \Phi_{(ak),(bk)} = \Gamma_{ab}\,\varphi(f_k; A_{gw}, \gamma_{gw})
-                       + \delta_{ab}\,\varphi(f_k; A_a, \gamma_a), \qquad
-    \varphi(f) = \frac{A^2}{12\pi^2}\, f_{yr}^{\gamma-3} f^{-\gamma} / T,
+$$
+\Phi_{(ak),(bk)} = \Gamma_{ab}\,\varphi(f_k; A_{gw}, \gamma_{gw})
+                   + \delta_{ab}\,\varphi(f_k; A_a, \gamma_a), \qquad
+\varphi(f) = \frac{A^2}{12\pi^2}\, f_{yr}^{\gamma-3} f^{-\gamma} / T,
+$$
 
-and the Hellings–Downs correlation :math:`\Gamma_{ab} = \tfrac32 x\ln x - \tfrac14 x + \tfrac12`,
-:math:`x = (1-\cos\zeta_{ab})/2`, :math:`\Gamma_{aa} = 1`. The coefficients are marginalized
-analytically: with :math:`d = F^\top N^{-1} r` and :math:`\Sigma = \Phi^{-1} + F^\top N^{-1} F`
+and the Hellings–Downs correlation $\Gamma_{ab} = \tfrac32 x\ln x - \tfrac14 x + \tfrac12$,
+$x = (1-\cos\zeta_{ab})/2$, $\Gamma_{aa} = 1$. The coefficients are marginalized
+analytically: with $d = F^\top N^{-1} r$ and $\Sigma = \Phi^{-1} + F^\top N^{-1} F$
 (Woodbury),
 
-.. math::
-    \log L = -\tfrac12 r^\top N^{-1} r + \tfrac12 d^\top\Sigma^{-1}d - \tfrac12\log|\Phi|
-             - \tfrac12\log|\Sigma| - \tfrac12\log|N| - \tfrac n2\log 2\pi,
+$$
+\log L = -\tfrac12 r^\top N^{-1} r + \tfrac12 d^\top\Sigma^{-1}d - \tfrac12\log|\Phi|
+         - \tfrac12\log|\Sigma| - \tfrac12\log|N| - \tfrac n2\log 2\pi,
+$$
 
-one Cholesky of size :math:`2KP` per evaluation (batched over chains). The 22 parameters are
-:math:`(\log_{10}A_a, \gamma_a)_{a=1..10}` and :math:`(\log_{10}A_{gw}, \gamma_{gw})`, with
-priors :math:`\log_{10}A \sim U(-18, -11)`, :math:`\gamma \sim U(0, 7)`.
+one Cholesky of size $2KP$ per evaluation (batched over chains). The 22 parameters are
+$(\log_{10}A_a, \gamma_a)_{a=1..10}$ and $(\log_{10}A_{gw}, \gamma_{gw})$, with
+priors $\log_{10}A \sim U(-18, -11)$, $\gamma \sim U(0, 7)$.
 
-Data are simulated from the model itself with ``numpy.random.default_rng(seed)``: sky
+Data are simulated from the model itself with `numpy.random.default_rng(seed)`: sky
 positions, irregular observing times, white-noise levels, Fourier coefficients drawn from
-:math:`\Phi` at the injected parameters, and white noise. ``injected`` records the truth.
-Units: time in years, residuals in μs, so :math:`\varphi` is in μs².
+$\Phi$ at the injected parameters, and white noise. `injected` records the truth.
+Units: time in years, residuals in μs, so $\varphi$ is in μs².
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ _LOG_PSD_CONST = math.log(_YEAR_S**2 * 1e12 / (12 * math.pi**2))
 
 
 def hellings_downs(positions: np.ndarray) -> np.ndarray:
-    r"""Hellings–Downs matrix :math:`\Gamma_{ab}` for unit vectors ``positions [P, 3]``."""
+    r"""Hellings–Downs matrix $\Gamma_{ab}$ for unit vectors `positions [P, 3]`."""
     cos = np.clip(positions @ positions.T, -1.0, 1.0)
     x = (1.0 - cos) / 2.0
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -61,13 +63,13 @@ def hellings_downs(positions: np.ndarray) -> np.ndarray:
 
 
 def power_law_log_psd(log10_a, gamma, freqs, span):
-    r"""``log φ(f)`` in μs² for frequencies ``freqs`` (1/yr) and span ``T`` (yr); broadcasts."""
+    r"""`log φ(f)` in μs² for frequencies `freqs` (1/yr) and span `T` (yr); broadcasts."""
     return _LOG_PSD_CONST + 2 * math.log(10.0) * log10_a - gamma * torch.log(freqs) - math.log(span)
 
 
 class PTAData:
-    """Simulated PTA data: per-pulsar times ``t`` (yr), residuals ``r`` (μs), white noise
-    ``sigma`` (μs), sky ``positions [P, 3]``, span ``T`` (yr), ``n_freq`` and ``injected``."""
+    """Simulated PTA data: per-pulsar times `t` (yr), residuals `r` (μs), white noise
+    `sigma` (μs), sky `positions [P, 3]`, span `T` (yr), `n_freq` and `injected`."""
 
     def __init__(self, times, residuals, sigma, positions, span, n_freq, injected):
         self.times, self.residuals, self.sigma = times, residuals, sigma
@@ -78,7 +80,7 @@ class PTAData:
         return len(self.times)
 
     def design(self, a: int) -> np.ndarray:
-        """Fourier design matrix ``F_a [n_a, 2K]``: columns ``sin, cos`` of ``2π f_k t``."""
+        """Fourier design matrix `F_a [n_a, 2K]`: columns `sin, cos` of `2π f_k t`."""
         f = np.arange(1, self.n_freq + 1) / self.span
         arg = 2 * np.pi * self.times[a][:, None] * f[None, :]
         out = np.empty((len(self.times[a]), 2 * self.n_freq))
@@ -112,7 +114,7 @@ def simulate_pta(
     gamma_gw: float = 13.0 / 3.0,
     red_noise=DEFAULT_RED_NOISE,
 ) -> PTAData:
-    """Simulate residuals from the model at the injected parameters (deterministic in ``seed``)."""
+    """Simulate residuals from the model at the injected parameters (deterministic in `seed`)."""
     rng = np.random.default_rng(seed)
     red = np.asarray(red_noise, dtype=np.float64)[:n_pulsars]
     if len(red) != n_pulsars:
@@ -148,11 +150,11 @@ class PTAPosterior(Posterior):
 
     Args:
         seed, n_pulsars, n_toas, span, n_freq, log10_a_gw, gamma_gw: passed to
-            :func:`simulate_pta` (or give ``data``).
-        data: a :class:`PTAData` to analyse instead of simulating.
+            [`simulate_pta`][boltzflow.energies.astro_pta.simulate_pta] (or give `data`).
+        data: a [`PTAData`][boltzflow.energies.astro_pta.PTAData] to analyse instead of simulating.
 
-    Parameters, in order: ``log10_A_0, gamma_0, ..., log10_A_9, gamma_9, log10_A_gw,
-    gamma_gw``. Tensors follow the dtype and device of the input.
+    Parameters, in order: `log10_A_0, gamma_0, ..., log10_A_9, gamma_9, log10_A_gw,
+    gamma_gw`. Tensors follow the dtype and device of the input.
     """
 
     def __init__(

@@ -1,38 +1,40 @@
 r"""Keplerian radial velocities of one planet from sparse, irregular data (aliased periods).
 
-Model. With period :math:`P`, eccentricity :math:`e`, mean anomaly :math:`M_0` at the reference
-epoch :math:`t_0`, the mean anomaly is :math:`M(t) = 2\pi (t - t_0)/P + M_0`; Kepler's equation
-:math:`E - e\sin E = M` is solved by Newton iterations and the true anomaly is
-:math:`\nu = 2\,\mathrm{atan2}(\sqrt{1+e}\sin\tfrac E2, \sqrt{1-e}\cos\tfrac E2)`. The velocity
+Model. With period $P$, eccentricity $e$, mean anomaly $M_0$ at the reference
+epoch $t_0$, the mean anomaly is $M(t) = 2\pi (t - t_0)/P + M_0$; Kepler's equation
+$E - e\sin E = M$ is solved by Newton iterations and the true anomaly is
+$\nu = 2\,\mathrm{atan2}(\sqrt{1+e}\sin\tfrac E2, \sqrt{1-e}\cos\tfrac E2)$. The velocity
 
-.. math::
-    v(t) = K[\cos(\nu+\omega) + e\cos\omega] + \gamma
-         = A[\cos(\nu - M_0) + e\cos M_0] + B[\sin(\nu - M_0) - e\sin M_0] + \gamma,
-    \qquad A = K\cos\lambda,\ B = -K\sin\lambda,\ \lambda = \omega + M_0,
+$$
+v(t) = K[\cos(\nu+\omega) + e\cos\omega] + \gamma
+     = A[\cos(\nu - M_0) + e\cos M_0] + B[\sin(\nu - M_0) - e\sin M_0] + \gamma,
+\qquad A = K\cos\lambda,\ B = -K\sin\lambda,\ \lambda = \omega + M_0,
+$$
 
-is linear in :math:`(A, B, \gamma)` given :math:`(P, e, M_0)` (Price-Whelan et al. 2017,
+is linear in $(A, B, \gamma)$ given $(P, e, M_0)$ (Price-Whelan et al. 2017,
 "The Joker", ApJ 837, 20, marginalize the linear parameters the same way). The amplitudes are
-those of the mean longitude :math:`\lambda` at the reference epoch, not of :math:`\omega`: the
-data fix the signal's phase at :math:`t_0`, which is :math:`\lambda` (for :math:`e = 0`,
-:math:`\nu - M_0 = 2\pi(t - t_0)/P` does not involve :math:`M_0` at all), whereas
-:math:`(M_0, \omega)` separately are degenerate along :math:`M_0 + \omega = \lambda` when the
-orbit is nearly circular. The rotation :math:`(A, B) \mapsto` (the amplitudes of
-:math:`\omega`) by the angle :math:`M_0` has unit Jacobian and leaves the isotropic Gaussian
-prior invariant, so the posterior over :math:`(P, e, M_0, s)` is the same in both. Observations have
-errors :math:`\sigma_i` and an unknown jitter :math:`s`:
-:math:`v_i \sim \mathcal N(v(t_i), \sigma_i^2 + s^2)`.
+those of the mean longitude $\lambda$ at the reference epoch, not of $\omega$: the
+data fix the signal's phase at $t_0$, which is $\lambda$ (for $e = 0$,
+$\nu - M_0 = 2\pi(t - t_0)/P$ does not involve $M_0$ at all), whereas
+$(M_0, \omega)$ separately are degenerate along $M_0 + \omega = \lambda$ when the
+orbit is nearly circular. The rotation $(A, B) \mapsto$ (the amplitudes of
+$\omega$) by the angle $M_0$ has unit Jacobian and leaves the isotropic Gaussian
+prior invariant, so the posterior over $(P, e, M_0, s)$ is the same in both. Observations have
+errors $\sigma_i$ and an unknown jitter $s$:
+$v_i \sim \mathcal N(v(t_i), \sigma_i^2 + s^2)$.
 
-Priors (8 unconstrained coordinates): :math:`P \sim \log U(P_{lo}, P_{hi})`,
-:math:`e \sim U(0, e_{max})`, :math:`M_0 \sim U(0, 2\pi)` on the circle (a
-:class:`~boltzflow.energies.bijections.CircleLift`), :math:`A, B \sim \mathcal N(0, \sigma_K^2)`
-(so :math:`K` is Rayleigh and :math:`\omega` uniform), :math:`\gamma \sim \mathcal N(0,
-\sigma_\gamma^2)`, :math:`s \sim` half-normal(:math:`\sigma_s`). Velocities in m/s, times in days.
+Priors (8 unconstrained coordinates): $P \sim \log U(P_{lo}, P_{hi})$,
+$e \sim U(0, e_{max})$, $M_0 \sim U(0, 2\pi)$ on the circle (a
+[`CircleLift`][boltzflow.energies.bijections.CircleLift]), $A, B \sim \mathcal N(0, \sigma_K^2)$
+(so $K$ is Rayleigh and $\omega$ uniform), $\gamma \sim \mathcal N(0, \sigma_\gamma^2)$, $s \sim$
+half-normal($\sigma_s$). Velocities in m/s, times in days.
 
 With few observations on a seasonal cadence the period posterior has yearly aliases
-:math:`1/P' = 1/P \pm k/365.25` (Dawson & Fabrycky 2010, ApJ 722, 937). Because :math:`(A, B,
-\gamma)` enter linearly with Gaussian priors, :func:`reference_period_marginal` integrates them
-exactly and the remaining :math:`(\log P, e, M_0, s)` by quadrature, giving reference mode
-weights independent of any sampler.
+$1/P' = 1/P \pm k/365.25$ (Dawson & Fabrycky 2010, ApJ 722, 937). Because $(A, B, \gamma)$ enter
+linearly with Gaussian priors,
+[`reference_period_marginal`][boltzflow.energies.astro_rv.reference_period_marginal] integrates them
+exactly and the remaining $(\log P, e, M_0, s)$ by quadrature, giving reference mode weights
+independent of any sampler.
 """
 
 from __future__ import annotations
@@ -60,11 +62,11 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 def kepler_solve(mean_anomaly: torch.Tensor, e: torch.Tensor, n_iter: int = 12) -> torch.Tensor:
-    r"""Eccentric anomaly :math:`E` with :math:`E - e\sin E = M` (Newton, ``e < 1``).
+    r"""Eccentric anomaly $E$ with $E - e\sin E = M$ (Newton, `e < 1`).
 
     The iterations run without autograd; one final Newton step carries the exact implicit
-    derivatives :math:`\partial E/\partial M = 1/(1-e\cos E)`,
-    :math:`\partial E/\partial e = \sin E/(1-e\cos E)`.
+    derivatives $\partial E/\partial M = 1/(1-e\cos E)$,
+    $\partial E/\partial e = \sin E/(1-e\cos E)$.
     """
     m = torch.remainder(mean_anomaly, 2 * math.pi)
     with torch.no_grad():
@@ -83,9 +85,9 @@ def true_anomaly(ecc_anomaly: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
 
 
 def _basis(t, t0, period, e, m0):
-    """``(cos(ν - M0) + e cos M0, sin(ν - M0) - e sin M0)`` at ``t [n]``, parameters ``[..., 1]``.
+    """`(cos(ν - M0) + e cos M0, sin(ν - M0) - e sin M0)` at `t [n]`, parameters `[..., 1]`.
 
-    The coefficients of ``(A, B)`` with ``A = K cos λ``, ``B = -K sin λ``, ``λ = ω + M0``.
+    The coefficients of `(A, B)` with `A = K cos λ`, `B = -K sin λ`, `λ = ω + M0`.
     """
     mean = 2 * math.pi * (t - t0) / period + m0
     nu = true_anomaly(kepler_solve(mean, e), e)
@@ -93,7 +95,7 @@ def _basis(t, t0, period, e, m0):
 
 
 class RVData:
-    """Times ``t`` (days), velocities ``v`` and errors ``sigma`` (m/s), ``injected`` truth."""
+    """Times `t` (days), velocities `v` and errors `sigma` (m/s), `injected` truth."""
 
     def __init__(self, t, v, sigma, injected):
         self.t, self.v, self.sigma, self.injected = t, v, sigma, injected
@@ -119,7 +121,7 @@ def simulate_rv(
     """Seasonal, irregular cadence over two years (nightly at the same sidereal time).
 
     Observations fall in two ~100-day seasons a year apart, on random nights, at random hours in
-    a 3-hour window; deterministic in ``seed`` (``numpy.random.default_rng``).
+    a 3-hour window; deterministic in `seed` (`numpy.random.default_rng`).
     """
     rng = np.random.default_rng(seed)
     nights = np.concatenate(
@@ -162,22 +164,23 @@ class RVPosterior(Posterior):
     r"""Posterior of the one-planet Keplerian model, 8 unconstrained coordinates.
 
     Args:
-        seed: data seed for :func:`simulate_rv` (or give ``data``).
-        period_range: ``(P_lo, P_hi)`` in days for the log-uniform period prior.
+        seed: data seed for [`simulate_rv`][boltzflow.energies.astro_rv.simulate_rv] (or give
+            `data`).
+        period_range: `(P_lo, P_hi)` in days for the log-uniform period prior.
         e_max, sigma_k, sigma_gamma, sigma_s: prior settings (see the module docstring).
         mode_edges: period boundaries (days) splitting the period posterior into modes; the
-            indicator of each mode is an observable ``mode_j`` and free energies between
+            indicator of each mode is an observable `mode_j` and free energies between
             adjacent modes are reported.
-        simulate: keyword arguments for :func:`simulate_rv` (number of observations, injected
-            orbit, noise).
-        marginalize_linear: integrate :math:`(A, B, \gamma)` out exactly
-            (:func:`linear_marginal_log_likelihood`) and sample only ``P, e, M0, s``
-            (5 unconstrained coordinates). The period, eccentricity, phase and jitter
-            posterior and the evidence are unchanged; the samplers then face the aliased
-            periods without the narrow, period-dependent ridges of the amplitudes.
+        simulate: keyword arguments for [`simulate_rv`][boltzflow.energies.astro_rv.simulate_rv]
+            (number of observations, injected orbit, noise).
+        marginalize_linear: integrate $(A, B, \gamma)$ out exactly
+            ([`linear_marginal_log_likelihood`][boltzflow.energies.astro_rv.linear_marginal_log_likelihood])
+            and sample only `P, e, M0, s` (5 unconstrained coordinates). The period, eccentricity,
+            phase and jitter posterior and the evidence are unchanged; the samplers then face the
+            aliased periods without the narrow, period-dependent ridges of the amplitudes.
 
-    Parameters, in order: ``P, e, M0, A, B, gamma, s`` (``P, e, M0, s`` if marginalized), with
-    ``A = K cos λ``, ``B = -K sin λ`` and ``λ = ω + M0`` the mean longitude at the reference
+    Parameters, in order: `P, e, M0, A, B, gamma, s` (`P, e, M0, s` if marginalized), with
+    `A = K cos λ`, `B = -K sin λ` and `λ = ω + M0` the mean longitude at the reference
     epoch.
     """
 
@@ -239,14 +242,16 @@ class RVPosterior(Posterior):
 
     @torch.no_grad()
     def sample_linear(self, theta: torch.Tensor, generator=None) -> torch.Tensor:
-        r"""Complete marginal draws ``theta [n, 4]`` (``P, e, M0, s``) with ``(A, B, gamma)``.
+        r"""Complete marginal draws `theta [n, 4]` (`P, e, M0, s`) with `(A, B, gamma)`.
 
         Given the nonlinear parameters the linear ones are Gaussian with precision
-        :math:`\Lambda^{-1} + X^\top D^{-1} X` and mean :math:`\Sigma X^\top D^{-1} v`
-        (notation of :func:`linear_marginal_log_likelihood`), so a posterior draw of
-        ``P, e, M0, s`` followed by this exact conditional draw is a posterior draw of the full
-        model. Returns ``[n, 7]`` in the full model's order ``P, e, M0, A, B, gamma, s``;
-        :math:`K = \sqrt{A^2 + B^2}` and :math:`\omega = \mathrm{atan2}(-B, A) - M_0`.
+        $\Lambda^{-1} + X^\top D^{-1} X$ and mean $\Sigma X^\top D^{-1} v$
+        (notation of
+        [`linear_marginal_log_likelihood`][boltzflow.energies.astro_rv.linear_marginal_log_likelihood]),
+        so a posterior draw of `P, e, M0, s` followed by this exact conditional draw is a posterior
+        draw of the full model. Returns `[n, 7]` in the full model's order
+        `P, e, M0, A, B, gamma, s`; $K = \sqrt{A^2 + B^2}$ and
+        $\omega = \mathrm{atan2}(-B, A) - M_0$.
         """
         theta = torch.as_tensor(theta, dtype=torch.float64)
         if theta.ndim != 2 or theta.shape[1] != 4:
@@ -258,7 +263,7 @@ class RVPosterior(Posterior):
         return torch.cat([theta[:, :3], draw[..., 0], theta[:, 3:]], 1)
 
     def mode_index(self, period: torch.Tensor) -> torch.Tensor:
-        """Mode label of each period: the number of ``mode_edges`` below it."""
+        """Mode label of each period: the number of `mode_edges` below it."""
         edges = torch.as_tensor(self.mode_edges, dtype=period.dtype, device=period.device)
         return torch.bucketize(period.contiguous(), edges)
 
@@ -287,12 +292,14 @@ def _gauss_legendre(n: int, lo: float, hi: float):
 
 
 def _linear_system(post: RVPosterior, period, e, m0, s) -> tuple:
-    r"""The Gaussian linear model of :math:`(A, B, \gamma)` given ``period, e, m0, s``.
+    r"""The Gaussian linear model of $(A, B, \gamma)$ given `period, e, m0, s`.
 
-    Returns ``(dinv [..., n], lam [3], chol [..., 3, 3], rhs [..., 3, 1])``: the inverse
-    variances :math:`D^{-1}`, the prior variances :math:`\Lambda`, the Cholesky factor of the
-    posterior precision :math:`\Lambda^{-1} + X^\top D^{-1} X` and :math:`X^\top D^{-1} v`
-    (notation of :func:`linear_marginal_log_likelihood`), in float64.
+    Returns `(dinv [..., n], lam [3], chol [..., 3, 3], rhs [..., 3, 1])`: the inverse
+    variances $D^{-1}$, the prior variances $\Lambda$, the Cholesky factor of the
+    posterior precision $\Lambda^{-1} + X^\top D^{-1} X$ and $X^\top D^{-1} v$
+    (notation of
+    [`linear_marginal_log_likelihood`][boltzflow.energies.astro_rv.linear_marginal_log_likelihood]),
+    in float64.
     """
     dt = torch.float64
     t, v, var = post._t.to(dt), post._v.to(dt), post._var.to(dt)
@@ -306,13 +313,13 @@ def _linear_system(post: RVPosterior, period, e, m0, s) -> tuple:
 
 
 def linear_marginal_log_likelihood(post: RVPosterior, period, e, m0, s) -> torch.Tensor:
-    r""":math:`\log\int L\,\pi(A)\pi(B)\pi(\gamma)\,dA\,dB\,d\gamma` in closed form.
+    r"""$\log\int L\,\pi(A)\pi(B)\pi(\gamma)\,dA\,dB\,d\gamma$ in closed form.
 
-    With :math:`X = [\cos(\nu - M_0) + e\cos M_0, \sin(\nu - M_0) - e\sin M_0, 1]`,
-    :math:`D = \mathrm{diag}(\sigma_i^2 + s^2)` and
-    :math:`\Lambda = \mathrm{diag}(\sigma_K^2, \sigma_K^2, \sigma_\gamma^2)`, the data are
-    :math:`\mathcal N(0, D + X\Lambda X^\top)`, evaluated by Woodbury and the determinant lemma.
-    ``period, e, m0, s`` are float64 tensors that broadcast against each other, each with a
+    With $X = [\cos(\nu - M_0) + e\cos M_0, \sin(\nu - M_0) - e\sin M_0, 1]$,
+    $D = \mathrm{diag}(\sigma_i^2 + s^2)$ and
+    $\Lambda = \mathrm{diag}(\sigma_K^2, \sigma_K^2, \sigma_\gamma^2)$, the data are
+    $\mathcal N(0, D + X\Lambda X^\top)$, evaluated by Woodbury and the determinant lemma.
+    `period, e, m0, s` are float64 tensors that broadcast against each other, each with a
     trailing singleton dimension (for the observations); the result drops it.
     """
     v = post._v.to(torch.float64)
@@ -335,16 +342,17 @@ def reference_period_marginal(
     n_s: int = 12,
     chunk: int = 64,
 ):
-    r"""Quadrature reference for the period marginal and the evidence of :class:`RVPosterior`.
+    r"""Quadrature reference for the period marginal and the evidence of
+    [`RVPosterior`][boltzflow.energies.astro_rv.RVPosterior].
 
-    :math:`(A, B, \gamma)` are integrated exactly (a Gaussian linear model:
-    :math:`v \sim \mathcal N(0, D + X\Lambda X^\top)`), :math:`M_0` by the trapezoid rule on the
-    circle (spectrally accurate), :math:`e` and :math:`s` by Gauss–Legendre (``s`` on
-    :math:`[0, 5\sigma_s]`), and :math:`\ln P` on a uniform grid of ``n_period`` points.
+    $(A, B, \gamma)$ are integrated exactly (a Gaussian linear model:
+    $v \sim \mathcal N(0, D + X\Lambda X^\top)$), $M_0$ by the trapezoid rule on the
+    circle (spectrally accurate), $e$ and $s$ by Gauss–Legendre (`s` on
+    $[0, 5\sigma_s]$), and $\ln P$ on a uniform grid of `n_period` points.
 
     Returns:
-        ``(periods [n_period], density [n_period], log_z)``: the normalized posterior density of
-        :math:`\ln P` on the grid and the log evidence.
+        `(periods [n_period], density [n_period], log_z)`: the normalized posterior density of
+        $\ln P$ on the grid and the log evidence.
     """
     dt = torch.float64
     lo, hi = (math.log(x) for x in post.period_range)

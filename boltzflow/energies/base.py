@@ -1,36 +1,42 @@
-r"""The :class:`Energy` contract: reduced (dimensionless, units of kT) potentials.
+r"""The [`Energy`][boltzflow.energies.base.Energy] contract: reduced (dimensionless, units of kT)
+potentials.
 
 Every target in boltzflow is an unnormalized density
 
-.. math:: p(x) \propto \exp(-u(x)),
+$$
+p(x) \propto \exp(-u(x)),
+$$
 
-where :math:`u` is a *reduced* energy, i.e. measured in units of :math:`k_B T`.
+where $u$ is a *reduced* energy, i.e. measured in units of $k_B T$.
 
-Shapes: ``x`` is ``Tensor[batch, *event_shape]``; ``energy(x)`` is ``Tensor[batch]``
-with no trailing singleton dimension. ``force(x) = -∂u/∂x`` has the shape of ``x``.
+Shapes: `x` is `Tensor[batch, *event_shape]`; `energy(x)` is `Tensor[batch]`
+with no trailing singleton dimension. `force(x) = -∂u/∂x` has the shape of `x`.
 
-**Temperature** enters in one place, :meth:`Energy.energy`. A target splits its energy at
-the reference temperature into a *tempered* part :math:`u_\mathrm{phys}` and the log-density
-:math:`\log m = \sum_k \log m_k` of an untempered *reference measure* with respect to Lebesgue
-measure on the sampled coordinates (:class:`EnergyTerms`). At ``temperature_scale =
-s = T/T_ref``
+**Temperature** enters in one place, [`Energy.energy`][boltzflow.energies.base.Energy.energy]. A
+target splits its energy at the reference temperature into a *tempered* part $u_\mathrm{phys}$ and
+the log-density $\log m = \sum_k \log m_k$ of an untempered *reference measure* with respect to
+Lebesgue measure on the sampled coordinates ([`EnergyTerms`][boltzflow.energies.base.EnergyTerms]).
+At `temperature_scale = s = T/T_ref`
 
-.. math:: u_s(y) = \frac{u_\mathrm{phys}(y)}{s} - \sum_k \log m_k(y) .
+$$
+u_s(y) = \frac{u_\mathrm{phys}(y)}{s} - \sum_k \log m_k(y) .
+$$
 
-For a coordinate map :math:`x(y)` the measure is its Jacobian, :math:`\log m = \log|J(y)|`:
-tempering the Boltzmann density :math:`p_s(x) \propto e^{-u_\mathrm{phys}(x)/s}` in Cartesian
-coordinates and changing variables to :math:`y` gives exactly :math:`u_s(y)`, so the Jacobian
-is never divided by :math:`s` (it is part of the measure, not of the energy). A molecule in
-internal coordinates tempers :math:`E(x(y))/k_BT` and keeps :math:`-\log|J|`. A Bayesian
+For a coordinate map $x(y)$ the measure is its Jacobian, $\log m = \log|J(y)|$:
+tempering the Boltzmann density $p_s(x) \propto e^{-u_\mathrm{phys}(x)/s}$ in Cartesian
+coordinates and changing variables to $y$ gives exactly $u_s(y)$, so the Jacobian
+is never divided by $s$ (it is part of the measure, not of the energy). A molecule in
+internal coordinates tempers $E(x(y))/k_BT$ and keeps $-\log|J|$. A Bayesian
 posterior tempers its likelihood and keeps the prior and the constraining Jacobian, the power
-posterior :math:`\pi(\theta)L(\theta)^{1/s}` (Friel & Pettitt 2008, J. R. Stat. Soc. B 70,
-589), which at :math:`s = 1/\beta` is the :math:`p_\beta` that
-:mod:`boltzflow.sampling.bayes_anneal` anneals through. A target with only
-:meth:`Energy._energy` is tempered as a whole (Lebesgue measure).
+posterior $\pi(\theta)L(\theta)^{1/s}$ (Friel & Pettitt 2008, J. R. Stat. Soc. B 70,
+589), which at $s = 1/\beta$ is the $p_\beta$ that
+[`boltzflow.sampling.bayes_anneal`][boltzflow.sampling.bayes_anneal] anneals through. A target with
+only `Energy._energy` is tempered as a whole (Lebesgue measure).
 
-**Hooks.** Everything the package reads from a target is declared on :class:`Energy` with a
-default that means "not provided": ``None`` attributes, methods raising
-:class:`NotImplementedError`, empty mappings, a no-op :meth:`Energy.close`.
+**Hooks.** Everything the package reads from a target is declared on
+[`Energy`][boltzflow.energies.base.Energy] with a default that means "not provided": `None`
+attributes, methods raising `NotImplementedError`, empty mappings, a no-op
+[`Energy.close`][boltzflow.energies.base.Energy.close].
 """
 
 from __future__ import annotations
@@ -54,14 +60,14 @@ __all__ = [
 
 
 class Observable(NamedTuple):
-    """A scalar observable ``fn(x) -> Tensor[batch]`` with its unit (for reports)."""
+    """A scalar observable `fn(x) -> Tensor[batch]` with its unit (for reports)."""
 
     fn: Callable[[torch.Tensor], torch.Tensor]
     unit: str = "1"
 
 
 class StateSets(NamedTuple):
-    """Two state sets given as indicator functions, for ``ΔF = -ln(Σ_A w / Σ_B w)`` in kT."""
+    """Two state sets given as indicator functions, for `ΔF = -ln(Σ_A w / Σ_B w)` in kT."""
 
     in_a: Callable[[torch.Tensor], torch.Tensor]
     in_b: Callable[[torch.Tensor], torch.Tensor]
@@ -70,16 +76,16 @@ class StateSets(NamedTuple):
 class EnergyTerms(NamedTuple):
     r"""An energy at the reference temperature, split by how temperature acts on it.
 
-    :meth:`Energy.energy` returns ``tempered / s - log_measure[0] - log_measure[1] - ...``
-    (subtracted in this order), set to :math:`+\infty` where ``outside`` is true or the result
-    is NaN.
+    [`Energy.energy`][boltzflow.energies.base.Energy.energy] returns
+    `tempered / s - log_measure[0] - log_measure[1] - ...` (subtracted in this order), set to
+    $+\infty$ where `outside` is true or the result is NaN.
 
     Attributes:
-        tempered: :math:`u_\mathrm{phys}` in kT at ``T_ref``, ``Tensor[batch]``.
+        tempered: $u_\mathrm{phys}$ in kT at `T_ref`, `Tensor[batch]`.
         log_measure: untempered log-densities of the reference measure (log-Jacobians
-            :math:`\log|J_k|` of coordinate maps, a posterior's log prior), each a
-            ``Tensor[batch]`` or a constant.
-        outside: ``bool[batch]`` marking configurations outside the support, or ``None``.
+            $\log|J_k|$ of coordinate maps, a posterior's log prior), each a
+            `Tensor[batch]` or a constant.
+        outside: `bool[batch]` marking configurations outside the support, or `None`.
     """
 
     tempered: torch.Tensor
@@ -88,11 +94,11 @@ class EnergyTerms(NamedTuple):
 
 
 class FigureRequest(NamedTuple):
-    """A report figure a target asks for; :mod:`boltzflow.reporting` draws it.
+    """A report figure a target asks for; [`boltzflow.reporting`][boltzflow.reporting] draws it.
 
     Attributes:
-        kind: the drawer, a key of :data:`boltzflow.reporting.run_figures.DRAWERS`
-            (``"histogram"``, ``"ramachandran"``, ``"posterior"``).
+        kind: the drawer, a key of `boltzflow.reporting.run_figures.DRAWERS`
+            (`"histogram"`, `"ramachandran"`, `"posterior"`).
         data: the drawer's keyword arguments (tensors, labels, file name, caption).
     """
 
@@ -101,7 +107,7 @@ class FigureRequest(NamedTuple):
 
 
 def as_event_shape(shape: int | tuple[int, ...] | torch.Size) -> torch.Size:
-    """Normalise an int or tuple to a ``torch.Size`` event shape."""
+    """Normalise an int or tuple to a `torch.Size` event shape."""
     if isinstance(shape, int):
         return torch.Size((shape,))
     return torch.Size(tuple(int(s) for s in shape))
@@ -114,70 +120,71 @@ def _check_scale(temperature_scale: float) -> float:
 
 
 class Energy:
-    r"""Base class for reduced energies :math:`u(x)` in kT.
+    r"""Base class for reduced energies $u(x)$ in kT.
 
-    Subclasses set ``event_shape`` (via ``super().__init__``) and implement :meth:`_energy`
-    (a density tempered as a whole) or :meth:`_energy_terms` (a tempered part plus an
+    Subclasses set `event_shape` (via `super().__init__`) and implement `_energy`
+    (a density tempered as a whole) or `_energy_terms` (a tempered part plus an
     untempered measure, see the module docstring). The optional hooks below keep their "not
     provided" defaults unless a target overrides them.
 
     Args:
-        event_shape: shape of one configuration (an ``int`` means a flat vector).
-        temperature_scale: ratio ``s = T / T_ref`` (see :meth:`energy`).
+        event_shape: shape of one configuration (an `int` means a flat vector).
+        temperature_scale: ratio `s = T / T_ref` (see
+            [`energy`][boltzflow.energies.base.Energy.energy]).
     """
 
-    #: Exact :math:`\log Z = \log\int e^{-u(x)}dx` at the current temperature, or ``None``.
+    #: Exact $\log Z = \log\int e^{-u(x)}dx$ at the current temperature, or `None`.
     log_z: float | None = None
-    #: Bool tensor shaped like ``event_shape`` marking periodic coordinates on [-π, π)
-    #: (torsions, lattice angles), or ``None`` if all coordinates are Euclidean. Flow
+    #: Bool tensor shaped like `event_shape` marking periodic coordinates on [-π, π)
+    #: (torsions, lattice angles), or `None` if all coordinates are Euclidean. Flow
     #: builders read it to place circular transforms.
     periodic_mask: torch.Tensor | None = None
     #: Period of every coordinate when the configuration space is a torus
-    #: :math:`[-P/2, P/2)^d` (e.g. :math:`2\pi` for U(1) links), else ``None``. Samplers wrap
+    #: $[-P/2, P/2)^d$ (e.g. $2\pi$ for U(1) links), else `None`. Samplers wrap
     #: positions and draw random starts on it.
     period: float | None = None
-    #: Number of modes labelled by :meth:`mode_assignment` (``None``: no labelling). Runs
+    #: Number of modes labelled by `mode_assignment` (`None`: no labelling). Runs
     #: report how many of them the samples visit.
     n_modes: int | None = None
-    #: Mode centres ``Tensor[n_modes, dim]`` (units of ``x``), marked in the 2-D sample
-    #: figure, or ``None``.
+    #: Mode centres `Tensor[n_modes, dim]` (units of `x`), marked in the 2-D sample
+    #: figure, or `None`.
     means: torch.Tensor | None = None
-    #: One name per flattened coordinate of ``x`` for the samples file, or ``None`` (then
-    #: ``x_0, x_1, ...``).
+    #: One name per flattened coordinate of `x` for the samples file, or `None` (then
+    #: `x_0, x_1, ...`).
     parameter_names: Sequence[str] | None = None
 
     def __init__(self, event_shape: int | tuple[int, ...], temperature_scale: float = 1.0):
         self.event_shape = as_event_shape(event_shape)
-        #: ``T / T_ref``; set through the constructor or :meth:`at_temperature`.
+        #: `T / T_ref`; set through the constructor or `at_temperature`.
         self.temperature_scale = _check_scale(temperature_scale)
-        #: Number of configurations evaluated so far (reported as ``energy_evaluations``).
+        #: Number of configurations evaluated so far (reported as `energy_evaluations`).
         self.n_evaluations = 0
 
     # ----------------------------------------------------------------- core API
     @property
     def dim(self) -> int:
-        """Number of degrees of freedom (product of ``event_shape``)."""
+        """Number of degrees of freedom (product of `event_shape`)."""
         return int(math.prod(self.event_shape))
 
     def _energy(self, x: torch.Tensor) -> torch.Tensor:
-        """Reduced energy at ``T_ref``, all of it tempered, ``Tensor[batch]``. Override this
-        or :meth:`_energy_terms`."""
+        """Reduced energy at `T_ref`, all of it tempered, `Tensor[batch]`. Override this
+        or `_energy_terms`."""
         raise NotImplementedError(f"{type(self).__name__} implements neither _energy nor terms")
 
     def _energy_terms(self, x: torch.Tensor) -> EnergyTerms:
-        """Tempered part and reference measure at ``T_ref`` (default: all of :meth:`_energy`
+        """Tempered part and reference measure at `T_ref` (default: all of `_energy`
         tempered, Lebesgue measure)."""
         return EnergyTerms(self._energy(x))
 
     def _temper(self, value: torch.Tensor) -> torch.Tensor:
-        """``value · T_ref / T``: the one place temperature scales a tempered quantity (energies
+        """`value · T_ref / T`: the one place temperature scales a tempered quantity (energies
         here; engine forces in subclasses that bypass autograd)."""
         s = self.temperature_scale
         return value if s == 1.0 else value / s
 
     def energy(self, x: torch.Tensor) -> torch.Tensor:
-        r"""Reduced energy :math:`u_s(x) = u_\mathrm{phys}(x)/s - \sum_k\log m_k(x)` in kT,
-        ``Tensor[batch]`` (module docstring; :math:`s` = ``temperature_scale``)."""
+        r"""Reduced energy $u_s(x) = u_\mathrm{phys}(x)/s - \sum_k\log m_k(x)$ in kT,
+        `Tensor[batch]` (module docstring; $s$ = `temperature_scale`)."""
         self._check_shape(x)
         self.n_evaluations += int(x.shape[0])
         terms = self._energy_terms(x)
@@ -195,7 +202,7 @@ class Energy:
         return u
 
     def force(self, x: torch.Tensor) -> torch.Tensor:
-        """Force ``-∂u/∂x`` in kT per unit of ``x`` (autograd by default)."""
+        """Force `-∂u/∂x` in kT per unit of `x` (autograd by default)."""
         with torch.enable_grad():
             xr = x.detach().requires_grad_(True)
             u = self.energy(xr)
@@ -203,7 +210,7 @@ class Energy:
         return -g
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Unnormalized log density ``-u(x)``."""
+        """Unnormalized log density `-u(x)`."""
         return -self.energy(x)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,7 +218,7 @@ class Energy:
 
     # --------------------------------------------------------------- tempering
     def at_temperature(self, temperature_scale: float) -> Energy:
-        """A shallow copy at ``T = temperature_scale · T_ref`` (``log_z`` is dropped)."""
+        """A shallow copy at `T = temperature_scale · T_ref` (`log_z` is dropped)."""
         new = copy.copy(self)
         new.temperature_scale = _check_scale(temperature_scale)
         if new.temperature_scale != self.temperature_scale:
@@ -220,11 +227,11 @@ class Energy:
 
     # ------------------------------------------------------ exact and reference
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Exact samples ``Tensor[n, *event_shape]`` (analytic targets; NLL training, tests)."""
+        """Exact samples `Tensor[n, *event_shape]` (analytic targets; NLL training, tests)."""
         raise NotImplementedError(f"{type(self).__name__} has no exact sampler")
 
     def observables(self) -> Mapping[str, Observable]:
-        """Named scalar observables reported by ``boltzflow run`` (default: none)."""
+        """Named scalar observables reported by `boltzflow run` (default: none)."""
         return {}
 
     def state_sets(self) -> Mapping[str, StateSets]:
@@ -232,50 +239,52 @@ class Energy:
         return {}
 
     def exact_observable(self, name: str) -> float:
-        """Exact expectation of the observable ``name`` (its unit); ``KeyError`` if there is
-        none for that name, ``NotImplementedError`` if the target has none at all."""
+        """Exact expectation of the observable `name` (its unit); `KeyError` if there is
+        none for that name, `NotImplementedError` if the target has none at all."""
         raise NotImplementedError(f"{type(self).__name__} has no exact observables")
 
     def exact_free_energy(self, name: str) -> float:
-        """Exact or reference ΔF (kT) of the state-set pair ``name``; ``KeyError`` /
-        ``NotImplementedError`` as :meth:`exact_observable`."""
+        """Exact or reference ΔF (kT) of the state-set pair `name`; `KeyError` /
+        `NotImplementedError` as
+        [`exact_observable`][boltzflow.energies.base.Energy.exact_observable]."""
         raise NotImplementedError(f"{type(self).__name__} has no reference free energies")
 
     def reference_stderr(self, name: str) -> float:
-        """Standard error of an *estimated* reference value ``name`` (e.g. umbrella sampling
-        + MBAR), in the value's unit; ``NotImplementedError`` when references are exact."""
+        """Standard error of an *estimated* reference value `name` (e.g. umbrella sampling
+        + MBAR), in the value's unit; `NotImplementedError` when references are exact."""
         raise NotImplementedError(f"{type(self).__name__}'s references are exact")
 
     def mode_assignment(self, x: torch.Tensor) -> torch.Tensor:
-        """Mode label in ``[0, n_modes)`` of each configuration, ``LongTensor[batch]``."""
+        """Mode label in `[0, n_modes)` of each configuration, `LongTensor[batch]`."""
         raise NotImplementedError(f"{type(self).__name__} does not label modes")
 
     # -------------------------------------------------------------- Bayesian
     def sample_prior(
         self, n: int, generator: torch.Generator | None = None, dtype=torch.float64, device=None
     ) -> torch.Tensor:
-        """Draws ``Tensor[n, *event_shape]`` from the prior, in the sampled coordinates
+        """Draws `Tensor[n, *event_shape]` from the prior, in the sampled coordinates
         (posteriors: chain starts, annealing from β = 0, defensive proposals)."""
         raise NotImplementedError(f"{type(self).__name__} has no prior")
 
     def constrain(self, y: torch.Tensor):
-        """``y [batch, dim] -> Constrained(theta [batch, n_theta], ladj [batch])``: the
-        constraining bijection of a posterior (:mod:`boltzflow.energies.bijections`)."""
+        """`y [batch, dim] -> Constrained(theta [batch, n_theta], ladj [batch])`: the
+        constraining bijection of a posterior
+        ([`boltzflow.energies.bijections`][boltzflow.energies.bijections])."""
         raise NotImplementedError(f"{type(self).__name__} has no constrained parameters")
 
     def log_prior(self, theta: torch.Tensor) -> torch.Tensor:
-        """Normalized log prior density of ``theta [batch, n_theta]``, ``Tensor[batch]``."""
+        """Normalized log prior density of `theta [batch, n_theta]`, `Tensor[batch]`."""
         raise NotImplementedError(f"{type(self).__name__} has no prior")
 
     # ------------------------------------------------------- data and reports
     def training_data(self, name: str) -> torch.Tensor:
-        """Training configurations ``Tensor[n, *event_shape]`` for a recipe stage's
-        ``data = name``; ``NotImplementedError``: the run reads ``name`` as a file."""
+        """Training configurations `Tensor[n, *event_shape]` for a recipe stage's
+        `data = name`; `NotImplementedError`: the run reads `name` as a file."""
         raise NotImplementedError(f"{type(self).__name__} provides no training data")
 
     def report_figures(self, x: torch.Tensor, log_weight: torch.Tensor) -> Sequence[FigureRequest]:
-        """Figures to add to the report for flow samples ``x [n, *event_shape]`` with
-        ``log_weight [n]``; drawn by :mod:`boltzflow.reporting` (default: none)."""
+        """Figures to add to the report for flow samples `x [n, *event_shape]` with
+        `log_weight [n]`; drawn by [`boltzflow.reporting`][boltzflow.reporting] (default: none)."""
         return ()
 
     def report_data(self, x: torch.Tensor, log_weight: torch.Tensor) -> Mapping[str, Mapping]:
@@ -300,7 +309,8 @@ class Energy:
 
 
 class CallableEnergy(Energy):
-    """Wrap a plain function ``u(x) -> Tensor[batch]`` (in kT) as an :class:`Energy`.
+    """Wrap a plain function `u(x) -> Tensor[batch]` (in kT) as an
+    [`Energy`][boltzflow.energies.base.Energy].
 
     Example:
         >>> import torch

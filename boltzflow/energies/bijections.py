@@ -1,32 +1,36 @@
 r"""Constraining maps from an unconstrained space to a parameter's support.
 
-A Bayesian posterior is sampled in unconstrained coordinates :math:`y \in \mathbb R^{d_y}`
-and each parameter block is recovered as :math:`\theta = g(y)`. The density on ``y``,
+A Bayesian posterior is sampled in unconstrained coordinates $y \in \mathbb R^{d_y}$
+and each parameter block is recovered as $\theta = g(y)$. The density on `y`,
 
-.. math:: p_y(y) = p_\theta(g(y))\, J(y), \qquad \log J = \texttt{ladj},
+$$
+p_y(y) = p_\theta(g(y))\, J(y), \qquad \log J = \texttt{ladj},
+$$
 
-integrates to the same normalizer :math:`Z = \int p_\theta\, d\theta` (the evidence), so
-importance weights and log Z carry over unchanged. ``forward(y) -> (theta, ladj)`` with
-``y: [batch, in_dim]``, ``theta: [batch, out_dim]``, ``ladj: [batch]``;
-``inverse(theta) -> y`` is a right inverse (``forward(inverse(θ)) = θ``).
+integrates to the same normalizer $Z = \int p_\theta\, d\theta$ (the evidence), so
+importance weights and log Z carry over unchanged. `forward(y) -> (theta, ladj)` with
+`y: [batch, in_dim]`, `theta: [batch, out_dim]`, `ladj: [batch]`;
+`inverse(theta) -> y` is a right inverse (`forward(inverse(θ)) = θ`).
 
-* :class:`Identity` -- :math:`\mathbb R`.
-* :class:`Interval` -- :math:`(a, b)` by the logistic map
-  :math:`\theta = a + (b-a)\sigma(y)`, :math:`\log J = \log(b-a) + \log\sigma(y)
-  + \log\sigma(-y)`, or the probit map :math:`\theta = a + (b-a)\Phi(y)` (uniform priors
-  become standard normal); with ``log_scale=True`` the map acts on :math:`\log\theta`.
-* :class:`Positive` -- :math:`(a, \infty)` by :math:`\theta = a + e^y`, :math:`\log J = y`.
-* :class:`CircleLift` -- a periodic angle :math:`\theta \in [a, a+L)` is handled on the
-  circle, without a cut: :math:`y \in \mathbb R^2`, :math:`\theta = a + \tfrac{L}{2\pi}
-  (\operatorname{atan2}(y_2, y_1) \bmod 2\pi)`, and :math:`\log J = \log\tfrac{L}{2\pi}
-  - \tfrac12|y|^2`. In polar coordinates :math:`dy = r\,dr\,d\varphi` and
-  :math:`\int_0^\infty e^{-r^2/2} r\,dr = 1`, so :math:`\int p_y\,dy = \int p_\theta\,d\theta`
-  exactly. The density on ``y`` is continuous across :math:`\theta = a \equiv a+L`, and a
-  uniform angle becomes a standard bivariate normal in ``y``. This is the unit-vector
-  parametrisation of Stan (Stan Development Team, *Stan Reference Manual*, "Unit vector").
-* :class:`UnitDisk` -- the open unit disk (e.g. :math:`(\sqrt e\cos\omega, \sqrt e\sin\omega)`)
-  by the radial map :math:`h = y\,\tanh(r)/r`, :math:`r = |y|`, with
-  :math:`\log J = \log(1-\tanh^2 r) + \log(\tanh(r)/r)`.
+* [`Identity`][boltzflow.energies.bijections.Identity] -- $\mathbb R$.
+* [`Interval`][boltzflow.energies.bijections.Interval] -- $(a, b)$ by the logistic map
+  $\theta = a + (b-a)\sigma(y)$, $\log J = \log(b-a) + \log\sigma(y) + \log\sigma(-y)$, or the
+  probit map $\theta = a + (b-a)\Phi(y)$ (uniform priors become standard normal); with
+  `log_scale=True` the map acts on $\log\theta$.
+* [`Positive`][boltzflow.energies.bijections.Positive] -- $(a, \infty)$ by $\theta = a + e^y$,
+  $\log J = y$.
+* [`CircleLift`][boltzflow.energies.bijections.CircleLift] -- a periodic angle $\theta \in [a, a+L)$
+  is handled on the
+  circle, without a cut: $y \in \mathbb R^2$,
+  $\theta = a + \tfrac{L}{2\pi} (\operatorname{atan2}(y_2, y_1) \bmod 2\pi)$, and
+  $\log J = \log\tfrac{L}{2\pi} - \tfrac12|y|^2$. In polar coordinates $dy = r\,dr\,d\varphi$ and
+  $\int_0^\infty e^{-r^2/2} r\,dr = 1$, so $\int p_y\,dy = \int p_\theta\,d\theta$ exactly. The
+  density on `y` is continuous across $\theta = a \equiv a+L$, and a uniform angle becomes a
+  standard bivariate normal in `y`. This is the unit-vector parametrisation of Stan (Stan
+  Development Team, *Stan Reference Manual*, "Unit vector").
+* [`UnitDisk`][boltzflow.energies.bijections.UnitDisk] -- the open unit disk (e.g.
+  $(\sqrt e\cos\omega, \sqrt e\sin\omega)$) by the radial map $h = y\,\tanh(r)/r$, $r = |y|$, with
+  $\log J = \log(1-\tanh^2 r) + \log(\tanh(r)/r)$.
 """
 
 from __future__ import annotations
@@ -41,14 +45,14 @@ __all__ = ["Constrained", "Bijection", "Identity", "Interval", "Positive", "Circ
 
 
 class Constrained(NamedTuple):
-    """Constrained values ``theta [batch, out_dim]`` and log-Jacobian ``ladj [batch]``."""
+    """Constrained values `theta [batch, out_dim]` and log-Jacobian `ladj [batch]`."""
 
     theta: torch.Tensor
     ladj: torch.Tensor
 
 
 class Bijection:
-    """Base class: a map from ``in_dim`` unconstrained to ``out_dim`` constrained coordinates."""
+    """Base class: a map from `in_dim` unconstrained to `out_dim` constrained coordinates."""
 
     in_dim: int = 1
     out_dim: int = 1
@@ -67,7 +71,7 @@ class Bijection:
 
 
 class Identity(Bijection):
-    r"""The real line: :math:`\theta = y`, :math:`\log J = 0`."""
+    r"""The real line: $\theta = y$, $\log J = 0$."""
 
     def forward(self, y):
         return Constrained(y, y.new_zeros(y.shape[0]))
@@ -77,19 +81,19 @@ class Identity(Bijection):
 
 
 class Interval(Bijection):
-    r"""Open interval :math:`(a, b)` by a sigmoid link (on :math:`\log\theta` if ``log_scale``).
+    r"""Open interval $(a, b)$ by a sigmoid link (on $\log\theta$ if `log_scale`).
 
-    ``link="probit"`` uses the normal CDF, :math:`\theta = a + (b-a)\Phi(y)`,
-    :math:`\log J = \log(b-a) + \log\varphi(y)`: a uniform prior becomes exactly
-    :math:`\mathcal N(0, 1)` in ``y``, so prior-dominated directions have the Gaussian tails of a
-    flow's base distribution (the prior-whitening map of nested samplers). ``link="logit"``
+    `link="probit"` uses the normal CDF, $\theta = a + (b-a)\Phi(y)$,
+    $\log J = \log(b-a) + \log\varphi(y)$: a uniform prior becomes exactly
+    $\mathcal N(0, 1)$ in `y`, so prior-dominated directions have the Gaussian tails of a
+    flow's base distribution (the prior-whitening map of nested samplers). `link="logit"`
     uses the logistic function, whose exponential tails a Gaussian-base flow under-covers.
 
     Args:
-        low, high: the bounds ``a < b`` (both ``> 0`` when ``log_scale``).
-        log_scale: map ``y`` to :math:`\log\theta \in (\log a, \log b)`; suited to
+        low, high: the bounds `a < b` (both `> 0` when `log_scale`).
+        log_scale: map `y` to $\log\theta \in (\log a, \log b)$; suited to
             log-uniform priors spanning decades.
-        link: ``"probit"`` or ``"logit"``.
+        link: `"probit"` or `"logit"`.
     """
 
     def __init__(self, low: float, high: float, log_scale: bool = False, link: str = "logit"):
@@ -126,7 +130,7 @@ class Interval(Bijection):
 
 
 class Positive(Bijection):
-    r"""Half line :math:`(a, \infty)`: :math:`\theta = a + e^y`, :math:`\log J = y`."""
+    r"""Half line $(a, \infty)$: $\theta = a + e^y$, $\log J = y$."""
 
     def __init__(self, low: float = 0.0):
         self.low = float(low)
@@ -139,9 +143,9 @@ class Positive(Bijection):
 
 
 class CircleLift(Bijection):
-    r"""A periodic angle on :math:`[a, a+L)` lifted to :math:`\mathbb R^2` without a cut.
+    r"""A periodic angle on $[a, a+L)$ lifted to $\mathbb R^2$ without a cut.
 
-    See the module docstring: :math:`\log J = \log(L/2\pi) - |y|^2/2`. ``inverse`` returns
+    See the module docstring: $\log J = \log(L/2\pi) - |y|^2/2$. `inverse` returns
     the point at radius 1 (any radius is a valid preimage).
     """
 
@@ -166,14 +170,14 @@ class CircleLift(Bijection):
 
 
 def _tanh_over_r(r: torch.Tensor) -> torch.Tensor:
-    """``tanh(r)/r`` with its series near 0 (smooth, no 0/0)."""
+    """`tanh(r)/r` with its series near 0 (smooth, no 0/0)."""
     small = r < 1e-4
     safe = torch.where(small, torch.ones_like(r), r)
     return torch.where(small, 1 - r * r / 3, torch.tanh(safe) / safe)
 
 
 class UnitDisk(Bijection):
-    r"""The open unit disk by the radial map :math:`h = y\tanh(|y|)/|y|` (smooth at 0)."""
+    r"""The open unit disk by the radial map $h = y\tanh(|y|)/|y|$ (smooth at 0)."""
 
     in_dim = 2
     out_dim = 2

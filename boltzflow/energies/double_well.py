@@ -2,24 +2,27 @@ r"""Double-well benchmark targets with exact normalizers and exact samplers.
 
 The 2-D double well of stochastic normalizing flows (Wu, Köhler & Noé, NeurIPS 2020) is
 
-.. math:: u(x_1, x_2) = a\,x_1 + b\,x_1^2 + c\,x_1^4 + \tfrac12 x_2^2 \quad [kT],
+$$
+u(x_1, x_2) = a\,x_1 + b\,x_1^2 + c\,x_1^4 + \tfrac12 x_2^2 \quad [kT],
+$$
 
-with the defaults :math:`a=-0.5, b=-6, c=1`: two wells near :math:`x_1=\pm\sqrt3`, the right one
-lower by about :math:`2|a|\sqrt3 \approx 1.7` kT, separated by a barrier of about 9 kT.
-The many-well target of FAB (Midgley et al., ICLR 2023) stacks :math:`k` independent copies
-(:math:`2^k` modes; 65,536 for dimension 32).
+with the defaults $a=-0.5, b=-6, c=1$: two wells near $x_1=\pm\sqrt3$, the right one
+lower by about $2|a|\sqrt3 \approx 1.7$ kT, separated by a barrier of about 9 kT.
+The many-well target of FAB (Midgley et al., ICLR 2023) stacks $k$ independent copies
+($2^k$ modes; 65,536 for dimension 32).
 
 Everything "exact" reduces to the 1-D integral
-:math:`Z_1(\beta) = \int e^{-\beta(a x + b x^2 + c x^4)}\,dx`, computed once by adaptive
-quadrature (``scipy.integrate.quad``, relative tolerance 1e-12, split at the critical points and
-at 0), and to the Gaussian factor :math:`\sqrt{2\pi/\beta}`. Here :math:`\beta = T_{ref}/T`, so
-the exact quantities stay exact after :meth:`~boltzflow.energies.base.Energy.at_temperature`.
+$Z_1(\beta) = \int e^{-\beta(a x + b x^2 + c x^4)}\,dx$, computed once by adaptive
+quadrature (`scipy.integrate.quad`, relative tolerance 1e-12, split at the critical points and
+at 0), and to the Gaussian factor $\sqrt{2\pi/\beta}$. Here $\beta = T_{ref}/T$, so
+the exact quantities stay exact after
+[`at_temperature`][boltzflow.energies.base.Energy.at_temperature].
 
-The exact sampler draws :math:`x_1` by rejection from a piecewise-constant envelope: on each of
-2048 cells of :math:`[\ell, h]` the envelope is the exact maximum of :math:`e^{-\beta u_1}` (at an
+The exact sampler draws $x_1$ by rejection from a piecewise-constant envelope: on each of
+2048 cells of $[\ell, h]$ the envelope is the exact maximum of $e^{-\beta u_1}$ (at an
 end point or at a critical point of the quartic), so accepted draws follow the density exactly on
-:math:`[\ell, h]`. The interval is chosen so that :math:`\beta(u_1 - \min u_1) > 80` outside it;
-the truncated mass is below :math:`e^{-80} \approx 10^{-35}`, far under double precision.
+$[\ell, h]$. The interval is chosen so that $\beta(u_1 - \min u_1) > 80$ outside it;
+the truncated mass is below $e^{-80} \approx 10^{-35}$, far under double precision.
 """
 
 from __future__ import annotations
@@ -39,12 +42,12 @@ _N_CELLS = 2048
 
 
 class QuarticMarginal:
-    r"""The 1-D density :math:`p(x) \propto e^{-\beta(a x + b x^2 + c x^4)}`, :math:`c > 0`.
+    r"""The 1-D density $p(x) \propto e^{-\beta(a x + b x^2 + c x^4)}$, $c > 0$.
 
-    Attributes (all for the given ``beta``):
-        log_z, log_z_left, log_z_right: :math:`\log\int e^{-\beta u_1}` over
-            :math:`\mathbb R`, :math:`x<0` and :math:`x\ge0`.
-        mean: :math:`E[x]`; ``p_right``: :math:`P(x \ge 0)`.
+    Attributes (all for the given `beta`):
+        log_z, log_z_left, log_z_right: $\log\int e^{-\beta u_1}$ over
+            $\mathbb R$, $x<0$ and $x\ge0$.
+        mean: $E[x]$; `p_right`: $P(x \ge 0)$.
     """
 
     def __init__(self, a: float, b: float, c: float, beta: float = 1.0):
@@ -113,7 +116,7 @@ class QuarticMarginal:
         )
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Exact draws, ``Tensor[n]`` float64 on the generator's device."""
+        """Exact draws, `Tensor[n]` float64 on the generator's device."""
         device = generator.device if generator is not None else torch.device("cpu")
         edges, height = self._edges.to(device), self._height.to(device)
         cdf, width = self._cdf.to(device), float(edges[1] - edges[0])
@@ -131,16 +134,16 @@ class QuarticMarginal:
 
 
 class DoubleWell2D(Energy):
-    r"""Wu–Köhler–Noé double well :math:`u = a x_1 + b x_1^2 + c x_1^4 + \tfrac12 x_2^2` [kT].
+    r"""Wu–Köhler–Noé double well $u = a x_1 + b x_1^2 + c x_1^4 + \tfrac12 x_2^2$ [kT].
 
-    Exact: ``log_z`` (quadrature, see the module docstring), :meth:`sample`, the free energy
-    of the state sets ``"left_vs_right"`` (:math:`A: x_1<0`, :math:`B: x_1\ge0`,
-    :math:`\Delta F = -\ln(Z_A/Z_B)`, about +1.7 kT for the defaults) and the observable
-    ``"x1"`` (its mean, about 1.19 for the defaults).
+    Exact: `log_z` (quadrature, see the module docstring),
+    [`sample`][boltzflow.energies.double_well.DoubleWell2D.sample], the free energy of the state
+    sets `"left_vs_right"` ($A: x_1<0$, $B: x_1\ge0$, $\Delta F = -\ln(Z_A/Z_B)$, about +1.7 kT for
+    the defaults) and the observable `"x1"` (its mean, about 1.19 for the defaults).
 
     Args:
-        a, b, c: coefficients of the quartic in :math:`x_1` (``c > 0``).
-        temperature_scale: :math:`T/T_{ref}`; all exact quantities follow it.
+        a, b, c: coefficients of the quartic in $x_1$ (`c > 0`).
+        temperature_scale: $T/T_{ref}$; all exact quantities follow it.
 
     Example:
         >>> import torch
@@ -162,7 +165,7 @@ class DoubleWell2D(Energy):
         self.log_z = self.marginal.log_z + 0.5 * math.log(2 * math.pi / beta)
 
     def at_temperature(self, temperature_scale: float) -> DoubleWell2D:
-        """Copy at ``T = temperature_scale · T_ref`` with exact ``log_z`` and sampler."""
+        """Copy at `T = temperature_scale · T_ref` with exact `log_z` and sampler."""
         new = super().at_temperature(temperature_scale)
         new._setup()
         return new
@@ -174,7 +177,7 @@ class DoubleWell2D(Energy):
     def sample(
         self, n: int, generator: torch.Generator | None = None, *, dtype=torch.float64
     ) -> torch.Tensor:
-        """Exact samples ``Tensor[n, 2]`` on the generator's device."""
+        """Exact samples `Tensor[n, 2]` on the generator's device."""
         x1 = self.marginal.sample(n, generator)
         x2 = torch.randn(n, generator=generator, dtype=torch.float64, device=x1.device)
         return torch.stack([x1, x2 * math.sqrt(self.temperature_scale)], -1).to(dtype)
@@ -186,11 +189,11 @@ class DoubleWell2D(Energy):
         return {"left_vs_right": StateSets(lambda x: x[:, 0] < 0, lambda x: x[:, 0] >= 0)}
 
     def exact_observable(self, name: str) -> float:
-        """Exact expectation of an observable from :meth:`observables`."""
+        """Exact expectation of an observable from `observables`."""
         return {"x1": self.marginal.mean}[_known(name, self.observables())]
 
     def exact_free_energy(self, name: str) -> float:
-        r"""Exact :math:`\Delta F = -\ln(Z_A/Z_B)` in kT of a state set from :meth:`state_sets`."""
+        r"""Exact $\Delta F = -\ln(Z_A/Z_B)$ in kT of a state set from `state_sets`."""
         _known(name, self.state_sets())
         return self.marginal.log_z_right - self.marginal.log_z_left
 
@@ -200,20 +203,23 @@ class DoubleWell2D(Energy):
 
 
 class ManyWell(Energy):
-    r"""FAB many-well: :math:`k = d/2` independent copies of :class:`DoubleWell2D`.
+    r"""FAB many-well: $k = d/2$ independent copies of
+    [`DoubleWell2D`][boltzflow.energies.double_well.DoubleWell2D].
 
-    Coordinates are paired as :math:`(x_{2i}, x_{2i+1})`, :math:`i = 0..k-1`, the first of each
-    pair being the double-well coordinate. :math:`\log Z = k \log Z_{2D}`; :math:`2^k` modes.
+    Coordinates are paired as $(x_{2i}, x_{2i+1})$, $i = 0..k-1$, the first of each
+    pair being the double-well coordinate. $\log Z = k \log Z_{2D}$; $2^k$ modes.
 
-    Observables (exact expectations from :meth:`exact_observable`):
-        ``"x1"``: the first coordinate; ``"frac_x1_positive"``: the fraction of the :math:`k`
-        double-well coordinates that are :math:`\ge 0` (exact: :math:`P(x_1\ge0)`).
-    State sets: ``"first_pair_left_vs_right"`` (:math:`x_0<0` vs :math:`x_0\ge0`), exact
-    :math:`\Delta F` equal to that of the 2-D well.
+    Observables (exact expectations from
+        [`exact_observable`][boltzflow.energies.double_well.ManyWell.exact_observable]): `"x1"`: the
+        first coordinate; `"frac_x1_positive"`: the fraction of the $k$ double-well coordinates that
+        are $\ge 0$ (exact: $P(x_1\ge0)$).
+    State sets: `"first_pair_left_vs_right"` ($x_0<0$ vs $x_0\ge0$), exact
+    $\Delta F$ equal to that of the 2-D well.
 
     Args:
-        dim: even dimension :math:`d = 2k`.
-        a, b, c, temperature_scale: as in :class:`DoubleWell2D`.
+        dim: even dimension $d = 2k$.
+        a, b, c, temperature_scale: as in
+            [`DoubleWell2D`][boltzflow.energies.double_well.DoubleWell2D].
     """
 
     def __init__(
@@ -233,11 +239,11 @@ class ManyWell(Energy):
 
     @property
     def n_modes(self) -> int:
-        """Number of modes, :math:`2^k`."""
+        """Number of modes, $2^k$."""
         return 2**self.n_wells
 
     def at_temperature(self, temperature_scale: float) -> ManyWell:
-        """Copy at ``T = temperature_scale · T_ref`` with exact ``log_z`` and sampler."""
+        """Copy at `T = temperature_scale · T_ref` with exact `log_z` and sampler."""
         new = super().at_temperature(temperature_scale)
         new.well = self.well.at_temperature(temperature_scale)
         new.log_z = new.n_wells * new.well.log_z
@@ -252,7 +258,7 @@ class ManyWell(Energy):
     def sample(
         self, n: int, generator: torch.Generator | None = None, *, dtype=torch.float64
     ) -> torch.Tensor:
-        """Exact samples ``Tensor[n, dim]`` on the generator's device."""
+        """Exact samples `Tensor[n, dim]` on the generator's device."""
         x = self.well.sample(n * self.n_wells, generator)
         return x.reshape(n, self.dim).to(dtype)
 
@@ -268,12 +274,12 @@ class ManyWell(Energy):
         }
 
     def exact_observable(self, name: str) -> float:
-        """Exact expectation of an observable from :meth:`observables`."""
+        """Exact expectation of an observable from `observables`."""
         m = self.well.marginal
         return {"x1": m.mean, "frac_x1_positive": m.p_right}[_known(name, self.observables())]
 
     def exact_free_energy(self, name: str) -> float:
-        r"""Exact :math:`\Delta F = -\ln(Z_A/Z_B)` in kT of a state set from :meth:`state_sets`."""
+        r"""Exact $\Delta F = -\ln(Z_A/Z_B)$ in kT of a state set from `state_sets`."""
         _known(name, self.state_sets())
         return self.well.exact_free_energy("left_vs_right")
 

@@ -1,12 +1,15 @@
 r"""Gaussian-based benchmark targets with exact normalizers, samplers and expectations.
 
-* :class:`GaussianMixture` and :func:`gmm40` -- the 40-mode 2-D mixture of FAB
-  (Midgley et al., "Flow Annealed Importance Sampling Bootstrap", ICLR 2023);
-* :class:`Funnel` -- Neal's funnel (Neal, "Slice sampling", Ann. Statist. 2003);
-* :class:`CorrelatedGaussian` -- an ill-conditioned Gaussian.
+* [`GaussianMixture`][boltzflow.energies.gaussians.GaussianMixture] and
+  [`gmm40`][boltzflow.energies.gaussians.gmm40] -- the 40-mode 2-D mixture of FAB (Midgley et al.,
+  "Flow Annealed Importance Sampling Bootstrap", ICLR 2023);
+* [`Funnel`][boltzflow.energies.gaussians.Funnel] -- Neal's funnel (Neal, "Slice sampling", Ann.
+  Statist. 2003);
+* [`CorrelatedGaussian`][boltzflow.energies.gaussians.CorrelatedGaussian] -- an ill-conditioned
+  Gaussian.
 
-All energies are reduced (kT), batched (``Tensor[batch]``) and follow the dtype and device of
-``x``. Samplers return float64 (or ``dtype``) on the device of the ``torch.Generator``.
+All energies are reduced (kT), batched (`Tensor[batch]`) and follow the dtype and device of
+`x`. Samplers return float64 (or `dtype`) on the device of the `torch.Generator`.
 """
 
 from __future__ import annotations
@@ -34,25 +37,29 @@ def _known(name: str, table: Mapping) -> str:
 
 
 def _coordinate_observables(dim: int) -> dict[str, Observable]:
-    """Observables ``"x1"``, ``"x2"`` (the first two coordinates; their means are reported)."""
+    """Observables `"x1"`, `"x2"` (the first two coordinates; their means are reported)."""
     return {f"x{i + 1}": Observable(lambda x, i=i: x[:, i], "1") for i in range(min(dim, 2))}
 
 
 class GaussianMixture(Energy):
-    r"""Normalized mixture of axis-aligned Gaussians, :math:`\log Z = 0` exactly.
+    r"""Normalized mixture of axis-aligned Gaussians, $\log Z = 0$ exactly.
 
-    .. math::
-        u(x) = -\log \sum_k w_k \prod_j \mathcal N(x_j;\ \mu_{kj}, s_{kj}^2)\quad [kT].
+    $$
+    u(x) = -\log \sum_k w_k \prod_j \mathcal N(x_j;\ \mu_{kj}, s_{kj}^2)\quad [kT].
+    $$
 
     Args:
-        means: ``[K, d]`` component means.
-        scales: standard deviations, broadcastable to ``[K, d]`` (scalar, ``[K]`` or ``[K, d]``).
-        weights: ``[K]`` non-negative weights (normalized internally); default equal.
-        temperature_scale: :math:`T/T_{ref}`. A tempered mixture is no longer a mixture, so
-            away from :math:`T_{ref}` ``log_z`` is ``None`` and the exact methods raise.
+        means: `[K, d]` component means.
+        scales: standard deviations, broadcastable to `[K, d]` (scalar, `[K]` or `[K, d]`).
+        weights: `[K]` non-negative weights (normalized internally); default equal.
+        temperature_scale: $T/T_{ref}$. A tempered mixture is no longer a mixture, so
+            away from $T_{ref}$ `log_z` is `None` and the exact methods raise.
 
-    Exact: :meth:`sample`, :meth:`exact_mean`, :meth:`exact_observable` (``"x1"``, ``"x2"``).
-    :meth:`mode_assignment` labels configurations by their nearest mean, for mode coverage.
+    Exact: [`sample`][boltzflow.energies.gaussians.GaussianMixture.sample],
+    [`exact_mean`][boltzflow.energies.gaussians.GaussianMixture.exact_mean],
+    [`exact_observable`][boltzflow.energies.gaussians.GaussianMixture.exact_observable] (`"x1"`,
+    `"x2"`). [`mode_assignment`][boltzflow.energies.gaussians.GaussianMixture.mode_assignment]
+    labels configurations by their nearest mean, for mode coverage.
     """
 
     def __init__(self, means, scales=1.0, weights=None, temperature_scale: float = 1.0):
@@ -80,7 +87,7 @@ class GaussianMixture(Energy):
         return int(self.means.shape[0])
 
     def at_temperature(self, temperature_scale: float) -> GaussianMixture:
-        """Copy at ``T = temperature_scale · T_ref``; ``log_z`` is 0 at ``T_ref``, else ``None``."""
+        """Copy at `T = temperature_scale · T_ref`; `log_z` is 0 at `T_ref`, else `None`."""
         new = super().at_temperature(temperature_scale)
         new.log_z = 0.0 if new.temperature_scale == 1.0 else None
         return new
@@ -100,7 +107,7 @@ class GaussianMixture(Energy):
     def sample(
         self, n: int, generator: torch.Generator | None = None, *, dtype=torch.float64
     ) -> torch.Tensor:
-        """Exact samples ``Tensor[n, d]``: a component by its weight, then a Gaussian draw."""
+        """Exact samples `Tensor[n, d]`: a component by its weight, then a Gaussian draw."""
         self._require_reference_temperature("sample")
         dev = _device(generator)
         u = torch.rand(n, generator=generator, dtype=torch.float64, device=dev)
@@ -110,12 +117,12 @@ class GaussianMixture(Energy):
         return (self.means.to(dev)[k] + self.scales.to(dev)[k] * eps).to(dtype)
 
     def mode_assignment(self, x: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest mean (Euclidean), ``LongTensor[batch]``."""
+        """Index of the nearest mean (Euclidean), `LongTensor[batch]`."""
         self._check_shape(x)
         return torch.cdist(x, self.means.to(x)).argmin(-1)
 
     def exact_mean(self) -> torch.Tensor:
-        r""":math:`E[x] = \sum_k w_k \mu_k`, ``Tensor[d]`` float64."""
+        r"""$E[x] = \sum_k w_k \mu_k$, `Tensor[d]` float64."""
         self._require_reference_temperature("exact_mean")
         return self.weights @ self.means
 
@@ -123,7 +130,7 @@ class GaussianMixture(Energy):
         return _coordinate_observables(self.dim)
 
     def exact_observable(self, name: str) -> float:
-        """Exact expectation of an observable from :meth:`observables`."""
+        """Exact expectation of an observable from `observables`."""
         i = int(_known(name, self.observables())[1:]) - 1
         return float(self.exact_mean()[i])
 
@@ -136,18 +143,18 @@ def gmm40(
     n_modes: int = 40,
     temperature_scale: float = 1.0,
 ) -> GaussianMixture:
-    r"""FAB's 40-mode mixture: equal weights, means uniform in :math:`[-L, L]^d`, std ``scale``.
+    r"""FAB's 40-mode mixture: equal weights, means uniform in $[-L, L]^d$, std `scale`.
 
-    The means are, exactly::
+    The means are, exactly:
 
         g = torch.Generator().manual_seed(seed)                  # CPU generator
         r = torch.rand((n_modes, dim), generator=g)              # float32 draws
         means = ((r - 0.5) * 2 * loc_scaling).to(torch.float64)  # computed in float32
 
-    which reproduces the means of FAB's GMM target after ``torch.manual_seed(seed)`` (the same
+    which reproduces the means of FAB's GMM target after `torch.manual_seed(seed)` (the same
     CPU stream, the same float32 arithmetic). FAB sets the component standard deviation to
-    :math:`\mathrm{softplus}(\text{log\_var\_scaling})`; here it is ``scale`` (default 1).
-    The mixture is normalized: :math:`\log Z = 0`.
+    $\mathrm{softplus}(\text{log\_var\_scaling})$; here it is `scale` (default 1).
+    The mixture is normalized: $\log Z = 0$.
     """
     g = torch.Generator().manual_seed(int(seed))
     r = torch.rand((int(n_modes), int(dim)), generator=g)
@@ -156,32 +163,34 @@ def gmm40(
 
 
 class Funnel(Energy):
-    r"""Neal's funnel, normalized (:math:`\log Z = 0` at :math:`T_{ref}`).
+    r"""Neal's funnel, normalized ($\log Z = 0$ at $T_{ref}$).
 
-    :math:`x = (v, x_1, \dots, x_{d-1})` with :math:`v \sim \mathcal N(0, \sigma^2)` and
-    :math:`x_i \mid v \sim \mathcal N(0, e^{v})`:
+    $x = (v, x_1, \dots, x_{d-1})$ with $v \sim \mathcal N(0, \sigma^2)$ and
+    $x_i \mid v \sim \mathcal N(0, e^{v})$:
 
-    .. math::
-        u(x) = \frac{v^2}{2\sigma^2} + \tfrac12\log(2\pi\sigma^2)
-             + \tfrac12 e^{-v}\sum_{i\ge1} x_i^2 + \frac{d-1}{2}(v + \log 2\pi) \quad [kT].
+    $$
+    u(x) = \frac{v^2}{2\sigma^2} + \tfrac12\log(2\pi\sigma^2)
+         + \tfrac12 e^{-v}\sum_{i\ge1} x_i^2 + \frac{d-1}{2}(v + \log 2\pi) \quad [kT].
+    $$
 
-    Exact marginals: :math:`v \sim \mathcal N(0, \sigma^2)`; each :math:`x_i` is a Gaussian
-    scale mixture with mean 0 and variance :math:`E[e^v] = e^{\sigma^2/2}` (heavy-tailed).
-    At :math:`T = \tau T_{ref}` everything stays exact: with :math:`n = d-1`,
-    :math:`s^2 = \tau\sigma^2` and :math:`m = \tfrac n2 (1 - 1/\tau) s^2`,
-    :math:`v \sim \mathcal N(m, s^2)`, :math:`x_i \mid v \sim \mathcal N(0, \tau e^v)` and
+    Exact marginals: $v \sim \mathcal N(0, \sigma^2)$; each $x_i$ is a Gaussian
+    scale mixture with mean 0 and variance $E[e^v] = e^{\sigma^2/2}$ (heavy-tailed).
+    At $T = \tau T_{ref}$ everything stays exact: with $n = d-1$,
+    $s^2 = \tau\sigma^2$ and $m = \tfrac n2 (1 - 1/\tau) s^2$,
+    $v \sim \mathcal N(m, s^2)$, $x_i \mid v \sim \mathcal N(0, \tau e^v)$ and
 
-    .. math::
-        \log Z_\tau = \tfrac12\log(2\pi s^2) + \frac{m^2}{2 s^2}
-            - \frac{\log(2\pi\sigma^2) + n\log 2\pi}{2\tau} + \frac n2 \log(2\pi\tau).
+    $$
+    \log Z_\tau = \tfrac12\log(2\pi s^2) + \frac{m^2}{2 s^2}
+        - \frac{\log(2\pi\sigma^2) + n\log 2\pi}{2\tau} + \frac n2 \log(2\pi\tau).
+    $$
 
-    Observables ``"v"`` and ``"x1"`` (exact means :math:`m` and 0); state sets
-    ``"neck_vs_mouth"`` (:math:`v<0` vs :math:`v\ge0`), exact
-    :math:`\Delta F = \ln\Phi(m/s) - \ln\Phi(-m/s)` (0 at :math:`T_{ref}`).
+    Observables `"v"` and `"x1"` (exact means $m$ and 0); state sets
+    `"neck_vs_mouth"` ($v<0$ vs $v\ge0$), exact
+    $\Delta F = \ln\Phi(m/s) - \ln\Phi(-m/s)$ (0 at $T_{ref}$).
 
     Args:
-        dim: total dimension :math:`d \ge 2`.
-        sigma: standard deviation :math:`\sigma` of :math:`v` (Neal: 3).
+        dim: total dimension $d \ge 2$.
+        sigma: standard deviation $\sigma$ of $v$ (Neal: 3).
     """
 
     def __init__(self, dim: int = 10, sigma: float = 3.0, temperature_scale: float = 1.0):
@@ -205,7 +214,7 @@ class Funnel(Energy):
         )
 
     def at_temperature(self, temperature_scale: float) -> Funnel:
-        """Copy at ``T = temperature_scale · T_ref`` with exact ``log_z`` and sampler."""
+        """Copy at `T = temperature_scale · T_ref` with exact `log_z` and sampler."""
         new = super().at_temperature(temperature_scale)
         new._setup()
         return new
@@ -221,14 +230,14 @@ class Funnel(Energy):
         )
 
     def v_marginal(self) -> torch.distributions.Normal:
-        """Exact marginal of :math:`v` (float64) at the current temperature."""
+        """Exact marginal of $v$ (float64) at the current temperature."""
         loc = torch.tensor(self.v_mean, dtype=torch.float64)
         return torch.distributions.Normal(loc, torch.tensor(math.sqrt(self.v_var)).double())
 
     def sample(
         self, n: int, generator: torch.Generator | None = None, *, dtype=torch.float64
     ) -> torch.Tensor:
-        """Exact samples ``Tensor[n, d]`` (ancestral: :math:`v`, then :math:`x \\mid v`)."""
+        """Exact samples `Tensor[n, d]` (ancestral: $v$, then $x \\mid v$)."""
         dev = _device(generator)
         eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64, device=dev)
         v = self.v_mean + math.sqrt(self.v_var) * eps[:, :1]
@@ -242,11 +251,12 @@ class Funnel(Energy):
         return {"neck_vs_mouth": StateSets(lambda x: x[:, 0] < 0, lambda x: x[:, 0] >= 0)}
 
     def exact_observable(self, name: str) -> float:
-        """Exact expectation of an observable from :meth:`observables`."""
+        """Exact expectation of an observable from `observables`."""
         return {"v": self.v_mean, "x1": 0.0}[_known(name, self.observables())]
 
     def exact_free_energy(self, name: str) -> float:
-        r"""Exact :math:`\Delta F = -\ln(Z_A/Z_B)` in kT of a state set from :meth:`state_sets`."""
+        r"""Exact $\Delta F = -\ln(Z_A/Z_B)$ in kT of a state set from
+        [`state_sets`][boltzflow.energies.base.Energy.state_sets]."""
         _known(name, self.state_sets())
         t = self.v_mean / math.sqrt(self.v_var)
         t = torch.tensor(t, dtype=torch.float64)
@@ -254,23 +264,23 @@ class Funnel(Energy):
 
 
 class CorrelatedGaussian(Energy):
-    r"""Gaussian :math:`u(x) = \tfrac12 (x-\mu)^\top\Sigma^{-1}(x-\mu)` [kT] (unnormalized).
+    r"""Gaussian $u(x) = \tfrac12 (x-\mu)^\top\Sigma^{-1}(x-\mu)$ [kT] (unnormalized).
 
-    :math:`\log Z = \tfrac12\log\det(2\pi\Sigma)`; at :math:`T = \tau T_{ref}` the target is
-    :math:`\mathcal N(\mu, \tau\Sigma)` and :math:`\log Z = \tfrac12\log\det(2\pi\tau\Sigma)`.
+    $\log Z = \tfrac12\log\det(2\pi\Sigma)$; at $T = \tau T_{ref}$ the target is
+    $\mathcal N(\mu, \tau\Sigma)$ and $\log Z = \tfrac12\log\det(2\pi\tau\Sigma)$.
 
-    Either pass ``mean`` and/or ``cov`` explicitly, or let ``cov`` be drawn from ``seed``:
-    :math:`\Sigma = Q\,\mathrm{diag}(\lambda)\,Q^\top` with :math:`Q` Haar-random (QR of a
-    float64 standard-normal matrix from ``torch.Generator().manual_seed(seed)``, signs fixed by
-    :math:`\mathrm{diag}(R) > 0`) and :math:`\lambda_i = \kappa^{i/(d-1) - 1/2}`, so the condition
-    number is :math:`\kappa` and :math:`\det\Sigma = 1`. ``mean`` defaults to zero.
+    Either pass `mean` and/or `cov` explicitly, or let `cov` be drawn from `seed`:
+    $\Sigma = Q\,\mathrm{diag}(\lambda)\,Q^\top$ with $Q$ Haar-random (QR of a
+    float64 standard-normal matrix from `torch.Generator().manual_seed(seed)`, signs fixed by
+    $\mathrm{diag}(R) > 0$) and $\lambda_i = \kappa^{i/(d-1) - 1/2}$, so the condition
+    number is $\kappa$ and $\det\Sigma = 1$. `mean` defaults to zero.
 
     Attributes:
-        mean (``Tensor[d]``), cov (``Tensor[d, d]``): the reference-temperature parameters.
+        mean (`Tensor[d]`), cov (`Tensor[d, d]`): the reference-temperature parameters.
 
     Args:
         mean, cov: explicit parameters (sequences or tensors).
-        dim, condition_number, seed: used when ``cov`` is not given.
+        dim, condition_number, seed: used when `cov` is not given.
     """
 
     def __init__(
@@ -324,7 +334,7 @@ class CorrelatedGaussian(Energy):
         self.log_z = 0.5 * (self.dim * math.log(2 * math.pi * self.temperature_scale) + log_det)
 
     def at_temperature(self, temperature_scale: float) -> CorrelatedGaussian:
-        """Copy at ``T = temperature_scale · T_ref`` with exact ``log_z`` and sampler."""
+        """Copy at `T = temperature_scale · T_ref` with exact `log_z` and sampler."""
         new = super().at_temperature(temperature_scale)
         new._setup()
         return new
@@ -337,7 +347,7 @@ class CorrelatedGaussian(Energy):
     def sample(
         self, n: int, generator: torch.Generator | None = None, *, dtype=torch.float64
     ) -> torch.Tensor:
-        r"""Exact samples ``Tensor[n, d]``: :math:`\mu + \sqrt\tau L\varepsilon`."""
+        r"""Exact samples `Tensor[n, d]`: $\mu + \sqrt\tau L\varepsilon$."""
         dev = _device(generator)
         eps = torch.randn(n, self.dim, generator=generator, dtype=torch.float64, device=dev)
         x = self.mean.to(dev) + math.sqrt(self.temperature_scale) * eps @ self._chol.to(dev).T
@@ -347,5 +357,5 @@ class CorrelatedGaussian(Energy):
         return _coordinate_observables(self.dim)
 
     def exact_observable(self, name: str) -> float:
-        """Exact expectation of an observable from :meth:`observables`."""
+        """Exact expectation of an observable from `observables`."""
         return float(self.mean[int(_known(name, self.observables())[1:]) - 1])

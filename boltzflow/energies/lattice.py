@@ -4,28 +4,30 @@ r"""Lattice field theories on a periodic L×L lattice: scalar φ⁴ and U(1) gau
 Phys. Rev. D 100, 034515; and the lattice-flow tutorial of Albergo et al. 2021,
 arXiv:2101.08176)
 
-.. math:: S(\phi) = \sum_x \Big[\sum_{\mu=1}^{d} (\phi_{x+\hat\mu}-\phi_x)^2 + m^2\phi_x^2
-          + \lambda\phi_x^4\Big].
+$$
+S(\phi) = \sum_x \Big[\sum_{\mu=1}^{d} (\phi_{x+\hat\mu}-\phi_x)^2 + m^2\phi_x^2
++ \lambda\phi_x^4\Big].
+$$
 
 The two other conventions in use are related to it by a field rescaling
-:math:`\phi_\text{other} = a\,\phi`, which shifts :math:`\log Z_\text{other} = \log Z + V\log a`:
+$\phi_\text{other} = a\,\phi$, which shifts $\log Z_\text{other} = \log Z + V\log a$:
 
-* ½-normalised with λ/4! (:func:`from_half_normalized`):
-  :math:`S = \sum_x[\tfrac12\sum_\mu(\nabla_\mu\phi)^2 + \tfrac12 m^2\phi^2 + \tfrac{g}{4!}\phi^4]`
-  gives :math:`a = \sqrt2`, :math:`m^2 = m^2`, :math:`\lambda = g/6`;
-* hopping form (:func:`from_hopping`):
-  :math:`S = \sum_x[-2\kappa\sum_\mu\phi_x\phi_{x+\hat\mu}
-  + (1-2\lambda_h)\phi^2 + \lambda_h\phi^4]`
-  gives :math:`a = 1/\sqrt\kappa`, :math:`m^2 = (1-2\lambda_h)/\kappa - 2d`,
-  :math:`\lambda = \lambda_h/\kappa^2`.
+* ½-normalised with λ/4!
+  ([`from_half_normalized`][boltzflow.energies.lattice.from_half_normalized]):
+  $S = \sum_x[\tfrac12\sum_\mu(\nabla_\mu\phi)^2 + \tfrac12 m^2\phi^2 + \tfrac{g}{4!}\phi^4]$ gives
+  $a = \sqrt2$, $m^2 = m^2$, $\lambda = g/6$;
+* hopping form ([`from_hopping`][boltzflow.energies.lattice.from_hopping]):
+  $S = \sum_x[-2\kappa\sum_\mu\phi_x\phi_{x+\hat\mu} + (1-2\lambda_h)\phi^2 + \lambda_h\phi^4]$
+  gives $a = 1/\sqrt\kappa$, $m^2 = (1-2\lambda_h)/\kappa - 2d$,
+  $\lambda = \lambda_h/\kappa^2$.
 
 **U(1)** (Wilson 1974; Kanwar et al. 2020, Phys. Rev. Lett. 125, 121601): link angles
-``θ[μ, x0, x1]`` (event shape ``[2, L, L]``, μ = 0, 1 along lattice axes 0, 1), plaquette
-:math:`\theta_P(x) = \theta_0(x) + \theta_1(x+\hat0) - \theta_0(x+\hat1) - \theta_1(x)`,
-action :math:`S = -\beta\sum_P\cos\theta_P`, measure flat :math:`d\theta` on
-:math:`[-\pi,\pi)^{2V}` (so ``log_z`` is the Haar value plus :math:`2V\log 2\pi`). Gauge
-transformations :math:`\theta_\mu(x) \to \alpha(x) + \theta_\mu(x) - \alpha(x+\hat\mu)` leave
-:math:`S` invariant. All energies are dimensionless (the action is the reduced energy).
+`θ[μ, x0, x1]` (event shape `[2, L, L]`, μ = 0, 1 along lattice axes 0, 1), plaquette
+$\theta_P(x) = \theta_0(x) + \theta_1(x+\hat0) - \theta_0(x+\hat1) - \theta_1(x)$,
+action $S = -\beta\sum_P\cos\theta_P$, measure flat $d\theta$ on
+$[-\pi,\pi)^{2V}$ (so `log_z` is the Haar value plus $2V\log 2\pi$). Gauge
+transformations $\theta_\mu(x) \to \alpha(x) + \theta_\mu(x) - \alpha(x+\hat\mu)$ leave
+$S$ invariant. All energies are dimensionless (the action is the reduced energy).
 """
 
 from __future__ import annotations
@@ -59,9 +61,9 @@ _NDIM = 2
 
 # =============================================================================== φ⁴
 class Phi4Conversion(NamedTuple):
-    """Parameters in the other convention and the field scale ``φ_other = field_scale · φ``.
+    """Parameters in the other convention and the field scale `φ_other = field_scale · φ`.
 
-    ``log Z_other = log Z_no½ + V · log(field_scale)``.
+    `log Z_other = log Z_no½ + V · log(field_scale)`.
     """
 
     m2: float
@@ -70,17 +72,17 @@ class Phi4Conversion(NamedTuple):
 
 
 def from_half_normalized(m2: float, g: float) -> Phi4Conversion:
-    """(m², g) of the ½-normalised action with g/4! → no-½ ``(m2, lam)``; scale is √2."""
+    """(m², g) of the ½-normalised action with g/4! → no-½ `(m2, lam)`; scale is √2."""
     return Phi4Conversion(float(m2), float(g) / 6.0, math.sqrt(2.0))
 
 
 def to_half_normalized(m2: float, lam: float) -> Phi4Conversion:
-    """No-½ ``(m2, lam)`` → ½-normalised ``(m2, g)``; ``φ_half = √2 φ``."""
+    """No-½ `(m2, lam)` → ½-normalised `(m2, g)`; `φ_half = √2 φ`."""
     return Phi4Conversion(float(m2), 6.0 * float(lam), math.sqrt(2.0))
 
 
 def from_hopping(kappa: float, lam: float, ndim: int = _NDIM) -> Phi4Conversion:
-    """Hopping ``(κ, λ_h)`` → no-½ ``(m2, lam)``; ``φ_hop = φ / √κ``."""
+    """Hopping `(κ, λ_h)` → no-½ `(m2, lam)`; `φ_hop = φ / √κ`."""
     if not kappa > 0:
         raise ValueError(f"kappa must be positive, got {kappa}")
     return Phi4Conversion(
@@ -89,9 +91,9 @@ def from_hopping(kappa: float, lam: float, ndim: int = _NDIM) -> Phi4Conversion:
 
 
 def to_hopping(m2: float, lam: float, ndim: int = _NDIM) -> Phi4Conversion:
-    r"""No-½ ``(m2, lam)`` → hopping ``(κ, λ_h)`` (returned as ``m2=κ, lam=λ_h``).
+    r"""No-½ `(m2, lam)` → hopping `(κ, λ_h)` (returned as `m2=κ, lam=λ_h`).
 
-    κ is the positive root of :math:`2\lambda\kappa^2 + (m^2+2d)\kappa - 1 = 0`.
+    κ is the positive root of $2\lambda\kappa^2 + (m^2+2d)\kappa - 1 = 0$.
     """
     b = m2 + 2.0 * ndim
     if lam > 0:
@@ -104,8 +106,8 @@ def to_hopping(m2: float, lam: float, ndim: int = _NDIM) -> Phi4Conversion:
 
 
 def phi4_action(phi: torch.Tensor, m2: float, lam: float, convention: str = "no-half"):
-    """φ⁴ action of ``phi [batch, L, L]`` in ``convention``: ``"no-half"``, ``"half"`` (then
-    ``lam`` is g of g/4!) or ``"hopping"`` (then ``m2`` is κ and ``lam`` is λ_h)."""
+    """φ⁴ action of `phi [batch, L, L]` in `convention`: `"no-half"`, `"half"` (then
+    `lam` is g of g/4!) or `"hopping"` (then `m2` is κ and `lam` is λ_h)."""
     dims = tuple(range(1, phi.dim()))
     hop = sum(phi * torch.roll(phi, -1, d) for d in dims)  # Σ_μ φ_x φ_{x+μ}
     p2 = phi * phi
@@ -124,12 +126,12 @@ class Phi4(Energy):
     r"""Scalar φ⁴ on a periodic L×L lattice, no-½ convention (module docstring).
 
     Args:
-        L: lattice extent; event shape ``[L, L]``.
+        L: lattice extent; event shape `[L, L]`.
         m2, lam: bare mass squared and quartic coupling (no-½ convention).
 
-    For ``lam == 0`` and ``m2 > 0`` the field is Gaussian: ``log_z`` is exact
-    (:func:`~boltzflow.energies.lattice_exact.free_field_log_z`) and :meth:`sample` draws
-    exact configurations through the FFT.
+    For `lam == 0` and `m2 > 0` the field is Gaussian: `log_z` is exact
+    ([`free_field_log_z`][boltzflow.energies.lattice_exact.free_field_log_z]) and
+    [`sample`][boltzflow.energies.lattice.Phi4.sample] draws exact configurations through the FFT.
     """
 
     def __init__(self, L: int = 8, m2: float = -4.0, lam: float = 8.0, temperature_scale=1.0):
@@ -145,7 +147,7 @@ class Phi4(Energy):
         return phi4_action(x, self.m2, self.lam)
 
     def sample(self, n, generator=None):
-        """Exact free-field samples :math:`\\phi = C^{1/2}\\xi` (circulant square root)."""
+        """Exact free-field samples $\\phi = C^{1/2}\\xi$ (circulant square root)."""
         if self.lam != 0:
             raise NotImplementedError("exact samples exist only for the free field (lam = 0)")
         k2 = torch.as_tensor(lattice_exact.lattice_momenta_sq(self.L), dtype=torch.float64)
@@ -166,9 +168,9 @@ class Phi4(Energy):
         }
 
     def exact_observable(self, name: str) -> float:
-        """Exact expectations: ``magnetization`` (0 by symmetry) and, for the free field (where
-        the magnetization m is Gaussian with variance χ₂/V), ``susceptibility`` χ₂ = 1/(2m²),
-        ``abs_magnetization`` √(2χ₂/πV), ``magnetization_4`` 3(χ₂/V)² and ``action_density``
+        """Exact expectations: `magnetization` (0 by symmetry) and, for the free field (where
+        the magnetization m is Gaussian with variance χ₂/V), `susceptibility` χ₂ = 1/(2m²),
+        `abs_magnetization` √(2χ₂/πV), `magnetization_4` 3(χ₂/V)² and `action_density`
         1/2 (KeyError otherwise)."""
         if name == "magnetization":
             return 0.0
@@ -201,8 +203,8 @@ class Phi4(Energy):
 
 
 def binder_cumulant(x: torch.Tensor, log_weight: torch.Tensor | None = None) -> float:
-    r"""Binder cumulant :math:`U_4 = 1 - \langle M^4\rangle / (3\langle M^2\rangle^2)` of
-    ``x [n, L, L]`` (self-normalised importance weights if ``log_weight`` is given)."""
+    r"""Binder cumulant $U_4 = 1 - \langle M^4\rangle / (3\langle M^2\rangle^2)$ of
+    `x [n, L, L]` (self-normalised importance weights if `log_weight` is given)."""
     m = x.reshape(x.shape[0], -1).mean(-1).double()
     if log_weight is None:
         w = torch.full_like(m, 1.0 / m.numel())
@@ -220,42 +222,42 @@ def _histogram(filename, title, label, values, log_weight, discrete=False) -> Fi
 
 # ============================================================================== U(1)
 def wrap_angle(theta: torch.Tensor) -> torch.Tensor:
-    """Map angles to ``[-π, π)``."""
+    """Map angles to `[-π, π)`."""
     return torch.remainder(theta + math.pi, 2 * math.pi) - math.pi
 
 
 def plaquettes(links: torch.Tensor) -> torch.Tensor:
-    r"""Plaquette angles :math:`\theta_P(x)`, not wrapped: ``[batch, 2, L, L] -> [batch, L, L]``."""
+    r"""Plaquette angles $\theta_P(x)$, not wrapped: `[batch, 2, L, L] -> [batch, L, L]`."""
     t0, t1 = links[:, 0], links[:, 1]
     return t0 + torch.roll(t1, -1, 1) - torch.roll(t0, -1, 2) - t1
 
 
 def topological_charge(links: torch.Tensor) -> torch.Tensor:
-    r"""Geometric charge :math:`Q = (2\pi)^{-1}\sum_P \arg e^{i\theta_P}`, rounded to the
-    integer it equals on a torus, ``[batch]``."""
+    r"""Geometric charge $Q = (2\pi)^{-1}\sum_P \arg e^{i\theta_P}$, rounded to the
+    integer it equals on a torus, `[batch]`."""
     q = wrap_angle(plaquettes(links)).sum(dim=(1, 2)) / (2 * math.pi)
     return torch.round(q)
 
 
 def gauge_transform(links: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    r""":math:`\theta_\mu(x) \to \alpha(x) + \theta_\mu(x) - \alpha(x+\hat\mu)`, wrapped.
+    r"""$\theta_\mu(x) \to \alpha(x) + \theta_\mu(x) - \alpha(x+\hat\mu)$, wrapped.
 
-    ``alpha`` is ``[batch, L, L]`` (or ``[L, L]``)."""
+    `alpha` is `[batch, L, L]` (or `[L, L]`)."""
     alpha = alpha.expand(links.shape[0], *links.shape[2:])
     shifted = torch.stack([torch.roll(alpha, -1, 1), torch.roll(alpha, -1, 2)], dim=1)
     return wrap_angle(links + alpha.unsqueeze(1) - shifted)
 
 
 class U1Wilson(Energy):
-    r"""2-D U(1) lattice gauge theory with the Wilson action :math:`-\beta\sum_P\cos\theta_P`.
+    r"""2-D U(1) lattice gauge theory with the Wilson action $-\beta\sum_P\cos\theta_P$.
 
     Args:
-        L: lattice extent (V = L² plaquettes); event shape ``[2, L, L]``.
+        L: lattice extent (V = L² plaquettes); event shape `[2, L, L]`.
         beta: inverse coupling β.
 
-    ``log_z`` is exact for the flat measure on :math:`[-\pi,\pi)^{2V}`; :attr:`exact` holds the
-    Haar log Z, ⟨cos P⟩, ⟨Q²⟩ and χ_t (:func:`~boltzflow.energies.lattice_exact.u1_exact`).
-    ``period = 2π`` marks the configuration space as a torus (samplers wrap positions).
+    `log_z` is exact for the flat measure on $[-\pi,\pi)^{2V}$; `exact` holds the
+    Haar log Z, ⟨cos P⟩, ⟨Q²⟩ and χ_t ([`u1_exact`][boltzflow.energies.lattice_exact.u1_exact]).
+    `period = 2π` marks the configuration space as a torus (samplers wrap positions).
     """
 
     period = 2 * math.pi
@@ -284,7 +286,7 @@ class U1Wilson(Energy):
         }
 
     def exact_observable(self, name: str) -> float:
-        """Exact expectation of the observable ``name`` (KeyError if there is none)."""
+        """Exact expectation of the observable `name` (KeyError if there is none)."""
         e = self.exact
         return {
             "plaquette": e.mean_plaquette,

@@ -1,42 +1,45 @@
 r"""Exact finite-volume results for the free scalar field and 2-D U(1) gauge theory.
 
 **Free field** (φ⁴ with λ = 0, m² > 0) in the no-½ convention of
-:mod:`boltzflow.energies.lattice`,
-:math:`S = \sum_x [\sum_\mu (\phi_{x+\mu}-\phi_x)^2 + m^2\phi_x^2] = \phi^\top (K + m^2)\phi`,
-with :math:`K` the periodic lattice Laplacian whose eigenvalues are
-:math:`\hat k^2 = \sum_\mu 4\sin^2(\pi k_\mu/L)`. The field is Gaussian with covariance
-:math:`C = [2(K+m^2)]^{-1}`, so
+[`boltzflow.energies.lattice`][boltzflow.energies.lattice],
+$S = \sum_x [\sum_\mu (\phi_{x+\mu}-\phi_x)^2 + m^2\phi_x^2] = \phi^\top (K + m^2)\phi$,
+with $K$ the periodic lattice Laplacian whose eigenvalues are
+$\hat k^2 = \sum_\mu 4\sin^2(\pi k_\mu/L)$. The field is Gaussian with covariance
+$C = [2(K+m^2)]^{-1}$, so
 
-.. math::
-    \log Z = \tfrac V2 \log\pi - \tfrac12\sum_k \log(m^2+\hat k^2), \quad
-    \langle\phi^2\rangle = \frac1V\sum_k \frac{1}{2(m^2+\hat k^2)}, \quad
-    V\langle \bar\phi^2\rangle = \frac{1}{2m^2}, \quad \langle S\rangle = \frac V2 .
+$$
+\log Z = \tfrac V2 \log\pi - \tfrac12\sum_k \log(m^2+\hat k^2), \quad
+\langle\phi^2\rangle = \frac1V\sum_k \frac{1}{2(m^2+\hat k^2)}, \quad
+V\langle \bar\phi^2\rangle = \frac{1}{2m^2}, \quad \langle S\rangle = \frac V2 .
+$$
 
-(In the ½-normalised convention add :math:`\tfrac V2\log 2` to log Z; see
-:func:`boltzflow.energies.lattice.from_half_normalized`.)
+(In the ½-normalised convention add $\tfrac V2\log 2$ to log Z; see
+[`boltzflow.energies.lattice.from_half_normalized`][boltzflow.energies.lattice.from_half_normalized].)
 
-**2-D U(1)** with Wilson action :math:`S = -\beta\sum_P \cos\theta_P` on a periodic L×L lattice
+**2-D U(1)** with Wilson action $S = -\beta\sum_P \cos\theta_P$ on a periodic L×L lattice
 (V = L² plaquettes). After gauge fixing the plaquettes are independent up to one global
 constraint, which gives the θ-vacuum partition function (Haar measure, Gross & Witten 1980;
 Bonati & Rossi 2019, Phys. Rev. D 99, 054503)
 
-.. math::
-    Z(\theta) = \sum_{n\in\mathbb Z} g_{n+\theta/2\pi}(\beta)^V, \qquad
-    g_\nu(\beta) = \frac1{2\pi}\int_{-\pi}^{\pi} e^{\beta\cos\phi}\cos(\nu\phi)\,d\phi,
-    \quad g_n = I_n(\beta),
+$$
+Z(\theta) = \sum_{n\in\mathbb Z} g_{n+\theta/2\pi}(\beta)^V, \qquad
+g_\nu(\beta) = \frac1{2\pi}\int_{-\pi}^{\pi} e^{\beta\cos\phi}\cos(\nu\phi)\,d\phi,
+\quad g_n = I_n(\beta),
+$$
 
-so :math:`\log Z = V\log I_0 + \log(1 + 2\sum_{n\ge1}(I_n/I_0)^V)`,
-:math:`\langle\cos P\rangle = V^{-1}\partial_\beta \log Z` and, for the geometric charge
-:math:`Q = (2\pi)^{-1}\sum_P \arg e^{i\theta_P}`, :math:`\langle Q^2\rangle = -Z''(0)/Z(0)`.
-With :math:`\nu = n + \theta/2\pi`,
+so $\log Z = V\log I_0 + \log(1 + 2\sum_{n\ge1}(I_n/I_0)^V)$,
+$\langle\cos P\rangle = V^{-1}\partial_\beta \log Z$ and, for the geometric charge
+$Q = (2\pi)^{-1}\sum_P \arg e^{i\theta_P}$, $\langle Q^2\rangle = -Z''(0)/Z(0)$.
+With $\nu = n + \theta/2\pi$,
 
-.. math::
-    Z''(0) = \frac{1}{4\pi^2}\sum_n \left[V(V-1) g_n^{V-2} (\partial_\nu g_n)^2
-             + V g_n^{V-1}\partial_\nu^2 g_n\right],
+$$
+Z''(0) = \frac{1}{4\pi^2}\sum_n \left[V(V-1) g_n^{V-2} (\partial_\nu g_n)^2
+         + V g_n^{V-1}\partial_\nu^2 g_n\right],
+$$
 
-where the ν-derivatives are computed by quadrature. The flat measure :math:`d\theta` on
-:math:`[-\pi,\pi)^{2V}` (which is what :class:`~boltzflow.energies.lattice.U1Wilson` and a
-uniform flow base use) adds :math:`2V\log 2\pi` to log Z.
+where the ν-derivatives are computed by quadrature. The flat measure $d\theta$ on
+$[-\pi,\pi)^{2V}$ (which is what [`U1Wilson`][boltzflow.energies.lattice.U1Wilson] and a
+uniform flow base use) adds $2V\log 2\pi$ to log Z.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ __all__ = [
 
 # ------------------------------------------------------------------------ free field
 def lattice_momenta_sq(L: int, ndim: int = 2) -> np.ndarray:
-    r"""All :math:`\hat k^2 = \sum_\mu 4\sin^2(\pi k_\mu/L)`, shape ``[L]*ndim``."""
+    r"""All $\hat k^2 = \sum_\mu 4\sin^2(\pi k_\mu/L)$, shape `[L]*ndim`."""
     s = 4.0 * np.sin(np.pi * np.arange(L) / L) ** 2
     grids = np.meshgrid(*([s] * ndim), indexing="ij")
     return np.sum(grids, axis=0)
@@ -74,28 +77,28 @@ def _check_free(m2: float) -> None:
 
 
 def free_field_log_z(L: int, m2: float, ndim: int = 2) -> float:
-    r"""Exact :math:`\log Z` of the free field in the no-½ convention (see module docstring)."""
+    r"""Exact $\log Z$ of the free field in the no-½ convention (see module docstring)."""
     _check_free(m2)
     k2 = lattice_momenta_sq(L, ndim)
     return float(0.5 * k2.size * math.log(math.pi) - 0.5 * np.sum(np.log(m2 + k2)))
 
 
 def free_field_phi2(L: int, m2: float, ndim: int = 2) -> float:
-    r"""Exact :math:`\langle\phi_x^2\rangle = V^{-1}\sum_k [2(m^2+\hat k^2)]^{-1}` (no-½)."""
+    r"""Exact $\langle\phi_x^2\rangle = V^{-1}\sum_k [2(m^2+\hat k^2)]^{-1}$ (no-½)."""
     _check_free(m2)
     k2 = lattice_momenta_sq(L, ndim)
     return float(np.mean(0.5 / (m2 + k2)))
 
 
 def free_field_susceptibility(m2: float) -> float:
-    r"""Exact two-point susceptibility :math:`\chi_2 = V\langle\bar\phi^2\rangle = 1/(2m^2)`."""
+    r"""Exact two-point susceptibility $\chi_2 = V\langle\bar\phi^2\rangle = 1/(2m^2)$."""
     _check_free(m2)
     return 0.5 / m2
 
 
 # ------------------------------------------------------------------------------- U(1)
 class U1Exact(NamedTuple):
-    """Exact finite-volume U(1) results (``log_z_flat = log_z_haar + 2V log 2π``)."""
+    """Exact finite-volume U(1) results (`log_z_flat = log_z_haar + 2V log 2π`)."""
 
     log_z_haar: float
     log_z_flat: float
@@ -105,7 +108,7 @@ class U1Exact(NamedTuple):
 
 
 def _n_terms(L: int, beta: float, rel: float = 1e-20) -> int:
-    """Largest |n| with (I_n/I_0)^V above ``rel`` (the rest is below double precision)."""
+    """Largest |n| with (I_n/I_0)^V above `rel` (the rest is below double precision)."""
     V = L * L
     i0 = special.ive(0, beta)
     n = 1
@@ -120,7 +123,7 @@ def _check_u1(L: int, beta: float) -> None:
 
 
 def u1_log_z(L: int, beta: float, measure: str = "haar") -> float:
-    r"""Exact :math:`\log Z` (``measure`` ``"haar"``: dθ/2π per link, or ``"flat"``: dθ)."""
+    r"""Exact $\log Z$ (`measure` `"haar"`: dθ/2π per link, or `"flat"`: dθ)."""
     _check_u1(L, beta)
     V = L * L
     n = np.arange(1, _n_terms(L, beta) + 1)
@@ -145,8 +148,9 @@ def _weights(L: int, beta: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def u1_mean_plaquette(L: int, beta: float) -> float:
-    r"""Exact :math:`\langle\cos\theta_P\rangle = V^{-1}\partial_\beta\log Z
-    = \sum_n w_n I_n'(\beta)/I_n(\beta)`, with :math:`w_n \propto I_n^V`."""
+    r"""Exact
+    $\langle\cos\theta_P\rangle = V^{-1}\partial_\beta\log Z = \sum_n w_n I_n'(\beta)/I_n(\beta)$,
+    with $w_n \propto I_n^V$."""
     _check_u1(L, beta)
     n, w = _weights(L, beta)
     m = np.abs(n)
@@ -155,9 +159,9 @@ def u1_mean_plaquette(L: int, beta: float) -> float:
 
 
 def _g_derivatives(n: np.ndarray, beta: float, nodes: int = 1024) -> tuple[np.ndarray, ...]:
-    r"""Scaled :math:`e^{-\beta}(g_n, \partial_\nu g_n, \partial^2_\nu g_n)` for integers
-    ``n >= 0``, by Gauss–Legendre quadrature on :math:`[0,\pi]` (the integrands are even in φ
-    and analytic there, so ``nodes`` = 1024 reaches double precision for |n| ≲ 200)."""
+    r"""Scaled $e^{-\beta}(g_n, \partial_\nu g_n, \partial^2_\nu g_n)$ for integers
+    `n >= 0`, by Gauss–Legendre quadrature on $[0,\pi]$ (the integrands are even in φ
+    and analytic there, so `nodes` = 1024 reaches double precision for |n| ≲ 200)."""
     x, w = np.polynomial.legendre.leggauss(nodes)
     phi = 0.5 * math.pi * (x + 1.0)
     w = 0.5 * w  # (1/π)∫_0^π f dφ = (1/2)Σ w f(φ) with the [0,π] rescaling
@@ -170,7 +174,7 @@ def _g_derivatives(n: np.ndarray, beta: float, nodes: int = 1024) -> tuple[np.nd
 
 
 def u1_topological_q2(L: int, beta: float) -> float:
-    r"""Exact :math:`\langle Q^2\rangle = -Z''(0)/Z(0)` for the geometric charge."""
+    r"""Exact $\langle Q^2\rangle = -Z''(0)/Z(0)$ for the geometric charge."""
     _check_u1(L, beta)
     V = L * L
     n = np.arange(-_n_terms(L, beta), _n_terms(L, beta) + 1)

@@ -1,25 +1,27 @@
-r"""Reduced energies of an ``openmm.System``: :math:`u(x) = E(x) / k_B T` in kT.
+r"""Reduced energies of an `openmm.System`: $u(x) = E(x) / k_B T$ in kT.
 
-Positions ``x`` are flat Cartesian coordinates, ``Tensor[batch, 3 * n_atoms]`` in nm (reshape
-to ``[batch, n_atoms, 3]`` for OpenMM). Energies are returned in kT, ``Tensor[batch]``, and
-forces :math:`F = -\partial u/\partial x` in kT/nm. The energy enters autograd through a custom
-``torch.autograd.Function`` whose backward uses OpenMM's forces (no finite differences, no
+Positions `x` are flat Cartesian coordinates, `Tensor[batch, 3 * n_atoms]` in nm (reshape
+to `[batch, n_atoms, 3]` for OpenMM). Energies are returned in kT, `Tensor[batch]`, and
+forces $F = -\partial u/\partial x$ in kT/nm. The energy enters autograd through a custom
+`torch.autograd.Function` whose backward uses OpenMM's forces (no finite differences, no
 second derivatives), as in Noé et al. 2019, "Boltzmann generators", Science 365, eaaw1147.
 
 Non-finite and absurd energies. A configuration whose energy is NaN, infinite, or larger in
-magnitude than ``max_energy`` (overlapping atoms) gets :math:`u = +\infty` -- importance
+magnitude than `max_energy` (overlapping atoms) gets $u = +\infty$ -- importance
 weight 0 -- and a zero force, so gradients never become NaN. Such configurations are counted
-in :attr:`OpenMMEnergy.n_nonfinite`. NaN positions raise inside OpenMM's ``CPU`` platform; the
-exception is caught per configuration (see :func:`boltzflow.parallel.evaluate_chunk`). A soft
-energy cap for training belongs to the loss (``energy_cap`` of a training stage, see
-:func:`boltzflow.training.losses.soft_cap`); importance weights always use the raw energy.
+in `OpenMMEnergy.n_nonfinite`. NaN positions raise inside OpenMM's `CPU` platform; the
+exception is caught per configuration (see
+[`boltzflow.parallel.evaluate_chunk`][boltzflow.parallel.evaluate_chunk]). A soft energy cap for
+training belongs to the loss (`energy_cap` of a training stage, see
+[`boltzflow.training.losses.soft_cap`][boltzflow.training.losses.soft_cap]); importance weights
+always use the raw energy.
 
 Platform choice (measured for alanine dipeptide on 2 cores, energy + forces per second):
-``Reference`` 5.7e4 vs ``CPU`` 1.6e4 in vacuum; ``CPU`` with one thread pinned to a core
-6.1e3 vs ``Reference`` 1.0e3 in OBC implicit solvent. :func:`default_platform` therefore
-picks ``Reference`` for systems without a generalized-Born force and ``CPU`` with
-``Threads=1`` otherwise; pass an :class:`~boltzflow.parallel.EnergyPool` to get pinned
-single-threaded workers.
+`Reference` 5.7e4 vs `CPU` 1.6e4 in vacuum; `CPU` with one thread pinned to a core
+6.1e3 vs `Reference` 1.0e3 in OBC implicit solvent.
+[`default_platform`][boltzflow.energies.openmm.default_platform] therefore picks `Reference` for
+systems without a generalized-Born force and `CPU` with `Threads=1` otherwise; pass an
+[`EnergyPool`][boltzflow.parallel.EnergyPool] to get pinned single-threaded workers.
 """
 
 from __future__ import annotations
@@ -45,16 +47,16 @@ _GB_FORCES = (
 
 
 def kT_kJ_per_mol(temperature: float) -> float:
-    """Thermal energy :math:`k_B T` in kJ/mol at ``temperature`` in K."""
+    """Thermal energy $k_B T$ in kJ/mol at `temperature` in K."""
     return _R_KJ * float(temperature)
 
 
 def default_platform(system) -> tuple[str, dict[str, str]]:
-    """Measured default platform: ``("Reference", {})`` or ``("CPU", {"Threads": "1"})``.
+    """Measured default platform: `("Reference", {})` or `("CPU", {"Threads": "1"})`.
 
     Systems with a generalized-Born (implicit-solvent) force are about 6× faster on a pinned
-    single-threaded ``CPU`` platform than on ``Reference``; small vacuum systems are about 3.5×
-    faster on ``Reference``.
+    single-threaded `CPU` platform than on `Reference`; small vacuum systems are about 3.5×
+    faster on `Reference`.
     """
     names = {type(f).__name__ for f in system.getForces()}
     if names & set(_GB_FORCES):
@@ -63,7 +65,7 @@ def default_platform(system) -> tuple[str, dict[str, str]]:
 
 
 class _OpenMMFunction(torch.autograd.Function):
-    """``u = E(x)/kT`` with backward ``∂u/∂x = -F(x)/kT`` taken from OpenMM."""
+    """`u = E(x)/kT` with backward `∂u/∂x = -F(x)/kT` taken from OpenMM."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, energy: OpenMMEnergy) -> torch.Tensor:
@@ -81,21 +83,23 @@ class _OpenMMFunction(torch.autograd.Function):
 
 
 class OpenMMEnergy(Energy):
-    r"""Reduced potential :math:`u(x) = E(x)/(k_B T)` of an ``openmm.System``.
+    r"""Reduced potential $u(x) = E(x)/(k_B T)$ of an `openmm.System`.
 
     Args:
-        system: the ``openmm.System`` (serialized once; later changes to it are not seen).
-        temperature: reference temperature :math:`T` in K.
-        platform: OpenMM platform name; default from :func:`default_platform`.
-        platform_properties: e.g. ``{"Threads": "1"}``; default from :func:`default_platform`.
-        pool: an :class:`~boltzflow.parallel.EnergyPool` to evaluate batches in worker
-            processes; ``None`` evaluates in this process with one cached Context.
-        max_energy: energies with :math:`|u| >` ``max_energy`` (kT) count as non-finite.
+        system: the `openmm.System` (serialized once; later changes to it are not seen).
+        temperature: reference temperature $T$ in K.
+        platform: OpenMM platform name; default from
+            [`default_platform`][boltzflow.energies.openmm.default_platform].
+        platform_properties: e.g. `{"Threads": "1"}`; default from
+            [`default_platform`][boltzflow.energies.openmm.default_platform].
+        pool: an [`EnergyPool`][boltzflow.parallel.EnergyPool] to evaluate batches in worker
+            processes; `None` evaluates in this process with one cached Context.
+        max_energy: energies with $|u| >$ `max_energy` (kT) count as non-finite.
 
     Attributes:
-        n_atoms: number of particles; ``event_shape == (3 * n_atoms,)``.
-        kT: :math:`k_B T` in kJ/mol.
-        spec: the :class:`~boltzflow.parallel.SystemSpec` sent to workers.
+        n_atoms: number of particles; `event_shape == (3 * n_atoms,)`.
+        kT: $k_B T$ in kJ/mol.
+        spec: the [`SystemSpec`][boltzflow.parallel.SystemSpec] sent to workers.
         n_nonfinite: number of configurations so far with non-finite or absurd energy.
 
     Example:
@@ -136,9 +140,9 @@ class OpenMMEnergy(Energy):
 
     # --------------------------------------------------------------- evaluation
     def evaluate_numpy(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw OpenMM results for ``positions [n, n_atoms, 3]`` (nm): kJ/mol and kJ/mol/nm.
+        """Raw OpenMM results for `positions [n, n_atoms, 3]` (nm): kJ/mol and kJ/mol/nm.
 
-        Non-finite results are ``nan`` energy and zero force (not yet mapped to ``+inf``).
+        Non-finite results are `nan` energy and zero force (not yet mapped to `+inf`).
         """
         pos = np.asarray(positions, dtype=np.float64).reshape(-1, self.n_atoms, 3)
         if self.pool is None:
@@ -146,7 +150,7 @@ class OpenMMEnergy(Energy):
         return self.pool.evaluate(self.spec, pos)
 
     def _evaluate_reduced(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(u [batch] in kT at T_ref, F [batch, 3N] in kT/nm)`` with the non-finite policy."""
+        """`(u [batch] in kT at T_ref, F [batch, 3N] in kT/nm)` with the non-finite policy."""
         e, f = self.evaluate_numpy(x.cpu().numpy())
         u = e / self.kT
         f = f.reshape(len(u), -1) / self.kT
@@ -165,14 +169,14 @@ class OpenMMEnergy(Energy):
         return _OpenMMFunction.apply(x, self)
 
     def force(self, x: torch.Tensor) -> torch.Tensor:
-        """Force :math:`-\\partial u/\\partial x` in kT/nm, straight from OpenMM (no autograd)."""
+        """Force $-\\partial u/\\partial x$ in kT/nm, straight from OpenMM (no autograd)."""
         self._check_shape(x)
         self.n_evaluations += int(x.shape[0])
         _, f = self._evaluate_reduced(x.detach())
         return self._temper(f)
 
     def energy_and_force(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(u(x) [batch] in kT, F(x) [batch, 3N] in kT/nm)`` from one OpenMM call."""
+        """`(u(x) [batch] in kT, F(x) [batch, 3N] in kT/nm)` from one OpenMM call."""
         self._check_shape(x)
         self.n_evaluations += int(x.shape[0])
         u, f = self._evaluate_reduced(x.detach())

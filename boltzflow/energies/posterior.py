@@ -1,24 +1,26 @@
 r"""Bayesian posteriors as reduced energies in an unconstrained parametrization.
 
-With named parameter blocks :math:`\theta_j = g_j(y_j)` (see :mod:`.bijections`) and priors
-:math:`\pi_j` (see :mod:`.priors`), the posterior energy in the unconstrained coordinates
-``y`` is
+With named parameter blocks $\theta_j = g_j(y_j)$ (see `bijections`) and priors
+$\pi_j$ (see `priors`), the posterior energy in the unconstrained coordinates
+`y` is
 
-.. math:: u(y) = -\sum_j \log\pi_j(g_j(y_j)) - \log L(g(y)) - \sum_j \log J_j(y_j),
+$$
+u(y) = -\sum_j \log\pi_j(g_j(y_j)) - \log L(g(y)) - \sum_j \log J_j(y_j),
+$$
 
-so :math:`\int e^{-u(y)}\,dy = \int \pi(\theta) L(\theta)\,d\theta = Z`, the evidence. Flows,
-MCMC kernels and importance weights all work on ``y``; reports use the named ``θ``.
+so $\int e^{-u(y)}\,dy = \int \pi(\theta) L(\theta)\,d\theta = Z$, the evidence. Flows,
+MCMC kernels and importance weights all work on `y`; reports use the named `θ`.
 
-Temperature tempers the likelihood only: at ``temperature_scale = s``,
-:math:`u_s(y) = -\log L(g(y))/s - \log\pi(g(y)) - \log J(y)`, the power posterior
-:math:`\pi L^\beta` with :math:`\beta = 1/s` (Friel & Pettitt 2008, J. R. Stat. Soc. B 70, 589)
-that :mod:`boltzflow.sampling.bayes_anneal` anneals through. The prior and the Jacobian are
-the reference measure (:mod:`boltzflow.energies.base`).
+Temperature tempers the likelihood only: at `temperature_scale = s`,
+$u_s(y) = -\log L(g(y))/s - \log\pi(g(y)) - \log J(y)$, the power posterior
+$\pi L^\beta$ with $\beta = 1/s$ (Friel & Pettitt 2008, J. R. Stat. Soc. B 70, 589)
+that [`boltzflow.sampling.bayes_anneal`][boltzflow.sampling.bayes_anneal] anneals through. The prior
+and the Jacobian are the reference measure ([`boltzflow.energies.base`][boltzflow.energies.base]).
 
 A parameter vector that is out of support, or whose likelihood is NaN or raises, gets
-:math:`u = +\infty` (log-prob :math:`-\infty`), is counted in ``n_nonfinite`` and never
+$u = +\infty$ (log-prob $-\infty$), is counted in `n_nonfinite` and never
 raises inside a chain. The likelihood may be a torch function (differentiable: MALA, HMC,
-NeuTra, reverse-KL training) or a vectorised numpy function (``numpy=True``: the
+NeuTra, reverse-KL training) or a vectorised numpy function (`numpy=True`: the
 gradient-free importance, independence-MH and emcee paths).
 """
 
@@ -45,9 +47,9 @@ class Parameter(NamedTuple):
     """A named block of constrained coordinates with its prior.
 
     Args:
-        name: a name, or one name per coordinate when ``prior.size > 1``.
-        prior: a :class:`~boltzflow.energies.priors.Prior`.
-        bijection: the constraining map; default ``prior.bijection()``.
+        name: a name, or one name per coordinate when `prior.size > 1`.
+        prior: a [`Prior`][boltzflow.energies.priors.Prior].
+        bijection: the constraining map; default `prior.bijection()`.
         unit: unit label for reports.
     """
 
@@ -66,9 +68,9 @@ def _names(p: Parameter) -> list[str]:
 
 
 def _safe_rows(fn: Callable, theta, batch: int, warn: list):
-    """Call ``fn`` on the batch; if it raises, retry row by row and give ``None`` to failing rows.
+    """Call `fn` on the batch; if it raises, retry row by row and give `None` to failing rows.
 
-    The first exception is logged as a warning (``warn`` is a one-element flag list), so a bug in
+    The first exception is logged as a warning (`warn` is a one-element flag list), so a bug in
     a likelihood is visible while a chain still never stops on one bad parameter vector.
     """
     try:
@@ -87,20 +89,21 @@ def _safe_rows(fn: Callable, theta, batch: int, warn: list):
 
 
 class Posterior(Energy):
-    r"""Posterior energy :math:`u(y)` in kT over unconstrained ``y: [batch, dim]``.
+    r"""Posterior energy $u(y)$ in kT over unconstrained `y: [batch, dim]`.
 
     Args:
-        parameters: :class:`Parameter` list (or ``{name: prior}``), in order.
-        log_likelihood: ``theta [batch, n_theta] -> log L [batch]``; a torch function, or a
-            vectorised numpy function if ``numpy=True``.
+        parameters: [`Parameter`][boltzflow.energies.posterior.Parameter] list (or `{name: prior}`),
+            in order.
+        log_likelihood: `theta [batch, n_theta] -> log L [batch]`; a torch function, or a
+            vectorised numpy function if `numpy=True`.
         numpy: the likelihood takes and returns numpy arrays (no gradients).
-        log_z: the exact evidence :math:`\log Z`, if known.
+        log_z: the exact evidence $\log Z$, if known.
 
     Attributes:
-        names: constrained coordinate names (``n_theta`` of them).
-        unconstrained_names: names of the ``dim`` unconstrained coordinates.
+        names: constrained coordinate names (`n_theta` of them).
+        unconstrained_names: names of the `dim` unconstrained coordinates.
         n_nonfinite: configurations whose energy was not finite.
-        differentiable: whether :meth:`force` is available.
+        differentiable: whether `force` is available.
     """
 
     def __init__(
@@ -143,7 +146,7 @@ class Posterior(Energy):
 
     @property
     def parameter_names(self) -> list[str]:
-        """Names of the unconstrained sample coordinates in ``samples.nc`` (``y_<name>``); the
+        """Names of the unconstrained sample coordinates in `samples.nc` (`y_<name>`); the
         constrained parameters are stored beside them under their own names."""
         return [f"y_{n}" for n in self.unconstrained_names]
 
@@ -154,7 +157,7 @@ class Posterior(Energy):
 
     # ------------------------------------------------------------- transforms
     def constrain(self, y: torch.Tensor) -> Constrained:
-        """``y [batch, dim] -> (theta [batch, n_theta], ladj [batch])``."""
+        """`y [batch, dim] -> (theta [batch, n_theta], ladj [batch])`."""
         thetas, ladj, i = [], y.new_zeros(y.shape[0]), 0
         for p in self.parameters:
             t, l = p.bijection.forward(y[:, i : i + p.bijection.in_dim])
@@ -164,7 +167,8 @@ class Posterior(Energy):
         return Constrained(torch.cat(thetas, -1), ladj)
 
     def unconstrain(self, theta: torch.Tensor) -> torch.Tensor:
-        """``theta [batch, n_theta] -> y [batch, dim]`` (a right inverse of :meth:`constrain`)."""
+        """`theta [batch, n_theta] -> y [batch, dim]` (a right inverse of
+        [`constrain`][boltzflow.energies.posterior.Posterior.constrain])."""
         ys, i = [], 0
         for p in self.parameters:
             ys.append(p.bijection.inverse(theta[:, i : i + p.prior.size]))
@@ -172,7 +176,7 @@ class Posterior(Energy):
         return torch.cat(ys, -1)
 
     def log_prior(self, theta: torch.Tensor) -> torch.Tensor:
-        """Normalized log prior density of ``theta [batch, n_theta]``, ``[batch]``."""
+        """Normalized log prior density of `theta [batch, n_theta]`, `[batch]`."""
         lp, i = theta.new_zeros(theta.shape[0]), 0
         for p in self.parameters:
             lp = lp + p.prior.log_prob(theta[:, i : i + p.prior.size])
@@ -180,7 +184,7 @@ class Posterior(Energy):
         return lp
 
     def log_likelihood(self, theta: torch.Tensor) -> torch.Tensor:
-        """``log L(theta)``, ``[batch]``: NaN, ``+inf`` and exceptions become ``-inf``."""
+        """`log L(theta)`, `[batch]`: NaN, `+inf` and exceptions become `-inf`."""
         batch = theta.shape[0]
         if self._log_likelihood is None:
             return theta.new_zeros(batch)
@@ -209,8 +213,8 @@ class Posterior(Energy):
 
     # ------------------------------------------------------------------ energy
     def _energy_terms(self, y: torch.Tensor) -> EnergyTerms:
-        r"""Tempered :math:`-\log L(\theta(y))`; untempered measure terms
-        :math:`\log\pi(\theta(y))` and :math:`\log J(y)` (module docstring)."""
+        r"""Tempered $-\log L(\theta(y))$; untempered measure terms
+        $\log\pi(\theta(y))$ and $\log J(y)$ (module docstring)."""
         theta, ladj = self.constrain(y)
         lp = self.log_prior(theta)
         ll = self.log_likelihood(theta)
@@ -230,9 +234,9 @@ class Posterior(Energy):
     def sample_prior(
         self, n: int, generator: torch.Generator | None = None, dtype=torch.float64, device=None
     ) -> torch.Tensor:
-        """Unconstrained draws ``y [n, dim]`` whose pushforward is the prior.
+        """Unconstrained draws `y [n, dim]` whose pushforward is the prior.
 
-        Circle coordinates get a Rayleigh radius, so ``y`` follows the lifted prior exactly.
+        Circle coordinates get a Rayleigh radius, so `y` follows the lifted prior exactly.
         """
         blocks = []
         for p in self.parameters:
@@ -253,7 +257,7 @@ class Posterior(Energy):
         }
 
     def report_figures(self, x=None, log_weight=None) -> tuple[FigureRequest, ...]:
-        """Pair and trace plots of the named parameters, drawn from the run's ``samples.nc``."""
+        """Pair and trace plots of the named parameters, drawn from the run's `samples.nc`."""
         return (FigureRequest("posterior", {"names": list(self.names)}),)
 
 
@@ -264,15 +268,16 @@ def from_log_prob(
     numpy: bool = False,
     log_z: float | None = None,
 ) -> Posterior:
-    r"""Wrap a user's log-density :math:`\log p(\theta)` (prior included) as a :class:`Posterior`.
+    r"""Wrap a user's log-density $\log p(\theta)$ (prior included) as a
+    [`Posterior`][boltzflow.energies.posterior.Posterior].
 
     Args:
-        log_prob: ``theta [batch, n_theta] -> [batch]``; a torch function (gradient-based
-            samplers work) or, with ``numpy=True``, a vectorised numpy function.
-        parameters: ``d`` (``d`` unbounded coordinates ``theta_0..``), names, or
-            :class:`Parameter`\ s whose priors state the support (use
-            :class:`~boltzflow.energies.priors.Flat` so ``log_prob`` is the whole density).
-        numpy: see ``log_prob``.
+        log_prob: `theta [batch, n_theta] -> [batch]`; a torch function (gradient-based
+            samplers work) or, with `numpy=True`, a vectorised numpy function.
+        parameters: `d` (`d` unbounded coordinates `theta_0..`), names, or
+            [`Parameter`][boltzflow.energies.posterior.Parameter]\ s whose priors state the support
+            (use [`Flat`][boltzflow.energies.priors.Flat] so `log_prob` is the whole density).
+        numpy: see `log_prob`.
         log_z: the exact normalizer, if known.
 
     Example:

@@ -1,20 +1,24 @@
 r"""Prior densities for Bayesian posteriors, with their default constraining bijection.
 
-Each prior acts on a block of ``size`` constrained coordinates:
-``log_prob(theta: [batch, size]) -> [batch]`` is the normalized log density
-(:math:`-\infty` outside the support, never NaN), ``sample(n, generator, dtype) -> [n, size]``
-draws from it, and ``bijection()`` returns the map from unconstrained space used by
-:class:`boltzflow.energies.posterior.Posterior`.
+Each prior acts on a block of `size` constrained coordinates:
+`log_prob(theta: [batch, size]) -> [batch]` is the normalized log density
+($-\infty$ outside the support, never NaN), `sample(n, generator, dtype) -> [n, size]`
+draws from it, and `bijection()` returns the map from unconstrained space used by
+[`boltzflow.energies.posterior.Posterior`][boltzflow.energies.posterior.Posterior].
 
-* ``Uniform(a, b)``: :math:`-\log(b-a)`; probit :class:`Interval` (the prior becomes N(0, 1));
-  with ``periodic=True`` an angle on the circle, :class:`CircleLift`;
-* ``Normal(μ, σ)``: :math:`-\tfrac12((\theta-μ)/σ)^2 - \log σ\sqrt{2π}`; :class:`Identity`;
-* ``LogUniform(a, b)``: :math:`-\log\theta - \log\log(b/a)`; probit :class:`Interval` on
-  :math:`\log\theta`;
-* ``HalfNormal(σ)``: :math:`\log 2 - \tfrac12(\theta/σ)^2 - \log σ\sqrt{2π}`; :class:`Positive`;
-* ``HalfCauchy(σ)``: :math:`\log(2/πσ) - \log(1 + (\theta/σ)^2)` (Gelman 2006); :class:`Positive`;
-* ``UniformDisk()``: :math:`-\log π` on :math:`|h|<1`; :class:`UnitDisk`;
-* ``Flat(a, b)``: 0 on the support (improper; the likelihood carries the prior); by support.
+* `Uniform(a, b)`: $-\log(b-a)$; probit [`Interval`][boltzflow.energies.bijections.Interval] (the
+  prior becomes N(0, 1)); with `periodic=True` an angle on the circle,
+  [`CircleLift`][boltzflow.energies.bijections.CircleLift];
+* `Normal(μ, σ)`: $-\tfrac12((\theta-μ)/σ)^2 - \log σ\sqrt{2π}$;
+  [`Identity`][boltzflow.energies.bijections.Identity];
+* `LogUniform(a, b)`: $-\log\theta - \log\log(b/a)$; probit
+  [`Interval`][boltzflow.energies.bijections.Interval] on $\log\theta$;
+* `HalfNormal(σ)`: $\log 2 - \tfrac12(\theta/σ)^2 - \log σ\sqrt{2π}$;
+  [`Positive`][boltzflow.energies.bijections.Positive];
+* `HalfCauchy(σ)`: $\log(2/πσ) - \log(1 + (\theta/σ)^2)$ (Gelman 2006);
+  [`Positive`][boltzflow.energies.bijections.Positive];
+* `UniformDisk()`: $-\log π$ on $|h|<1$; [`UnitDisk`][boltzflow.energies.bijections.UnitDisk];
+* `Flat(a, b)`: 0 on the support (improper; the likelihood carries the prior); by support.
 """
 
 from __future__ import annotations
@@ -47,13 +51,13 @@ _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def _inside(theta: torch.Tensor, ok: torch.Tensor, lp: torch.Tensor) -> torch.Tensor:
-    """``lp`` where ``ok`` (all coordinates of the block) else ``-inf``; NaN input -> ``-inf``."""
+    """`lp` where `ok` (all coordinates of the block) else `-inf`; NaN input -> `-inf`."""
     ok = ok.all(-1) & ~torch.isnan(theta).any(-1)
     return torch.where(ok, lp, torch.full_like(lp, -math.inf))
 
 
 class Prior:
-    """Base class for a prior on a block of ``size`` coordinates."""
+    """Base class for a prior on a block of `size` coordinates."""
 
     size: int = 1
 
@@ -72,7 +76,7 @@ class Prior:
 
 
 class Uniform(Prior):
-    """Uniform on ``[low, high]``; ``periodic=True`` makes it an angle on the circle."""
+    """Uniform on `[low, high]`; `periodic=True` makes it an angle on the circle."""
 
     def __init__(self, low: float, high: float, periodic: bool = False):
         if not high > low:
@@ -96,7 +100,7 @@ class Uniform(Prior):
 
 
 class Normal(Prior):
-    """Normal :math:`\\mathcal N(\\mu, \\sigma^2)` on the real line."""
+    """Normal $\\mathcal N(\\mu, \\sigma^2)$ on the real line."""
 
     def __init__(self, loc: float = 0.0, scale: float = 1.0):
         if not scale > 0:
@@ -117,7 +121,7 @@ class Normal(Prior):
 
 
 class LogUniform(Prior):
-    """Log-uniform (Jeffreys) on ``[low, high]``, ``0 < low``: uniform in :math:`\\log\\theta`."""
+    """Log-uniform (Jeffreys) on `[low, high]`, `0 < low`: uniform in $\\log\\theta$."""
 
     def __init__(self, low: float, high: float):
         if not (0 < low < high):
@@ -138,7 +142,7 @@ class LogUniform(Prior):
 
 
 class HalfNormal(Prior):
-    """Half-normal on :math:`[0, \\infty)` with scale :math:`\\sigma`."""
+    """Half-normal on $[0, \\infty)$ with scale $\\sigma$."""
 
     def __init__(self, scale: float = 1.0):
         if not scale > 0:
@@ -159,7 +163,7 @@ class HalfNormal(Prior):
 
 
 class HalfCauchy(Prior):
-    """Half-Cauchy on :math:`[0, \\infty)` with scale :math:`\\sigma` (Gelman 2006)."""
+    """Half-Cauchy on $[0, \\infty)$ with scale $\\sigma$ (Gelman 2006)."""
 
     def __init__(self, scale: float = 1.0):
         if not scale > 0:
@@ -180,10 +184,10 @@ class HalfCauchy(Prior):
 
 
 class UniformDisk(Prior):
-    """Uniform on the open unit disk in :math:`\\mathbb R^2` (density :math:`1/\\pi`).
+    """Uniform on the open unit disk in $\\mathbb R^2$ (density $1/\\pi$).
 
-    For :math:`h = \\sqrt e(\\cos\\omega, \\sin\\omega)` this is :math:`e \\sim U(0,1)`,
-    :math:`\\omega \\sim U(0, 2\\pi)` (Eastman et al. 2013, PASP 125, 83).
+    For $h = \\sqrt e(\\cos\\omega, \\sin\\omega)$ this is $e \\sim U(0,1)$,
+    $\\omega \\sim U(0, 2\\pi)$ (Eastman et al. 2013, PASP 125, 83).
     """
 
     size = 2
@@ -203,8 +207,8 @@ class UniformDisk(Prior):
 
 
 class Flat(Prior):
-    """Improper flat density on ``[low, high]`` (for :func:`from_log_prob`, whose log-density
-    already contains the prior). ``periodic=True`` puts the coordinate on the circle."""
+    """Improper flat density on `[low, high]` (for `from_log_prob`, whose log-density
+    already contains the prior). `periodic=True` puts the coordinate on the circle."""
 
     def __init__(self, low: float = -math.inf, high: float = math.inf, periodic: bool = False):
         if not high > low:

@@ -1,17 +1,18 @@
 r"""Elementwise affine standardisation layer (ActNorm-like, Kingma & Dhariwal 2018, "Glow").
 
-.. math::
+$$
+x_i = \mu_i + e^{s_i} z_i, \qquad
+\mathrm{ladj} = \sum_{i \in A} s_i, \qquad
+z_i = (x_i - \mu_i) e^{-s_i},
+$$
 
-    x_i = \mu_i + e^{s_i} z_i, \qquad
-    \mathrm{ladj} = \sum_{i \in A} s_i, \qquad
-    z_i = (x_i - \mu_i) e^{-s_i},
-
-for the active features :math:`i \in A` (all features by default); inactive features pass
+for the active features $i \in A$ (all features by default); inactive features pass
 through unchanged. Periodic coordinates are left inactive so the torus is not stretched.
 
 Unlike Glow's ActNorm there is no hidden data-dependent initialisation: the layer starts from
-the ``loc``/``scale`` it is given, and :meth:`ElementwiseAffine.set_from_data` sets them
-explicitly from samples so a flow starts at the data scale.
+the `loc`/`scale` it is given, and
+[`ElementwiseAffine.set_from_data`][boltzflow.flows.affine.ElementwiseAffine.set_from_data] sets
+them explicitly from samples so a flow starts at the data scale.
 """
 
 from __future__ import annotations
@@ -28,14 +29,14 @@ __all__ = ["ElementwiseAffine"]
 
 
 class ElementwiseAffine(Transform):
-    r"""Learnable (or fixed) elementwise affine map ``x = loc + exp(log_scale) ⊙ z``.
+    r"""Learnable (or fixed) elementwise affine map `x = loc + exp(log_scale) ⊙ z`.
 
     Args:
         event_shape: shape of one configuration (int for a flat vector).
-        loc: initial shift ``μ`` (scalar or tensor broadcastable to ``event_shape``).
-        scale: initial scale ``e^{s} > 0`` (scalar or tensor broadcastable to ``event_shape``).
-        learnable: if ``False``, ``loc`` and ``log_scale`` are buffers (a fixed standardisation).
-        active: optional bool mask of ``event_shape``; only these features are transformed
+        loc: initial shift `μ` (scalar or tensor broadcastable to `event_shape`).
+        scale: initial scale `e^{s} > 0` (scalar or tensor broadcastable to `event_shape`).
+        learnable: if `False`, `loc` and `log_scale` are buffers (a fixed standardisation).
+        active: optional bool mask of `event_shape`; only these features are transformed
             (parameters exist only for them, so every parameter receives gradient).
 
     Example:
@@ -78,7 +79,7 @@ class ElementwiseAffine(Transform):
         return int(math.prod(self.event_shape))
 
     def full_loc_and_log_scale(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(μ, s)`` over all flattened features (zeros on inactive ones), differentiable."""
+        """`(μ, s)` over all flattened features (zeros on inactive ones), differentiable."""
         if self.index is None:
             return self.loc, self.log_scale
         loc = self.loc.new_zeros(self.dim).index_copy(0, self.index, self.loc)
@@ -97,14 +98,14 @@ class ElementwiseAffine(Transform):
 
     @torch.no_grad()
     def set_from_data(self, x: torch.Tensor, min_scale: float = 1e-6) -> ElementwiseAffine:
-        """Set ``loc``/``scale`` to the per-feature mean and standard deviation of ``x``.
+        """Set `loc`/`scale` to the per-feature mean and standard deviation of `x`.
 
         Args:
-            x: samples ``[batch, *event_shape]`` (batch ≥ 2).
+            x: samples `[batch, *event_shape]` (batch ≥ 2).
             min_scale: lower bound on the scale (constant features).
 
         Returns:
-            ``self`` (so that ``layer.set_from_data(x)`` chains).
+            `self` (so that `layer.set_from_data(x)` chains).
         """
         flat = x.reshape(x.shape[0], -1).to(self.loc)
         if self.index is not None:

@@ -1,19 +1,20 @@
-r"""Ready-made flows for a target or an event shape (registered as ``runs.registry.FLOWS``).
+r"""Ready-made flows for a target or an event shape (registered as `runs.registry.FLOWS`).
 
-Every builder takes an :class:`~boltzflow.energies.base.Energy` (its ``event_shape`` is used)
-or an event shape / int, and returns a :class:`~boltzflow.flows.base.Flow` mapping latent
-``z`` to configuration ``x``. Builders are deterministic given ``seed``: network weights,
+Every builder takes an [`Energy`][boltzflow.energies.base.Energy] (its `event_shape` is used)
+or an event shape / int, and returns a [`Flow`][boltzflow.flows.base.Flow] mapping latent
+`z` to configuration `x`. Builders are deterministic given `seed`: network weights,
 coupling masks, permutations and circular shifts are all drawn from it (without disturbing
 torch's global RNG). Without a seed they draw from the global RNG.
 
-Layer order (``z → x``): the spline/autoregressive layers, then an :class:`ElementwiseAffine`
-output layer ``x = loc + scale ⊙ y`` (learnable, initialised from ``loc``/``scale``; pass
-the target's rough location and width so the splines' ``[-tail_bound, tail_bound]`` window
-covers the data, or call ``layer.set_from_data(x)``).
+Layer order (`z → x`): the spline/autoregressive layers, then an
+[`ElementwiseAffine`][boltzflow.flows.affine.ElementwiseAffine] output layer `x = loc + scale ⊙ y`
+(learnable, initialised from `loc`/`scale`; pass the target's rough location and width so the
+splines' `[-tail_bound, tail_bound]` window covers the data, or call `layer.set_from_data(x)`).
 
-Periodic coordinates (``periodic`` mask, or the target's ``periodic_mask`` attribute) are
-handled by :func:`spline_coupling_flow` with circular splines on :math:`[-\pi, \pi)`, a
-uniform base on those coordinates and fixed random rotations between layers.
+Periodic coordinates (`periodic` mask, or the target's `periodic_mask` attribute) are
+handled by [`spline_coupling_flow`][boltzflow.flows.builders.spline_coupling_flow] with circular
+splines on $[-\pi, \pi)$, a uniform base on those coordinates and fixed random rotations between
+layers.
 
 References: Durkan et al. 2019 (Neural Spline Flows); Papamakarios et al. 2017 (MAF);
 Rezende et al. 2020 (Normalizing Flows on Tori and Spheres).
@@ -48,7 +49,7 @@ def _event_shape(target_or_event_shape) -> torch.Size:
 
 
 def _periodic_mask(periodic, target, shape: torch.Size) -> torch.Tensor | None:
-    """Flat bool mask of periodic features, or ``None`` if there are none."""
+    """Flat bool mask of periodic features, or `None` if there are none."""
     if periodic is None:
         periodic = getattr(target, "periodic_mask", None)
     if periodic is None or periodic is False:
@@ -93,9 +94,9 @@ def _defaults(dim: int, num_layers: int | None, hidden: int | None, deep: int) -
 
 
 def coupling_masks(dim: int, num_layers: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Masks for ``num_layers`` couplings: a random half, then its complement, and so on.
+    """Masks for `num_layers` couplings: a random half, then its complement, and so on.
 
-    Each consecutive pair transforms every feature once; for ``dim = 2`` this alternates the
+    Each consecutive pair transforms every feature once; for `dim = 2` this alternates the
     two coordinates.
     """
     masks: list[torch.Tensor] = []
@@ -122,8 +123,9 @@ def structured_masks(periodic: torch.Tensor, num_blocks: int, generator: torch.G
     the non-periodic (stiff) features, the other half. Each stiff coordinate is thus
     transformed conditionally on every periodic one (the torsion-first ordering of the
     internal-coordinate Boltzmann generators, Noé et al. 2019). Used by
-    :func:`boltzflow.molecular.flows.internal_coordinate_flow` and, with
-    ``masks="structured"``, :func:`boltzflow.flows.smooth_coupling.smooth_coupling_flow`.
+    [`boltzflow.molecular.flows.internal_coordinate_flow`][boltzflow.molecular.flows.internal_coordinate_flow]
+    and, with `masks="structured"`,
+    [`boltzflow.flows.smooth_coupling.smooth_coupling_flow`][boltzflow.flows.smooth_coupling.smooth_coupling_flow].
     """
     periodic = torch.as_tensor(periodic, dtype=torch.bool).reshape(-1)
     per, stiff = torch.nonzero(periodic).reshape(-1), torch.nonzero(~periodic).reshape(-1)
@@ -178,18 +180,19 @@ def spline_coupling_flow(
 ) -> Flow:
     r"""Rational-quadratic spline coupling flow (Durkan et al. 2019), circular where periodic.
 
-    Defaults scale with ``d = prod(event_shape)``: ``d = 1`` uses ``num_layers = 2``
-    elementwise splines (no conditioner exists), ``d = 2`` six couplings, ``d ≥ 3`` eight;
-    ``hidden = clip(4d, 64, 256)``. Masks: :func:`coupling_masks`.
+    Defaults scale with `d = prod(event_shape)`: `d = 1` uses `num_layers = 2`
+    elementwise splines (no conditioner exists), `d = 2` six couplings, `d ≥ 3` eight;
+    `hidden = clip(4d, 64, 256)`. Masks:
+    [`coupling_masks`][boltzflow.flows.builders.coupling_masks].
 
     Args:
-        target_or_event_shape: an ``Energy`` or an event shape / int.
+        target_or_event_shape: an `Energy` or an event shape / int.
         num_layers, hidden, num_blocks: number of spline layers; ResidualNet width and blocks.
-        num_bins: spline bins ``K``.
-        tail_bound: Euclidean splines act on ``[-tail_bound, tail_bound]``, identity outside.
-        periodic: bool mask over the event (or ``True`` = all periodic) of coordinates on
-            :math:`[-\pi, \pi)`; default: the target's ``periodic_mask`` attribute if any.
-        loc, scale: initial output affine ``x = loc + scale ⊙ y`` on Euclidean features.
+        num_bins: spline bins `K`.
+        tail_bound: Euclidean splines act on `[-tail_bound, tail_bound]`, identity outside.
+        periodic: bool mask over the event (or `True` = all periodic) of coordinates on
+            $[-\pi, \pi)$; default: the target's `periodic_mask` attribute if any.
+        loc, scale: initial output affine `x = loc + scale ⊙ y` on Euclidean features.
         affine: include the learnable output affine layer.
         seed: makes the flow deterministic.
 
@@ -223,9 +226,11 @@ def spline_coupling_flow(
 
 
 def circular_spline_flow(target_or_event_shape, **params) -> Flow:
-    r"""A :func:`spline_coupling_flow` on the torus :math:`[-\pi, \pi)^d` (all periodic).
+    r"""A [`spline_coupling_flow`][boltzflow.flows.builders.spline_coupling_flow] on the torus
+    $[-\pi, \pi)^d$ (all periodic).
 
-    Keyword arguments are those of :func:`spline_coupling_flow` except ``periodic``.
+    Keyword arguments are those of
+    [`spline_coupling_flow`][boltzflow.flows.builders.spline_coupling_flow] except `periodic`.
     """
     return spline_coupling_flow(target_or_event_shape, periodic=True, **params)
 
@@ -272,10 +277,11 @@ def spline_autoregressive_flow(
 ) -> Flow:
     r"""Masked RQ spline autoregressive flow (Durkan et al. 2019), permutations in between.
 
-    By default (MAF-style) ``log_prob`` costs one MADE pass per layer and sampling ``d``
-    passes; ``inverse_autoregressive=True`` swaps the costs (fast sampling for reverse-KL
-    training). Defaults: ``num_layers = 4`` for ``d ≥ 3``; ``d = 1`` uses elementwise splines.
-    Other arguments as in :func:`spline_coupling_flow`; periodic coordinates are not supported.
+    By default (MAF-style) `log_prob` costs one MADE pass per layer and sampling `d`
+    passes; `inverse_autoregressive=True` swaps the costs (fast sampling for reverse-KL
+    training). Defaults: `num_layers = 4` for `d ≥ 3`; `d = 1` uses elementwise splines.
+    Other arguments as in [`spline_coupling_flow`][boltzflow.flows.builders.spline_coupling_flow];
+    periodic coordinates are not supported.
     """
     shape = _event_shape(target_or_event_shape)
     dim = int(math.prod(shape))
@@ -312,10 +318,10 @@ def maf_flow(
 ) -> Flow:
     r"""Masked affine autoregressive flow (Papamakarios et al. 2017), permutations in between.
 
-    Defaults: ``num_layers = 5`` for ``d ≥ 3`` (6 for ``d = 2``). In one dimension an
-    autoregressive affine layer is a plain affine map, so ``d = 1`` gives a single
-    :class:`ElementwiseAffine`. Costs and other arguments as in
-    :func:`spline_autoregressive_flow`.
+    Defaults: `num_layers = 5` for `d ≥ 3` (6 for `d = 2`). In one dimension an
+    autoregressive affine layer is a plain affine map, so `d = 1` gives a single
+    [`ElementwiseAffine`][boltzflow.flows.affine.ElementwiseAffine]. Costs and other arguments as in
+    [`spline_autoregressive_flow`][boltzflow.flows.builders.spline_autoregressive_flow].
     """
     shape = _event_shape(target_or_event_shape)
     dim = int(math.prod(shape))

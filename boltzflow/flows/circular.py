@@ -1,27 +1,28 @@
-r"""Circular rational-quadratic splines for periodic coordinates on :math:`[-\pi, \pi)`.
+r"""Circular rational-quadratic splines for periodic coordinates on $[-\pi, \pi)$.
 
 A circular spline (Rezende et al. 2020, "Normalizing Flows on Tori and Spheres"; built on the
 rational-quadratic spline of Durkan et al. 2019, "Neural Spline Flows") is a monotone RQ
-spline :math:`s: [-\pi, \pi] \to [-\pi, \pi]` with :math:`K` bins, :math:`s(-\pi) = -\pi`,
-:math:`s(\pi) = \pi`, whose knot derivatives :math:`d_0, \dots, d_K` satisfy :math:`d_K = d_0`.
+spline $s: [-\pi, \pi] \to [-\pi, \pi]$ with $K$ bins, $s(-\pi) = -\pi$,
+$s(\pi) = \pi$, whose knot derivatives $d_0, \dots, d_K$ satisfy $d_K = d_0$.
 It is therefore a diffeomorphism of the circle: the map and its density
-:math:`\log|s'(\theta)|` are continuous across the seam :math:`\theta = \pm\pi`. The
-``3K`` parameters per coordinate are ``K`` widths, ``K`` heights and ``K`` derivatives
-(``d_K`` is tied to ``d_0``).
+$\log|s'(\theta)|$ are continuous across the seam $\theta = \pm\pi$. The
+`3K` parameters per coordinate are `K` widths, `K` heights and `K` derivatives
+(`d_K` is tied to `d_0`).
 
 Because every circular spline fixes the seam, flows interleave them with
-:class:`CircularShift` (a fixed random rotation :math:`\theta \mapsto \theta + c \bmod 2\pi`,
-``ladj = 0``) so that the seam moves between layers.
+[`CircularShift`][boltzflow.flows.circular.CircularShift] (a fixed random rotation
+$\theta \mapsto \theta + c \bmod 2\pi$, `ladj = 0`) so that the seam moves between layers.
 
-:class:`CircularSplineCoupling` is a coupling layer over a *mixed* vector in which a mask marks
-the periodic coordinates (torsions of molecular internal coordinates, U(1) angles) and the rest
-are Euclidean (bonds, angles): periodic transformed coordinates get circular splines,
-Euclidean ones get RQ splines with linear tails, and periodic conditioner inputs enter the
-conditioner as :math:`(\cos\theta, \sin\theta)`, so the layer is periodic in every periodic input.
+[`CircularSplineCoupling`][boltzflow.flows.circular.CircularSplineCoupling] is a coupling layer over
+a *mixed* vector in which a mask marks the periodic coordinates (torsions of molecular internal
+coordinates, U(1) angles) and the rest are Euclidean (bonds, angles): periodic transformed
+coordinates get circular splines, Euclidean ones get RQ splines with linear tails, and periodic
+conditioner inputs enter the conditioner as $(\cos\theta, \sin\theta)$, so the layer is periodic in
+every periodic input.
 
-All transforms flatten ``[batch, *event_shape]`` to ``[batch, features]``; periodic inputs
-outside :math:`[-\pi, \pi]` are wrapped into :math:`[-\pi, \pi)`, so every periodic output
-lies in :math:`[-\pi, \pi]` and densities are invariant under :math:`\theta \to \theta + 2\pi k`.
+All transforms flatten `[batch, *event_shape]` to `[batch, features]`; periodic inputs
+outside $[-\pi, \pi]$ are wrapped into $[-\pi, \pi)$, so every periodic output
+lies in $[-\pi, \pi]$ and densities are invariant under $\theta \to \theta + 2\pi k$.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ IDENTITY_DERIVATIVE = float(np.log(np.expm1(1.0 - DEFAULT_MIN_DERIVATIVE)))
 
 
 def wrap_angle(theta: torch.Tensor) -> torch.Tensor:
-    r"""Map angles to :math:`[-\pi, \pi)`: ``(θ + π) mod 2π - π`` (derivative 1)."""
+    r"""Map angles to $[-\pi, \pi)$: `(θ + π) mod 2π - π` (derivative 1)."""
     return torch.remainder(theta + math.pi, 2 * math.pi) - math.pi
 
 
@@ -72,16 +73,16 @@ def circular_rq_spline(
     unnormalized_derivatives: torch.Tensor,
     inverse: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Circular RQ spline on :math:`[-\pi, \pi]` with tied boundary derivatives.
+    r"""Circular RQ spline on $[-\pi, \pi]$ with tied boundary derivatives.
 
     Args:
-        inputs: angles ``[...]``; values outside :math:`[-\pi, \pi]` are wrapped.
-        unnormalized_widths, unnormalized_heights: ``[..., K]`` (softmax-normalised).
-        unnormalized_derivatives: ``[..., K]`` for knots ``0..K-1``; knot ``K`` reuses knot 0.
-        inverse: evaluate :math:`s^{-1}` instead of :math:`s`.
+        inputs: angles `[...]`; values outside $[-\pi, \pi]$ are wrapped.
+        unnormalized_widths, unnormalized_heights: `[..., K]` (softmax-normalised).
+        unnormalized_derivatives: `[..., K]` for knots `0..K-1`; knot `K` reuses knot 0.
+        inverse: evaluate $s^{-1}$ instead of $s$.
 
     Returns:
-        ``(outputs, logabsdet)``, both ``[...]``; ``logabsdet = log|ds/dθ|`` (or of the inverse).
+        `(outputs, logabsdet)`, both `[...]`; `logabsdet = log|ds/dθ|` (or of the inverse).
     """
     derivatives = torch.cat([unnormalized_derivatives, unnormalized_derivatives[..., :1]], -1)
     return rational_quadratic_spline(
@@ -103,11 +104,11 @@ def circular_rq_spline(
 class CircularSpline(Transform):
     r"""Unconditional elementwise circular spline, one learnable spline per feature.
 
-    ``x_i = s_i(z_i)``, ``ladj = Σ_i log s_i'(z_i)``. Initialised to the identity.
+    `x_i = s_i(z_i)`, `ladj = Σ_i log s_i'(z_i)`. Initialised to the identity.
 
     Args:
         features: number of (flattened) features, all periodic.
-        num_bins: number of bins ``K``.
+        num_bins: number of bins `K`.
     """
 
     def __init__(self, features: int, num_bins: int = 8):
@@ -138,14 +139,14 @@ class CircularSpline(Transform):
 
 
 class CircularShift(Transform):
-    r"""Fixed rotation of the periodic features: ``x = wrap(z + c)``, ``ladj = 0``.
+    r"""Fixed rotation of the periodic features: `x = wrap(z + c)`, `ladj = 0`.
 
-    Euclidean features (``periodic[i] = False``) pass through unchanged. The shift ``c`` is a
-    buffer (saved in the ``state_dict``, never trained).
+    Euclidean features (`periodic[i] = False`) pass through unchanged. The shift `c` is a
+    buffer (saved in the `state_dict`, never trained).
 
     Args:
-        shift: ``[features]`` shifts in radians (ignored on Euclidean features).
-        periodic: optional bool ``[features]``; default all periodic.
+        shift: `[features]` shifts in radians (ignored on Euclidean features).
+        periodic: optional bool `[features]`; default all periodic.
     """
 
     def __init__(self, shift: torch.Tensor, periodic=None):
@@ -159,7 +160,7 @@ class CircularShift(Transform):
 
     @classmethod
     def random(cls, features: int, periodic=None, generator: torch.Generator | None = None):
-        r"""A shift drawn uniformly from :math:`[-\pi, \pi)` with ``generator``."""
+        r"""A shift drawn uniformly from $[-\pi, \pi)$ with `generator`."""
         c = (torch.rand(features, generator=generator, dtype=torch.float64) * 2 - 1) * math.pi
         return cls(c.to(torch.get_default_dtype()), periodic)
 
@@ -178,25 +179,25 @@ class CircularShift(Transform):
 class CircularSplineCoupling(Transform):
     r"""Coupling layer with circular splines on periodic and RQ splines on Euclidean features.
 
-    With transformed set :math:`T` (``mask``) and conditioning set :math:`C`,
+    With transformed set $T$ (`mask`) and conditioning set $C$,
 
-    .. math::
+    $$
+    x_C = z_C, \qquad x_i = s_i(z_i;\, h(e(z_C))) \;(i \in T), \qquad
+    \mathrm{ladj} = \sum_{i\in T} \log s_i'(z_i),
+    $$
 
-        x_C = z_C, \qquad x_i = s_i(z_i;\, h(e(z_C))) \;(i \in T), \qquad
-        \mathrm{ladj} = \sum_{i\in T} \log s_i'(z_i),
-
-    where :math:`e` embeds periodic conditioning inputs as :math:`(\cos, \sin)` and passes
-    Euclidean ones through, :math:`h` is an nflows ResidualNet, :math:`s_i` is a circular RQ
-    spline for periodic :math:`i` (``3K`` parameters) and an RQ spline with linear tails on
-    ``[-tail_bound, tail_bound]`` otherwise (``3K - 1`` parameters). Widths and heights are
-    divided by ``sqrt(hidden_features)`` and derivatives offset so that a zero conditioner
+    where $e$ embeds periodic conditioning inputs as $(\cos, \sin)$ and passes
+    Euclidean ones through, $h$ is an nflows ResidualNet, $s_i$ is a circular RQ
+    spline for periodic $i$ (`3K` parameters) and an RQ spline with linear tails on
+    `[-tail_bound, tail_bound]` otherwise (`3K - 1` parameters). Widths and heights are
+    divided by `sqrt(hidden_features)` and derivatives offset so that a zero conditioner
     output is the identity.
 
     Args:
-        mask: bool ``[features]``; ``True`` = transformed.
-        periodic: bool ``[features]``; ``True`` = periodic coordinate on :math:`[-\pi, \pi)`.
+        mask: bool `[features]`; `True` = transformed.
+        periodic: bool `[features]`; `True` = periodic coordinate on $[-\pi, \pi)$.
         hidden_features, num_blocks: ResidualNet size.
-        num_bins: spline bins ``K``.
+        num_bins: spline bins `K`.
         tail_bound: interval half-width for the Euclidean splines.
     """
 

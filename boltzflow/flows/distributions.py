@@ -1,8 +1,8 @@
-r"""Base distributions for flows (``nn.Module``\ s, so dtype/device follow ``.to()``).
+r"""Base distributions for flows (`nn.Module`\ s, so dtype/device follow `.to()`).
 
-Each base has ``event_shape``, ``sample(n, generator=None) -> Tensor[n, *event_shape]`` and
-``log_prob(z) -> Tensor[n]``. Learnable bases (e.g. Student-t marginals) keep their
-parameters as ``nn.Parameter`` so the trainer optimizes them.
+Each base has `event_shape`, `sample(n, generator=None) -> Tensor[n, *event_shape]` and
+`log_prob(z) -> Tensor[n]`. Learnable bases (e.g. Student-t marginals) keep their
+parameters as `nn.Parameter` so the trainer optimizes them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ __all__ = ["StandardNormal", "UniformTorus", "MixedNormalTorus", "BaseDistributi
 
 
 class BaseDistribution(nn.Module):
-    """Common plumbing: an ``event_shape`` and a dtype/device anchor buffer."""
+    """Common plumbing: an `event_shape` and a dtype/device anchor buffer."""
 
     def __init__(self, event_shape):
         super().__init__()
@@ -37,7 +37,7 @@ class BaseDistribution(nn.Module):
 
 
 class StandardNormal(BaseDistribution):
-    r"""Isotropic Gaussian :math:`\mathcal N(0, I)`; ``log_prob = -|z|²/2 - (d/2) log 2π``."""
+    r"""Isotropic Gaussian $\mathcal N(0, I)$; `log_prob = -|z|²/2 - (d/2) log 2π`."""
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return self._empty(n).normal_(generator=generator)
@@ -47,9 +47,9 @@ class StandardNormal(BaseDistribution):
 
 
 class UniformTorus(BaseDistribution):
-    r"""Uniform on the box :math:`[low, high)^d` (a torus for periodic coordinates).
+    r"""Uniform on the box $[low, high)^d$ (a torus for periodic coordinates).
 
-    Default ``[-π, π)``; ``log_prob = -d · log(high - low)`` inside, ``-inf`` outside.
+    Default `[-π, π)`; `log_prob = -d · log(high - low)` inside, `-inf` outside.
     """
 
     def __init__(self, event_shape, low: float = -math.pi, high: float = math.pi):
@@ -71,17 +71,19 @@ class UniformTorus(BaseDistribution):
 
 
 class MixedNormalTorus(BaseDistribution):
-    r"""Product base for mixed Euclidean/periodic events: :math:`\mathcal N(0, 1)` on Euclidean
-    features and :math:`U[low, high)` on periodic ones (default :math:`[-\pi, \pi)`).
+    r"""Product base for mixed Euclidean/periodic events: $\mathcal N(0, 1)$ on Euclidean
+    features and $U[low, high)$ on periodic ones (default $[-\pi, \pi)$).
 
-    .. math:: \log p(z) = \sum_{i \notin P} \big(-\tfrac12 z_i^2 - \tfrac12\log 2\pi\big)
-              - |P| \log(high - low),
+    $$
+    \log p(z) = \sum_{i \notin P} \big(-\tfrac12 z_i^2 - \tfrac12\log 2\pi\big)
+    - |P| \log(high - low),
+    $$
 
-    and ``-inf`` if a periodic feature lies outside ``[low, high]``. Used for molecular internal
+    and `-inf` if a periodic feature lies outside `[low, high]`. Used for molecular internal
     coordinates (torsions periodic; bonds and angles not).
 
     Args:
-        periodic: bool tensor of ``event_shape``; ``True`` marks a periodic feature.
+        periodic: bool tensor of `event_shape`; `True` marks a periodic feature.
         low, high: the periodic interval.
     """
 

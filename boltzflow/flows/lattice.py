@@ -6,12 +6,12 @@ layer commutes with lattice translations and respects periodic boundary conditio
 parameters of an elementwise bijection of the *active* colour (Albergo, Kanwar & Shanahan 2019,
 Phys. Rev. D 100, 034515):
 
-* affine (real NVP, Dinh et al. 2017): :math:`x_a = z_a e^{s(z_f)} + t(z_f)`,
-  :math:`\log|\det| = \sum_{a} s_a`;
+* affine (real NVP, Dinh et al. 2017): $x_a = z_a e^{s(z_f)} + t(z_f)$,
+  $\log|\det| = \sum_{a} s_a$;
 * rational-quadratic spline (Durkan et al. 2019) with linear tails outside
-  :math:`[-B, B]`: :math:`x_a = h(z_a; \theta(z_f))`, :math:`\log|\det| = \sum_a \log h'(z_a)`.
+  $[-B, B]$: $x_a = h(z_a; \theta(z_f))$, $\log|\det| = \sum_a \log h'(z_a)$.
 
-Layers alternate the colours. Event shape ``[L, L]``; the base is a standard normal. The last
+Layers alternate the colours. Event shape `[L, L]`; the base is a standard normal. The last
 convolution of every conditioner starts at zero, so a fresh flow is the identity map.
 """
 
@@ -38,7 +38,7 @@ __all__ = [
 
 
 class CircularConvNet(nn.Module):
-    """Convolutions with circular padding: ``[B, c_in, L, L] -> [B, c_out, L, L]``.
+    """Convolutions with circular padding: `[B, c_in, L, L] -> [B, c_out, L, L]`.
 
     Args:
         in_channels, out_channels: channel counts.
@@ -46,9 +46,9 @@ class CircularConvNet(nn.Module):
         kernel_size: odd kernel size (padding keeps the lattice size).
         zero_init: start the last layer at zero (so couplings start at the identity).
         bias_period: if set (a divisor of L), a learnable bias pattern of that period, shape
-            ``[hidden[0], p, p]``, is added after the first convolution: positional features
-            (equivalent to one-hot channels of ``x mod p``) that keep equivariance under
-            translations by multiples of ``p``.
+            `[hidden[0], p, p]`, is added after the first convolution: positional features
+            (equivalent to one-hot channels of `x mod p`) that keep equivariance under
+            translations by multiples of `p`.
     """
 
     def __init__(
@@ -80,7 +80,7 @@ class CircularConvNet(nn.Module):
             self.periodic_bias = nn.Parameter(torch.zeros(widths[1], bias_period, bias_period))
 
     def features(self, x):
-        """All layers but the last: ``[B, c_in, L, L] -> [B, hidden[-1], L, L]``."""
+        """All layers but the last: `[B, c_in, L, L] -> [B, hidden[-1], L, L]`."""
         h = self.net[0](x)
         if self.bias_period is not None:
             reps = (h.shape[-2] // self.bias_period, h.shape[-1] // self.bias_period)
@@ -92,9 +92,9 @@ class CircularConvNet(nn.Module):
 
 
 class GlobalScale(Transform):
-    r"""One learnable scale for the whole field: :math:`x = e^{a} z`, :math:`\log|\det| = a\,V`.
+    r"""One learnable scale for the whole field: $x = e^{a} z$, $\log|\det| = a\,V$.
 
-    Placed first, it lets a flow with identity tails (splines beyond ``tail_bound``) shrink the
+    Placed first, it lets a flow with identity tails (splines beyond `tail_bound`) shrink the
     base before the couplings, so rare base draws far out are not mapped to huge fields.
     """
 
@@ -114,7 +114,7 @@ class GlobalScale(Transform):
 
 
 def checkerboard(L: int, parity: int) -> torch.Tensor:
-    """Bool mask ``[L, L]``, True on sites with ``(x0 + x1) % 2 == parity`` (the active sites)."""
+    """Bool mask `[L, L]`, True on sites with `(x0 + x1) % 2 == parity` (the active sites)."""
     idx = torch.arange(L)
     return (idx.view(-1, 1) + idx.view(1, -1)) % 2 == parity
 
@@ -148,8 +148,8 @@ class _Checkerboard(Transform):
 
 
 class CheckerboardAffineCoupling(_Checkerboard):
-    r"""Affine checkerboard coupling :math:`x_a = z_a e^{s} + t`, with
-    :math:`s = c\tanh(\tilde s/c)` bounded by ``scale_bound`` c for stability."""
+    r"""Affine checkerboard coupling $x_a = z_a e^{s} + t$, with
+    $s = c\tanh(\tilde s/c)$ bounded by `scale_bound` c for stability."""
 
     def __init__(self, L, parity, hidden=(8, 8), kernel_size=3, scale_bound=3.0):
         super().__init__(L, parity, 2, hidden, kernel_size)
@@ -166,8 +166,8 @@ class CheckerboardAffineCoupling(_Checkerboard):
 
 
 class CheckerboardSplineCoupling(_Checkerboard):
-    """Rational-quadratic spline checkerboard coupling with ``num_bins`` bins on
-    ``[-tail_bound, tail_bound]`` and identity (linear) tails outside."""
+    """Rational-quadratic spline checkerboard coupling with `num_bins` bins on
+    `[-tail_bound, tail_bound]` and identity (linear) tails outside."""
 
     def __init__(self, L, parity, hidden=(8, 8), kernel_size=3, num_bins=8, tail_bound=4.0):
         super().__init__(L, parity, 3 * num_bins - 1, hidden, kernel_size)
@@ -205,17 +205,18 @@ def phi4_flow(
     init_scale: float = 1.0,
     seed: int | None = None,
 ) -> Flow:
-    """Checkerboard coupling flow for a scalar field ``[L, L]`` (standard normal base).
+    """Checkerboard coupling flow for a scalar field `[L, L]` (standard normal base).
 
     Args:
-        target: a :class:`~boltzflow.energies.lattice.Phi4` (its ``L`` is used), or ``None``
-            with ``L`` given.
+        target: a [`Phi4`][boltzflow.energies.lattice.Phi4] (its `L` is used), or `None`
+            with `L` given.
         num_layers: coupling layers (alternating checkerboard colours).
-        coupling: ``"affine"`` or ``"spline"``.
+        coupling: `"affine"` or `"spline"`.
         hidden, kernel_size: conditioner channel widths and kernel size.
         num_bins, tail_bound: spline settings; scale_bound: affine log-scale bound.
-        init_scale: initial value of a learnable :class:`GlobalScale` applied first (1 is the
-            identity; a value near the field's width keeps the spline tails out of reach).
+        init_scale: initial value of a learnable
+            [`GlobalScale`][boltzflow.flows.lattice.GlobalScale] applied first (1 is the identity; a
+            value near the field's width keeps the spline tails out of reach).
         seed: seeds the parameter initialisation (the global RNG is left untouched).
     """
     L = int(L if L is not None else target.event_shape[-1])

@@ -1,35 +1,40 @@
 r"""Adapter from nflows transforms to boltzflow's direction convention.
 
-nflows runs data → noise: an nflows transform ``t`` has ``t.forward(x) -> (z, log|det ∂z/∂x|)``
-and ``t.inverse(z) -> (x, log|det ∂x/∂z|)``. boltzflow runs latent → configuration. This
+nflows runs data → noise: an nflows transform `t` has `t.forward(x) -> (z, log|det ∂z/∂x|)`
+and `t.inverse(z) -> (x, log|det ∂x/∂z|)`. boltzflow runs latent → configuration. This
 module is the only place where the two directions are converted:
 
-.. math::
+$$
+\texttt{NflowsTransform.forward}(z) = t^{-1}(z), \quad
+\mathrm{ladj} = \log|\det \partial x/\partial z|, \\
+\texttt{NflowsTransform.inverse}(x) = t(x), \quad
+\mathrm{ladj\_inv} = \log|\det \partial z/\partial x|.
+$$
 
-    \texttt{NflowsTransform.forward}(z) = t^{-1}(z), \quad
-    \mathrm{ladj} = \log|\det \partial x/\partial z|, \\
-    \texttt{NflowsTransform.inverse}(x) = t(x), \quad
-    \mathrm{ladj\_inv} = \log|\det \partial z/\partial x|.
-
-nflows transforms act on ``[batch, features]`` tensors; the adapter flattens any event shape
-to ``features = prod(event_shape)`` and restores it on output.
+nflows transforms act on `[batch, features]` tensors; the adapter flattens any event shape
+to `features = prod(event_shape)` and restores it on output.
 
 The factory functions build the nflows layers boltzflow uses, each wrapped:
 
-* :func:`rq_coupling` -- rational-quadratic spline coupling with linear tails outside
-  ``[-tail_bound, tail_bound]`` and a ResidualNet conditioner (Durkan et al. 2019,
-  "Neural Spline Flows");
-* :func:`rq_elementwise` -- an unconditional elementwise RQ spline (for one-dimensional events);
-* :func:`maf` -- masked affine autoregressive layer with a MADE conditioner (Papamakarios et al.
-  2017, "Masked Autoregressive Flow for Density Estimation");
-* :func:`rq_autoregressive` -- masked RQ spline autoregressive layer (Durkan et al. 2019);
-* :func:`reverse_permutation`, :func:`random_permutation` -- fixed feature permutations.
+* [`rq_coupling`][boltzflow.flows.nflows_adapter.rq_coupling] -- rational-quadratic spline coupling
+  with linear tails outside `[-tail_bound, tail_bound]` and a ResidualNet conditioner (Durkan et al.
+  2019, "Neural Spline Flows");
+* [`rq_elementwise`][boltzflow.flows.nflows_adapter.rq_elementwise] -- an unconditional elementwise
+  RQ spline (for one-dimensional events);
+* [`maf`][boltzflow.flows.nflows_adapter.maf] -- masked affine autoregressive layer with a MADE
+  conditioner (Papamakarios et al. 2017, "Masked Autoregressive Flow for Density Estimation");
+* [`rq_autoregressive`][boltzflow.flows.nflows_adapter.rq_autoregressive] -- masked RQ spline
+  autoregressive layer (Durkan et al. 2019);
+* [`reverse_permutation`][boltzflow.flows.nflows_adapter.reverse_permutation],
+  [`random_permutation`][boltzflow.flows.nflows_adapter.random_permutation] -- fixed feature
+  permutations.
 
-:func:`to_nflows` converts a boltzflow transform stack back into an nflows ``Transform``
-(data → noise), for interoperability and for benchmarking against bare nflows.
+[`to_nflows`][boltzflow.flows.nflows_adapter.to_nflows] converts a boltzflow transform stack back
+into an nflows `Transform` (data → noise), for interoperability and for benchmarking against bare
+nflows.
 
 nflows layers initialise their weights from torch's global RNG; seed it (or use
-:mod:`boltzflow.flows.builders`, which does) for reproducible flows.
+[`boltzflow.flows.builders`][boltzflow.flows.builders], which does) for reproducible flows.
 """
 
 from __future__ import annotations
@@ -56,13 +61,14 @@ __all__ = [
 
 
 class NflowsTransform(Transform):
-    r"""A boltzflow :class:`Transform` around an nflows transform ``t`` (data → noise).
+    r"""A boltzflow [`Transform`][boltzflow.flows.base.Transform] around an nflows transform `t`
+    (data → noise).
 
-    ``forward(z) = t.inverse(z)`` and ``inverse(x) = t.forward(x)``; inputs of shape
-    ``[batch, *event_shape]`` are flattened to ``[batch, prod(event_shape)]`` for nflows.
+    `forward(z) = t.inverse(z)` and `inverse(x) = t.forward(x)`; inputs of shape
+    `[batch, *event_shape]` are flattened to `[batch, prod(event_shape)]` for nflows.
 
     Args:
-        transform: an ``nflows.transforms.Transform`` mapping data to noise.
+        transform: an `nflows.transforms.Transform` mapping data to noise.
     """
 
     def __init__(self, transform: nt.Transform):
@@ -92,18 +98,18 @@ def rq_coupling(
     num_bins: int = 8,
     tail_bound: float = 5.0,
 ) -> NflowsTransform:
-    r"""Rational-quadratic spline coupling layer (nflows ``PiecewiseRationalQuadraticCoupling``).
+    r"""Rational-quadratic spline coupling layer (nflows `PiecewiseRationalQuadraticCoupling`).
 
-    Features with ``mask[i] = True`` are transformed elementwise by monotone RQ splines on
-    ``[-B, B]`` (``B = tail_bound``; identity with unit slope outside), whose ``3K - 1`` knot
+    Features with `mask[i] = True` are transformed elementwise by monotone RQ splines on
+    `[-B, B]` (`B = tail_bound`; identity with unit slope outside), whose `3K - 1` knot
     parameters per feature come from a ResidualNet of the untouched features.
-    ``ladj = Σ_i log s_i'(z_i)``.
+    `ladj = Σ_i log s_i'(z_i)`.
 
     Args:
-        mask: bool ``[features]``; which features the spline transforms.
+        mask: bool `[features]`; which features the spline transforms.
         hidden_features, num_blocks: ResidualNet width and number of residual blocks.
-        num_bins: number of spline bins ``K``.
-        tail_bound: half-width ``B`` of the spline interval.
+        num_bins: number of spline bins `K`.
+        tail_bound: half-width `B` of the spline interval.
     """
 
     def make_net(in_features: int, out_features: int) -> ResidualNet:
@@ -122,8 +128,8 @@ def rq_coupling(
 def rq_elementwise(features: int, num_bins: int = 8, tail_bound: float = 5.0) -> NflowsTransform:
     """Unconditional elementwise RQ spline with linear tails.
 
-    Each feature has its own learnable spline on ``[-tail_bound, tail_bound]`` (nflows
-    ``PiecewiseRationalQuadraticCDF``).
+    Each feature has its own learnable spline on `[-tail_bound, tail_bound]` (nflows
+    `PiecewiseRationalQuadraticCDF`).
     """
     layer = nt.PiecewiseRationalQuadraticCDF(
         shape=[features], num_bins=num_bins, tails="linear", tail_bound=tail_bound
@@ -136,14 +142,15 @@ def maf(
 ) -> NflowsTransform:
     r"""Masked affine autoregressive layer (MAF; Papamakarios et al. 2017).
 
-    nflows' data → noise map is ``z_i = s_i(x_{<i}) x_i + m_i(x_{<i})`` with
-    ``s = softplus(·) + 10⁻³``, so the density direction (:meth:`inverse`) is one MADE pass
-    and the sampling direction (:meth:`forward`) takes ``features`` passes. Wrap the result in
-    :class:`~boltzflow.flows.base.InverseTransform` for the inverse-autoregressive (IAF) variant.
+    nflows' data → noise map is `z_i = s_i(x_{<i}) x_i + m_i(x_{<i})` with
+    `s = softplus(·) + 10⁻³`, so the density direction (`inverse`) is one MADE pass
+    and the sampling direction (`forward`) takes `features` passes. Wrap the result in
+    [`InverseTransform`][boltzflow.flows.base.InverseTransform] for the inverse-autoregressive (IAF)
+    variant.
 
-    With ``near_identity`` the MADE output layer is scaled by 10⁻² and its bias set so that
-    ``s = 1, m = 0`` at zero output: nflows' default initialisation has scales down to
-    ``~10⁻³``, and sampling through several layers then overflows.
+    With `near_identity` the MADE output layer is scaled by 10⁻² and its bias set so that
+    `s = 1, m = 0` at zero output: nflows' default initialisation has scales down to
+    `~10⁻³`, and sampling through several layers then overflows.
     """
     layer = nt.MaskedAffineAutoregressiveTransform(
         features=features, hidden_features=hidden_features, num_blocks=num_blocks
@@ -167,8 +174,8 @@ def rq_autoregressive(
 ) -> NflowsTransform:
     r"""Masked RQ spline autoregressive layer (Durkan et al. 2019), linear tails.
 
-    Same direction costs as :func:`maf`: one MADE pass for :meth:`inverse`, ``features``
-    passes for :meth:`forward`.
+    Same direction costs as [`maf`][boltzflow.flows.nflows_adapter.maf]: one MADE pass for
+    `inverse`, `features` passes for `forward`.
     """
     layer = nt.MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
         features=features,
@@ -182,12 +189,12 @@ def rq_autoregressive(
 
 
 def reverse_permutation(features: int) -> NflowsTransform:
-    """Fixed reversal of the feature order (``ladj = 0``)."""
+    """Fixed reversal of the feature order (`ladj = 0`)."""
     return NflowsTransform(nt.ReversePermutation(features))
 
 
 def random_permutation(features: int, generator: torch.Generator | None = None) -> NflowsTransform:
-    """Fixed random permutation drawn from ``generator`` (kept as a buffer; ``ladj = 0``)."""
+    """Fixed random permutation drawn from `generator` (kept as a buffer; `ladj = 0`)."""
     return NflowsTransform(nt.Permutation(torch.randperm(features, generator=generator)))
 
 
@@ -204,13 +211,14 @@ def _affine_to_nflows(layer: ElementwiseAffine) -> nt.Transform:
 
 
 def to_nflows(transform: Transform) -> nt.Transform:
-    """Convert a boltzflow transform stack to an nflows ``Transform`` (data → noise).
+    """Convert a boltzflow transform stack to an nflows `Transform` (data → noise).
 
-    Supports :class:`~boltzflow.flows.base.Compose`,
-    :class:`~boltzflow.flows.base.InverseTransform`, :class:`NflowsTransform` (the wrapped
-    module is shared, not copied) and :class:`~boltzflow.flows.affine.ElementwiseAffine`
-    (converted to an nflows ``ActNorm`` holding a copy of its current values). Event shapes
-    must be flat.
+    Supports [`Compose`][boltzflow.flows.base.Compose],
+    [`InverseTransform`][boltzflow.flows.base.InverseTransform],
+    [`NflowsTransform`][boltzflow.flows.nflows_adapter.NflowsTransform] (the wrapped module is
+    shared, not copied) and [`ElementwiseAffine`][boltzflow.flows.affine.ElementwiseAffine]
+    (converted to an nflows `ActNorm` holding a copy of its current values). Event shapes must be
+    flat.
 
     Raises:
         TypeError: for transforms without an nflows counterpart.

@@ -2,29 +2,29 @@ r"""Inverting monotone elementwise maps by root finding, with implicit (IFT) gra
 
 Smooth mixture transforms (Köhler, Krämer & Noé 2021, "Smooth Normalizing Flows", NeurIPS)
 have no closed-form inverse. For a strictly increasing elementwise map
-:math:`f(\,\cdot\,;\theta): [a, b] \to [f(a), f(b)]` and a value :math:`y`, the root
-:math:`x = f^{-1}(y;\theta)` is found by Newton's method safeguarded by bisection
-(Press et al., *Numerical Recipes*, ``rtsafe``): a bracket :math:`[\ell, h] \ni x` is shrunk at
+$f(\,\cdot\,;\theta): [a, b] \to [f(a), f(b)]$ and a value $y$, the root
+$x = f^{-1}(y;\theta)$ is found by Newton's method safeguarded by bisection
+(Press et al., *Numerical Recipes*, `rtsafe`): a bracket $[\ell, h] \ni x$ is shrunk at
 every iterate, and a Newton step that leaves the bracket is replaced by its midpoint. The
-iteration runs to the dtype's precision (``|f(x) - y| ≲ 4ε`` or a bracket narrower than
-``4ε``), so a float64 round trip is exact to ~1e-15.
+iteration runs to the dtype's precision (`|f(x) - y| ≲ 4ε` or a bracket narrower than
+`4ε`), so a float64 round trip is exact to ~1e-15.
 
 Gradients never pass through the solver's iterations. The inverse function theorem gives
 
-.. math::
+$$
+\frac{\partial x}{\partial y} = \frac{1}{f'(x)}, \qquad
+\frac{\partial x}{\partial \theta} = -\frac{\partial_\theta f(x;\theta)}{f'(x)},
+$$
 
-    \frac{\partial x}{\partial y} = \frac{1}{f'(x)}, \qquad
-    \frac{\partial x}{\partial \theta} = -\frac{\partial_\theta f(x;\theta)}{f'(x)},
+evaluated at the root. [`RootInverse`][boltzflow.flows.root_finding.RootInverse] implements this
+backward with differentiable torch operations of the *forward* function at the root, and the root it
+uses there is the Function's own (saved) output. Differentiating the backward again therefore
+re-enters this same implicit rule, so higher derivatives (`create_graph=True`: forces of a density
+that contains an inverse, and their parameter gradients in force matching) are exact as well.
 
-evaluated at the root. :class:`RootInverse` implements this backward with differentiable torch
-operations of the *forward* function at the root, and the root it uses there is the Function's
-own (saved) output. Differentiating the backward again therefore re-enters this same implicit
-rule, so higher derivatives (``create_graph=True``: forces of a density that contains an
-inverse, and their parameter gradients in force matching) are exact as well.
-
-Contract of the elementwise map ``fn(x, params) -> (y, dy/dx)``: ``x`` has shape ``[...]``,
-``params`` ``[..., P]`` (one parameter vector per element, elements independent), both outputs
-have the shape of ``x``, and ``dy/dx > 0``.
+Contract of the elementwise map `fn(x, params) -> (y, dy/dx)`: `x` has shape `[...]`,
+`params` `[..., P]` (one parameter vector per element, elements independent), both outputs
+have the shape of `x`, and `dy/dx > 0`.
 """
 
 from __future__ import annotations
@@ -48,24 +48,24 @@ def bracketed_newton(
     max_iter: int = 100,
     x0: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    r"""Solve ``fn(x, params)[0] = y`` elementwise for ``x ∈ [lower, upper]`` (no gradients).
+    r"""Solve `fn(x, params)[0] = y` elementwise for `x ∈ [lower, upper]` (no gradients).
 
-    Newton iterates :math:`x \leftarrow x - (f(x) - y)/f'(x)`, kept inside a bracket that is
-    updated from the sign of :math:`f(x) - y` at every iterate; a step that would leave the
+    Newton iterates $x \leftarrow x - (f(x) - y)/f'(x)$, kept inside a bracket that is
+    updated from the sign of $f(x) - y$ at every iterate; a step that would leave the
     bracket (or is not finite) becomes a bisection step. Converges for any continuous strictly
-    increasing :math:`f` with :math:`f(\text{lower}) \le y \le f(\text{upper})`; quadratically
+    increasing $f$ with $f(\text{lower}) \le y \le f(\text{upper})$; quadratically
     once Newton steps are accepted.
 
     Args:
-        fn: elementwise map ``fn(x, params) -> (f(x), f'(x))``.
-        y: targets ``[...]``.
-        params: ``[..., P]``.
-        lower, upper: the bracket (the domain of ``fn``).
+        fn: elementwise map `fn(x, params) -> (f(x), f'(x))`.
+        y: targets `[...]`.
+        params: `[..., P]`.
+        lower, upper: the bracket (the domain of `fn`).
         max_iter: iteration cap (bisection alone halves the bracket 100 times).
-        x0: starting point (default: ``y`` clamped into the bracket, exact for the identity).
+        x0: starting point (default: `y` clamped into the bracket, exact for the identity).
 
     Returns:
-        ``x`` with the shape of ``y``; NaN where ``y`` is NaN.
+        `x` with the shape of `y`; NaN where `y` is NaN.
     """
     eps = torch.finfo(y.dtype).eps
     xtol = 4 * eps * max(1.0, abs(lower), abs(upper))
@@ -90,10 +90,10 @@ def bracketed_newton(
 
 
 class RootInverse(torch.autograd.Function):
-    r"""``x = f^{-1}(y; θ)`` by :func:`bracketed_newton`, differentiable by the inverse function
-    theorem to any order (see the module docstring).
+    r"""`x = f^{-1}(y; θ)` by [`bracketed_newton`][boltzflow.flows.root_finding.bracketed_newton],
+    differentiable by the inverse function theorem to any order (see the module docstring).
 
-    ``RootInverse.apply(fn, y, params, lower, upper) -> x``.
+    `RootInverse.apply(fn, y, params, lower, upper) -> x`.
     """
 
     @staticmethod
@@ -133,16 +133,16 @@ def invert(
     lower: float = 0.0,
     upper: float = 1.0,
 ) -> torch.Tensor:
-    r"""Differentiable inverse ``x = f^{-1}(y; θ)`` of an increasing elementwise map.
+    r"""Differentiable inverse `x = f^{-1}(y; θ)` of an increasing elementwise map.
 
     Args:
-        fn: ``fn(x, params) -> (f(x), f'(x))``, elementwise, increasing on ``[lower, upper]``.
-        y: ``[...]`` with ``f(lower) ≤ y ≤ f(upper)``.
-        params: ``[..., P]``.
-        lower, upper: the domain of ``fn``.
+        fn: `fn(x, params) -> (f(x), f'(x))`, elementwise, increasing on `[lower, upper]`.
+        y: `[...]` with `f(lower) ≤ y ≤ f(upper)`.
+        params: `[..., P]`.
+        lower, upper: the domain of `fn`.
 
     Returns:
-        ``x`` of the shape of ``y``; gradients to ``y`` and ``params`` (and their derivatives)
+        `x` of the shape of `y`; gradients to `y` and `params` (and their derivatives)
         by the inverse function theorem.
 
     Example:

@@ -2,49 +2,49 @@ r"""Smooth (C∞) mixture transforms on the interval and the circle.
 
 Köhler, Krämer & Noé 2021, "Smooth Normalizing Flows" (NeurIPS). A flow used as a potential,
 for forces or for molecular dynamics, must be C∞: a rational-quadratic spline is only
-:math:`C^1`, so its log-density has kinks and its forces jump.
+$C^1$, so its log-density has kinks and its forces jump.
 
-**Smooth step.** With the C∞ ramp :math:`\rho_\alpha(t) = e^{-1/(\alpha t)}` (``t > 0``, else 0),
+**Smooth step.** With the C∞ ramp $\rho_\alpha(t) = e^{-1/(\alpha t)}$ (`t > 0`, else 0),
 
-.. math::
+$$
+\sigma_\alpha(t) = \frac{\rho_\alpha(t)}{\rho_\alpha(t) + \rho_\alpha(1-t)}
+= \operatorname{sigmoid}\!\Big(\frac{1}{\alpha}\Big[\frac{1}{1-t} - \frac1t\Big]\Big)
+\quad (0 < t < 1),
+$$
 
-    \sigma_\alpha(t) = \frac{\rho_\alpha(t)}{\rho_\alpha(t) + \rho_\alpha(1-t)}
-    = \operatorname{sigmoid}\!\Big(\frac{1}{\alpha}\Big[\frac{1}{1-t} - \frac1t\Big]\Big)
-    \quad (0 < t < 1),
-
-``0`` for ``t ≤ 0`` and ``1`` for ``t ≥ 1``: a C∞ step whose derivatives of every order vanish at
-``t = 0`` and ``t = 1``. In floating point :math:`\sigma_\alpha` and all its derivatives are
-exactly 0 (or 1) for ``t < 1e-4`` (``t > 1 - 1e-4``) when :math:`\alpha \le 2`, which is
+`0` for `t ≤ 0` and `1` for `t ≥ 1`: a C∞ step whose derivatives of every order vanish at
+`t = 0` and `t = 1`. In floating point $\sigma_\alpha$ and all its derivatives are
+exactly 0 (or 1) for `t < 1e-4` (`t > 1 - 1e-4`) when $\alpha \le 2$, which is
 where the evaluation switches to the constants.
 
-**Components** (per element, ``k = 1..K``), with :math:`t_k(x) = a_k (x - b_k) + \tfrac12`,
-shift :math:`b_k \in (0, 1)`, scale :math:`a_k \ge 1` and shape
-:math:`\alpha_k \in [0.2, 2]`:
+**Components** (per element, `k = 1..K`), with $t_k(x) = a_k (x - b_k) + \tfrac12$,
+shift $b_k \in (0, 1)$, scale $a_k \ge 1$ and shape
+$\alpha_k \in [0.2, 2]$:
 
-* interval: :math:`g_k(x) = [\sigma(t_k(x)) - \sigma(t_k(0))] / [\sigma(t_k(1)) - \sigma(t_k(0))]`,
-  a C∞ increasing bijection of ``[0, 1]`` (the denominator is at least ½ because
-  :math:`a_k \ge 1`);
-* circle: :math:`g_k(x) = \sum_{n=-1}^{1} [\sigma(t_k(x+n)) - \sigma(t_k(n))]`, the
-  cumulative of the periodised bump :math:`\sum_n a_k\sigma'(t_k(x+n))`; because the bump's
-  support :math:`[b_k - \tfrac1{2a_k}, b_k + \tfrac1{2a_k}] \subset (-\tfrac12, \tfrac32)`,
-  the three terms are the whole lattice sum on ``[0, 1]``, so :math:`g_k(x+1) = g_k(x) + 1`
+* interval: $g_k(x) = [\sigma(t_k(x)) - \sigma(t_k(0))] / [\sigma(t_k(1)) - \sigma(t_k(0))]$,
+  a C∞ increasing bijection of `[0, 1]` (the denominator is at least ½ because
+  $a_k \ge 1$);
+* circle: $g_k(x) = \sum_{n=-1}^{1} [\sigma(t_k(x+n)) - \sigma(t_k(n))]$, the
+  cumulative of the periodised bump $\sum_n a_k\sigma'(t_k(x+n))$; because the bump's
+  support $[b_k - \tfrac1{2a_k}, b_k + \tfrac1{2a_k}] \subset (-\tfrac12, \tfrac32)$,
+  the three terms are the whole lattice sum on `[0, 1]`, so $g_k(x+1) = g_k(x) + 1$
   with every derivative periodic.
 
-**Mixture.** With softmax weights :math:`w_0, \dots, w_K` (:math:`w_0` on the identity) and
-a floor ``min_weight`` :math:`= c`,
+**Mixture.** With softmax weights $w_0, \dots, w_K$ ($w_0$ on the identity) and
+a floor `min_weight` $= c$,
 
-.. math::
+$$
+f(x) = c\,x + (1-c)\Big[w_0 x + \sum_k w_k g_k(x)\Big], \qquad f'(x) \ge c > 0,
+$$
 
-    f(x) = c\,x + (1-c)\Big[w_0 x + \sum_k w_k g_k(x)\Big], \qquad f'(x) \ge c > 0,
+strictly increasing, C∞, `f(0) = 0`, `f(1) = 1`. On the circle a rotation $s$ follows:
+$x \mapsto (f(x) + s) \bmod 1$. Parameters per element (`P = 4K + 1`, plus one on the
+circle): `K + 1` logits, `K` raw shifts, `K` raw scales, `K` raw shapes, [rotation].
 
-strictly increasing, C∞, ``f(0) = 0``, ``f(1) = 1``. On the circle a rotation :math:`s` follows:
-:math:`x \mapsto (f(x) + s) \bmod 1`. Parameters per element (``P = 4K + 1``, plus one on the
-circle): ``K + 1`` logits, ``K`` raw shifts, ``K`` raw scales, ``K`` raw shapes, [rotation].
-
-The inverse is computed by :func:`~boltzflow.flows.root_finding.invert` (bisection-safeguarded
-Newton, implicit gradients). Transforms act on angles in :math:`[-\pi, \pi)` (circle) or on a
-given ``[low, high]`` (interval); :class:`SigmoidToInterval` maps Euclidean coordinates into
-``(0, 1)`` and back.
+The inverse is computed by [`invert`][boltzflow.flows.root_finding.invert] (bisection-safeguarded
+Newton, implicit gradients). Transforms act on angles in $[-\pi, \pi)$ (circle) or on a
+given `[low, high]` (interval); [`SigmoidToInterval`][boltzflow.flows.smooth.SigmoidToInterval] maps
+Euclidean coordinates into `(0, 1)` and back.
 """
 
 from __future__ import annotations
@@ -78,13 +78,13 @@ PROBIT_SCALE = 1.702
 
 
 def smooth_step(t: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""The C∞ step :math:`\sigma_\alpha(t)` and its derivative (module docstring).
+    r"""The C∞ step $\sigma_\alpha(t)$ and its derivative (module docstring).
 
     Args:
-        t: ``[...]``; alpha: broadcastable to ``t``, in ``[0.2, 2]``.
+        t: `[...]`; alpha: broadcastable to `t`, in `[0.2, 2]`.
 
     Returns:
-        ``(σ(t), σ'(t))``, differentiable to any order.
+        `(σ(t), σ'(t))`, differentiable to any order.
     """
     inside = (t > _EDGE) & (t < 1 - _EDGE)
     tc = torch.where(inside, t, torch.full_like(t, 0.5))
@@ -96,13 +96,13 @@ def smooth_step(t: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 def mixture_num_params(num_components: int, circular: bool) -> int:
-    """Parameters per element: ``4K + 1`` on the interval, ``4K + 2`` on the circle."""
+    """Parameters per element: `4K + 1` on the interval, `4K + 2` on the circle."""
     return 4 * int(num_components) + 1 + int(bool(circular))
 
 
 def initial_params(num_components: int, circular: bool, identity_logit: float = 3.0):
-    r"""Raw parameters ``[P]`` of a near-identity mixture: identity logit ``identity_logit``
-    (others 0), shifts evenly spaced at :math:`b_k = (k + \tfrac12)/K`, scale and shape raw 0.
+    r"""Raw parameters `[P]` of a near-identity mixture: identity logit `identity_logit`
+    (others 0), shifts evenly spaced at $b_k = (k + \tfrac12)/K$, scale and shape raw 0.
 
     Evenly spaced equal steps sum to an almost linear map, so the mixture starts close to
     the identity while every component has a gradient."""
@@ -135,8 +135,8 @@ def _num_components(params: torch.Tensor, circular: bool) -> int:
 
 
 def interval_mixture(x: torch.Tensor, params: torch.Tensor, min_weight: float = 0.01):
-    r"""Smooth mixture bijection of ``[0, 1]``: ``(f(x), f'(x))`` for ``x [...]``,
-    ``params [..., 4K + 1]`` (module docstring)."""
+    r"""Smooth mixture bijection of `[0, 1]`: `(f(x), f'(x))` for `x [...]`,
+    `params [..., 4K + 1]` (module docstring)."""
     k = _num_components(params, False)
     weights, shift, scale, alpha = _components(params, k)
     t = lambda u: scale * (u - shift) + 0.5  # noqa: E731
@@ -148,8 +148,8 @@ def interval_mixture(x: torch.Tensor, params: torch.Tensor, min_weight: float = 
 
 
 def circle_mixture(x: torch.Tensor, params: torch.Tensor, min_weight: float = 0.01):
-    r"""Smooth mixture diffeomorphism of the circle ``[0, 1)`` before its rotation:
-    ``(f(x), f'(x))`` with ``f(x + 1) = f(x) + 1``; ``params [..., 4K + 2]`` (the rotation,
+    r"""Smooth mixture diffeomorphism of the circle `[0, 1)` before its rotation:
+    `(f(x), f'(x))` with `f(x + 1) = f(x) + 1`; `params [..., 4K + 2]` (the rotation,
     last, is not used here)."""
     k = _num_components(params, True)
     weights, shift, scale, alpha = _components(params, k)
@@ -172,14 +172,14 @@ def mixture_transform(
     r"""Apply the mixture (or its inverse) on the unit interval / unit circle.
 
     Args:
-        u: ``[...]`` in ``[0, 1]`` (circle: any real, taken mod 1).
-        params: ``[..., P]`` with ``P = mixture_num_params(K, circular)``.
-        circular: circle (periodic, with rotation ``params[..., -1]``) or interval.
-        inverse: evaluate :math:`f^{-1}` by root finding instead of :math:`f`.
-        min_weight: the linear floor ``c`` (``f' ≥ c``).
+        u: `[...]` in `[0, 1]` (circle: any real, taken mod 1).
+        params: `[..., P]` with `P = mixture_num_params(K, circular)`.
+        circular: circle (periodic, with rotation `params[..., -1]`) or interval.
+        inverse: evaluate $f^{-1}$ by root finding instead of $f$.
+        min_weight: the linear floor `c` (`f' ≥ c`).
 
     Returns:
-        ``(v, log|dv/du|)``, both of the shape of ``u``.
+        `(v, log|dv/du|)`, both of the shape of `u`.
     """
     if circular:
         fn = lambda x, p: circle_mixture(x, p, min_weight)  # noqa: E731
@@ -201,17 +201,17 @@ def mixture_transform(
 class SmoothMixture(Transform):
     r"""Unconditional elementwise smooth mixture, one learnable mixture per feature.
 
-    Interval features map ``[low, high]`` onto itself through
-    :math:`x = \ell + (h-\ell)\,f((z-\ell)/(h-\ell))`; circular features map angles in
-    :math:`[-\pi, \pi)` through the circle mixture and its rotation. ``ladj = Σ_i log f_i'``
-    (the affine rescalings cancel). ``inverse`` uses root finding (to float64 precision).
+    Interval features map `[low, high]` onto itself through
+    $x = \ell + (h-\ell)\,f((z-\ell)/(h-\ell))$; circular features map angles in
+    $[-\pi, \pi)$ through the circle mixture and its rotation. `ladj = Σ_i log f_i'`
+    (the affine rescalings cancel). `inverse` uses root finding (to float64 precision).
 
     Args:
         features: number of flattened features.
-        num_components: ``K`` smooth steps per feature.
-        circular: ``True`` (all features are angles), ``False``, or a bool mask ``[features]``.
+        num_components: `K` smooth steps per feature.
+        circular: `True` (all features are angles), `False`, or a bool mask `[features]`.
         low, high: the interval of non-circular features.
-        min_weight: linear floor ``c``.
+        min_weight: linear floor `c`.
         init_scale: standard deviation of the random initial parameters (0: near-identity).
         generator: for the initial parameters.
     """
@@ -260,22 +260,22 @@ class SmoothMixture(Transform):
 
 
 class SigmoidToInterval(Transform):
-    r"""Smooth bijection :math:`\mathbb R \to (0, 1)` on the active features.
+    r"""Smooth bijection $\mathbb R \to (0, 1)$ on the active features.
 
-    .. math::
+    $$
+    u = \operatorname{sigmoid}(\lambda z), \qquad
+    \mathrm{ladj} = \sum_{i \in A} \big[\log\lambda + \log u_i + \log(1 - u_i)\big],
+    \qquad z = \lambda^{-1}\operatorname{logit}(u).
+    $$
 
-        u = \operatorname{sigmoid}(\lambda z), \qquad
-        \mathrm{ladj} = \sum_{i \in A} \big[\log\lambda + \log u_i + \log(1 - u_i)\big],
-        \qquad z = \lambda^{-1}\operatorname{logit}(u).
-
-    With ``λ = PROBIT_SCALE`` a standard normal becomes nearly uniform (logistic
-    approximation of the normal CDF), so smooth mixtures on ``(0, 1)`` start from a flat
+    With `λ = PROBIT_SCALE` a standard normal becomes nearly uniform (logistic
+    approximation of the normal CDF), so smooth mixtures on `(0, 1)` start from a flat
     density. Inactive (periodic) features pass through.
 
     Args:
         event_shape: shape of one configuration.
-        active: optional bool mask of ``event_shape`` (default: all).
-        slope: ``λ > 0``.
+        active: optional bool mask of `event_shape` (default: all).
+        slope: `λ > 0`.
     """
 
     def __init__(self, event_shape, active=None, slope: float = PROBIT_SCALE):

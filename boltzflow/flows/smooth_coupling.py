@@ -1,27 +1,28 @@
 r"""Smooth coupling layers and the smooth coupling flow builder.
 
 Köhler, Krämer & Noé 2021, "Smooth Normalizing Flows" (NeurIPS): coupling layers whose
-elementwise maps are the C∞ mixtures of :mod:`boltzflow.flows.smooth` and whose conditioner is
-a smooth MLP (SiLU activations), so the whole flow, and therefore :math:`\log q(x)`, its forces
-:math:`\nabla_x \log q` and their derivatives, is C∞.
+elementwise maps are the C∞ mixtures of [`boltzflow.flows.smooth`][boltzflow.flows.smooth] and whose
+conditioner is a smooth MLP (SiLU activations), so the whole flow, and therefore $\log q(x)$, its
+forces $\nabla_x \log q$ and their derivatives, is C∞.
 
-:class:`SmoothCoupling`: with transformed set :math:`T` (``mask``) and conditioning set
-:math:`C`,
+[`SmoothCoupling`][boltzflow.flows.smooth_coupling.SmoothCoupling]: with transformed set $T$
+(`mask`) and conditioning set $C$,
 
-.. math::
+$$
+x_C = z_C, \qquad x_i = f_i(z_i;\, h(e(z_C))) \;(i \in T), \qquad
+\mathrm{ladj} = \sum_{i\in T} \log f_i'(z_i),
+$$
 
-    x_C = z_C, \qquad x_i = f_i(z_i;\, h(e(z_C))) \;(i \in T), \qquad
-    \mathrm{ladj} = \sum_{i\in T} \log f_i'(z_i),
+where periodic coordinates (angles in $[-\pi, \pi)$) use the circle mixture (with its
+rotation) and the others, which must lie in `[0, 1]`, the interval mixture; $e$ embeds
+periodic conditioning inputs as $(\cos, \sin)$ and interval ones as $2u - 1$.
+The inverse solves for $z_T$ by root finding with implicit gradients.
 
-where periodic coordinates (angles in :math:`[-\pi, \pi)`) use the circle mixture (with its
-rotation) and the others, which must lie in ``[0, 1]``, the interval mixture; :math:`e` embeds
-periodic conditioning inputs as :math:`(\cos, \sin)` and interval ones as :math:`2u - 1`.
-The inverse solves for :math:`z_T` by root finding with implicit gradients.
-
-:func:`smooth_coupling_flow` builds a full flow on :math:`\mathbb R^{d_E} \times T^{d_P}`:
-Euclidean coordinates go through :class:`~boltzflow.flows.smooth.SigmoidToInterval`, the
-couplings act on :math:`(0, 1)^{d_E} \times [-\pi, \pi)^{d_P}`, the inverse sigmoid brings them
-back to :math:`\mathbb R` and a learnable affine layer sets location and scale.
+[`smooth_coupling_flow`][boltzflow.flows.smooth_coupling.smooth_coupling_flow] builds a full flow on
+$\mathbb R^{d_E} \times T^{d_P}$: Euclidean coordinates go through
+[`SigmoidToInterval`][boltzflow.flows.smooth.SigmoidToInterval], the couplings act on
+$(0, 1)^{d_E} \times [-\pi, \pi)^{d_P}$, the inverse sigmoid brings them back to $\mathbb R$ and a
+learnable affine layer sets location and scale.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ IDENTITY_LOGIT = 3.0
 
 
 def smooth_mlp(n_in: int, n_out: int, hidden: int, num_blocks: int = 2) -> nn.Sequential:
-    """``num_blocks`` hidden SiLU layers of width ``hidden`` (C∞), last layer scaled by 0.1."""
+    """`num_blocks` hidden SiLU layers of width `hidden` (C∞), last layer scaled by 0.1."""
     layers: list[nn.Module] = []
     width = n_in
     for _ in range(max(1, int(num_blocks))):
@@ -70,12 +71,12 @@ class SmoothCoupling(Transform):
     r"""Coupling layer with smooth mixtures (module docstring).
 
     Args:
-        mask: bool ``[features]``; ``True`` = transformed.
-        periodic: bool ``[features]``; ``True`` = angle in :math:`[-\pi, \pi)`, else a value
-            in ``[0, 1]``.
+        mask: bool `[features]`; `True` = transformed.
+        periodic: bool `[features]`; `True` = angle in $[-\pi, \pi)$, else a value
+            in `[0, 1]`.
         hidden, num_blocks: conditioner width and number of hidden layers.
-        num_components: smooth steps ``K`` per transformed feature.
-        min_weight: linear floor ``c`` of every mixture (``f' ≥ c``).
+        num_components: smooth steps `K` per transformed feature.
+        min_weight: linear floor `c` of every mixture (`f' ≥ c`).
     """
 
     def __init__(
@@ -216,33 +217,35 @@ def smooth_coupling_flow(
 ) -> Flow:
     r"""A C∞ coupling flow of smooth mixtures (Köhler, Krämer & Noé 2021).
 
-    Layers (``z → x``): :class:`SigmoidToInterval` on Euclidean features, ``num_layers``
-    smooth couplings (masks: :func:`~boltzflow.flows.builders.coupling_masks`; in one
-    dimension, unconditional :class:`SmoothMixture` layers), the inverse sigmoid, and an
-    :class:`ElementwiseAffine` ``x = loc + scale ⊙ y`` on Euclidean features. The base is
-    :math:`\mathcal N(0, I)` on Euclidean and uniform on periodic features.
+    Layers (`z → x`): [`SigmoidToInterval`][boltzflow.flows.smooth.SigmoidToInterval] on Euclidean
+    features, `num_layers` smooth couplings (masks:
+    [`coupling_masks`][boltzflow.flows.builders.coupling_masks]; in one dimension, unconditional
+    [`SmoothMixture`][boltzflow.flows.smooth.SmoothMixture] layers), the inverse sigmoid, and an
+    [`ElementwiseAffine`][boltzflow.flows.affine.ElementwiseAffine] `x = loc + scale ⊙ y` on
+    Euclidean features. The base is $\mathcal N(0, I)$ on Euclidean and uniform on periodic
+    features.
 
     Each mixture has a closed form one way and is inverted by root finding the other way.
-    ``fast="density"`` makes ``log_prob`` (hence NLL, force matching and MD on
-    :math:`-\log q`) analytic and sampling iterative; ``fast="sampling"`` the opposite
+    `fast="density"` makes `log_prob` (hence NLL, force matching and MD on
+    $-\log q$) analytic and sampling iterative; `fast="sampling"` the opposite
     (reverse-KL training).
 
     Args:
-        target_or_event_shape: an ``Energy`` or an event shape / int.
-        num_layers: couplings (default 2 for ``d = 1``, 6 for ``d = 2``, 8 otherwise).
-        hidden, num_blocks: conditioner width (default ``clip(4d, 64, 256)``) and depth.
-        num_components: smooth steps ``K`` per mixture.
-        periodic: bool mask (or ``True``) of angles on :math:`[-\pi, \pi)`; default: the
-            target's ``periodic_mask`` attribute, if any.
+        target_or_event_shape: an `Energy` or an event shape / int.
+        num_layers: couplings (default 2 for `d = 1`, 6 for `d = 2`, 8 otherwise).
+        hidden, num_blocks: conditioner width (default `clip(4d, 64, 256)`) and depth.
+        num_components: smooth steps `K` per mixture.
+        periodic: bool mask (or `True`) of angles on $[-\pi, \pi)$; default: the
+            target's `periodic_mask` attribute, if any.
         loc, scale: initial output affine on Euclidean features.
         affine: include the learnable output affine layer.
         min_weight: linear floor of every mixture.
-        fast: ``"density"`` or ``"sampling"``.
-        masks: ``"random"`` (:func:`~boltzflow.flows.builders.coupling_masks`: a random half,
-            then its complement) or ``"structured"``
-            (:func:`~boltzflow.flows.builders.structured_masks`: blocks of four couplings,
-            periodic halves first, then stiff halves conditioned on all periodic features;
-            ``num_layers // 4`` blocks), for internal coordinates.
+        fast: `"density"` or `"sampling"`.
+        masks: `"random"` ([`coupling_masks`][boltzflow.flows.builders.coupling_masks]: a random
+            half, then its complement) or `"structured"`
+            ([`structured_masks`][boltzflow.flows.builders.structured_masks]: blocks of four
+            couplings, periodic halves first, then stiff halves conditioned on all periodic
+            features; `num_layers // 4` blocks), for internal coordinates.
         seed: makes the flow deterministic (does not touch torch's global RNG).
 
     Example:

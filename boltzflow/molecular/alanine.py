@@ -1,19 +1,19 @@
 r"""Alanine dipeptide (Ace-Ala-Nme, 22 atoms): systems, backbone dihedrals and states.
 
 The force field is Amber ff96, no constraints, no cutoff, 300 K, built from the prmtop/crd
-files of ``openmmtools.testsystems.AlanineDipeptideVacuum/Implicit(constraints=None)``
-(vendored in ``systems/alanine-dipeptide-{vacuum,implicit}``; MIT licence). The implicit
-variant adds OBC1 generalized-Born solvation (``GBSAOBCForce`` via ``CustomGBForce``).
+files of `openmmtools.testsystems.AlanineDipeptideVacuum/Implicit(constraints=None)`
+(vendored in `systems/alanine-dipeptide-{vacuum,implicit}`; MIT licence). The implicit
+variant adds OBC1 generalized-Born solvation (`GBSAOBCForce` via `CustomGBForce`).
 
 Backbone dihedrals (IUPAC sign convention, radians in code, degrees in state definitions):
 
-* :math:`\phi` = dihedral C(Ace)–N–Cα–C, atoms (4, 6, 8, 14);
-* :math:`\psi` = dihedral N–Cα–C–N(Nme), atoms (6, 8, 14, 16).
+* $\phi$ = dihedral C(Ace)–N–Cα–C, atoms (4, 6, 8, 14);
+* $\psi$ = dihedral N–Cα–C–N(Nme), atoms (6, 8, 14, 16).
 
-Conformational states on :math:`(\phi, \psi)` in degrees (used by the system READMEs):
+Conformational states on $(\phi, \psi)$ in degrees (used by the system READMEs):
 
-* **αL / C7ax**: :math:`0 < \phi < 120`;
-* **αR**: (:math:`\phi \le 0` or :math:`\phi \ge 120`) and :math:`-125 < \psi \le 75`;
+* **αL / C7ax**: $0 < \phi < 120$;
+* **αR**: ($\phi \le 0$ or $\phi \ge 120$) and $-125 < \psi \le 75$;
 * **β / C7eq**: everything else.
 """
 
@@ -51,7 +51,7 @@ SOLVENTS = {"vacuum": "alanine-dipeptide-vacuum", "implicit": "alanine-dipeptide
 
 
 class AlanineDipeptide(NamedTuple):
-    """An alanine-dipeptide setup: OpenMM system, mdtraj topology, positions ``[22, 3]`` nm."""
+    """An alanine-dipeptide setup: OpenMM system, mdtraj topology, positions `[22, 3]` nm."""
 
     system: object
     topology: object
@@ -61,7 +61,7 @@ class AlanineDipeptide(NamedTuple):
 
 
 def system_folder(solvent: str = "vacuum") -> Path:
-    """The ``systems/`` folder that holds the vendored files for ``solvent``."""
+    """The `systems/` folder that holds the vendored files for `solvent`."""
     if solvent not in SOLVENTS:
         raise ValueError(f"unknown solvent '{solvent}' (choose from {', '.join(SOLVENTS)})")
     from boltzflow.runs.recipes import systems_dir
@@ -73,11 +73,11 @@ def load_alanine_dipeptide(solvent: str = "vacuum", folder: str | Path | None = 
     """Build the ff96 system (no constraints, no cutoff) and read the initial positions.
 
     Args:
-        solvent: ``"vacuum"`` or ``"implicit"`` (OBC1 GB/SA, as openmmtools).
-        folder: directory with ``alanine-dipeptide.prmtop``/``.crd`` (default: the system's).
+        solvent: `"vacuum"` or `"implicit"` (OBC1 GB/SA, as openmmtools).
+        folder: directory with `alanine-dipeptide.prmtop`/`.crd` (default: the system's).
 
     Returns:
-        :class:`AlanineDipeptide`.
+        [`AlanineDipeptide`][boltzflow.molecular.alanine.AlanineDipeptide].
     """
     import mdtraj
     import openmm.app as app
@@ -94,11 +94,11 @@ def load_alanine_dipeptide(solvent: str = "vacuum", folder: str | Path | None = 
 
 
 def dihedral(x: torch.Tensor, atoms: tuple[int, int, int, int]) -> torch.Tensor:
-    r"""Dihedral angle in radians, :math:`(-\pi, \pi]`, of four atoms of ``x [batch, N, 3]``.
+    r"""Dihedral angle in radians, $(-\pi, \pi]$, of four atoms of `x [batch, N, 3]`.
 
-    IUPAC convention: with :math:`b_1 = x_j - x_i`, :math:`b_2 = x_k - x_j`,
-    :math:`b_3 = x_l - x_k`, :math:`n_1 = b_1 \times b_2`, :math:`n_2 = b_2 \times b_3`,
-    :math:`\tau = \operatorname{atan2}(|b_2|\, b_1 \cdot n_2,\ n_1 \cdot n_2)`.
+    IUPAC convention: with $b_1 = x_j - x_i$, $b_2 = x_k - x_j$,
+    $b_3 = x_l - x_k$, $n_1 = b_1 \times b_2$, $n_2 = b_2 \times b_3$,
+    $\tau = \operatorname{atan2}(|b_2|\, b_1 \cdot n_2,\ n_1 \cdot n_2)$.
     """
     i, j, k, l = atoms
     b1 = x[:, j] - x[:, i]
@@ -111,7 +111,7 @@ def dihedral(x: torch.Tensor, atoms: tuple[int, int, int, int]) -> torch.Tensor:
 
 
 def phi_psi(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backbone dihedrals in rad of Cartesians ``[batch, 66]`` or ``[batch, 22, 3]``."""
+    """Backbone dihedrals in rad of Cartesians `[batch, 66]` or `[batch, 22, 3]`."""
     x = x.reshape(x.shape[0], -1, 3)
     return dihedral(x, PHI_ATOMS), dihedral(x, PSI_ATOMS)
 
@@ -120,12 +120,12 @@ _0, _120, _M125, _75 = 0.0, math.radians(120.0), math.radians(-125.0), math.radi
 
 
 def in_alpha_l(phi: torch.Tensor, psi: torch.Tensor | None = None) -> torch.Tensor:
-    r"""Indicator of αL/C7ax, :math:`0° < \phi < 120°` (angles in radians)."""
+    r"""Indicator of αL/C7ax, $0° < \phi < 120°$ (angles in radians)."""
     return (phi > _0) & (phi < _120)
 
 
 def in_alpha_r(phi: torch.Tensor, psi: torch.Tensor) -> torch.Tensor:
-    r"""Indicator of αR: not αL and :math:`-125° < \psi \le 75°` (radians in)."""
+    r"""Indicator of αR: not αL and $-125° < \psi \le 75°$ (radians in)."""
     return ~in_alpha_l(phi) & (psi > _M125) & (psi <= _75)
 
 

@@ -2,9 +2,11 @@ r"""Flows on molecular internal coordinates with torsion/stiff-coordinate struct
 
 Internal coordinates split into a few *soft* periodic torsions (rotors: φ, ψ, ω, methyl
 groups) and many *stiff* coordinates (bonds, angles, improper torsions) whose distribution is
-nearly Gaussian given the rotors. :func:`internal_coordinate_flow` stacks blocks of four
-coupling layers (Dinh et al. 2017; spline couplings of Durkan et al. 2019, circular on the
-torus as in Rezende et al. 2020, :class:`~boltzflow.flows.circular.CircularSplineCoupling`):
+nearly Gaussian given the rotors.
+[`internal_coordinate_flow`][boltzflow.molecular.flows.internal_coordinate_flow] stacks blocks of
+four coupling layers (Dinh et al. 2017; spline couplings of Durkan et al. 2019, circular on the
+torus as in Rezende et al. 2020,
+[`CircularSplineCoupling`][boltzflow.flows.circular.CircularSplineCoupling]):
 
 1. half of the periodic torsions, conditioned on everything else;
 2. the other half of the periodic torsions;
@@ -15,7 +17,7 @@ so every stiff coordinate is transformed conditionally on the full set of rotors
 internal-coordinate Boltzmann generators of Noé et al. 2019 (Science 365, eaaw1147). Circular
 shifts move the seam of the circular splines between blocks, and a learnable elementwise
 affine map ends the flow on the stiff coordinates. The base is
-:class:`~boltzflow.flows.distributions.MixedNormalTorus`: :math:`\mathcal N(0,1)` on stiff and
+[`MixedNormalTorus`][boltzflow.flows.distributions.MixedNormalTorus]: $\mathcal N(0,1)$ on stiff and
 uniform on periodic coordinates.
 """
 
@@ -46,10 +48,10 @@ def internal_coordinate_flow(
     """Spline coupling flow with torsion/stiff structured masks for internal coordinates.
 
     Args:
-        target: an Energy with flat ``event_shape`` and a ``periodic_mask`` (or pass
-            ``periodic``).
-        num_blocks: blocks of four couplings (``num_layers``, if given, sets
-            ``num_blocks = num_layers // 4``, at least 1).
+        target: an Energy with flat `event_shape` and a `periodic_mask` (or pass
+            `periodic`).
+        num_blocks: blocks of four couplings (`num_layers`, if given, sets
+            `num_blocks = num_layers // 4`, at least 1).
         hidden, num_res_blocks: width and depth of each conditioner's ResidualNet.
         num_bins, tail_bound: spline bins; interval half-width of the Euclidean splines.
         seed: makes masks, shifts and weights deterministic.

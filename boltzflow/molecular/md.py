@@ -1,23 +1,27 @@
-r"""Langevin molecular dynamics with OpenMM, cached on disk (command: :mod:`boltzflow.cli.md`).
+r"""Langevin molecular dynamics with OpenMM, cached on disk (command:
+[`boltzflow.cli.md`][boltzflow.cli.md]).
 
-:func:`run_md` integrates the Langevin equation with OpenMM's ``LangevinMiddleIntegrator``
-(BAOAB splitting; Leimkuhler & Matthews 2013, Appl. Math. Res. Express 2013, 34) at
-temperature :math:`T`, friction :math:`\gamma` (1/ps) and time step :math:`\Delta t` (fs),
-and returns frames ``float32[n_frames, n_atoms, 3]`` in nm. It takes a picklable
-:class:`~boltzflow.parallel.SystemSpec`, so trajectories run in worker processes through
-:meth:`boltzflow.parallel.EnergyPool.map`. An optional harmonic dihedral restraint
+[`run_md`][boltzflow.molecular.md.run_md] integrates the Langevin equation with OpenMM's
+`LangevinMiddleIntegrator` (BAOAB splitting; Leimkuhler & Matthews 2013, Appl. Math. Res. Express
+2013, 34) at temperature $T$, friction $\gamma$ (1/ps) and time step $\Delta t$ (fs),
+and returns frames `float32[n_frames, n_atoms, 3]` in nm. It takes a picklable
+[`SystemSpec`][boltzflow.parallel.SystemSpec], so trajectories run in worker processes through
+[`boltzflow.parallel.EnergyPool.map`][boltzflow.parallel.EnergyPool.map]. An optional harmonic
+dihedral restraint
 
-.. math:: U_r(x) = \tfrac12 k\, \Delta(\tau(x) - \tau_0)^2, \qquad
-          \Delta(a) = a - 2\pi\,\mathrm{round}(a / 2\pi),
+$$
+U_r(x) = \tfrac12 k\, \Delta(\tau(x) - \tau_0)^2, \qquad
+\Delta(a) = a - 2\pi\,\mathrm{round}(a / 2\pi),
+$$
 
-(periodic distance on the circle; kJ/mol with :math:`k` in kJ/mol/rad²; one or several
-dihedrals) can be switched on for the first ``steps`` (steering into a basin) or for the
-whole run (umbrella windows, :mod:`boltzflow.molecular.umbrella`).
+(periodic distance on the circle; kJ/mol with $k$ in kJ/mol/rad²; one or several
+dihedrals) can be switched on for the first `steps` (steering into a basin) or for the
+whole run (umbrella windows, [`boltzflow.molecular.umbrella`][boltzflow.molecular.umbrella]).
 
-:func:`cached_md` stores each trajectory under ``$BOLTZFLOW_CACHE/md`` (default
-``.boltzflow-cache/md`` next to ``systems/`` in a checkout, ``~/.cache/boltzflow/md`` for an
-installed wheel; :func:`cache_dir`), keyed by the SHA-256 of the system XML, the
-start positions and every MD setting, so a repeated request is a file read.
+[`cached_md`][boltzflow.molecular.md.cached_md] stores each trajectory under `$BOLTZFLOW_CACHE/md`
+(default `.boltzflow-cache/md` next to `systems/` in a checkout, `~/.cache/boltzflow/md` for an
+installed wheel; [`cache_dir`][boltzflow.molecular.md.cache_dir]), keyed by the SHA-256 of the
+system XML, the start positions and every MD setting, so a repeated request is a file read.
 """
 
 from __future__ import annotations
@@ -41,10 +45,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Restraint:
-    """Harmonic restraint on the dihedral over ``atoms`` at ``center`` (rad), ``k`` kJ/mol/rad².
+    """Harmonic restraint on the dihedral over `atoms` at `center` (rad), `k` kJ/mol/rad².
 
-    ``steps = None`` keeps it on for the whole run; otherwise it acts during the first
-    ``steps`` integration steps only (before equilibration and production).
+    `steps = None` keeps it on for the whole run; otherwise it acts during the first
+    `steps` integration steps only (before equilibration and production).
     """
 
     atoms: tuple[int, int, int, int]
@@ -55,7 +59,7 @@ class Restraint:
 
 @dataclass(frozen=True)
 class MDSettings:
-    """Langevin MD settings. Times in ps unless stated; ``n_frames`` frames are stored."""
+    """Langevin MD settings. Times in ps unless stated; `n_frames` frames are stored."""
 
     temperature: float = 300.0
     n_frames: int = 1000
@@ -85,12 +89,12 @@ def _restraints(r) -> tuple[Restraint, ...]:
 
 
 def run_md(spec: SystemSpec, positions: np.ndarray, settings: MDSettings) -> np.ndarray:
-    """Run Langevin MD and return ``float32[n_frames, n_atoms, 3]`` positions in nm.
+    """Run Langevin MD and return `float32[n_frames, n_atoms, 3]` positions in nm.
 
     Args:
-        spec: the system and platform (``spec.platform``/``properties``).
-        positions: start positions ``[n_atoms, 3]`` in nm.
-        settings: :class:`MDSettings`.
+        spec: the system and platform (`spec.platform`/`properties`).
+        positions: start positions `[n_atoms, 3]` in nm.
+        settings: [`MDSettings`][boltzflow.molecular.md.MDSettings].
     """
     import openmm
     import openmm.unit as unit
@@ -131,9 +135,9 @@ def run_md(spec: SystemSpec, positions: np.ndarray, settings: MDSettings) -> np.
 
 
 def cache_dir() -> Path:
-    """``$BOLTZFLOW_CACHE``, else ``.boltzflow-cache`` next to the ``systems/`` catalogue of a
-    checkout or of ``$BOLTZFLOW_SYSTEMS``; for the catalogue installed inside the package (a
-    wheel), the user cache ``$XDG_CACHE_HOME/boltzflow`` (default ``~/.cache/boltzflow``)."""
+    """`$BOLTZFLOW_CACHE`, else `.boltzflow-cache` next to the `systems/` catalogue of a
+    checkout or of `$BOLTZFLOW_SYSTEMS`; for the catalogue installed inside the package (a
+    wheel), the user cache `$XDG_CACHE_HOME/boltzflow` (default `~/.cache/boltzflow`)."""
     env = os.environ.get("BOLTZFLOW_CACHE")
     if env:
         return Path(env)
@@ -162,15 +166,16 @@ def cached_md(
     pool=None,
     directory: str | Path | None = None,
 ) -> np.ndarray:
-    """:func:`run_md` through a disk cache (and through ``pool`` if given)."""
+    """[`run_md`][boltzflow.molecular.md.run_md] through a disk cache (and through `pool` if
+    given)."""
     return cached_md_many(spec, [(positions, settings)], pool=pool, directory=directory)[0]
 
 
 def cached_md_many(spec, jobs, *, pool=None, directory=None) -> list[np.ndarray]:
-    """Several ``(positions, settings)`` trajectories; missing ones run in parallel on ``pool``.
+    """Several `(positions, settings)` trajectories; missing ones run in parallel on `pool`.
 
-    Returns the trajectories in order. Each is stored as ``<cache>/md/<key>.npy`` with a
-    ``.json`` sidecar holding the settings.
+    Returns the trajectories in order. Each is stored as `<cache>/md/<key>.npy` with a
+    `.json` sidecar holding the settings.
     """
     root = Path(directory) if directory is not None else cache_dir() / "md"
     paths = [root / f"{_key(spec, p, s)}.npy" for p, s in jobs]
@@ -203,15 +208,15 @@ def alanine_md_frames(
     pool=None,
     trajectories: int = 1,
 ) -> list[np.ndarray]:
-    r"""Training MD for an alanine-dipeptide target: ``[main, alpha_l]`` frames in nm.
+    r"""Training MD for an alanine-dipeptide target: `[main, alpha_l]` frames in nm.
 
-    * ``main``: ``ns`` of 300 K Langevin MD in total, as ``trajectories`` independent runs
-      (seeds ``seed + 100 + i``; the first one uses ``seed``) from the crd structure (β
+    * `main`: `ns` of 300 K Langevin MD in total, as `trajectories` independent runs
+      (seeds `seed + 100 + i`; the first one uses `seed`) from the crd structure (β
       region); plain MD at 300 K in vacuum does not reach αL (0° < φ < 120°) in hundreds of ns.
-    * ``alpha_l``: ``alpha_l_trajectories`` trajectories of ``alpha_l_ns`` in total, each
+    * `alpha_l`: `alpha_l_trajectories` trajectories of `alpha_l_ns` in total, each
       steered into the C7ax minimum of αL by restraints φ = 60°, ψ = -70° (500 kJ/mol/rad²,
       20 ps), then released and run unbiased at the same temperature. They may leave αL
-      again; every frame is unbiased dynamics at :math:`T`, so the mixture has the right
+      again; every frame is unbiased dynamics at $T$, so the mixture has the right
       shape in each basin and only the basin weights are off, which importance weights
       correct.
     """

@@ -1,37 +1,42 @@
 r"""Alanine dipeptide as a boltzflow target on normalized internal coordinates.
 
-Coordinates. :math:`q \in \mathbb R^{60}` are the internal coordinates of the automatic
-Z-matrix (21 bonds, 20 angles, 19 torsions; :mod:`boltzflow.coordinates.zmatrix`). The target
-lives on the normalized coordinates
+Coordinates. $q \in \mathbb R^{60}$ are the internal coordinates of the automatic
+Z-matrix (21 bonds, 20 angles, 19 torsions;
+[`boltzflow.coordinates.zmatrix`][boltzflow.coordinates.zmatrix]). The target lives on the
+normalized coordinates
 
-.. math:: y_m = (q_m - \mu_m)/\sigma_m \ \text{(bonds, angles)}, \qquad y_m = q_m\
-          \text{(torsions, periodic on } [-\pi, \pi)),
+$$
+y_m = (q_m - \mu_m)/\sigma_m \ \text{(bonds, angles)}, \qquad y_m = q_m\
+\text{(torsions, periodic on } [-\pi, \pi)),
+$$
 
-with :math:`\mu` the force-field equilibrium value and :math:`\sigma = \sqrt{k_B T / k}` the
-thermal width of the harmonic term (:math:`k` from the Amber parameters), so every
-non-periodic coordinate is :math:`\approx \mathcal N(0, 1)`. Improper torsions (branches,
-e.g. Cβ–Cα–C–N, nearly rigid) are centred on their value :math:`\tau_0` in the crd structure,
-:math:`y = \mathrm{wrap}(\tau - \tau_0)/s` with :math:`s` = ``improper_scale``, and are not
-periodic; :math:`|\tau - \tau_0| \ge \pi` is outside the domain. The 7 proper torsions
-(:math:`\phi, \psi`, two :math:`\omega`, three methyl rotors) stay periodic on
-:math:`[-\pi, \pi)` (``periodic_mask``).
+with $\mu$ the force-field equilibrium value and $\sigma = \sqrt{k_B T / k}$ the
+thermal width of the harmonic term ($k$ from the Amber parameters), so every
+non-periodic coordinate is $\approx \mathcal N(0, 1)$. Improper torsions (branches,
+e.g. Cβ–Cα–C–N, nearly rigid) are centred on their value $\tau_0$ in the crd structure,
+$y = \mathrm{wrap}(\tau - \tau_0)/s$ with $s$ = `improper_scale`, and are not
+periodic; $|\tau - \tau_0| \ge \pi$ is outside the domain. The 7 proper torsions
+($\phi, \psi$, two $\omega$, three methyl rotors) stay periodic on
+$[-\pi, \pi)$ (`periodic_mask`).
 
-Density (reference measure: Lebesgue on :math:`y`; see
-:mod:`boltzflow.coordinates.transform`):
+Density (reference measure: Lebesgue on $y$; see
+[`boltzflow.coordinates.transform`][boltzflow.coordinates.transform]):
 
-.. math:: u(y) = \frac{E(X(q))}{k_B T} - \mathrm{ladj}_{IC}(q) - \sum_m \log\sigma_m,
+$$
+u(y) = \frac{E(X(q))}{k_B T} - \mathrm{ladj}_{IC}(q) - \sum_m \log\sigma_m,
+$$
 
-with :math:`u = +\infty` outside the domain (:math:`b \le 0`, :math:`\theta \notin (0, \pi)`)
-and, with ``chirality="L"`` (default), for D configurations (negative Cα chiral volume,
-:mod:`boltzflow.coordinates.chirality`): the target is L-alanine dipeptide, as in Midgley et
-al. 2023 (FAB), who filter D samples. At ``temperature_scale = s`` only the physical energy
-is tempered, :math:`E/(s\,k_BT) - \mathrm{ladj} - \sum\log\sigma`, which is the internal
-coordinate density of the system at temperature :math:`sT`.
+with $u = +\infty$ outside the domain ($b \le 0$, $\theta \notin (0, \pi)$)
+and, with `chirality="L"` (default), for D configurations (negative Cα chiral volume,
+[`boltzflow.coordinates.chirality`][boltzflow.coordinates.chirality]): the target is L-alanine
+dipeptide, as in Midgley et al. 2023 (FAB), who filter D samples. At `temperature_scale = s` only
+the physical energy is tempered, $E/(s\,k_BT) - \mathrm{ladj} - \sum\log\sigma$, which is the
+internal coordinate density of the system at temperature $sT$.
 
-Reported quantities: populations of αL, αR and β (``observables``), and the free energies
-:math:`\Delta F(\alpha_L\ \text{vs rest})` and :math:`\Delta F(\alpha_R\ \text{vs}\ \beta)` in kT
-(``state_sets``), with the umbrella-sampling/MBAR value stored in the system folder as the
-reference (``exact_free_energy``).
+Reported quantities: populations of αL, αR and β (`observables`), and the free energies
+$\Delta F(\alpha_L\ \text{vs rest})$ and $\Delta F(\alpha_R\ \text{vs}\ \beta)$ in kT
+(`state_sets`), with the umbrella-sampling/MBAR value stored in the system folder as the
+reference (`exact_free_energy`).
 """
 
 from __future__ import annotations
@@ -57,10 +62,10 @@ REFERENCE_FILE = "umbrella_reference.json"
 
 
 def force_field_normalization(system, zmatrix, temperature: float):
-    r"""``(loc, scale)`` of every internal coordinate from the harmonic force-field terms.
+    r"""`(loc, scale)` of every internal coordinate from the harmonic force-field terms.
 
-    Bonds and angles: :math:`\mu = r_0` or :math:`\theta_0`, :math:`\sigma = \sqrt{k_BT/k}`
-    (OpenMM's convention :math:`E = \tfrac12 k (r - r_0)^2`). Torsions: ``loc = 0, scale = 1``.
+    Bonds and angles: $\mu = r_0$ or $\theta_0$, $\sigma = \sqrt{k_BT/k}$
+    (OpenMM's convention $E = \tfrac12 k (r - r_0)^2$). Torsions: `loc = 0, scale = 1`.
     """
     import openmm
 
@@ -86,25 +91,27 @@ def force_field_normalization(system, zmatrix, temperature: float):
 
 
 class AlanineDipeptideTarget(Energy):
-    """Alanine dipeptide (ff96, 300 K) on normalized internal coordinates ``[batch, 60]``.
+    """Alanine dipeptide (ff96, 300 K) on normalized internal coordinates `[batch, 60]`.
 
     Args:
-        solvent: ``"vacuum"`` or ``"implicit"`` (OBC1).
-        temperature: :math:`T` in K.
+        solvent: `"vacuum"` or `"implicit"` (OBC1).
+        temperature: $T$ in K.
         system_dir: folder with the prmtop/crd files and the umbrella reference.
-        workers, scheduler: an :class:`~boltzflow.parallel.EnergyPool` for energies and MD
-            (``workers ≥ 1`` local processes, or a dask scheduler address); ``None``:
+        workers, scheduler: an [`EnergyPool`][boltzflow.parallel.EnergyPool] for energies and MD
+            (`workers ≥ 1` local processes, or a dask scheduler address); `None`:
             energies in this process.
-        platform: OpenMM platform (default :func:`~boltzflow.energies.openmm.default_platform`).
-        chirality: ``"L"`` gives D configurations zero density; ``None`` keeps both.
+        platform: OpenMM platform (default
+            [`default_platform`][boltzflow.energies.openmm.default_platform]).
+        chirality: `"L"` gives D configurations zero density; `None` keeps both.
         md_ns, md_trajectories, md_alpha_l_ns, md_alpha_l_trajectories, md_interval_ps,
-            md_seed: training data (:meth:`md_frames`): 300 K trajectories from the crd
-            structure, plus
-            trajectories started in αL after a short (φ, ψ)-restrained steering.
+            md_seed: training data
+            ([`md_frames`][boltzflow.molecular.target.AlanineDipeptideTarget.md_frames]): 300 K
+            trajectories from the crd structure, plus trajectories started in αL after a short (φ,
+            ψ)-restrained steering.
         improper_scale: width (rad) for the improper torsions, which are then centred on
-            their crd value and treated as non-periodic; ``None`` keeps them periodic.
+            their crd value and treated as non-periodic; `None` keeps them periodic.
         md_workers: local worker processes for generating missing MD (a temporary pool,
-            closed afterwards; only from a script guarded by ``if __name__ == "__main__"``);
+            closed afterwards; only from a script guarded by `if __name__ == "__main__"`);
             default: the energy pool if any, else this process.
         device: ignored (energies are evaluated on the CPU; tensors follow their inputs).
     """
@@ -191,12 +198,12 @@ class AlanineDipeptideTarget(Energy):
         return self._loc.to(t), self._scale.to(t)
 
     def to_internal(self, y: torch.Tensor) -> torch.Tensor:
-        """Normalized ``y`` → internal coordinates ``q`` (nm, rad)."""
+        """Normalized `y` → internal coordinates `q` (nm, rad)."""
         loc, scale = self._affine(y)
         return loc + scale * y
 
     def from_internal(self, q: torch.Tensor) -> torch.Tensor:
-        """Internal coordinates ``q`` → normalized ``y`` (torsions wrapped to ``(-π, π]``)."""
+        """Internal coordinates `q` → normalized `y` (torsions wrapped to `(-π, π]`)."""
         loc, scale = self._affine(q)
         wrap = lambda a: torch.atan2(torch.sin(a), torch.cos(a))  # noqa: E731
         d = q - loc
@@ -204,28 +211,28 @@ class AlanineDipeptideTarget(Energy):
         return torch.where(self.periodic_mask.to(q.device), wrap(q), d / scale)
 
     def to_cartesian(self, y: torch.Tensor) -> torch.Tensor:
-        """Canonical-frame Cartesian positions ``[batch, 66]`` in nm."""
+        """Canonical-frame Cartesian positions `[batch, 66]` in nm."""
         return self.ict(self.to_internal(y)).y
 
     def from_cartesian(self, x) -> torch.Tensor:
-        """Normalized coordinates of Cartesian positions ``[batch, 66]`` or ``[batch, 22, 3]``."""
+        """Normalized coordinates of Cartesian positions `[batch, 66]` or `[batch, 22, 3]`."""
         x = torch.as_tensor(x, dtype=torch.float64)
         return self.from_internal(self.ict.internal(x.reshape(x.shape[0], -1)))
 
     def phi_psi(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Backbone dihedrals (rad, wrapped to ``(-π, π]``) read directly from ``y``."""
+        """Backbone dihedrals (rad, wrapped to `(-π, π]`) read directly from `y`."""
         wrap = lambda a: torch.atan2(torch.sin(a), torch.cos(a))  # noqa: E731
         return wrap(y[:, self.i_phi]), wrap(y[:, self.i_psi])
 
     def is_l(self, y: torch.Tensor) -> torch.Tensor:
-        """``bool[batch]``: L chirality at Cα."""
+        """`bool[batch]`: L chirality at Cα."""
         with torch.no_grad():
             return is_l_chirality(self.to_cartesian(y), self._quads)
 
     # ----------------------------------------------------------------- energy
     def _energy_terms(self, y: torch.Tensor) -> EnergyTerms:
-        r"""Tempered :math:`E(X(q(y)))/k_BT`; measure terms :math:`\mathrm{ladj}_{IC}(q)` and
-        :math:`\sum_m\log\sigma_m` (module docstring); out of the domain: :math:`+\infty`."""
+        r"""Tempered $E(X(q(y)))/k_BT$; measure terms $\mathrm{ladj}_{IC}(q)$ and
+        $\sum_m\log\sigma_m$ (module docstring); out of the domain: $+\infty$."""
         q = self.to_internal(y)
         x, ladj = self.ict(q)
         z = self.zmatrix
@@ -269,27 +276,27 @@ class AlanineDipeptideTarget(Energy):
         }
 
     def reference_free_energies(self) -> dict:
-        """Umbrella/MBAR reference values from ``<system>/umbrella_reference.json`` (or ``{}``)."""
+        """Umbrella/MBAR reference values from `<system>/umbrella_reference.json` (or `{}`)."""
         path = self.folder / REFERENCE_FILE
         if not path.is_file():
             return {}
         return json.loads(path.read_text()).get("free_energies", {})
 
     def exact_free_energy(self, name: str) -> float:
-        """Reference ΔF (kT) from umbrella sampling + MBAR; ``KeyError`` if not stored."""
+        """Reference ΔF (kT) from umbrella sampling + MBAR; `KeyError` if not stored."""
         return float(self.reference_free_energies()[name]["mean"])
 
     def reference_stderr(self, name: str) -> float:
-        """Standard error (kT) of the umbrella/MBAR reference ``name``; ``KeyError`` if absent."""
+        """Standard error (kT) of the umbrella/MBAR reference `name`; `KeyError` if absent."""
         return float(self.reference_free_energies()[name]["stderr"])
 
     def chirality_report(self, y: torch.Tensor) -> dict:
-        """Raw (unweighted) fraction of D configurations among flow samples ``y``."""
+        """Raw (unweighted) fraction of D configurations among flow samples `y`."""
         ok = self.is_l(y)
         return {"n": int(ok.numel()), "d_fraction": float((~ok).double().mean())}
 
     def report_data(self, x: torch.Tensor, log_weight: torch.Tensor) -> dict:
-        """``molecular.json``: the D fraction of the flow samples and the umbrella reference."""
+        """`molecular.json`: the D fraction of the flow samples and the umbrella reference."""
         chir = self.chirality_report(x.detach().double())
         return {
             "molecular.json": {
@@ -299,7 +306,7 @@ class AlanineDipeptideTarget(Energy):
         }
 
     def report_figures(self, x: torch.Tensor, log_weight: torch.Tensor) -> tuple:
-        """Ramachandran plots: MD (if generated), flow, and flow reweighted by ``log_weight``."""
+        """Ramachandran plots: MD (if generated), flow, and flow reweighted by `log_weight`."""
         phi, psi = self.phi_psi(x.detach().double())
         md = None
         if self._md_cache is not None:
@@ -312,7 +319,7 @@ class AlanineDipeptideTarget(Energy):
 
     # ------------------------------------------------------------------- data
     def md_frames(self) -> list[np.ndarray]:
-        """``[main, alpha_l]`` MD frames (nm), generated once and cached on disk."""
+        """`[main, alpha_l]` MD frames (nm), generated once and cached on disk."""
         if self._md_cache is None:
             from boltzflow.molecular.md import alanine_md_frames
             from boltzflow.parallel import EnergyPool
@@ -328,8 +335,9 @@ class AlanineDipeptideTarget(Energy):
         return self._md_cache
 
     def training_data(self, name: str) -> torch.Tensor:
-        """``"md"``: normalized coordinates of :meth:`md_frames`; else a ``.npy`` file of
-        Cartesian frames (nm) relative to the system folder."""
+        """`"md"`: normalized coordinates of
+        [`md_frames`][boltzflow.molecular.target.AlanineDipeptideTarget.md_frames]; else a `.npy`
+        file of Cartesian frames (nm) relative to the system folder."""
         if name == "md":
             frames = np.concatenate(self.md_frames())
         else:

@@ -1,22 +1,27 @@
-r"""Umbrella sampling along a dihedral with MBAR (command: :mod:`boltzflow.cli.umbrella`).
+r"""Umbrella sampling along a dihedral with MBAR (command:
+[`boltzflow.cli.umbrella`][boltzflow.cli.umbrella]).
 
-Windows :math:`k = 1..K` restrain the dihedral :math:`\tau` (e.g. :math:`\phi`) around
-centres :math:`\tau_k` spread evenly over the circle with the periodic harmonic bias
+Windows $k = 1..K$ restrain the dihedral $\tau$ (e.g. $\phi$) around
+centres $\tau_k$ spread evenly over the circle with the periodic harmonic bias
 
-.. math:: b_k(\tau) = \tfrac{1}{2}\,\kappa\, \Delta(\tau - \tau_k)^2 / k_BT
-          \quad(\text{reduced}),\qquad \Delta(a) = a - 2\pi\,\mathrm{round}(a/2\pi),
+$$
+b_k(\tau) = \tfrac{1}{2}\,\kappa\, \Delta(\tau - \tau_k)^2 / k_BT
+\quad(\text{reduced}),\qquad \Delta(a) = a - 2\pi\,\mathrm{round}(a/2\pi),
+$$
 
 (Torrie & Valleau 1977, J. Comput. Phys. 23, 187). Each window is an independent Langevin
-trajectory (:func:`boltzflow.molecular.md.run_md`, cached, run in parallel on a worker pool).
-The pooled samples are combined with MBAR (Shirts & Chodera 2008, J. Chem. Phys. 129,
-124105; ``pymbar``): with window free energies :math:`f_k`, the unbiased weight of sample
-:math:`n` is
+trajectory ([`boltzflow.molecular.md.run_md`][boltzflow.molecular.md.run_md], cached, run in
+parallel on a worker pool). The pooled samples are combined with MBAR (Shirts & Chodera 2008, J.
+Chem. Phys. 129, 124105; `pymbar`): with window free energies $f_k$, the unbiased weight of sample
+$n$ is
 
-.. math:: w_n \propto \Bigl[\sum_k N_k \exp(f_k - b_k(\tau_n))\Bigr]^{-1},
+$$
+w_n \propto \Bigl[\sum_k N_k \exp(f_k - b_k(\tau_n))\Bigr]^{-1},
+$$
 
-and the free energy of state set A vs B is :math:`\Delta F = -\ln(\sum_{A} w_n / \sum_B w_n)`
+and the free energy of state set A vs B is $\Delta F = -\ln(\sum_{A} w_n / \sum_B w_n)$
 in kT. Errors: MBAR's asymptotic covariance on windows subsampled to uncorrelated frames
-(statistical inefficiency from ``pymbar.timeseries``), or a block bootstrap within each
+(statistical inefficiency from `pymbar.timeseries`), or a block bootstrap within each
 window; both account for time correlation.
 """
 
@@ -48,10 +53,10 @@ class UmbrellaSamples:
     """Collective variables of every window.
 
     Attributes:
-        centers: ``float[K]`` restraint centres (rad).
+        centers: `float[K]` restraint centres (rad).
         kappa: force constant (kJ/mol/rad²).
         kT: thermal energy (kJ/mol).
-        cvs: list over windows of ``float[n_k, n_cv]`` dihedrals (rad); column 0 is biased.
+        cvs: list over windows of `float[n_k, n_cv]` dihedrals (rad); column 0 is biased.
     """
 
     centers: np.ndarray
@@ -60,7 +65,7 @@ class UmbrellaSamples:
     cvs: list[np.ndarray]
 
     def reduced_bias(self, tau: np.ndarray) -> np.ndarray:
-        """``b_k(τ_n)`` for all windows and samples, ``[K, n]``."""
+        """`b_k(τ_n)` for all windows and samples, `[K, n]`."""
         d = tau[None, :] - self.centers[:, None]
         d = d - 2 * np.pi * np.round(d / (2 * np.pi))
         return 0.5 * self.kappa * d**2 / self.kT
@@ -81,11 +86,11 @@ def run_umbrella(
     seed: int = 0,
     pool=None,
 ) -> UmbrellaSamples:
-    """Run (or load from the MD cache) ``windows`` restrained trajectories.
+    """Run (or load from the MD cache) `windows` restrained trajectories.
 
     Args:
-        spec: :class:`~boltzflow.parallel.SystemSpec` of the unbiased system.
-        positions: start positions ``[n_atoms, 3]`` (nm); the restraint pulls each window to
+        spec: [`SystemSpec`][boltzflow.parallel.SystemSpec] of the unbiased system.
+        positions: start positions `[n_atoms, 3]` (nm); the restraint pulls each window to
             its centre during equilibration.
         biased: atoms of the restrained dihedral.
         observed: further dihedrals to record (e.g. ψ).
@@ -128,7 +133,7 @@ def _mbar(bias: np.ndarray, n_k: np.ndarray, f0=None):
 
 
 def _log_ratio(in_a, in_b, log_w) -> float:
-    """``-ln(Σ_A w / Σ_B w)`` from unnormalized log-weights."""
+    """`-ln(Σ_A w / Σ_B w)` from unnormalized log-weights."""
     from scipy.special import logsumexp
 
     la = logsumexp(log_w[in_a]) if in_a.any() else -np.inf
@@ -152,22 +157,21 @@ def mbar_free_energies(
     seed: int = 0,
     pmf_bins: int = 36,
 ) -> dict:
-    r"""MBAR free energies ``ΔF = -ln(P_A / P_B)`` (kT) of state sets, with standard errors.
+    r"""MBAR free energies `ΔF = -ln(P_A / P_B)` (kT) of state sets, with standard errors.
 
-        Args:
-            samples: from :func:`run_umbrella`.
-            sets: ``{name: (in_a, in_b)}``, each a function of ``cvs [n, n_cv]`` → ``bool[n]``.
-            uncertainty: ``"analytic"``: each window is first subsampled to uncorrelated frames
-                (stride = statistical inefficiency :math:`g`), then MBAR's asymptotic covariance
-                of :math:`(P_A, P_B)` under the unbiased state gives
-                :math:`\sigma^2_{\Delta F} = \sigma_A^2/P_A^2 + \sigma_B^2/P_B^2
-                - 2\sigma_{AB}/(P_A P_B)`. ``"bootstrap"``: all frames, and ``n_bootstrap``
-                block-bootstrap replicas (blocks of :math:`\lceil g
-    ceil` frames per window).
+    Args:
+        samples: from [`run_umbrella`][boltzflow.molecular.umbrella.run_umbrella].
+        sets: `{name: (in_a, in_b)}`, each a function of `cvs [n, n_cv]` → `bool[n]`.
+        uncertainty: `"analytic"`: each window is first subsampled to uncorrelated frames
+            (stride = statistical inefficiency $g$), then MBAR's asymptotic covariance
+            of $(P_A, P_B)$ under the unbiased state gives
+            $\sigma^2_{\Delta F} = \sigma_A^2/P_A^2 + \sigma_B^2/P_B^2 - 2\sigma_{AB}/(P_A P_B)$.
+            `"bootstrap"`: all frames, and `n_bootstrap` block-bootstrap replicas (blocks of
+            $\lceil g \rceil$ frames per window).
 
-        Returns:
-            ``{"free_energies": {name: {"mean", "stderr", "unit"}}, "pmf": {"phi", "F"},
-            "statistical_inefficiency": [...], "n_samples": N}``.
+    Returns:
+        `{"free_energies": {name: {"mean", "stderr", "unit"}}, "pmf": {"phi", "F"},
+        "statistical_inefficiency": [...], "n_samples": N}`.
     """
     if uncertainty not in ("analytic", "bootstrap"):
         raise ValueError(f"uncertainty must be 'analytic' or 'bootstrap', got {uncertainty!r}")

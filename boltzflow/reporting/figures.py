@@ -1,8 +1,9 @@
 """Report figures (matplotlib): training curve, log-weights, marginals, histograms.
 
 Each function takes plain arrays/tensors and a path, writes a PNG and returns the path.
-Figures are built with :func:`new_figure` (object-oriented matplotlib, no pyplot), so writing a
-report neither selects nor switches the matplotlib backend of the calling program.
+Figures are built with [`new_figure`][boltzflow.reporting.figures.new_figure] (object-oriented
+matplotlib, no pyplot), so writing a report neither selects nor switches the matplotlib backend of
+the calling program.
 """
 
 from __future__ import annotations
@@ -25,20 +26,20 @@ __all__ = [
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, *, figsize=(5.0, 3.5), **subplots_kw):
-    """A new figure and its ``nrows x ncols`` axes, independent of pyplot.
+    """A new figure and its `nrows x ncols` axes, independent of pyplot.
 
-    Built as :class:`matplotlib.figure.Figure` directly: no backend is selected, pyplot is not
+    Built as `matplotlib.figure.Figure` directly: no backend is selected, pyplot is not
     imported, the figure is not registered anywhere (nothing to close; it is freed with its
-    last reference) and ``fig.savefig(path)`` renders with matplotlib's own Agg canvas.
+    last reference) and `fig.savefig(path)` renders with matplotlib's own Agg canvas.
 
     Args:
         nrows, ncols: the axes grid.
-        figsize: ``(width, height)`` in inches.
-        **subplots_kw: passed to :meth:`matplotlib.figure.Figure.subplots` (``squeeze``,
-            ``sharex``, ``sharey``, ...).
+        figsize: `(width, height)` in inches.
+        **subplots_kw: passed to `matplotlib.figure.Figure.subplots` (`squeeze`,
+            `sharex`, `sharey`, ...).
 
     Returns:
-        ``(fig, axes)`` as from :meth:`~matplotlib.figure.Figure.subplots`.
+        `(fig, axes)` as from `subplots`.
     """
     from matplotlib.figure import Figure
 
@@ -53,7 +54,7 @@ def _np(a) -> np.ndarray:
 
 
 def normalized_weights(log_w) -> np.ndarray:
-    """Importance weights ``w / Σw`` from log-weights (non-finite → 0; all-zero stays zero)."""
+    """Importance weights `w / Σw` from log-weights (non-finite → 0; all-zero stays zero)."""
     lw = _np(log_w).reshape(-1)
     lw = np.where(np.isfinite(lw), lw, -np.inf)
     if not np.isfinite(lw).any():
@@ -104,9 +105,9 @@ def plot_marginals(
     """1-D marginals: raw flow samples, reweighted samples and (optional) exact reference.
 
     Args:
-        x: samples ``[n, d]``.
-        log_w: log-weights ``[n]`` (zeros for MCMC samples).
-        reference: exact samples ``[m, d]`` from the target, if available.
+        x: samples `[n, d]`.
+        log_w: log-weights `[n]` (zeros for MCMC samples).
+        reference: exact samples `[m, d]` from the target, if available.
     """
     x = _np(x).reshape(len(_np(log_w).reshape(-1)), -1)
     w = normalized_weights(log_w)
@@ -165,7 +166,7 @@ def plot_samples_2d(x, log_w, path, centers=None, dims=(0, 1)) -> Path:
 
 
 def plot_histogram(path, label: str, values, log_w, discrete: bool = False) -> Path:
-    """Flow (unweighted) and reweighted histograms of a scalar observable ``values [n]``.
+    """Flow (unweighted) and reweighted histograms of a scalar observable `values [n]`.
 
     Args:
         path: output PNG.

@@ -1,14 +1,17 @@
 """Posterior figures from a samples file: a corner (pair) plot and a trace plot.
 
-Drawn for the ``"posterior"`` figure request of
-:meth:`boltzflow.energies.posterior.Posterior.report_figures`, after the run has written
-``samples.nc``. MCMC output (``sample_stats.accepted`` present) is plotted
-as is; importance samples are plotted after resampling by their ``log_weight``.
+Drawn for the `"posterior"` figure request of
+[`boltzflow.energies.posterior.Posterior.report_figures`][boltzflow.energies.posterior.Posterior.report_figures],
+after the run has written `samples.nc`. MCMC output (`sample_stats.accepted` present) is plotted
+as is; importance samples are plotted after resampling by their `log_weight`.
 
-The figures are plain matplotlib (:func:`boltzflow.reporting.figures.new_figure`), drawn from the
-``[chains, draws]`` arrays of the ``posterior`` group, so they look the same under arviz 0.x
-and 1.x and leave the caller's matplotlib backend alone. :func:`posterior_figures` reads the
-file with xarray (:func:`boltzflow.arviz_compat.read_groups`), without importing arviz.
+The figures are plain matplotlib
+([`boltzflow.reporting.figures.new_figure`][boltzflow.reporting.figures.new_figure]), drawn from the
+`[chains, draws]` arrays of the `posterior` group, so they look the same under arviz 0.x and 1.x and
+leave the caller's matplotlib backend alone.
+[`posterior_figures`][boltzflow.reporting.figures_bayes.posterior_figures] reads the file with
+xarray ([`boltzflow.arviz_compat.read_groups`][boltzflow.arviz_compat.read_groups]), without
+importing arviz.
 """
 
 from __future__ import annotations
@@ -25,16 +28,16 @@ __all__ = ["pair_plot", "trace_plot", "posterior_figures"]
 
 
 def _scalar_variables(idata, var_names: Sequence[str] | None, max_vars: int) -> dict:
-    """``{name: array [chains, draws]}`` of up to ``max_vars`` scalar posterior variables."""
+    """`{name: array [chains, draws]}` of up to `max_vars` scalar posterior variables."""
     post = arviz_compat.group(idata, "posterior")
     names = var_names or [v for v in post.data_vars if post[v].ndim == 2]
     return {str(n): np.asarray(post[n].values, dtype=np.float64) for n in list(names)[:max_vars]}
 
 
 def _equal_weight(arrays: Mapping[str, np.ndarray], idata, seed: int = 0) -> dict:
-    """Equal-weight draws: MCMC output as is, importance draws resampled by ``log_weight``.
+    """Equal-weight draws: MCMC output as is, importance draws resampled by `log_weight`.
 
-    Returns ``{name: array [chains, draws]}`` (one chain after resampling).
+    Returns `{name: array [chains, draws]}` (one chain after resampling).
     """
     stats = arviz_compat.group(idata, "sample_stats")
     if stats is None or "log_weight" not in stats or "accepted" in stats:
@@ -55,16 +58,17 @@ def _limits(v: np.ndarray) -> tuple[float, float]:
 
 
 def pair_plot(idata, path, var_names=None, max_vars: int = 8, bins: int = 40) -> Path:
-    """Corner plot of up to ``max_vars`` scalar posterior variables.
+    """Corner plot of up to `max_vars` scalar posterior variables.
 
     Diagonal: 1-D density histograms; below it: 2-D histograms of each pair (counts, grey
     scale); above it: empty. Axis ranges are the 0.5-99.5 % quantiles with a 5 % margin.
 
     Args:
         idata: the samples file's contents: arviz data (InferenceData or DataTree) or
-            ``{group: xarray.Dataset}`` from :func:`boltzflow.arviz_compat.read_groups`.
+            `{group: xarray.Dataset}` from
+            [`boltzflow.arviz_compat.read_groups`][boltzflow.arviz_compat.read_groups].
         path: output PNG.
-        var_names: variables to plot (default: every ``[chain, draw]`` variable).
+        var_names: variables to plot (default: every `[chain, draw]` variable).
         bins: histogram bins per axis.
     """
     data = _equal_weight(_scalar_variables(idata, var_names, max_vars), idata)
@@ -104,9 +108,10 @@ def trace_plot(idata, path, var_names=None, max_vars: int = 8, bins: int = 40) -
 
     Args:
         idata: the samples file's contents: arviz data (InferenceData or DataTree) or
-            ``{group: xarray.Dataset}`` from :func:`boltzflow.arviz_compat.read_groups`.
+            `{group: xarray.Dataset}` from
+            [`boltzflow.arviz_compat.read_groups`][boltzflow.arviz_compat.read_groups].
         path: output PNG.
-        var_names: variables to plot (default: every ``[chain, draw]`` variable).
+        var_names: variables to plot (default: every `[chain, draw]` variable).
     """
     data = _scalar_variables(idata, var_names, max_vars)
     fig, axes = new_figure(
@@ -134,9 +139,9 @@ def trace_plot(idata, path, var_names=None, max_vars: int = 8, bins: int = 40) -
 
 
 def posterior_figures(out_dir, var_names, samples_file: str = "samples.nc") -> dict[str, str]:
-    """Write ``pair.png`` and ``trace.png`` from ``out_dir/samples_file``; ``{title: file}``.
+    """Write `pair.png` and `trace.png` from `out_dir/samples_file`; `{title: file}`.
 
-    The trace plot is written only for MCMC output (``sample_stats.accepted``) with more
+    The trace plot is written only for MCMC output (`sample_stats.accepted`) with more
     than one draw per chain.
     """
     out_dir = Path(out_dir)

@@ -1,11 +1,11 @@
 r"""Ramachandran figures: MD vs flow vs reweighted flow on a log-density colour scale.
 
-Each panel is a 2-D histogram of :math:`(\phi, \psi)` on :math:`[-180°, 180°)^2` (64 × 64
+Each panel is a 2-D histogram of $(\phi, \psi)$ on $[-180°, 180°)^2$ (64 × 64
 bins, the grid of Midgley et al. 2023), normalized to a probability density in 1/rad², shown
 with a logarithmic colour scale so that sparsely populated basins (αL) stay visible. The
-reweighted panel uses self-normalized importance weights :math:`w_i \propto e^{\log w_i}`
+reweighted panel uses self-normalized importance weights $w_i \propto e^{\log w_i}$
 (non-finite log-weights count as zero). Dashed lines mark the state boundaries of
-:mod:`boltzflow.molecular.alanine`.
+[`boltzflow.molecular.alanine`][boltzflow.molecular.alanine].
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _np(a) -> np.ndarray:
 
 
 def ramachandran_histogram(phi, psi, weights=None, bins: int = 64) -> np.ndarray:
-    """Normalized density ``[bins, bins]`` (1/rad², indexed ``[phi, psi]``) of angles in rad."""
+    """Normalized density `[bins, bins]` (1/rad², indexed `[phi, psi]`) of angles in rad."""
     edges = np.linspace(-math.pi, math.pi, bins + 1)
     w = None if weights is None else _np(weights)
     h, _, _ = np.histogram2d(_np(phi), _np(psi), bins=[edges, edges], weights=w)
@@ -41,9 +41,9 @@ def plot_ramachandran(path, flow_angles, log_w=None, md=None, bins: int = 64) ->
 
     Args:
         path: output PNG.
-        flow_angles: ``(phi, psi)`` of flow samples in rad.
+        flow_angles: `(phi, psi)` of flow samples in rad.
         log_w: importance log-weights of the flow samples (reweighted panel if given).
-        md: ``(phi, psi)`` of MD frames in rad, or ``None``.
+        md: `(phi, psi)` of MD frames in rad, or `None`.
     """
     from matplotlib.colors import LogNorm
 

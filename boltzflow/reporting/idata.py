@@ -1,16 +1,17 @@
-"""Samples as arviz data (written to ``samples.nc``).
+"""Samples as arviz data (written to `samples.nc`).
 
-An ``arviz.InferenceData`` under arviz 0.x and an ``xarray.DataTree`` under arviz 1.x, built and
-read through :mod:`boltzflow.arviz_compat`; the file is netCDF4/HDF5 either way.
+An `arviz.InferenceData` under arviz 0.x and an `xarray.DataTree` under arviz 1.x, built and
+read through [`boltzflow.arviz_compat`][boltzflow.arviz_compat]; the file is netCDF4/HDF5 either
+way.
 
 Layout (the run contract in DESIGN.md):
 
-* ``posterior``: the samples (``x`` with dims ``chain, draw, x_dim_0, ...``, or one variable
-  per parameter when ``names`` are given) and scalar observables ``[chain, draw]``;
-* ``sample_stats``: ``log_weight`` (importance log-weights; zeros for exact MCMC output),
-  ``energy`` (reduced, kT) and ``accepted`` where MCMC was used.
+* `posterior`: the samples (`x` with dims `chain, draw, x_dim_0, ...`, or one variable
+  per parameter when `names` are given) and scalar observables `[chain, draw]`;
+* `sample_stats`: `log_weight` (importance log-weights; zeros for exact MCMC output),
+  `energy` (reduced, kT) and `accepted` where MCMC was used.
 
-arviz has no first-class sample weights; ``sample_stats.log_weight`` is the convention.
+arviz has no first-class sample weights; `sample_stats.log_weight` is the convention.
 """
 
 from __future__ import annotations
@@ -39,12 +40,12 @@ def to_inference_data(
     attrs: Mapping | None = None,
 ):
     """arviz data (InferenceData or DataTree) from a
-    :class:`~boltzflow.sampling.runners.SamplingResult`.
+    [`SamplingResult`][boltzflow.sampling.runners.SamplingResult].
 
     Args:
-        result: samples ``x [chains, draws, *event]`` with ``log_weight``, ``energy`` and
-            optionally ``accepted`` (all ``[chains, draws]``).
-        observables: extra posterior variables ``{name: Tensor[chains, draws]}``.
+        result: samples `x [chains, draws, *event]` with `log_weight`, `energy` and
+            optionally `accepted` (all `[chains, draws]`).
+        observables: extra posterior variables `{name: Tensor[chains, draws]}`.
         names: if given (flat events only), one posterior variable per coordinate.
         attrs: metadata stored on every group (system, method, budget, ...).
     """
@@ -74,13 +75,14 @@ def to_inference_data(
 
 
 def write_samples(idata, path) -> None:
-    """Write arviz data to netCDF (``samples.nc``)."""
+    """Write arviz data to netCDF (`samples.nc`)."""
     arviz_compat.write_netcdf(idata, path)
 
 
 def read_samples(path):
-    """Read ``samples.nc`` back with the installed arviz (InferenceData or DataTree); its
-    groups as :class:`xarray.Dataset` via :func:`boltzflow.arviz_compat.group`."""
+    """Read `samples.nc` back with the installed arviz (InferenceData or DataTree); its
+    groups as `xarray.Dataset` via
+    [`boltzflow.arviz_compat.group`][boltzflow.arviz_compat.group]."""
     return arviz_compat.read_netcdf(path)
 
 
@@ -88,10 +90,10 @@ def posterior_inference_data(posterior, result, attrs: Mapping | None = None):
     """arviz data with one variable per named constrained parameter of a posterior.
 
     Args:
-        posterior: a :class:`~boltzflow.energies.posterior.Posterior` (its ``constrain`` and
-            ``names``).
-        result: a :class:`~boltzflow.sampling.runners.SamplingResult` (or any NamedTuple with
-            ``x [chains, draws, dim]``, ``log_weight``, ``energy``, ``accepted``) in the
+        posterior: a [`Posterior`][boltzflow.energies.posterior.Posterior] (its `constrain` and
+            `names`).
+        result: a [`SamplingResult`][boltzflow.sampling.runners.SamplingResult] (or any NamedTuple
+            with `x [chains, draws, dim]`, `log_weight`, `energy`, `accepted`) in the
             unconstrained coordinates.
         attrs: metadata stored on every group.
     """

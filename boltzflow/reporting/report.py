@@ -1,4 +1,4 @@
-"""``summary.json`` and ``report.md`` for a run (the run contract in DESIGN.md)."""
+"""`summary.json` and `report.md` for a run (the run contract in DESIGN.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ __all__ = ["write_summary", "write_report", "jsonable"]
 
 def jsonable(obj):
     """Recursively convert numbers/tensors to JSON-safe Python; non-finite floats become
-    ``None`` only where JSON cannot hold them (NaN), infinities are kept as strings."""
+    `None` only where JSON cannot hold them (NaN), infinities are kept as strings."""
     try:
         import numpy as np
         import torch
@@ -35,7 +35,7 @@ def jsonable(obj):
 
 
 def write_summary(summary: Mapping, out_dir) -> Path:
-    """Write ``summary.json`` (indented, JSON-safe)."""
+    """Write `summary.json` (indented, JSON-safe)."""
     path = Path(out_dir) / "summary.json"
     path.write_text(json.dumps(jsonable(summary), indent=2) + "\n")
     return path
@@ -51,7 +51,7 @@ def _fmt(est: Mapping, digits: int = 4) -> str:
 
 
 def write_report(summary: Mapping, figures: Mapping[str, str], out_dir) -> Path:
-    """Write ``report.md``: the headline numbers, tables of estimates and the figures."""
+    """Write `report.md`: the headline numbers, tables of estimates and the figures."""
     s = summary
     tr, sa, rw = s["training"], s["sampling"], s["reweighting"]
     lines = [

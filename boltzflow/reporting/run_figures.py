@@ -1,10 +1,10 @@
 """The figures of a run: the generic ones, then those the target requests.
 
-A target asks for figures with :meth:`~boltzflow.energies.base.Energy.report_figures`, a
-sequence of :class:`~boltzflow.energies.base.FigureRequest` ``(kind, data)``. Each ``kind`` is
-a key of :data:`DRAWERS`, whose function is called as ``draw(out_dir, **data)`` and returns
-``{caption: PNG file name}`` for ``report.md``. JSON documents from
-:meth:`~boltzflow.energies.base.Energy.report_data` are written beside them.
+A target asks for figures with [`report_figures`][boltzflow.energies.base.Energy.report_figures], a
+sequence of [`FigureRequest`][boltzflow.energies.base.FigureRequest] `(kind, data)`. Each `kind` is
+a key of `DRAWERS`, whose function is called as `draw(out_dir, **data)` and returns
+`{caption: PNG file name}` for `report.md`. JSON documents from
+[`report_data`][boltzflow.energies.base.Energy.report_data] are written beside them.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ DRAWERS: dict[str, Callable[..., Mapping[str, str]]] = {
 
 
 def draw_requested(out_dir, requests: Sequence) -> dict[str, str]:
-    """Draw :class:`~boltzflow.energies.base.FigureRequest` s; ``{caption: file name}``."""
+    """Draw [`FigureRequest`][boltzflow.energies.base.FigureRequest] s; `{caption: file name}`."""
     out = {}
     for req in requests:
         if req.kind not in DRAWERS:
@@ -61,7 +61,7 @@ def draw_requested(out_dir, requests: Sequence) -> dict[str, str]:
 
 
 def write_report_data(out_dir, documents: Mapping[str, Mapping]) -> list[Path]:
-    """Write ``{file name: JSON-able mapping}`` into ``out_dir`` (indented JSON)."""
+    """Write `{file name: JSON-able mapping}` into `out_dir` (indented JSON)."""
     paths = []
     for name, doc in documents.items():
         path = Path(out_dir) / name
@@ -71,14 +71,14 @@ def write_report_data(out_dir, documents: Mapping[str, Mapping]) -> list[Path]:
 
 
 def run_figures(target, history: Mapping, importance, out_dir, seed: int) -> dict[str, str]:
-    """Every figure of a run, in report order; ``{caption: file name}``.
+    """Every figure of a run, in report order; `{caption: file name}`.
 
     Args:
-        target: the run's :class:`~boltzflow.energies.base.Energy`.
-        history: training-curve columns (``step``, ``loss``, ``ess_step``, ``ess_fraction``);
+        target: the run's [`Energy`][boltzflow.energies.base.Energy].
+        history: training-curve columns (`step`, `loss`, `ess_step`, `ess_fraction`);
             empty if the run did not train.
-        importance: the flow's importance draws, ``x [1, n, *event]`` and ``log_weight [1, n]``.
-        out_dir: the run directory (``samples.nc`` is already written).
+        importance: the flow's importance draws, `x [1, n, *event]` and `log_weight [1, n]`.
+        out_dir: the run directory (`samples.nc` is already written).
         seed: seeds the target's exact reference samples for the marginals figure.
     """
     out_dir = Path(out_dir)

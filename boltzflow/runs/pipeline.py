@@ -1,8 +1,8 @@
-"""The ``boltzflow run`` pipeline: recipe → target → flow → train → sample → reweight → report.
+"""The `boltzflow run` pipeline: recipe → target → flow → train → sample → reweight → report.
 
-:func:`run` validates the whole recipe before it writes anything, then produces the files of
-the run contract (DESIGN.md): ``summary.json``, ``samples.nc``, ``flow.pt`` + ``flow.json``,
-PNG figures and ``report.md``.
+[`run`][boltzflow.runs.pipeline.run] validates the whole recipe before it writes anything, then
+produces the files of the run contract (DESIGN.md): `summary.json`, `samples.nc`, `flow.pt` +
+`flow.json`, PNG figures and `report.md`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 
 def _call_with_supported(fn, *args, **kwargs):
-    """Call ``fn`` passing only the keyword arguments its signature accepts (plus **kwargs)."""
+    """Call `fn` passing only the keyword arguments its signature accepts (plus **kwargs)."""
     sig = inspect.signature(fn)
     if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
         return fn(*args, **kwargs)
@@ -42,7 +42,7 @@ def _call_with_supported(fn, *args, **kwargs):
 
 
 def build_target(recipe: Recipe, **runtime):
-    """Build the recipe's target Energy. ``runtime`` (workers, scheduler, system_dir, device)
+    """Build the recipe's target Energy. `runtime` (workers, scheduler, system_dir, device)
     is passed to builders that accept those keywords."""
     params = {k: v for k, v in recipe.target.items() if k != "kind"}
     fn = registry.resolve(registry.TARGETS, recipe.target["kind"], "target")
@@ -51,7 +51,7 @@ def build_target(recipe: Recipe, **runtime):
 
 
 def build_flow(recipe: Recipe, target, seed: int):
-    """Build the recipe's flow for ``target`` (builders accepting ``seed`` get it)."""
+    """Build the recipe's flow for `target` (builders accepting `seed` get it)."""
     params = {k: v for k, v in recipe.flow.items() if k != "kind"}
     fn = registry.resolve(registry.FLOWS, recipe.flow["kind"], "flow")
     return _call_with_supported(fn, target, **params, seed=seed)
@@ -65,7 +65,7 @@ def _device(recipe: Recipe, device: str | None) -> torch.device:
 
 
 def _stage_data(data, target, recipe: Recipe, dtype, device):
-    """Resolve a stage's ``data``: ``"exact"``, a target-provided set, or a file in the system."""
+    """Resolve a stage's `data`: `"exact"`, a target-provided set, or a file in the system."""
     if data is None or data == "exact":
         return data
     try:
@@ -87,7 +87,7 @@ def _data_file(recipe: Recipe, data) -> torch.Tensor:
 
 
 def _train(flow, target, recipe: Recipe, seed: int, out_dir: Path):
-    """Run the recipe's training stages with :class:`~boltzflow.training.trainer.Trainer`."""
+    """Run the recipe's training stages with [`Trainer`][boltzflow.training.trainer.Trainer]."""
     from boltzflow.training.callbacks import EarlyStopping
     from boltzflow.training.trainer import Stage, Trainer
 
@@ -116,7 +116,7 @@ def _train(flow, target, recipe: Recipe, seed: int, out_dir: Path):
 
 
 def _tempered_loss(name: str, tempered_target):
-    """A loss evaluated against ``tempered_target`` instead of the trainer's target."""
+    """A loss evaluated against `tempered_target` instead of the trainer's target."""
     base = registry.resolve(registry.LOSSES, name, "loss")
 
     def loss(flow, target, batch, **kwargs):
@@ -183,7 +183,7 @@ def _reference_stderr(target, name: str) -> float | None:
 
 
 def _references(target, summary: dict) -> dict:
-    """Exact or reference values beside the estimates; ``z_score`` = difference over the
+    """Exact or reference values beside the estimates; `z_score` = difference over the
     combined standard error (the estimate's, plus the reference's where it has one)."""
     ref = {}
     if target.log_z is not None:
@@ -225,11 +225,11 @@ def run(
     """Run a recipe end to end and write the run directory. Returns the summary dict.
 
     Args:
-        name_or_path: catalogue name (``boltzflow systems``) or path to a recipe.
-        budget: ``smoke`` (≈1 min), ``default`` or ``long``.
+        name_or_path: catalogue name (`boltzflow systems`) or path to a recipe.
+        budget: `smoke` (≈1 min), `default` or `long`.
         seed: seeds flow initialisation, training, sampling and bootstraps.
-        out: output directory (default ``runs/<name>-<budget>-s<seed>``).
-        device: ``cpu`` or ``cuda`` (default: the recipe's ``default_device``).
+        out: output directory (default `runs/<name>-<budget>-s<seed>`).
+        device: `cpu` or `cuda` (default: the recipe's `default_device`).
         workers, scheduler: energy worker pool settings for targets that use one.
     """
     recipe = load_recipe(name_or_path, budget)  # validates everything before any output

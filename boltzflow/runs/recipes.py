@@ -1,10 +1,11 @@
-"""Read and validate system recipes (``systems/<name>/system.toml``).
+"""Read and validate system recipes (`systems/<name>/system.toml`).
 
-A recipe names a target, a flow, training stages and a sampler (see ``docs/cli.md``). Any
-scalar value may be a per-budget table ``{smoke = .., default = .., long = ..}``;
-:func:`load_recipe` resolves it for the chosen budget. Validation happens before anything
-is written: unknown keys, systems, losses, flows and samplers raise :class:`RecipeError`
-naming the key and the file.
+A recipe names a target, a flow, training stages and a sampler (see `docs/cli.md`). Any
+scalar value may be a per-budget table `{smoke = .., default = .., long = ..}`;
+[`load_recipe`][boltzflow.runs.recipes.load_recipe] resolves it for the chosen budget. Validation
+happens before anything
+is written: unknown keys, systems, losses, flows and samplers raise
+[`RecipeError`][boltzflow.runs.recipes.RecipeError] naming the key and the file.
 """
 
 from __future__ import annotations
@@ -98,12 +99,12 @@ class Recipe:
 def systems_dir() -> Path:
     """The systems catalogue folder.
 
-    ``$BOLTZFLOW_SYSTEMS`` when set (a folder of user systems); otherwise the catalogue shipped
-    with boltzflow: the package data ``boltzflow.systems`` (the repository's top-level
-    ``systems/``, installed inside the wheel, or mapped there by an editable install), or
-    ``systems/`` of the source tree when boltzflow is imported from a checkout that was not
+    `$BOLTZFLOW_SYSTEMS` when set (a folder of user systems); otherwise the catalogue shipped
+    with boltzflow: the package data `boltzflow.systems` (the repository's top-level
+    `systems/`, installed inside the wheel, or mapped there by an editable install), or
+    `systems/` of the source tree when boltzflow is imported from a checkout that was not
     installed. A single system folder or TOML file can always be given to
-    :func:`find_system` (``boltzflow run PATH``) instead.
+    [`find_system`][boltzflow.runs.recipes.find_system] (`boltzflow run PATH`) instead.
     """
     env = os.environ.get("BOLTZFLOW_SYSTEMS")
     if env:
@@ -123,7 +124,7 @@ def _shipped_catalogue() -> Path:
 
 
 def list_systems() -> dict[str, str]:
-    """``{name: description}`` for every folder in the catalogue with a ``system.toml``."""
+    """`{name: description}` for every folder in the catalogue with a `system.toml`."""
     out = {}
     root = systems_dir()
     if not root.is_dir():
@@ -138,7 +139,7 @@ def list_systems() -> dict[str, str]:
 
 
 def find_system(name_or_path: str | os.PathLike) -> Path:
-    """Path of a recipe: a catalogue name, a folder holding ``system.toml``, or a TOML file."""
+    """Path of a recipe: a catalogue name, a folder holding `system.toml`, or a TOML file."""
     p = Path(name_or_path)
     if p.is_file():
         return p
@@ -185,7 +186,7 @@ RUNTIME_KEYWORDS = {"workers", "scheduler", "system_dir", "device"}
 def _check_kwargs(
     fn, params: dict, where: str, path: Path, skip_first: bool = False, reserved=()
 ) -> None:
-    """Unknown builder arguments are recipe errors (unless the builder takes ``**kwargs``)."""
+    """Unknown builder arguments are recipe errors (unless the builder takes `**kwargs`)."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):  # pragma: no cover - builtins
@@ -206,7 +207,7 @@ def _params(section: dict, drop) -> dict:
 
 
 def load_recipe(name_or_path: str | os.PathLike, budget: str = "default") -> Recipe:
-    """Load, resolve and validate a recipe for ``budget``.
+    """Load, resolve and validate a recipe for `budget`.
 
     Raises:
         RecipeError: unknown system, budget, section, key, target, flow, loss or sampler.

@@ -1,32 +1,32 @@
 """Name → builder registries: built-in entries plus plugins from package entry points.
 
-Built-in entries are ``"module:attribute"`` strings so that heavy optional modules (OpenMM,
+Built-in entries are `"module:attribute"` strings so that heavy optional modules (OpenMM,
 dask) are imported only when a recipe uses them. Third-party packages add their own targets,
-flows, samplers and losses through package entry points, the ecosystem's plugin convention::
+flows, samplers and losses through package entry points, the ecosystem's plugin convention:
 
     # the plugin's pyproject.toml
     [project.entry-points."boltzflow.flows"]
     my-flow = "my_package.flows:build_my_flow"
 
-Groups: ``boltzflow.targets``, ``boltzflow.flows``, ``boltzflow.samplers``,
-``boltzflow.losses`` (each :class:`Registry`'s ``group``). A plugin cannot override a built-in
-name.
+Groups: `boltzflow.targets`, `boltzflow.flows`, `boltzflow.samplers`,
+`boltzflow.losses` (each [`Registry`][boltzflow.runs.registry.Registry]'s `group`). A plugin cannot
+override a built-in name.
 
 Two levels of trust:
 
-* **Recipes are code.** A recipe (``system.toml``) may name a registered entry or give a full
-  ``"package.module:attribute"`` path, which is imported and called (``allow_import=True``,
+* **Recipes are code.** A recipe (`system.toml`) may name a registered entry or give a full
+  `"package.module:attribute"` path, which is imported and called (`allow_import=True`,
   the default). Run recipes only from sources you trust, as you would a script.
-* **Checkpoints are data.** :func:`boltzflow.io.load_checkpoint` resolves the ``builder``
-  saved in ``flow.json`` with ``allow_import=False``: only registered names are accepted, and
-  nothing is imported or called for a name that is not registered.
+* **Checkpoints are data.** [`boltzflow.io.load_checkpoint`][boltzflow.io.load_checkpoint] resolves
+  the `builder` saved in `flow.json` with `allow_import=False`: only registered names are accepted,
+  and nothing is imported or called for a name that is not registered.
 
 Builder contracts:
 
-* ``TARGETS[kind](**params) -> Energy``
-* ``FLOWS[kind](target, **params) -> Flow``
-* ``SAMPLERS[method](flow, target, *, n_samples, seed, **params) -> SamplingResult``
-* ``LOSSES[name](flow, target, batch, **params) -> scalar``
+* `TARGETS[kind](**params) -> Energy`
+* `FLOWS[kind](target, **params) -> Flow`
+* `SAMPLERS[method](flow, target, *, n_samples, seed, **params) -> SamplingResult`
+* `LOSSES[name](flow, target, batch, **params) -> scalar`
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ __all__ = ["Registry", "TARGETS", "FLOWS", "SAMPLERS", "LOSSES", "registered", "
 
 
 class Registry(dict):
-    """Built-in ``{name: "module:attr"}`` entries of one kind, and its entry-point ``group``."""
+    """Built-in `{name: "module:attr"}` entries of one kind, and its entry-point `group`."""
 
     def __init__(self, group: str, entries: dict[str, str]):
         super().__init__(entries)
@@ -106,7 +106,7 @@ LOSSES = Registry(
 
 
 def _plugins(group: str) -> dict[str, str]:
-    """``{name: "module:attr"}`` declared by installed packages in entry-point ``group``.
+    """`{name: "module:attr"}` declared by installed packages in entry-point `group`.
 
     Reading entry points imports nothing: only the distributions' metadata is read.
     """
@@ -114,7 +114,7 @@ def _plugins(group: str) -> dict[str, str]:
 
 
 def registered(registry: dict[str, str]) -> dict[str, str]:
-    """Every name ``registry`` accepts: the plugins' entry points, then the built-ins.
+    """Every name `registry` accepts: the plugins' entry points, then the built-ins.
 
     Built-in names win over a plugin of the same name.
     """
@@ -125,14 +125,14 @@ def registered(registry: dict[str, str]) -> dict[str, str]:
 def resolve(
     registry: dict[str, str], name: str, what: str = "entry", *, allow_import: bool = True
 ) -> Callable:
-    """Look ``name`` up among the registered entries and return the object it names.
+    """Look `name` up among the registered entries and return the object it names.
 
     Args:
-        registry: one of :data:`TARGETS`, :data:`FLOWS`, :data:`SAMPLERS`, :data:`LOSSES`.
-        name: a registered name (built-in or entry point), or, when ``allow_import``, a
-            ``"package.module:attribute"`` path.
-        what: what the name is, for error messages (``"flow"``, ``"loss"``, ...).
-        allow_import: accept unregistered ``"module:attr"`` paths. ``False`` for untrusted
+        registry: one of `TARGETS`, `FLOWS`, `SAMPLERS`, `LOSSES`.
+        name: a registered name (built-in or entry point), or, when `allow_import`, a
+            `"package.module:attribute"` path.
+        what: what the name is, for error messages (`"flow"`, `"loss"`, ...).
+        allow_import: accept unregistered `"module:attr"` paths. `False` for untrusted
             input such as checkpoint metadata: an unregistered name is refused before anything
             is imported.
 

@@ -2,20 +2,26 @@
 
 Rooms, one idea each:
 
-* :mod:`boltzflow.sampling.base` -- the kernel contract and the one MH acceptance;
-* :mod:`boltzflow.sampling.kernels` -- IMH (and its batched sweep), MALA, HMC, latent HMC
-  (NeuTra), mixtures;
-* :mod:`boltzflow.sampling.chains` -- :func:`run_chain`;
-* :mod:`boltzflow.sampling.adaptation` -- warm-up step-size and metric adaptation;
-* :mod:`boltzflow.sampling.proposals` -- defensive proposal densities around a flow;
-* :mod:`boltzflow.sampling.diagnostics` -- τ_int, ESS, R-hat, MCSE (emcee/arviz);
-* :mod:`boltzflow.sampling.reweighting` -- ESS, log Z, PSIS k̂, expectations, ΔF (log-weights
-  and their rule: :mod:`boltzflow.weights`);
-* :mod:`boltzflow.sampling.runners` -- ``SamplingResult`` and its builders, importance
-  sampling, flow IMH, and the plumbing the runners share;
-* runners by family: :mod:`~boltzflow.sampling.neutra`, :mod:`~boltzflow.sampling.lattice_hmc`,
-  :mod:`~boltzflow.sampling.hybrid`, :mod:`~boltzflow.sampling.emcee_move`,
-  :mod:`~boltzflow.sampling.bayes_anneal`.
+* [`boltzflow.sampling.base`][boltzflow.sampling.base] -- the kernel contract and the one MH
+  acceptance;
+* [`boltzflow.sampling.kernels`][boltzflow.sampling.kernels] -- IMH (and its batched sweep), MALA,
+  HMC, latent HMC (NeuTra), mixtures;
+* [`boltzflow.sampling.chains`][boltzflow.sampling.chains] --
+  [`run_chain`][boltzflow.sampling.chains.run_chain];
+* [`boltzflow.sampling.adaptation`][boltzflow.sampling.adaptation] -- warm-up step-size and metric
+  adaptation;
+* [`boltzflow.sampling.proposals`][boltzflow.sampling.proposals] -- defensive proposal densities
+  around a flow;
+* [`boltzflow.sampling.diagnostics`][boltzflow.sampling.diagnostics] -- τ_int, ESS, R-hat, MCSE
+  (emcee/arviz);
+* [`boltzflow.sampling.reweighting`][boltzflow.sampling.reweighting] -- ESS, log Z, PSIS k̂,
+  expectations, ΔF (log-weights
+  and their rule: [`boltzflow.weights`][boltzflow.weights]);
+* [`boltzflow.sampling.runners`][boltzflow.sampling.runners] -- `SamplingResult` and its builders,
+  importance sampling, flow IMH, and the plumbing the runners share;
+* runners by family: [`neutra`][boltzflow.sampling.neutra],
+  [`lattice_hmc`][boltzflow.sampling.lattice_hmc], [`hybrid`][boltzflow.sampling.hybrid],
+  [`emcee_move`][boltzflow.sampling.emcee_move], [`bayes_anneal`][boltzflow.sampling.bayes_anneal].
 """
 
 from boltzflow.sampling.chains import ChainResult, run_chain

@@ -5,19 +5,22 @@ Adaptation happens in warm-up only; production runs a fixed kernel, so it is ord
 in the spirit of Stan's windowed adaptation (Stan Reference Manual, "HMC algorithm
 parameters"), without dual averaging:
 
-* **Step size** (:func:`adapt_step_size`, :func:`run_adapting_step_size`): every chain's
-  step :math:`\epsilon_c` is multiplied after each block of steps by
+* **Step size** ([`adapt_step_size`][boltzflow.sampling.adaptation.adapt_step_size],
+  [`run_adapting_step_size`][boltzflow.sampling.adaptation.run_adapting_step_size]): every chain's
+  step $\epsilon_c$ is multiplied after each block of steps by
 
-  .. math:: \epsilon_c \leftarrow \epsilon_c \cdot
-            \mathrm{clip}\bigl(e^{2(\bar a_c - a^*)},\ 0.2,\ 5\bigr),
+  $$
+  \epsilon_c \leftarrow \epsilon_c \cdot
+  \mathrm{clip}\bigl(e^{2(\bar a_c - a^*)},\ 0.2,\ 5\bigr),
+  $$
 
-  where :math:`\bar a_c` is the chain's mean acceptance probability over the block and
-  :math:`a^*` the target acceptance: a Robbins–Monro step on :math:`\log\epsilon` with a
+  where $\bar a_c$ is the chain's mean acceptance probability over the block and
+  $a^*$ the target acceptance: a Robbins–Monro step on $\log\epsilon$ with a
   constant gain (Andrieu & Thoms 2008, §3.2), clipped so one block moves the step by at most
   a factor 5.
-* **Metric** (:func:`estimate_metric`): the mass matrix from a window of draws, as inverse
-  variances (diagonal) or as a dense inverse mass equal to the sample covariance shrunk
-  towards :math:`10^{-3} I` with weight :math:`5/(n+5)`, Stan's regularisation.
+* **Metric** ([`estimate_metric`][boltzflow.sampling.adaptation.estimate_metric]): the mass matrix
+  from a window of draws, as inverse variances (diagonal) or as a dense inverse mass equal to the
+  sample covariance shrunk towards $10^{-3} I$ with weight $5/(n+5)$, Stan's regularisation.
 """
 
 from __future__ import annotations
@@ -44,16 +47,16 @@ ADAPT_EVERY = 10
 def adapt_step_size(
     step: torch.Tensor, acceptance: torch.Tensor, target_accept: float
 ) -> torch.Tensor:
-    r"""One multiplicative update of the per-chain steps ``step [chains, 1]`` (module docstring).
+    r"""One multiplicative update of the per-chain steps `step [chains, 1]` (module docstring).
 
-    ``acceptance [chains]`` is each chain's mean acceptance probability over the last block.
+    `acceptance [chains]` is each chain's mean acceptance probability over the last block.
     """
     factor = torch.exp(2.0 * (acceptance.reshape(step.shape) - target_accept)).clamp(0.2, 5.0)
     return step * factor
 
 
 def adaptation_blocks(n: int, size: int) -> list[int]:
-    """Split ``n`` steps into blocks of ``size`` and a shorter last one (if ``size ∤ n``)."""
+    """Split `n` steps into blocks of `size` and a shorter last one (if `size ∤ n`)."""
     return [size] * (n // size) + ([n % size] if n % size else [])
 
 
@@ -66,21 +69,22 @@ def run_adapting_step_size(
     every: int = ADAPT_EVERY,
     progress: bool | None = False,
 ) -> tuple[ChainResult, torch.Tensor]:
-    """Run ``n_steps`` steps from ``state`` in blocks of ``every``, adapting the step after each.
+    """Run `n_steps` steps from `state` in blocks of `every`, adapting the step after each.
 
     Args:
-        make_kernel: builds the kernel for a given per-chain step ``[chains, 1]``.
+        make_kernel: builds the kernel for a given per-chain step `[chains, 1]`.
         state: a state of that kernel (the chain continues from it).
-        n_steps: steps in all (:func:`adaptation_blocks`).
+        n_steps: steps in all
+            ([`adaptation_blocks`][boltzflow.sampling.adaptation.adaptation_blocks]).
         step: the per-chain steps to start from.
-        target_accept: :math:`a^*`.
+        target_accept: $a^*$.
         every: block length.
-        progress: passed to :func:`~boltzflow.sampling.chains.run_chain`.
+        progress: passed to [`run_chain`][boltzflow.sampling.chains.run_chain].
 
     Returns:
-        ``(result, step)``: the blocks' draws concatenated along the draw axis (``x``,
-        ``energy``, ``accepted``, ``acceptance_prob``, ``log_weight``; ``final_state`` and
-        ``stats`` of the last block), and the adapted steps.
+        `(result, step)`: the blocks' draws concatenated along the draw axis (`x`,
+        `energy`, `accepted`, `acceptance_prob`, `log_weight`; `final_state` and
+        `stats` of the last block), and the adapted steps.
     """
     blocks = []
     for n in adaptation_blocks(int(n_steps), int(every)):
@@ -96,13 +100,13 @@ def run_adapting_step_size(
 
 
 def estimate_metric(draws: torch.Tensor, kind: str) -> torch.Tensor | DenseMetric:
-    r"""The ``mass`` argument of :class:`~boltzflow.sampling.kernels.HMC` from a window of draws
-    ``[n, d]``.
+    r"""The `mass` argument of [`HMC`][boltzflow.sampling.kernels.HMC] from a window of draws
+    `[n, d]`.
 
-    ``"diag"``: the diagonal mass :math:`1/\mathrm{var}` (inverse mass = the variances).
-    ``"dense"``: a :class:`~boltzflow.sampling.kernels.DenseMetric` whose inverse mass is the
-    sample covariance shrunk towards :math:`10^{-3} I`,
-    :math:`(n\,\Sigma + 5\cdot10^{-3} I)/(n + 5)`.
+    `"diag"`: the diagonal mass $1/\mathrm{var}$ (inverse mass = the variances).
+    `"dense"`: a [`DenseMetric`][boltzflow.sampling.kernels.DenseMetric] whose inverse mass is the
+    sample covariance shrunk towards $10^{-3} I$,
+    $(n\,\Sigma + 5\cdot10^{-3} I)/(n + 5)$.
     """
     if kind == "diag":
         return 1.0 / draws.var(0).clamp(min=1e-8)

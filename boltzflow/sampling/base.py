@@ -1,13 +1,14 @@
 r"""Kernel contract and the one Metropolis–Hastings acceptance used by every sampler.
 
-A kernel is a pair ``init(x0) -> State`` and ``step(state) -> (State, Info)`` over small
-immutable records (blackjax style). ``x0`` is ``Tensor[chains, *event_shape]``: chains are
-always batched. A state carries the RNG state (``rng_state``, from
-``torch.Generator.get_state()``; generators come from :mod:`boltzflow.rng`) so that a resumed
-chain continues bit-for-bit.
+A kernel is a pair `init(x0) -> State` and `step(state) -> (State, Info)` over small
+immutable records (blackjax style). `x0` is `Tensor[chains, *event_shape]`: chains are
+always batched. A state carries the RNG state (`rng_state`, from
+`torch.Generator.get_state()`; generators come from [`boltzflow.rng`][boltzflow.rng]) so that a
+resumed chain continues bit-for-bit.
 
-Proposals return ``(x_new, log_q_ratio)`` with ``log_q_ratio = log q(x_old | x_new) -
-log q(x_new | x_old)``, and :func:`metropolis_hastings_accept` does the rest
+Proposals return `(x_new, log_q_ratio)` with
+`log_q_ratio = log q(x_old | x_new) - log q(x_new | x_old)`, and
+[`metropolis_hastings_accept`][boltzflow.sampling.base.metropolis_hastings_accept] does the rest
 (Metropolis et al. 1953; Hastings 1970).
 """
 
@@ -27,7 +28,7 @@ __all__ = [
 
 
 class ChainState(NamedTuple):
-    """Minimal chain state: positions ``x [chains, *event]``, energies ``u [chains]``, RNG state.
+    """Minimal chain state: positions `x [chains, *event]`, energies `u [chains]`, RNG state.
 
     Kernels may define richer states (e.g. with gradients) with at least these fields.
     """
@@ -38,7 +39,7 @@ class ChainState(NamedTuple):
 
 
 class StepInfo(NamedTuple):
-    """Per-step diagnostics, each ``Tensor[chains]``: acceptance flag and probability, energy,
+    """Per-step diagnostics, each `Tensor[chains]`: acceptance flag and probability, energy,
     and the importance log-weight of the current state where one is defined (else NaN-free zeros).
     """
 
@@ -49,7 +50,7 @@ class StepInfo(NamedTuple):
 
 
 class Kernel(Protocol):
-    """Anything with ``init(x0) -> State`` and ``step(state) -> (State, Info)``."""
+    """Anything with `init(x0) -> State` and `step(state) -> (State, Info)`."""
 
     def init(self, x0: torch.Tensor, seed: int | None = None): ...
 
@@ -59,11 +60,11 @@ class Kernel(Protocol):
 def log_acceptance_ratio(
     energy_old: torch.Tensor, energy_new: torch.Tensor, log_q_ratio: torch.Tensor | float = 0.0
 ) -> torch.Tensor:
-    r"""``log α = -(u_new - u_old) + log q_ratio``, with non-finite proposals mapped to ``-inf``.
+    r"""`log α = -(u_new - u_old) + log q_ratio`, with non-finite proposals mapped to `-inf`.
 
-    A non-finite proposed energy (NaN, ``+inf`` or ``-inf``) is never accepted, and a NaN
-    ``log_q_ratio`` rejects. A chain whose current energy is non-finite (NaN or ``+inf``, e.g.
-    a bad starting point) accepts any proposal with finite energy and finite ``log_q_ratio``,
+    A non-finite proposed energy (NaN, `+inf` or `-inf`) is never accepted, and a NaN
+    `log_q_ratio` rejects. A chain whose current energy is non-finite (NaN or `+inf`, e.g.
+    a bad starting point) accepts any proposal with finite energy and finite `log_q_ratio`,
     so it can escape. NaN is never produced.
     """
     energy_old = torch.as_tensor(energy_old)
@@ -81,10 +82,10 @@ def log_acceptance_ratio(
 def metropolis_hastings_accept(
     log_alpha: torch.Tensor, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Accept each chain with probability :math:`\min(1, e^{\log\alpha})`.
+    r"""Accept each chain with probability $\min(1, e^{\log\alpha})$.
 
-    Returns ``(accepted: BoolTensor[chains], acceptance_prob: Tensor[chains])``. NaN
-    ``log_alpha`` is treated as ``-inf`` (reject).
+    Returns `(accepted: BoolTensor[chains], acceptance_prob: Tensor[chains])`. NaN
+    `log_alpha` is treated as `-inf` (reject).
     """
     log_alpha = torch.where(
         torch.isnan(log_alpha), torch.full_like(log_alpha, -torch.inf), log_alpha

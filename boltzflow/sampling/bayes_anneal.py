@@ -1,34 +1,36 @@
 r"""Annealed importance-weighted flow training for Bayesian posteriors, then flow IMH or IS.
 
 A posterior energy splits into a prior part and the likelihood,
-:math:`u(y) = u_0(y) - \log L(y)` with :math:`u_0 = -\log\pi(\theta(y)) - \log J(y)`, whose
-density :math:`e^{-u_0}` is the normalized prior in the unconstrained coordinates ``y``
-(exactly :math:`\mathcal N(0, I)` for probit-linked uniform priors). The tempered path
+$u(y) = u_0(y) - \log L(y)$ with $u_0 = -\log\pi(\theta(y)) - \log J(y)$, whose
+density $e^{-u_0}$ is the normalized prior in the unconstrained coordinates `y`
+(exactly $\mathcal N(0, I)$ for probit-linked uniform priors). The tempered path
 
-.. math:: p_\beta(y) \propto \pi(y)\, L(y)^\beta, \qquad 0 = \beta_0 < \beta_1 < \dots = 1,
+$$
+p_\beta(y) \propto \pi(y)\, L(y)^\beta, \qquad 0 = \beta_0 < \beta_1 < \dots = 1,
+$$
 
 goes from the prior, which a flow fits without a single likelihood evaluation, to the
-posterior. At stage ``k`` the flow :math:`q_k \approx p_{\beta_k}` draws ``N`` points, each
-needing one likelihood evaluation (no gradient). Because :math:`\log L` is stored, the
-importance weights :math:`w_i(\beta) = \pi(y_i)L(y_i)^\beta / q_k(y_i)` are free for every
-:math:`\beta`, and the next temperature is chosen adaptively as the largest :math:`\beta`
-whose weights keep a Kish ESS of ``ess_target · N`` (adaptive tempering: Jasra et al. 2011,
-Scand. J. Stat. 38, 1). The flow is then trained towards :math:`p_{\beta_{k+1}}` by
+posterior. At stage `k` the flow $q_k \approx p_{\beta_k}$ draws `N` points, each
+needing one likelihood evaluation (no gradient). Because $\log L$ is stored, the
+importance weights $w_i(\beta) = \pi(y_i)L(y_i)^\beta / q_k(y_i)$ are free for every
+$\beta$, and the next temperature is chosen adaptively as the largest $\beta$
+whose weights keep a Kish ESS of `ess_target · N` (adaptive tempering: Jasra et al. 2011,
+Scand. J. Stat. 38, 1). The flow is then trained towards $p_{\beta_{k+1}}$ by
 importance-weighted maximum likelihood (forward KL, mass covering; Müller et al. 2019,
 "Neural importance sampling", ACM TOG 38, 145), on the weighted draws of the last few stages
 (each batch self-normalized, batches weighted by their ESS; every batch is a valid importance
-sample of :math:`p_\beta`, so any fixed combination is too). This is annealed flow transport
+sample of $p_\beta$, so any fixed combination is too). This is annealed flow transport
 (Arbel, Matthews & Doucet 2021, ICML) without the MCMC moves, and needs no target gradients,
 so it also works for numpy likelihoods. Before each stage the flow's output affine layer is
-moved by the map that takes the weighted mean and standard deviation of :math:`p_{\beta_k}`
-to those of :math:`p_{\beta_{k+1}}`, which keeps the warm start close as the posterior narrows.
+moved by the map that takes the weighted mean and standard deviation of $p_{\beta_k}$
+to those of $p_{\beta_{k+1}}$, which keeps the warm start close as the posterior narrows.
 
 Forward KL keeps every mode the prior put mass on, in proportion (importance weights), so
 the trained flow covers the posterior instead of collapsing onto one mode, which reverse KL
 tends to do. After the last stage the flow is frozen and used either as the proposal of
 batched independence Metropolis–Hastings chains (exact MCMC for any flow; Tierney 1994) or for
 self-normalized importance sampling; both come from the same draws, which also give the
-evidence :math:`\log Z` (bootstrap error, PSIS k̂). Every likelihood evaluation, training
+evidence $\log Z$ (bootstrap error, PSIS k̂). Every likelihood evaluation, training
 included, is counted.
 """
 
@@ -59,19 +61,19 @@ logger = logging.getLogger(__name__)
 
 
 def _tempered_log_w(log_w0: torch.Tensor, log_l: torch.Tensor, beta: float) -> torch.Tensor:
-    """``log_w0 + beta · log L`` under the rule of :mod:`boltzflow.weights` (non-finite →
-    ``-inf``); at ``beta = 0`` the likelihood does not enter (no ``0 · -inf``)."""
+    """`log_w0 + beta · log L` under the rule of [`boltzflow.weights`][boltzflow.weights]
+    (non-finite → `-inf`); at `beta = 0` the likelihood does not enter (no `0 · -inf`)."""
     return clean_log_weights(log_w0 + beta * log_l if beta > 0 else log_w0)
 
 
 def next_beta(
     log_w0: torch.Tensor, log_l: torch.Tensor, beta: float, ess_target: float, tol: float = 1e-4
 ) -> float:
-    r"""Largest :math:`\beta' \in [\beta, 1]` whose weights keep ``ESS/N >= ess_target``.
+    r"""Largest $\beta' \in [\beta, 1]$ whose weights keep `ESS/N >= ess_target`.
 
-    ``log_w0 [n]`` are the log-weights towards the prior, :math:`-u_0 - \log q`, and
-    ``log_l [n]`` the log-likelihoods; the tempered log-weights are
-    :math:`\log w_0 + \beta'\log L`. Returns ``beta`` itself if even that is below target.
+    `log_w0 [n]` are the log-weights towards the prior, $-u_0 - \log q$, and
+    `log_l [n]` the log-likelihoods; the tempered log-weights are
+    $\log w_0 + \beta'\log L$. Returns `beta` itself if even that is below target.
     """
     n = log_w0.shape[0]
 
@@ -103,7 +105,7 @@ def _weighted_moments(x: torch.Tensor, log_w: torch.Tensor):
 
 @torch.no_grad()
 def _move_affine(flow, old: tuple, new: tuple) -> None:
-    r"""Compose the output affine with :math:`x \mapsto m' + (s'/s)(x - m)` (moment transport)."""
+    r"""Compose the output affine with $x \mapsto m' + (s'/s)(x - m)$ (moment transport)."""
     layer = _output_affine(flow)
     if layer is None:
         return
@@ -115,9 +117,9 @@ def _move_affine(flow, old: tuple, new: tuple) -> None:
 
 def _train_weighted(flow, opt, batches, beta, steps, batch_size, g) -> list:
     r"""Importance-weighted NLL: each Adam step draws a minibatch from the pooled batches with
-    probabilities ``w_i / sum_b w_b · ESS_b / sum ESS`` (each batch self-normalized, weighted by
-    its ESS), so the loss is the NLL of a resample of :math:`p_\beta`. Normalized weights are
-    truncated at :math:`\sqrt{n}/n` (Ionides 2008, JCGS 17, 295): one rare large weight cannot
+    probabilities `w_i / sum_b w_b · ESS_b / sum ESS` (each batch self-normalized, weighted by
+    its ESS), so the loss is the NLL of a resample of $p_\beta$. Normalized weights are
+    truncated at $\sqrt{n}/n$ (Ionides 2008, JCGS 17, 295): one rare large weight cannot
     make the flow fit a spike; the bias this adds is in training only, since the final
     estimates reweight or accept-reject against the frozen flow."""
     probs, xs = [], []
@@ -158,34 +160,34 @@ def annealed_training(
     defensive_scale: float = DEFENSIVE_SCALE,
     defensive_prior: float = DEFENSIVE_PRIOR,
 ) -> dict:
-    r"""Train ``flow`` in place from the prior to the posterior (see the module docstring).
+    r"""Train `flow` in place from the prior to the posterior (see the module docstring).
 
     Args:
-        flow: a :class:`~boltzflow.flows.base.Flow` over the target's unconstrained ``y``.
-        target: a :class:`~boltzflow.energies.posterior.Posterior` with ``sample_prior``.
+        flow: a [`Flow`][boltzflow.flows.base.Flow] over the target's unconstrained `y`.
+        target: a [`Posterior`][boltzflow.energies.posterior.Posterior] with `sample_prior`.
         n_per_stage: flow draws (likelihood evaluations) per stage.
-        ess_target, ess_min: the next :math:`\beta` keeps a Kish ESS fraction of
-            ``max(ess_target · f, ess_min)``, with ``f`` the fraction at the current
-            :math:`\beta` (conditional ESS; a flow that lags behind still moves on), or
-            stays put when even ``f < ess_min``.
-        max_stages: cap on tempering stages (the run ends early at :math:`\beta = 1`).
-        final_rounds: extra rounds at :math:`\beta = 1` of ``n_final`` draws (default
-            ``2 · n_per_stage``), trained on all of them pooled.
-        train_steps: Adam steps per stage; ``prior_steps`` on ``prior_samples`` prior draws
+        ess_target, ess_min: the next $\beta$ keeps a Kish ESS fraction of
+            `max(ess_target · f, ess_min)`, with `f` the fraction at the current
+            $\beta$ (conditional ESS; a flow that lags behind still moves on), or
+            stays put when even `f < ess_min`.
+        max_stages: cap on tempering stages (the run ends early at $\beta = 1$).
+        final_rounds: extra rounds at $\beta = 1$ of `n_final` draws (default
+            `2 · n_per_stage`), trained on all of them pooled.
+        train_steps: Adam steps per stage; `prior_steps` on `prior_samples` prior draws
             first (no likelihood evaluations).
-        history: stages pooled for training (each reweighted to the new :math:`\beta`).
+        history: stages pooled for training (each reweighted to the new $\beta$).
         batch_size, lr: minibatch size and learning rate of one Adam optimizer kept over all
-            stages (a fresh optimizer's first steps perturb every parameter by about ``lr``).
+            stages (a fresh optimizer's first steps perturb every parameter by about `lr`).
         defensive, defensive_scale: draws come from the defensive mixture
-            :class:`~boltzflow.sampling.proposals.DefensiveFlow` (this share from a base
-            ``defensive_scale`` times wider), which bounds the weights where the flow's tails
-            are too light; 0 draws from the flow itself. ``defensive_prior`` mixes in the
-            prior as well (:class:`~boltzflow.sampling.proposals.PriorDefensive`).
+            [`DefensiveFlow`][boltzflow.sampling.proposals.DefensiveFlow] (this share from a base
+            `defensive_scale` times wider), which bounds the weights where the flow's tails
+            are too light; 0 draws from the flow itself. `defensive_prior` mixes in the
+            prior as well ([`PriorDefensive`][boltzflow.sampling.proposals.PriorDefensive]).
 
     Returns:
-        dict with the tempering ladder ``betas``, ``ess_fractions`` (towards each new
-        :math:`\beta`), the final ``ess_fraction`` at :math:`\beta = 1`, ``evaluations`` and
-        ``seconds``.
+        dict with the tempering ladder `betas`, `ess_fractions` (towards each new
+        $\beta$), the final `ess_fraction` at $\beta = 1$, `evaluations` and
+        `seconds`.
     """
     g = torch.Generator().manual_seed(int(seed))
     dtype = next(flow.parameters()).dtype
@@ -267,15 +269,16 @@ def annealed_flow(
     defensive_prior: float = DEFENSIVE_PRIOR,
     **training,
 ) -> SamplingResult:
-    r"""Runner: :func:`annealed_training`, then flow IMH chains (``sampler="imh"``, exact MCMC)
-    or importance sampling (``sampler="importance"``, weighted i.i.d. draws) on the frozen flow.
+    r"""Runner: [`annealed_training`][boltzflow.sampling.bayes_anneal.annealed_training], then flow
+    IMH chains (`sampler="imh"`, exact MCMC) or importance sampling (`sampler="importance"`,
+    weighted i.i.d. draws) on the frozen flow.
 
-    The proposal is the frozen flow's defensive mixture (``defensive``, ``defensive_scale``).
-    The same ``chains · (ceil(n_samples / chains) + n_warmup + 1)`` proposals (IMH) or
-    ``n_samples`` draws (IS) give the evidence (``info["evidence"]``: log Z, bootstrap stderr,
-    PSIS k̂, Kish ESS). The defensive settings and the other keyword arguments (``training``)
-    go to :func:`annealed_training`. ``info`` also has the tempering ladder, the training cost
-    and, for IMH, acceptance, R-hat and bulk/tail ESS.
+    The proposal is the frozen flow's defensive mixture (`defensive`, `defensive_scale`).
+    The same `chains · (ceil(n_samples / chains) + n_warmup + 1)` proposals (IMH) or
+    `n_samples` draws (IS) give the evidence (`info["evidence"]`: log Z, bootstrap stderr,
+    PSIS k̂, Kish ESS). The defensive settings and the other keyword arguments (`training`)
+    go to [`annealed_training`][boltzflow.sampling.bayes_anneal.annealed_training]. `info` also has
+    the tempering ladder, the training cost and, for IMH, acceptance, R-hat and bulk/tail ESS.
     """
     if sampler not in ("imh", "importance"):
         raise ValueError(f"sampler must be 'imh' or 'importance', got {sampler!r}")

@@ -1,9 +1,9 @@
-r"""Drive a kernel for many steps and collect draws as ``[chains, draws, ...]`` tensors.
+r"""Drive a kernel for many steps and collect draws as `[chains, draws, ...]` tensors.
 
-:func:`run_chain` is the one loop every sampler runner uses: it calls ``kernel.step`` ``n_steps``
-times (after ``n_warmup`` discarded steps), keeps every ``thin``-th state, and stacks the kept
-states and infos. The returned ``final_state`` resumes the chain bit-for-bit:
-``run_chain(kernel, result.final_state, ...)`` continues where the first call stopped.
+[`run_chain`][boltzflow.sampling.chains.run_chain] is the one loop every sampler runner uses: it
+calls `kernel.step` `n_steps` times (after `n_warmup` discarded steps), keeps every `thin`-th state,
+and stacks the kept states and infos. The returned `final_state` resumes the chain bit-for-bit:
+`run_chain(kernel, result.final_state, ...)` continues where the first call stopped.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ _CORE_FIELDS = ("accepted", "acceptance_prob", "energy", "log_weight")
 class ChainResult(NamedTuple):
     """Draws of a batched MCMC run.
 
-    * ``x`` ``[chains, draws, *event]``: kept positions;
-    * ``energy`` ``[chains, draws]``: reduced energies ``u(x)`` (kT);
-    * ``accepted`` (bool), ``acceptance_prob`` ``[chains, draws]``: of the step that produced
+    * `x` `[chains, draws, *event]`: kept positions;
+    * `energy` `[chains, draws]`: reduced energies `u(x)` (kT);
+    * `accepted` (bool), `acceptance_prob` `[chains, draws]`: of the step that produced
       each kept draw (an unbiased sample of the acceptance rate when thinning);
-    * ``log_weight`` ``[chains, draws]``: the kernel's importance log-weight (0 if none);
-    * ``final_state``: the kernel state after the last step (pass it back to resume);
-    * ``stats``: any further ``Info`` fields, stacked the same way (e.g. per-kernel counts
-      of a :class:`~boltzflow.sampling.kernels.mixture.Mixture`).
+    * `log_weight` `[chains, draws]`: the kernel's importance log-weight (0 if none);
+    * `final_state`: the kernel state after the last step (pass it back to resume);
+    * `stats`: any further `Info` fields, stacked the same way (e.g. per-kernel counts
+      of a [`Mixture`][boltzflow.sampling.kernels.Mixture]).
     """
 
     x: torch.Tensor
@@ -60,22 +60,23 @@ def run_chain(
     progress: bool | None = None,
     n_warmup: int = 0,
 ) -> ChainResult:
-    r"""Run ``kernel`` from ``x0`` and collect ``n_steps // thin`` draws per chain.
+    r"""Run `kernel` from `x0` and collect `n_steps // thin` draws per chain.
 
     Args:
-        kernel: anything with ``init(x0, seed) -> State`` and ``step(State) -> (State, Info)``
-            (see :mod:`boltzflow.sampling.kernels`).
-        x0: starting points ``[chains, *event]``, or a state returned by an earlier run (then
-            ``seed`` is ignored and the chain continues bit-for-bit).
-        n_steps: steps after warm-up; the kept draws are steps ``thin, 2·thin, …``.
-        seed: seed (or ``torch.Generator``) for :meth:`init`.
-        thin: keep every ``thin``-th state.
-        progress: ``False`` shows nothing; otherwise a tqdm bar on a terminal and a log line
-            every ~30 s elsewhere (:func:`boltzflow.progress.progress_bar`).
+        kernel: anything with `init(x0, seed) -> State` and `step(State) -> (State, Info)`
+            (see [`boltzflow.sampling.kernels`][boltzflow.sampling.kernels]).
+        x0: starting points `[chains, *event]`, or a state returned by an earlier run (then
+            `seed` is ignored and the chain continues bit-for-bit).
+        n_steps: steps after warm-up; the kept draws are steps `thin, 2·thin, …`.
+        seed: seed (or `torch.Generator`) for `init`.
+        thin: keep every `thin`-th state.
+        progress: `False` shows nothing; otherwise a tqdm bar on a terminal and a log line
+            every ~30 s elsewhere
+            ([`boltzflow.progress.progress_bar`][boltzflow.progress.progress_bar]).
         n_warmup: steps run first and discarded (no adaptation is done).
 
     Returns:
-        :class:`ChainResult` with tensors on the device of ``x0``.
+        [`ChainResult`][boltzflow.sampling.chains.ChainResult] with tensors on the device of `x0`.
     """
     if n_steps < 0 or n_warmup < 0:
         raise ValueError(f"n_steps and n_warmup must be >= 0, got {n_steps}, {n_warmup}")

@@ -1,20 +1,22 @@
 r"""An emcee move that proposes independently from a normalizing flow.
 
-For walkers at :math:`x` the move draws :math:`x' \sim q` from the flow and emcee accepts with
+For walkers at $x$ the move draws $x' \sim q$ from the flow and emcee accepts with
 
-.. math:: \alpha = \min\Bigl(1, \frac{p(x')\,q(x)}{p(x)\,q(x')}\Bigr),
+$$
+\alpha = \min\Bigl(1, \frac{p(x')\,q(x)}{p(x)\,q(x')}\Bigr),
+$$
 
-i.e. the proposal returns the log q-ratio ``log q(x) - log q(x')`` that emcee's
-:class:`emcee.moves.MHMove` expects (independence Metropolis–Hastings; Hastings 1970, Tierney
+i.e. the proposal returns the log q-ratio `log q(x) - log q(x')` that emcee's
+`emcee.moves.MHMove` expects (independence Metropolis–Hastings; Hastings 1970, Tierney
 1994). Mixed with emcee's own ensemble moves, e.g.
-``moves=[(StretchMove(), 0.7), (FlowMove(flow), 0.3)]``, each move leaves the target invariant,
+`moves=[(StretchMove(), 0.7), (FlowMove(flow), 0.3)]`, each move leaves the target invariant,
 so the mixture does too (Tierney 1994, §2.4); the flow supplies jumps between modes that the
 stretch move (Goodman & Weare 2010) cannot make.
 
-emcee hands moves its legacy :class:`numpy.random.RandomState`; the flow is driven by a
-``torch.Generator`` seeded from it, so a seeded emcee run is reproducible end to end.
-:class:`EmceeLogProb` is the other side of the interface: any
-:class:`~boltzflow.energies.base.Energy` as emcee's ``log_prob_fn``, robust to non-finite values
+emcee hands moves its legacy `numpy.random.RandomState`; the flow is driven by a
+`torch.Generator` seeded from it, so a seeded emcee run is reproducible end to end.
+[`EmceeLogProb`][boltzflow.sampling.emcee_move.EmceeLogProb] is the other side of the interface: any
+[`Energy`][boltzflow.energies.base.Energy] as emcee's `log_prob_fn`, robust to non-finite values
 and exceptions.
 """
 
@@ -38,14 +40,14 @@ logger = logging.getLogger(__name__)
 
 
 class EmceeLogProb:
-    r"""``log_prob_fn`` for :class:`emcee.EnsembleSampler` over an :class:`Energy`'s coordinates.
+    r"""`log_prob_fn` for `emcee.EnsembleSampler` over an `Energy`'s coordinates.
 
-    ``coords [n_walkers, dim]`` (use ``vectorize=True``) or ``[dim]`` map to :math:`-u`. NaN and
-    other non-finite values give :math:`-\infty` and are counted in ``n_nonfinite``. An
+    `coords [n_walkers, dim]` (use `vectorize=True`) or `[dim]` map to $-u$. NaN and
+    other non-finite values give $-\infty$ and are counted in `n_nonfinite`. An
     exception raised by the energy is not allowed to stop emcee's loop: the batch gets
-    :math:`-\infty`, the walkers in it are counted in ``n_errors``, and the first exception is
+    $-\infty$, the walkers in it are counted in `n_errors`, and the first exception is
     logged as a warning with its message (later ones only counted). Runners report both counts.
-    Likelihood calls are counted by ``target.n_evaluations``.
+    Likelihood calls are counted by `target.n_evaluations`.
     """
 
     def __init__(self, target, dtype: torch.dtype = torch.float64):
@@ -76,7 +78,7 @@ class EmceeLogProb:
         return lp if arr.ndim == 2 else float(lp[0])
 
     def counts(self) -> dict:
-        """``{"n_nonfinite": ..., "n_errors": ...}`` for a runner's ``info``; warns if either
+        """`{"n_nonfinite": ..., "n_errors": ...}` for a runner's `info`; warns if either
         is non-zero."""
         if self.n_nonfinite:
             logger.warning(
@@ -88,12 +90,12 @@ class EmceeLogProb:
 
 
 class FlowMove(MHMove):
-    """Independence proposals from ``flow`` for every walker (an :class:`emcee.moves.MHMove`).
+    """Independence proposals from `flow` for every walker (an `emcee.moves.MHMove`).
 
     Args:
-        flow: anything with ``sample(n, generator) -> (x, z, log_q)`` and ``log_prob(x)``
-            over the same coordinates as emcee's walkers (``[n_walkers, ndim]``), usually a
-            :class:`~boltzflow.flows.base.Flow` trained on the target.
+        flow: anything with `sample(n, generator) -> (x, z, log_q)` and `log_prob(x)`
+            over the same coordinates as emcee's walkers (`[n_walkers, ndim]`), usually a
+            [`Flow`][boltzflow.flows.base.Flow] trained on the target.
         dtype: dtype the flow is evaluated in.
 
     Attributes:
@@ -114,7 +116,7 @@ class FlowMove(MHMove):
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def propose(self, model, state):
-        """emcee's MH step (:meth:`emcee.moves.MHMove.propose`), counting accepted walkers."""
+        """emcee's MH step (`emcee.moves.MHMove.propose`), counting accepted walkers."""
         state, accepted = super().propose(model, state)
         self.n_accepted += int(np.sum(accepted))
         return state, accepted
@@ -141,7 +143,7 @@ class FlowMove(MHMove):
 
 
 def _walkers(target, walkers: int | None) -> int:
-    """Ensemble size: ``walkers`` or ``max(32, 2·dim + 2)``, made even."""
+    """Ensemble size: `walkers` or `max(32, 2·dim + 2)`, made even."""
     n = int(walkers or max(32, 2 * int(target.dim) + 2))
     return n + n % 2
 
@@ -158,18 +160,19 @@ def emcee_sampler(
     init: str = "prior",
     progress: bool = False,
 ) -> SamplingResult:
-    r"""Run emcee's ensemble sampler (optionally mixed with :class:`FlowMove`) as a runner.
+    r"""Run emcee's ensemble sampler (optionally mixed with
+    [`FlowMove`][boltzflow.sampling.emcee_move.FlowMove]) as a runner.
 
-    The stretch move (Goodman & Weare 2010) alone is the usual baseline; ``flow_weight > 0``
+    The stretch move (Goodman & Weare 2010) alone is the usual baseline; `flow_weight > 0`
     mixes in flow independence moves with that probability. Walkers start from the target's
-    ``sample_prior`` (or the flow with ``init="flow"``), the first ``burn_fraction`` of the steps
-    is discarded, and each walker is reported as one chain, ``x [walkers, draws, dim]``.
-    ``accepted`` marks the draws where the walker moved. Every log-probability call is counted
-    in ``energy_evaluations`` (burn-in included).
+    `sample_prior` (or the flow with `init="flow"`), the first `burn_fraction` of the steps
+    is discarded, and each walker is reported as one chain, `x [walkers, draws, dim]`.
+    `accepted` marks the draws where the walker moved. Every log-probability call is counted
+    in `energy_evaluations` (burn-in included).
 
     Args:
-        n_samples: kept draws in total (``ceil(n_samples / walkers)`` per walker).
-        walkers: ensemble size (default ``max(32, 2·dim + 2)``, made even).
+        n_samples: kept draws in total (`ceil(n_samples / walkers)` per walker).
+        walkers: ensemble size (default `max(32, 2·dim + 2)`, made even).
     """
     dim, walkers = int(target.dim), _walkers(target, walkers)
     rs = np.random.RandomState(int(seed))
@@ -202,7 +205,7 @@ def emcee_sampler(
 
 
 def _chains(sampler, start: int = 0) -> torch.Tensor:
-    """emcee's ``[steps, walkers, dim]`` chain from ``start`` as ``[walkers, draws, dim]``."""
+    """emcee's `[steps, walkers, dim]` chain from `start` as `[walkers, draws, dim]`."""
     return torch.as_tensor(np.transpose(sampler.get_chain()[start:], (1, 0, 2)).copy())
 
 
@@ -227,17 +230,17 @@ def flow_emcee(
 ) -> SamplingResult:
     r"""emcee accelerated by a flow trained on its own walkers, then frozen (flowMC-style).
 
-    1. Burn-in: ``burn_steps`` stretch-move steps from prior draws (gradient-free).
-    2. ``rounds`` times: train the flow by maximum likelihood on the pooled walker history
-       (the second half of burn-in and every later round), then run ``round_steps`` steps of
-       the mixture ``[(StretchMove, 1 - w), (FlowMove, w)]``.
-    3. Freeze the flow and run the same mixture for ``ceil(n_samples / walkers)`` kept steps:
+    1. Burn-in: `burn_steps` stretch-move steps from prior draws (gradient-free).
+    2. `rounds` times: train the flow by maximum likelihood on the pooled walker history
+       (the second half of burn-in and every later round), then run `round_steps` steps of
+       the mixture `[(StretchMove, 1 - w), (FlowMove, w)]`.
+    3. Freeze the flow and run the same mixture for `ceil(n_samples / walkers)` kept steps:
        a fixed MH kernel mixture, hence exact MCMC (Tierney 1994) for any flow.
 
-    ``defensive > 0`` proposes from :class:`DefensiveFlow` (that share of draws from a base
-    twice as wide). Works with numpy likelihoods (no gradients needed). ``info`` has the
-    flow-move and overall acceptance, warm-up cost, R-hat and ESS (walkers as chains, arviz)
-    and, with ``evidence_samples``, the flow importance-sampling evidence.
+    `defensive > 0` proposes from [`DefensiveFlow`][boltzflow.sampling.proposals.DefensiveFlow]
+    (that share of draws from a base twice as wide). Works with numpy likelihoods (no gradients
+    needed). `info` has the flow-move and overall acceptance, warm-up cost, R-hat and ESS (walkers
+    as chains, arviz) and, with `evidence_samples`, the flow importance-sampling evidence.
     """
     dim, walkers = int(target.dim), _walkers(target, walkers)
     rs = np.random.RandomState(int(seed))

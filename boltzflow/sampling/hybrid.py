@@ -3,23 +3,24 @@ r"""Hybrid local + global flow MCMC (flowMC).
 Gabrié, Rotskoff & Vanden-Eijnden 2022, PNAS 119, e2109420119; Wong, Gabrié &
 Foreman-Mackey 2023, "flowMC", JOSS 8, 5021; Grenioux et al. 2023. Batched chains alternate
 local moves (MALA or HMC) with global flow independence moves. During warm-up the flow is
-trained by maximum likelihood (NLL, forward KL; :func:`~boltzflow.training.fit.fit_nll`) on the
+trained by maximum likelihood (NLL, forward KL; [`fit_nll`][boltzflow.training.fit.fit_nll]) on the
 pooled history of all chains, and the local step size (and, for HMC, a diagonal or dense mass)
-is adapted (:mod:`boltzflow.sampling.adaptation`). After warm-up everything is frozen, so the
-production chain is the fixed Markov kernel :math:`K = K_{local}^{r_1} K_{IMH}^{r_2}`, which
-leaves :math:`p` invariant (Tierney 1994) — ordinary MCMC, however well or badly the flow was
-trained. Local and global acceptance are reported separately.
+is adapted ([`boltzflow.sampling.adaptation`][boltzflow.sampling.adaptation]). After warm-up
+everything is frozen, so the production chain is the fixed Markov kernel
+$K = K_{local}^{r_1} K_{IMH}^{r_2}$, which leaves $p$ invariant (Tierney 1994) — ordinary MCMC,
+however well or badly the flow was trained. Local and global acceptance are reported separately.
 
-The settings come in four small frozen records: :class:`Schedule` (chains, warm-up rounds,
-production cycle), :class:`LocalMoves`, :class:`GlobalMoves` (the flow's moves and its
-training) and :class:`Evidence`. Recipes use the flat keys of :data:`FLAT_KEYS` (``local``,
-``step_size``, ``warmup_rounds``, ``evidence_samples``, ...) through :func:`hybrid_sampler`,
-the entry registered as ``"hybrid"``.
+The settings come in four small frozen records: [`Schedule`][boltzflow.sampling.hybrid.Schedule]
+(chains, warm-up rounds, production cycle), [`LocalMoves`][boltzflow.sampling.hybrid.LocalMoves],
+[`GlobalMoves`][boltzflow.sampling.hybrid.GlobalMoves] (the flow's moves and its training) and
+[`Evidence`][boltzflow.sampling.hybrid.Evidence]. Recipes use the flat keys of `FLAT_KEYS` (`local`,
+`step_size`, `warmup_rounds`, `evidence_samples`, ...) through
+[`hybrid_sampler`][boltzflow.sampling.hybrid.hybrid_sampler], the entry registered as `"hybrid"`.
 
-The result is a :class:`~boltzflow.sampling.runners.SamplingResult` with ``[chains, draws]``
-layout, zero log-weights (exact MCMC output), R-hat and bulk/tail ESS (arviz) in ``info``.
+The result is a [`SamplingResult`][boltzflow.sampling.runners.SamplingResult] with `[chains, draws]`
+layout, zero log-weights (exact MCMC output), R-hat and bulk/tail ESS (arviz) in `info`.
 Every target evaluation of warm-up, production and evidence is counted in
-``energy_evaluations``.
+`energy_evaluations`.
 """
 
 from __future__ import annotations
@@ -65,13 +66,13 @@ class Schedule:
     """How many chains, how long the warm-up, and the production cycle.
 
     Attributes:
-        chains: batched chains (each keeps ``ceil(n_samples / chains)`` draws).
+        chains: batched chains (each keeps `ceil(n_samples / chains)` draws).
         warmup_rounds: rounds of local steps, flow steps (from the second round on) and flow
             training; the first round is discarded as burn-in when there are several.
-        repeats: production cycle ``(local, global)``: steps of each kind per kept draw.
-        thin: keep every ``thin``-th production cycle.
-        init: ``"prior"`` (the target's ``sample_prior``, where it has one) or ``"flow"``.
-        init_steps: Adam steps (lr 0.05) on ``u`` from the starting points before the first
+        repeats: production cycle `(local, global)`: steps of each kind per kept draw.
+        thin: keep every `thin`-th production cycle.
+        init: `"prior"` (the target's `sample_prior`, where it has one) or `"flow"`.
+        init_steps: Adam steps (lr 0.05) on `u` from the starting points before the first
             round, to leave the prior's tails quickly (counted as evaluations).
         progress: show progress bars.
     """
@@ -96,14 +97,14 @@ class LocalMoves:
     """The local kernel and its warm-up adaptation.
 
     Attributes:
-        kind: ``"mala"`` or ``"hmc"`` (``n_leapfrog`` steps, ``jitter`` as in
-            :class:`~boltzflow.sampling.kernels.HMC`).
+        kind: `"mala"` or `"hmc"` (`n_leapfrog` steps, `jitter` as in
+            [`HMC`][boltzflow.sampling.kernels.HMC]).
         steps: local steps per warm-up round.
-        step_size: initial step, adapted per chain in warm-up towards ``target_accept``
+        step_size: initial step, adapted per chain in warm-up towards `target_accept`
             (default 0.57 for MALA, 0.75 for HMC) every
-            :data:`~boltzflow.sampling.adaptation.ADAPT_EVERY` steps.
-        metric: HMC mass from the warm-up history, re-estimated every round: ``"diag"`` or
-            ``"dense"`` (:func:`~boltzflow.sampling.adaptation.estimate_metric`).
+            `ADAPT_EVERY` steps.
+        metric: HMC mass from the warm-up history, re-estimated every round: `"diag"` or
+            `"dense"` ([`estimate_metric`][boltzflow.sampling.adaptation.estimate_metric]).
     """
 
     kind: str = "mala"
@@ -128,7 +129,7 @@ class LocalMoves:
         return 0.57 if self.kind == "mala" else 0.75
 
     def kernel(self, target, step: torch.Tensor, mass=1.0):
-        """The local kernel with per-chain steps ``step [chains, 1]`` and HMC ``mass``."""
+        """The local kernel with per-chain steps `step [chains, 1]` and HMC `mass`."""
         if self.kind == "mala":
             return MALA(target, step)
         return HMC(target, step, self.n_leapfrog, mass=mass, jitter=self.jitter)
@@ -140,7 +141,8 @@ class GlobalMoves:
 
     Attributes:
         steps: flow independence steps per warm-up round (from the second round on).
-        train_steps: Adam steps per round on the pooled history (:func:`fit_nll`).
+        train_steps: Adam steps per round on the pooled history
+            ([`fit_nll`][boltzflow.training.fit.fit_nll]).
         batch_size, lr: minibatch size and learning rate of that training (and of the
             evidence training).
         history_rounds: train on the last this many rounds only (default: all but the first).
@@ -155,12 +157,12 @@ class GlobalMoves:
 
 @dataclass(frozen=True)
 class Evidence:
-    r"""Evidence :math:`\log Z` from the frozen flow after the chains (off by default).
+    r"""Evidence $\log Z$ from the frozen flow after the chains (off by default).
 
     Attributes:
-        samples: if > 0, draw this many i.i.d. flow samples and report :math:`\log Z`
-            (bootstrap error, PSIS k̂) as ``info["evidence"]``
-            (:func:`~boltzflow.sampling.runners.flow_evidence`).
+        samples: if > 0, draw this many i.i.d. flow samples and report $\log Z$
+            (bootstrap error, PSIS k̂) as `info["evidence"]`
+            ([`flow_evidence`][boltzflow.sampling.runners.flow_evidence]).
         train_steps: before those draws, train the flow this many more Adam steps on the last
             warm-up window and all production draws. The chains have finished (the MCMC is
             unaffected) and importance sampling is unbiased for any flow, so this only makes
@@ -171,7 +173,7 @@ class Evidence:
     train_steps: int = 0
 
 
-#: The settings records by the name of the :func:`hybrid` argument that takes them.
+#: The settings records by the name of the `hybrid` argument that takes them.
 _GROUPS = {
     "schedule": Schedule,
     "local": LocalMoves,
@@ -179,7 +181,7 @@ _GROUPS = {
     "evidence": Evidence,
 }
 
-#: Flat recipe key -> ``(hybrid argument, field)`` of the settings record it sets.
+#: Flat recipe key -> `(hybrid argument, field)` of the settings record it sets.
 FLAT_KEYS: dict[str, tuple[str, str]] = {
     **{k: ("schedule", k) for k in ("chains", "warmup_rounds", "repeats", "thin", "init")},
     "init_steps": ("schedule", "init_steps"),
@@ -195,11 +197,12 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
 
 
 def hybrid_settings(**flat) -> dict:
-    """Map flat keys (:data:`FLAT_KEYS`) onto the settings records: the keyword arguments of
-    :func:`hybrid` other than ``n_samples`` and ``seed``. Unset fields keep their defaults.
+    """Map flat keys (`FLAT_KEYS`) onto the settings records: the keyword arguments of
+    [`hybrid`][boltzflow.sampling.hybrid.hybrid] other than `n_samples` and `seed`. Unset fields
+    keep their defaults.
 
     Raises:
-        TypeError: a key that is not in :data:`FLAT_KEYS` (the message names it).
+        TypeError: a key that is not in `FLAT_KEYS` (the message names it).
     """
     fields: dict[str, dict] = {group: {} for group in _GROUPS}
     for key, value in flat.items():
@@ -212,7 +215,7 @@ def hybrid_settings(**flat) -> dict:
 
 
 def _descend(target, x: torch.Tensor, steps: int, lr: float = 0.05) -> torch.Tensor:
-    """``steps`` Adam steps on ``u`` for every chain; non-finite chains keep their last point."""
+    """`steps` Adam steps on `u` for every chain; non-finite chains keep their last point."""
     if steps <= 0:
         return x
     x = x.detach().clone().requires_grad_(True)
@@ -241,16 +244,16 @@ def hybrid(
 
     Args:
         flow: the global proposal; trained in place by NLL during warm-up, then frozen.
-        target: the energy ``u``; must be differentiable for the local kernel.
-        n_samples: kept draws in total (``ceil(n_samples / chains)`` per chain).
+        target: the energy `u`; must be differentiable for the local kernel.
+        n_samples: kept draws in total (`ceil(n_samples / chains)` per chain).
         seed: seeds the starting points, the training minibatches and the chains.
         schedule, local, global_moves, evidence: the settings records (their docstrings).
 
     Returns:
-        :class:`SamplingResult` with ``info``: ``local``, ``local_acceptance``,
-        ``global_acceptance``, ``acceptance_rate``, ``warmup_evaluations``,
-        ``warmup_seconds``, ``warmup_global_acceptance``, ``step_size_median``,
-        ``final_nll``, R-hat and ESS, and ``evidence`` (with ``evidence_nll`` when trained).
+        [`SamplingResult`][boltzflow.sampling.runners.SamplingResult] with `info`: `local`,
+        `local_acceptance`, `global_acceptance`, `acceptance_rate`, `warmup_evaluations`,
+        `warmup_seconds`, `warmup_global_acceptance`, `step_size_median`,
+        `final_nll`, R-hat and ESS, and `evidence` (with `evidence_nll` when trained).
     """
     chains, progress, rounds = int(schedule.chains), schedule.progress, int(schedule.warmup_rounds)
     g = torch.Generator().manual_seed(int(seed))
@@ -334,10 +337,11 @@ def hybrid(
 
 
 def hybrid_sampler(flow, target, *, n_samples: int, seed: int = 0, **settings) -> SamplingResult:
-    """:func:`hybrid` with flat settings, as a recipe's ``[sampling]`` table gives them
-    (``method = "hybrid"``): ``settings`` are keys of :data:`FLAT_KEYS`, mapped by
-    :func:`hybrid_settings`; an unknown key raises a ``TypeError`` naming it. The signature
-    lists every flat key with its default, so recipe validation sees them."""
+    """[`hybrid`][boltzflow.sampling.hybrid.hybrid] with flat settings, as a recipe's `[sampling]`
+    table gives them (`method = "hybrid"`): `settings` are keys of `FLAT_KEYS`, mapped by
+    [`hybrid_settings`][boltzflow.sampling.hybrid.hybrid_settings]; an unknown key raises a
+    `TypeError` naming it. The signature lists every flat key with its default, so recipe validation
+    sees them."""
     return hybrid(flow, target, n_samples=n_samples, seed=seed, **hybrid_settings(**settings))
 
 

@@ -1,24 +1,28 @@
 r"""HMC-family sampler runners for lattice targets, and τ_int for observables that freeze.
 
-Runners (signature ``fn(flow, target, *, n_samples, seed, **params) -> SamplingResult``,
-registered in :data:`boltzflow.runs.registry.SAMPLERS`):
+Runners (signature `fn(flow, target, *, n_samples, seed, **params) -> SamplingResult`,
+registered in `boltzflow.runs.registry.SAMPLERS`):
 
-* :func:`hmc` -- the baseline: HMC on the target itself (Duane et al. 1987). The flow only
-  supplies starting points (``start="flow"``), or none is used (``"random"``, ``"cold"``);
-* :func:`flow_hmc` -- HMC in the flow's latent space on :math:`U(z) = u(f(z)) -
-  \log|\det J_f(z)|` (NeuTra, Hoffman et al. 2019; flow-HMC on lattices, Foreman et al. 2021,
-  arXiv:2112.01586), with a fixed step: the chain of :mod:`boltzflow.sampling.neutra`.
+* [`hmc`][boltzflow.sampling.lattice_hmc.hmc] -- the baseline: HMC on the target itself (Duane et
+  al. 1987). The flow only supplies starting points (`start="flow"`), or none is used (`"random"`,
+  `"cold"`);
+* [`flow_hmc`][boltzflow.sampling.lattice_hmc.flow_hmc] -- HMC in the flow's latent space on
+  $U(z) = u(f(z)) - \log|\det J_f(z)|$ (NeuTra, Hoffman et al. 2019; flow-HMC on lattices, Foreman
+  et al. 2021, arXiv:2112.01586), with a fixed step: the chain of
+  [`boltzflow.sampling.neutra`][boltzflow.sampling.neutra].
 
-Targets on a torus (U(1) links) declare ``period = 2π``; positions (and latent points, since the
+Targets on a torus (U(1) links) declare `period = 2π`; positions (and latent points, since the
 gauge flow maps the torus to itself and is periodic) are then wrapped after every drift.
 
 Topological charge freezes under local updates: a chain may never change Q. The per-chain
-normalised autocorrelation that :func:`boltzflow.sampling.diagnostics.integrated_time` averages
-is then undefined, so :func:`pooled_integrated_time` estimates
-:math:`\tau_{int} = 1 + 2\sum_{t=1}^{M}\rho(t)` from the autocovariance about the *pooled*
-mean, averaged over chains (frozen chains then contribute :math:`\rho(t) = 1`), with Sokal's
-window :math:`M \ge c\,\tau` (Sokal 1997, the rule of :func:`emcee.autocorr.auto_window`). When
-no window fits in the chain, the largest :math:`\tau(M)` is reported as a lower bound.
+normalised autocorrelation that
+[`boltzflow.sampling.diagnostics.integrated_time`][boltzflow.sampling.diagnostics.integrated_time]
+averages is then undefined, so
+[`pooled_integrated_time`][boltzflow.sampling.lattice_hmc.pooled_integrated_time] estimates
+$\tau_{int} = 1 + 2\sum_{t=1}^{M}\rho(t)$ from the autocovariance about the *pooled* mean, averaged
+over chains (frozen chains then contribute $\rho(t) = 1$), with Sokal's window $M \ge c\,\tau$
+(Sokal 1997, the rule of `emcee.autocorr.auto_window`). When no window fits in the chain, the
+largest $\tau(M)$ is reported as a lower bound.
 """
 
 from __future__ import annotations
@@ -41,16 +45,16 @@ TAU_OBSERVABLES = ("topological_charge", "magnetization")
 
 
 class TauEstimate(NamedTuple):
-    """``tau`` in steps (or kept draws); ``lower_bound`` is True when the window did not fit."""
+    """`tau` in steps (or kept draws); `lower_bound` is True when the window did not fit."""
 
     tau: float
     lower_bound: bool
 
 
 def pooled_integrated_time(values, c: float = 5.0) -> TauEstimate:
-    r"""τ_int of a scalar series ``values [chains, draws]`` (see the module docstring).
+    r"""τ_int of a scalar series `values [chains, draws]` (see the module docstring).
 
-    A series with zero variance over all chains (nothing to estimate) returns ``nan``.
+    A series with zero variance over all chains (nothing to estimate) returns `nan`.
     """
     a = np.asarray(torch.as_tensor(values).detach().cpu().double())
     if a.ndim == 1:
@@ -71,8 +75,8 @@ def pooled_integrated_time(values, c: float = 5.0) -> TauEstimate:
 
 
 def chain_observable_taus(target, x: torch.Tensor) -> dict:
-    """``{"tau_int_<name>": τ, "tau_int_<name>_lower_bound": bool}`` for the first available
-    observable of :data:`TAU_OBSERVABLES`, on draws ``x [chains, draws, *event]``."""
+    """`{"tau_int_<name>": τ, "tau_int_<name>_lower_bound": bool}` for the first available
+    observable of `TAU_OBSERVABLES`, on draws `x [chains, draws, *event]`."""
     obs = target.observables()
     for name in TAU_OBSERVABLES:
         if name in obs:
@@ -124,10 +128,10 @@ def hmc(
     n_warmup: int = 100,
     start: str = "flow",
 ) -> SamplingResult:
-    """HMC on the target (the baseline; leapfrog, torus-wrapped where ``target.period``).
+    """HMC on the target (the baseline; leapfrog, torus-wrapped where `target.period`).
 
-    Runs ``chains`` chains for ``ceil(n_samples / chains)`` kept draws after ``n_warmup``
-    discarded steps. Each step costs ``n_leapfrog`` energy + gradient evaluations per chain.
+    Runs `chains` chains for `ceil(n_samples / chains)` kept draws after `n_warmup`
+    discarded steps. Each step costs `n_leapfrog` energy + gradient evaluations per chain.
     """
     g = generator_for_module(flow, seed)
     x0 = _start(flow, target, int(chains), start, g)
@@ -152,9 +156,9 @@ def flow_hmc(
     n_warmup: int = 50,
 ) -> SamplingResult:
     r"""HMC in the flow's latent space with a fixed step (NeuTra,
-    :func:`~boltzflow.sampling.neutra.latent_hmc_chains`); chains start at flow samples, so in
-    equilibrium as far as the flow is right, and run ``n_warmup`` discarded steps, then
-    ``ceil(n_samples / chains)`` kept draws each, reported as configurations :math:`x = f(z)`."""
+    [`latent_hmc_chains`][boltzflow.sampling.neutra.latent_hmc_chains]); chains start at flow
+    samples, so in equilibrium as far as the flow is right, and run `n_warmup` discarded steps, then
+    `ceil(n_samples / chains)` kept draws each, reported as configurations $x = f(z)$."""
     cost = RunCost(target)
     out = latent_hmc_chains(
         flow,

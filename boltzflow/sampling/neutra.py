@@ -1,19 +1,22 @@
 r"""NeuTra: HMC in a frozen flow's latent space, the one implementation behind two runners.
 
-With a flow :math:`x = f(z)`, HMC runs on the pulled-back energy
-:math:`U(z) = u(f(z)) - \log|\det \partial f/\partial z|`
-(:class:`~boltzflow.sampling.kernels.LatentHMC`), whose images :math:`f(z)` are exactly
-distributed as :math:`p` for any invertible flow; a good flow makes :math:`U` nearly isotropic,
+With a flow $x = f(z)$, HMC runs on the pulled-back energy
+$U(z) = u(f(z)) - \log|\det \partial f/\partial z|$
+([`LatentHMC`][boltzflow.sampling.kernels.LatentHMC]), whose images $f(z)$ are exactly
+distributed as $p$ for any invertible flow; a good flow makes $U$ nearly isotropic,
 so HMC mixes fast (Hoffman et al. 2019, "NeuTra-lizing bad geometry in Hamiltonian Monte Carlo
 using neural transport", arXiv:1903.03704; on lattices, Foreman et al. 2021, arXiv:2112.01586).
 Chains start at flow samples, i.e. in equilibrium as far as the flow is right.
 
-:func:`latent_hmc_chains` is the chain; it may first adapt a per-chain step size in warm-up
-rounds (:func:`~boltzflow.sampling.adaptation.run_adapting_step_size`), after which the kernel
-is fixed. Runners built on it: :func:`neutra` (registered as ``"neutra"``: adapted steps,
-R-hat and ESS) and :func:`boltzflow.sampling.lattice_hmc.flow_hmc` (``"lattice-flow-hmc"``:
-a fixed step, discarded warm-up steps, τ_int of the lattice observables). Targets on a torus
-(``target.period``) need a flow whose base is the same torus; latent points are then wrapped.
+[`latent_hmc_chains`][boltzflow.sampling.neutra.latent_hmc_chains] is the chain; it may first adapt
+a per-chain step size in warm-up rounds
+([`run_adapting_step_size`][boltzflow.sampling.adaptation.run_adapting_step_size]), after which the
+kernel is fixed. Runners built on it: [`neutra`][boltzflow.sampling.neutra.neutra] (registered as
+`"neutra"`: adapted steps, R-hat and ESS) and
+[`boltzflow.sampling.lattice_hmc.flow_hmc`][boltzflow.sampling.lattice_hmc.flow_hmc]
+(`"lattice-flow-hmc"`: a fixed step, discarded warm-up steps, τ_int of the lattice observables).
+Targets on a torus (`target.period`) need a flow whose base is the same torus; latent points are
+then wrapped.
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ __all__ = ["LatentChains", "latent_hmc_chains", "neutra"]
 
 
 class LatentChains(NamedTuple):
-    """Output of :func:`latent_hmc_chains`: the production draws (configurations ``x = f(z)``),
-    the step size used (``[chains, 1]`` when adapted, else the float given) and the target
-    evaluations spent before production."""
+    """Output of [`latent_hmc_chains`][boltzflow.sampling.neutra.latent_hmc_chains]: the production
+    draws (configurations `x = f(z)`), the step size used (`[chains, 1]` when adapted, else the
+    float given) and the target evaluations spent before production."""
 
     result: ChainResult
     step_size: float | torch.Tensor
@@ -59,14 +62,14 @@ def latent_hmc_chains(
     target_accept: float = 0.75,
     progress: bool | None = False,
 ) -> LatentChains:
-    """``chains`` NeuTra chains from flow samples, ``n_draws`` kept draws each (every ``thin``-th).
+    """`chains` NeuTra chains from flow samples, `n_draws` kept draws each (every `thin`-th).
 
-    With ``adapt_rounds > 0`` each chain's step is first adapted towards ``target_accept``
-    after every round of ``adapt_steps`` steps; production then adopts the adapted states
-    (recomputing ``z``, ``U`` and ``∂U/∂z`` from ``x``). ``n_warmup`` further steps of the fixed
+    With `adapt_rounds > 0` each chain's step is first adapted towards `target_accept`
+    after every round of `adapt_steps` steps; production then adopts the adapted states
+    (recomputing `z`, `U` and `∂U/∂z` from `x`). `n_warmup` further steps of the fixed
     kernel are discarded before the kept draws. The flow is frozen throughout and left as it
-    was found. The generator (seeded ``seed``, on the flow's device) draws the starting points;
-    the chains' own RNG is seeded ``seed`` too.
+    was found. The generator (seeded `seed`, on the flow's device) draws the starting points;
+    the chains' own RNG is seeded `seed` too.
     """
     period = target.period
     if period is not None and not math.isclose(
@@ -118,8 +121,8 @@ def neutra(
 ) -> SamplingResult:
     """NeuTra-HMC with a (pre-trained, frozen) flow; step size adapted per chain in warm-up.
 
-    Runs ``chains`` chains for ``ceil(n_samples / chains)`` kept draws each, after
-    ``warmup_rounds`` rounds of ``warmup_steps`` adaptation steps. ``info`` has the acceptance
+    Runs `chains` chains for `ceil(n_samples / chains)` kept draws each, after
+    `warmup_rounds` rounds of `warmup_steps` adaptation steps. `info` has the acceptance
     rate, warm-up evaluations, the median step size, R-hat and ESS.
     """
     cost = RunCost(target)

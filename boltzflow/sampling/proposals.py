@@ -3,18 +3,21 @@ independence MH.
 
 A flow trained on a target can have lighter tails than the target, most often where a
 posterior is still prior-dominated (upper limits running into a prior boundary). Importance
-weights :math:`p/q` are then unbounded there, which ruins the ESS and makes independence chains
+weights $p/q$ are then unbounded there, which ruins the ESS and makes independence chains
 stick. Defensive mixtures (Hesterberg 1995, "Weighted average importance sampling and
 defensive mixture distributions", Technometrics 37, 185) bound them:
 
-* :class:`DefensiveFlow` -- a share of the draws from the same flow with a wider base;
-* :class:`PriorDefensive` -- a share from a posterior's prior, whose density
-  :math:`e^{-u_0(y)}` in the unconstrained coordinates is known exactly (:func:`prior_energy`);
-* :func:`defensive_proposal` -- the flow, or its mixture with either or both.
+* [`DefensiveFlow`][boltzflow.sampling.proposals.DefensiveFlow] -- a share of the draws from the
+  same flow with a wider base;
+* [`PriorDefensive`][boltzflow.sampling.proposals.PriorDefensive] -- a share from a posterior's
+  prior, whose density $e^{-u_0(y)}$ in the unconstrained coordinates is known exactly
+  ([`prior_energy`][boltzflow.sampling.proposals.prior_energy]);
+* [`defensive_proposal`][boltzflow.sampling.proposals.defensive_proposal] -- the flow, or its
+  mixture with either or both.
 
-Each has ``sample(n, generator) -> FlowSample(x, z, log_q)`` and ``log_prob(x)`` with exact
-mixture densities, like a :class:`~boltzflow.flows.base.Flow`, so every flow sampler and
-:class:`~boltzflow.sampling.emcee_move.FlowMove` can propose from it.
+Each has `sample(n, generator) -> FlowSample(x, z, log_q)` and `log_prob(x)` with exact
+mixture densities, like a [`Flow`][boltzflow.flows.base.Flow], so every flow sampler and
+[`FlowMove`][boltzflow.sampling.emcee_move.FlowMove] can propose from it.
 """
 
 from __future__ import annotations
@@ -29,18 +32,18 @@ __all__ = ["DefensiveFlow", "prior_energy", "PriorDefensive", "defensive_proposa
 
 
 class DefensiveFlow(torch.nn.Module):
-    r"""Defensive mixture proposal :math:`q = (1-\epsilon)q_1 + \epsilon q_s` (Hesterberg 1995).
+    r"""Defensive mixture proposal $q = (1-\epsilon)q_1 + \epsilon q_s$ (Hesterberg 1995).
 
-    :math:`q_s` pushes a wider base :math:`\mathcal N(0, s^2 I)` through the same transform, so
+    $q_s$ pushes a wider base $\mathcal N(0, s^2 I)$ through the same transform, so
     the mixture has heavier tails than the flow alone and importance weights
-    :math:`p/q \le p/(\epsilon q_s)` stay bounded where the flow under-covers the target; this
+    $p/q \le p/(\epsilon q_s)$ stay bounded where the flow under-covers the target; this
     keeps independence chains from sticking there. Exact densities: both components share the
-    transform, :math:`\log q_s(x) = \log\mathcal N(z; 0, s^2) + \log|\det\partial z/\partial x|`.
+    transform, $\log q_s(x) = \log\mathcal N(z; 0, s^2) + \log|\det\partial z/\partial x|$.
 
     Args:
-        flow: a :class:`~boltzflow.flows.base.Flow` with a standard-normal base.
-        weight: :math:`\epsilon`, the probability of drawing from the wide component.
-        scale: :math:`s > 1`.
+        flow: a [`Flow`][boltzflow.flows.base.Flow] with a standard-normal base.
+        weight: $\epsilon$, the probability of drawing from the wide component.
+        scale: $s > 1$.
     """
 
     def __init__(self, flow, weight: float = 0.2, scale: float = 2.0):
@@ -67,9 +70,9 @@ class DefensiveFlow(torch.nn.Module):
 
 @torch.no_grad()
 def prior_energy(target, y: torch.Tensor) -> torch.Tensor:
-    r"""Prior part :math:`u_0(y) = -\log\pi(\theta(y)) - \log J(y)` of a posterior energy, ``[n]``.
+    r"""Prior part $u_0(y) = -\log\pi(\theta(y)) - \log J(y)$ of a posterior energy, `[n]`.
 
-    Needs a :class:`~boltzflow.energies.posterior.Posterior` (``constrain`` and ``log_prior``);
+    Needs a [`Posterior`][boltzflow.energies.posterior.Posterior] (`constrain` and `log_prior`);
     no likelihood is evaluated.
     """
     if not (hasattr(target, "constrain") and hasattr(target, "log_prior")):
@@ -80,12 +83,12 @@ def prior_energy(target, y: torch.Tensor) -> torch.Tensor:
 
 
 class PriorDefensive(torch.nn.Module):
-    r"""Defensive mixture :math:`q = (1-\epsilon_p)\,q_d + \epsilon_p\,\pi` with the prior.
+    r"""Defensive mixture $q = (1-\epsilon_p)\,q_d + \epsilon_p\,\pi$ with the prior.
 
-    :math:`q_d` is the flow, or its wide-base mixture
-    :class:`DefensiveFlow`; :math:`\pi(y) = e^{-u_0(y)}` is the
-    normalized prior in ``y`` (:func:`prior_energy`), so the weights
-    :math:`p/q \le L(y) / (Z\epsilon_p)` stay bounded wherever the flow's tails are lighter
+    $q_d$ is the flow, or its wide-base mixture
+    [`DefensiveFlow`][boltzflow.sampling.proposals.DefensiveFlow]; $\pi(y) = e^{-u_0(y)}$ is the
+    normalized prior in `y` ([`prior_energy`][boltzflow.sampling.proposals.prior_energy]), so the
+    weights $p/q \le L(y) / (Z\epsilon_p)$ stay bounded wherever the flow's tails are lighter
     than a prior-dominated posterior tail (Hesterberg 1995, Technometrics 37, 185).
     """
 
@@ -109,8 +112,9 @@ class PriorDefensive(torch.nn.Module):
 def defensive_proposal(
     flow, weight: float, scale: float = 2.0, target=None, prior_weight: float = 0.0
 ):
-    """``flow`` itself, or its defensive mixture with a wider base (``weight``) and, if
-    ``prior_weight > 0``, with the target's prior (:class:`PriorDefensive`)."""
+    """`flow` itself, or its defensive mixture with a wider base (`weight`) and, if
+    `prior_weight > 0`, with the target's prior
+    ([`PriorDefensive`][boltzflow.sampling.proposals.PriorDefensive])."""
     out = flow
     if weight > 0:
         out = DefensiveFlow(flow, weight, scale)

@@ -1,21 +1,24 @@
 r"""Importance reweighting of flow samples: weights, ESS, log Z, PSIS k̂, expectations, ΔF.
 
-For samples :math:`x_i \sim q` with unnormalized target :math:`p(x) \propto e^{-u(x)}`,
+For samples $x_i \sim q$ with unnormalized target $p(x) \propto e^{-u(x)}$,
 
-.. math:: \log w_i = -u(x_i) - \log q(x_i), \qquad
-          \hat Z = \frac1N \sum_i w_i, \qquad
-          \mathrm{ESS} = \frac{(\sum_i w_i)^2}{\sum_i w_i^2}\ \text{(Kish 1965)}.
+$$
+\log w_i = -u(x_i) - \log q(x_i), \qquad
+\hat Z = \frac1N \sum_i w_i, \qquad
+\mathrm{ESS} = \frac{(\sum_i w_i)^2}{\sum_i w_i^2}\ \text{(Kish 1965)}.
+$$
 
-Log-weights, their rule for non-finite values (NaN and :math:`\pm\infty` give weight 0 and are
-counted in ``n_nonfinite``, never NaN) and the Kish ESS live in :mod:`boltzflow.weights`;
-:func:`log_weights`, :func:`sanitize_log_weights` and :func:`kish_ess` are re-exported here.
-The log Z standard error is a bootstrap over samples (scipy); PSIS k̂ (Vehtari et al. 2024,
-"Pareto smoothed importance sampling") comes from arviz through
-:func:`boltzflow.arviz_compat.psis` -- k̂ > 0.7 flags an unreliable importance estimate and is
-logged as a warning.
+Log-weights, their rule for non-finite values (NaN and $\pm\infty$ give weight 0 and are
+counted in `n_nonfinite`, never NaN) and the Kish ESS live in
+[`boltzflow.weights`][boltzflow.weights]; [`log_weights`][boltzflow.weights.log_weights],
+[`sanitize_log_weights`][boltzflow.weights.sanitize_log_weights] and
+[`kish_ess`][boltzflow.weights.kish_ess] are re-exported here. The log Z standard error is a
+bootstrap over samples (scipy); PSIS k̂ (Vehtari et al. 2024, "Pareto smoothed importance sampling")
+comes from arviz through [`boltzflow.arviz_compat.psis`][boltzflow.arviz_compat.psis] -- k̂ > 0.7
+flags an unreliable importance estimate and is logged as a warning.
 
-Free energies between state sets ``A`` and ``B`` (in kT):
-:math:`\Delta F_{AB} = -\ln(\sum_{i\in A} w_i / \sum_{i\in B} w_i)`.
+Free energies between state sets `A` and `B` (in kT):
+$\Delta F_{AB} = -\ln(\sum_{i\in A} w_i / \sum_{i\in B} w_i)$.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class ReweightingResult(NamedTuple):
     n_nonfinite: int
 
     def as_dict(self) -> dict:
-        """JSON-ready dict in the ``summary.json`` layout."""
+        """JSON-ready dict in the `summary.json` layout."""
         return {
             "n": self.n,
             "ess": self.ess,
@@ -79,7 +82,7 @@ class ReweightingResult(NamedTuple):
 
 
 def log_mean_exp(log_w) -> float:
-    """``log((1/N) Σ exp(log_w))`` computed stably; ``-inf`` if every weight is zero."""
+    """`log((1/N) Σ exp(log_w))` computed stably; `-inf` if every weight is zero."""
     lw = as_float64_numpy(log_w).reshape(-1)
     if lw.size == 0:
         raise ValueError("log_mean_exp of an empty array")
@@ -89,9 +92,10 @@ def log_mean_exp(log_w) -> float:
 
 
 def pareto_k(log_w) -> float:
-    """PSIS Pareto shape k̂ of the weights (:func:`boltzflow.arviz_compat.psis`).
+    """PSIS Pareto shape k̂ of the weights
+    ([`boltzflow.arviz_compat.psis`][boltzflow.arviz_compat.psis]).
 
-    Returns ``inf`` with fewer than 10 non-zero weights, and 0 when all non-zero weights are
+    Returns `inf` with fewer than 10 non-zero weights, and 0 when all non-zero weights are
     equal (an exact flow: the tail has no spread, so no Pareto fit exists and none is needed).
     """
     lw, _ = sanitize_log_weights(log_w)
@@ -107,7 +111,7 @@ def pareto_k(log_w) -> float:
 
 
 def _bootstrap_stderr(data: tuple, statistic: Callable, n_bootstrap: int, seed) -> float:
-    """Bootstrap standard error of ``statistic(*data, axis=-1)`` (:func:`scipy.stats.bootstrap`)."""
+    """Bootstrap standard error of `statistic(*data, axis=-1)` (`scipy.stats.bootstrap`)."""
     n = data[0].shape[-1]
     batch = max(1, min(n_bootstrap, int(2e7 // max(n, 1))))
     # A resample holding only zero weights has log Z = -inf: its statistic is -inf, quantiles
@@ -138,14 +142,14 @@ def reweight(log_w, *, n_bootstrap: int = 200, seed: int | None = 0) -> Reweight
     """Summarise importance weights: ESS, ESS fraction, log Z ± bootstrap stderr, k̂.
 
     Args:
-        log_w: log-weights ``[n]`` (tensor or array; any shape is flattened). NaN and ±inf
+        log_w: log-weights `[n]` (tensor or array; any shape is flattened). NaN and ±inf
             count as non-finite (weight 0).
         n_bootstrap: bootstrap resamples for the log Z standard error.
         seed: seed of the bootstrap RNG.
 
     Returns:
-        :class:`ReweightingResult`. ``log_z.mean`` estimates
-        :math:`\\log Z_p - \\log Z_q` (= log Z of ``exp(-u)`` for a normalized flow).
+        [`ReweightingResult`][boltzflow.sampling.reweighting.ReweightingResult]. `log_z.mean`
+        estimates $\\log Z_p - \\log Z_q$ (= log Z of `exp(-u)` for a normalized flow).
     """
     lw, n_bad = sanitize_log_weights(log_w)
     n = lw.size
@@ -166,12 +170,14 @@ def reweight(log_w, *, n_bootstrap: int = 200, seed: int | None = 0) -> Reweight
 
 
 def expectation(values, log_w) -> Estimate:
-    r"""Self-normalized importance estimate of :math:`E_p[f]` with delta-method stderr.
+    r"""Self-normalized importance estimate of $E_p[f]$ with delta-method stderr.
 
-    .. math:: \hat\mu = \frac{\sum w_i f_i}{\sum w_i}, \qquad
-              \widehat{se}^2 = \frac{\sum w_i^2 (f_i - \hat\mu)^2}{(\sum w_i)^2}
+    $$
+    \hat\mu = \frac{\sum w_i f_i}{\sum w_i}, \qquad
+    \widehat{se}^2 = \frac{\sum w_i^2 (f_i - \hat\mu)^2}{(\sum w_i)^2}
+    $$
 
-    (Owen 2013, *Monte Carlo theory, methods and examples*, ch. 9). ``values`` is ``[n]``.
+    (Owen 2013, *Monte Carlo theory, methods and examples*, ch. 9). `values` is `[n]`.
     """
     f = as_float64_numpy(values).reshape(-1)
     lw, _ = sanitize_log_weights(log_w)
@@ -200,13 +206,13 @@ def _delta_f_axis(lw, in_a, in_b, axis=-1):
 def free_energy_difference(
     in_a, in_b, log_w, *, n_bootstrap: int = 200, seed: int | None = 0
 ) -> Estimate:
-    r"""``ΔF_AB = -ln(Σ_A w / Σ_B w)`` in kT, with a bootstrap standard error.
+    r"""`ΔF_AB = -ln(Σ_A w / Σ_B w)` in kT, with a bootstrap standard error.
 
     Args:
-        in_a, in_b: boolean indicators ``[n]`` of membership in the state sets ``A`` and ``B``.
-        log_w: log importance weights ``[n]`` (all zeros for unweighted MCMC samples).
+        in_a, in_b: boolean indicators `[n]` of membership in the state sets `A` and `B`.
+        log_w: log importance weights `[n]` (all zeros for unweighted MCMC samples).
 
-    Returns ``Estimate(inf, inf)`` if ``A`` has no weight, ``(-inf, inf)`` if ``B`` has none.
+    Returns `Estimate(inf, inf)` if `A` has no weight, `(-inf, inf)` if `B` has none.
     The bootstrap treats samples as independent; for correlated MCMC samples thin first.
     """
     a = as_float64_numpy(in_a).reshape(-1).astype(np.float64)
@@ -222,12 +228,12 @@ def free_energy_difference(
 
 
 def free_energy_difference_chains(in_a, in_b) -> Estimate:
-    r"""``ΔF_AB = -ln(P_A / P_B)`` in kT from unweighted MCMC draws ``[chains, draws]``.
+    r"""`ΔF_AB = -ln(P_A / P_B)` in kT from unweighted MCMC draws `[chains, draws]`.
 
     The error is the delta method applied to the Monte Carlo standard error of the series
-    :math:`g_t = 1_A(x_t)/P_A - 1_B(x_t)/P_B` (so that :math:`\delta\Delta F \approx
-    -\overline{g - E g}`), which accounts for autocorrelation through the ESS
-    (:func:`boltzflow.sampling.diagnostics.mcse`).
+    $g_t = 1_A(x_t)/P_A - 1_B(x_t)/P_B$ (so that $\delta\Delta F \approx -\overline{g - E g}$),
+    which accounts for autocorrelation through the ESS
+    ([`boltzflow.sampling.diagnostics.mcse`][boltzflow.sampling.diagnostics.mcse]).
     """
     from boltzflow.sampling.diagnostics import mcse
 

@@ -1,16 +1,21 @@
-r"""Sampler runners used by recipes: a flow and a target in, a :class:`SamplingResult` out.
+r"""Sampler runners used by recipes: a flow and a target in, a
+[`SamplingResult`][boltzflow.sampling.runners.SamplingResult] out.
 
-Every runner has the signature ``fn(flow, target, *, n_samples, seed, **params)`` and is
-registered in :data:`boltzflow.runs.registry.SAMPLERS`. Results are always laid out as
-``[chains, draws, ...]`` (importance sampling is one "chain" of independent draws), which is
-the layout of the ``posterior`` group in ``samples.nc``. Every runner builds its result with
-:meth:`SamplingResult.from_chain` (MCMC) or :meth:`SamplingResult.from_draws` (weighted i.i.d.
-draws), with the cost measured by a :class:`RunCost` started when the run starts.
+Every runner has the signature `fn(flow, target, *, n_samples, seed, **params)` and is
+registered in `boltzflow.runs.registry.SAMPLERS`. Results are always laid out as
+`[chains, draws, ...]` (importance sampling is one "chain" of independent draws), which is
+the layout of the `posterior` group in `samples.nc`. Every runner builds its result with
+[`SamplingResult.from_chain`][boltzflow.sampling.runners.SamplingResult.from_chain] (MCMC) or
+[`SamplingResult.from_draws`][boltzflow.sampling.runners.SamplingResult.from_draws] (weighted i.i.d.
+draws), with the cost measured by a [`RunCost`][boltzflow.sampling.runners.RunCost] started when the
+run starts.
 
 Also here, the plumbing the flow-based runners share: batched flow draws with their
-log-weights (:func:`draw_with_log_weights`), flow importance-sampling evidence
-(:func:`flow_evidence`), batched independence MH over cached draws
-(:func:`independence_chains`) and chain starting points (:func:`start_points`).
+log-weights ([`draw_with_log_weights`][boltzflow.sampling.runners.draw_with_log_weights]), flow
+importance-sampling evidence ([`flow_evidence`][boltzflow.sampling.runners.flow_evidence]), batched
+independence MH over cached draws
+([`independence_chains`][boltzflow.sampling.runners.independence_chains]) and chain starting points
+([`start_points`][boltzflow.sampling.runners.start_points]).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ class RunCost:
 
     @property
     def evaluations(self) -> int:
-        """Target evaluations since the start (counted by ``target.n_evaluations``)."""
+        """Target evaluations since the start (counted by `target.n_evaluations`)."""
         return self.target.n_evaluations - self.n0
 
     @property
@@ -59,31 +64,31 @@ class SamplingResult(NamedTuple):
     """Samples and per-sample statistics from one sampler run.
 
     Attributes:
-        x: samples ``[chains, draws, *event_shape]``.
-        log_weight: importance log-weights ``[chains, draws]`` (zeros for exact MCMC output).
-        energy: reduced energies ``[chains, draws]`` in kT (the target's own values).
-        accepted: MCMC acceptance flags ``[chains, draws]``, or ``None`` for i.i.d. draws.
+        x: samples `[chains, draws, *event_shape]`.
+        log_weight: importance log-weights `[chains, draws]` (zeros for exact MCMC output).
+        energy: reduced energies `[chains, draws]` in kT (the target's own values).
+        accepted: MCMC acceptance flags `[chains, draws]`, or `None` for i.i.d. draws.
         method: the sampler's name.
         energy_evaluations: target evaluations spent by the sampler, warm-up, flow training
             and evidence draws included.
         wall_seconds: wall-clock time.
-        info: extra JSON-serialisable numbers; they are copied into ``summary.json``'s
-            ``sampling`` block. Keys that mean the same in every runner:
+        info: extra JSON-serialisable numbers; they are copied into `summary.json`'s
+            `sampling` block. Keys that mean the same in every runner:
 
-            * ``acceptance_rate`` -- fraction of kept draws whose step moved the chain (MCMC;
+            * `acceptance_rate` -- fraction of kept draws whose step moved the chain (MCMC;
               emcee reports its own per-walker acceptance fraction);
-            * ``n_warmup`` -- steps per chain run and discarded before the first kept draw;
-            * ``warmup_evaluations``, ``warmup_seconds`` -- target evaluations and seconds
+            * `n_warmup` -- steps per chain run and discarded before the first kept draw;
+            * `warmup_evaluations`, `warmup_seconds` -- target evaluations and seconds
               spent before production (adaptation, flow training);
-            * ``step_size`` (fixed) or ``step_size_median`` (adapted per chain, median);
-            * ``rhat_max``, ``ess_bulk_min``, ``ess_tail_min`` -- from
-              :func:`~boltzflow.sampling.diagnostics.chain_diagnostics`;
-            * ``local_acceptance``, ``global_acceptance`` -- per-move rates of a hybrid chain;
-              ``warmup_global_acceptance`` the flow moves' rate per warm-up round;
-            * ``evidence`` -- :meth:`~boltzflow.sampling.reweighting.ReweightingResult.as_dict`
+            * `step_size` (fixed) or `step_size_median` (adapted per chain, median);
+            * `rhat_max`, `ess_bulk_min`, `ess_tail_min` -- from
+              [`chain_diagnostics`][boltzflow.sampling.diagnostics.chain_diagnostics];
+            * `local_acceptance`, `global_acceptance` -- per-move rates of a hybrid chain;
+              `warmup_global_acceptance` the flow moves' rate per warm-up round;
+            * `evidence` -- [`as_dict`][boltzflow.sampling.reweighting.ReweightingResult.as_dict]
               of flow importance draws (log Z with bootstrap error, ESS, PSIS k̂);
-            * ``tau_int_<observable>`` (and ``..._lower_bound``) -- lattice runners;
-            * ``walkers``, ``n_nonfinite``, ``n_errors`` -- emcee runners.
+            * `tau_int_<observable>` (and `..._lower_bound`) -- lattice runners;
+            * `walkers`, `n_nonfinite`, `n_errors` -- emcee runners.
     """
 
     x: torch.Tensor
@@ -112,9 +117,9 @@ class SamplingResult(NamedTuple):
         info: dict | None = None,
         diagnostics: bool = False,
     ) -> SamplingResult:
-        """Exact MCMC draws ``x [chains, draws, *event]``: zero log-weights, the cost so far,
-        ``info["acceptance_rate"]`` from ``accepted`` unless ``info`` has one, and with
-        ``diagnostics`` the R-hat and ESS keys."""
+        """Exact MCMC draws `x [chains, draws, *event]`: zero log-weights, the cost so far,
+        `info["acceptance_rate"]` from `accepted` unless `info` has one, and with
+        `diagnostics` the R-hat and ESS keys."""
         info = dict(info or {})
         if "acceptance_rate" not in info:
             info = {"acceptance_rate": float(accepted.double().mean()), **info}
@@ -136,7 +141,7 @@ class SamplingResult(NamedTuple):
         cost: RunCost,
         info: dict | None = None,
     ) -> SamplingResult:
-        """Weighted i.i.d. draws ``x [n, *event]`` (with ``log_weight``, ``energy`` ``[n]``) as
+        """Weighted i.i.d. draws `x [n, *event]` (with `log_weight`, `energy` `[n]`) as
         one chain, with the cost so far."""
         return cls(
             x.unsqueeze(0),
@@ -151,9 +156,10 @@ class SamplingResult(NamedTuple):
 
 
 class FlowDraws(NamedTuple):
-    """``n`` proposal draws ``x [n, *event]`` with ``log_weight``, ``energy`` (kT) and the
-    proposal's ``log_q``, each ``[n]``; ``log_weight = -energy - log_q`` under the rule of
-    :mod:`boltzflow.weights`, while ``energy`` and ``log_q`` are the values as computed."""
+    """`n` proposal draws `x [n, *event]` with `log_weight`, `energy` (kT) and the
+    proposal's `log_q`, each `[n]`; `log_weight = -energy - log_q` under the rule of
+    [`boltzflow.weights`][boltzflow.weights], while `energy` and `log_q` are the values as
+    computed."""
 
     x: torch.Tensor
     log_weight: torch.Tensor
@@ -165,7 +171,7 @@ class FlowDraws(NamedTuple):
 def draw_with_log_weights(
     flow, target, n: int, generator: torch.Generator | None = None, batch_size: int = 8192
 ) -> FlowDraws:
-    """Draw ``n`` samples of ``flow`` (anything with ``sample(n, generator) -> (x, z, log_q)``)
+    """Draw `n` samples of `flow` (anything with `sample(n, generator) -> (x, z, log_q)`)
     in batches and score them: one target evaluation per draw.
 
     No gradients are tracked (the draws are data), whether or not the flow is trainable.
@@ -185,8 +191,8 @@ def draw_with_log_weights(
 
 
 def flow_evidence(flow, target, n: int, seed: int = 0) -> dict:
-    r"""Evidence :math:`\log Z` by flow importance sampling of ``n`` draws (generator seeded
-    ``seed + 1``): :func:`~boltzflow.sampling.reweighting.reweight` as a dict."""
+    r"""Evidence $\log Z$ by flow importance sampling of `n` draws (generator seeded
+    `seed + 1`): [`reweight`][boltzflow.sampling.reweighting.reweight] as a dict."""
     from boltzflow.sampling.reweighting import reweight
 
     g = generator_for_module(flow, int(seed) + 1)
@@ -206,10 +212,11 @@ def independence_chains(
     diagnostics: bool = False,
 ) -> SamplingResult:
     """Batched independence MH over cached draws, by
-    :func:`~boltzflow.sampling.kernels.imh.imh_sweep`.
+    `imh_sweep`.
 
-    ``draws`` holds ``(steps + 1) · chains`` proposals in step-major order; the result has
-    ``steps - n_warmup`` kept draws per chain, built by :meth:`SamplingResult.from_chain`.
+    `draws` holds `(steps + 1) · chains` proposals in step-major order; the result has
+    `steps - n_warmup` kept draws per chain, built by
+    [`SamplingResult.from_chain`][boltzflow.sampling.runners.SamplingResult.from_chain].
     """
     sweep = imh_sweep(draws.log_weight.reshape(-1, int(chains)), int(n_warmup), generator)
     flat = sweep.index.reshape(-1)
@@ -221,7 +228,7 @@ def independence_chains(
 
 
 def start_points(flow, target, n: int, init: str, generator: torch.Generator) -> torch.Tensor:
-    """``n`` starting points: the target's prior draws (``init="prior"``) or flow samples."""
+    """`n` starting points: the target's prior draws (`init="prior"`) or flow samples."""
     params = next(iter(flow.parameters()), None) if flow is not None else None
     dtype = params.dtype if params is not None else torch.float64
     with torch.no_grad():
@@ -240,21 +247,24 @@ def importance_sampling(
 ) -> SamplingResult:
     r"""I.i.d. flow draws with their importance log-weights, as one "chain".
 
-    .. math:: x_i \sim q, \qquad \log w_i = -u(x_i) - \log q(x_i)
+    $$
+    x_i \sim q, \qquad \log w_i = -u(x_i) - \log q(x_i)
+    $$
 
-    (non-finite values give weight 0 and are counted; :mod:`boltzflow.weights`). Summarise
-    the weights with :func:`~boltzflow.sampling.reweighting.reweight` (ESS, log Z ± error).
+    (non-finite values give weight 0 and are counted; [`boltzflow.weights`][boltzflow.weights]).
+    Summarise the weights with [`reweight`][boltzflow.sampling.reweighting.reweight] (ESS, log Z ±
+    error).
 
     Args:
-        flow: the proposal (``sample(n, generator) -> (x, z, log_q)``), used without gradients.
-        target: the :class:`~boltzflow.energies.base.Energy` (kT).
-        n_samples: number of draws ``n``.
+        flow: the proposal (`sample(n, generator) -> (x, z, log_q)`), used without gradients.
+        target: the [`Energy`][boltzflow.energies.base.Energy] (kT).
+        n_samples: number of draws `n`.
         seed: seeds a generator on the flow's device.
         batch_size: draws per flow call (memory).
 
     Returns:
-        :class:`SamplingResult` with ``x [1, n, *event_shape]``, ``log_weight`` and ``energy``
-        ``[1, n]`` and ``accepted = None``.
+        [`SamplingResult`][boltzflow.sampling.runners.SamplingResult] with `x [1, n, *event_shape]`,
+        `log_weight` and `energy` `[1, n]` and `accepted = None`.
     """
     g = generator_for_module(flow, seed)
     cost = RunCost(target)
@@ -275,14 +285,15 @@ def flow_imh(
     r"""Independence Metropolis–Hastings with flow proposals, batched.
 
     All proposals are drawn and scored in large batches first; the accept/reject sweep then
-    runs over the cached log-weights (:func:`independence_chains`):
-    :math:`\alpha = \min(1, w(x')/w(x))` with :math:`\log w = -u - \log q`
-    (Tierney 1994; used with flows by Nicoli et al. 2020 and Gabrié et al. 2022). The
-    transition law is exactly that of :class:`~boltzflow.sampling.kernels.imh.IndependenceMH`.
+    runs over the cached log-weights
+    ([`independence_chains`][boltzflow.sampling.runners.independence_chains]):
+    $\alpha = \min(1, w(x')/w(x))$ with $\log w = -u - \log q$ (Tierney 1994; used with flows by
+    Nicoli et al. 2020 and Gabrié et al. 2022). The transition law is exactly that of
+    [`IndependenceMH`][boltzflow.sampling.kernels.IndependenceMH].
 
-    Runs ``chains`` chains for ``ceil(n_samples / chains)`` kept draws each after ``n_warmup``
-    discarded steps (default: 10% of the draws, at most 100). The chain is exact for ``p``
-    whatever the flow, so the returned ``log_weight`` is zero.
+    Runs `chains` chains for `ceil(n_samples / chains)` kept draws each after `n_warmup`
+    discarded steps (default: 10% of the draws, at most 100). The chain is exact for `p`
+    whatever the flow, so the returned `log_weight` is zero.
     """
     chains = int(chains)
     n_draws = -(-int(n_samples) // chains)

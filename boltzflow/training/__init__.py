@@ -1,14 +1,20 @@
 """Losses and the training loop.
 
-* :mod:`boltzflow.training.losses` -- ``reverse_kl``, ``nll``, ``mixed_kl``,
-  ``forward_kl_is`` returning :class:`LossOutput` ``(loss, n_evaluations, n_nonfinite)``;
-* :mod:`boltzflow.training.stages` -- :class:`Stage` (loss, steps, LR schedule, data);
-* :mod:`boltzflow.training.trainer` -- :class:`Trainer` / :func:`train` over stages;
-* :mod:`boltzflow.training.callbacks` -- :class:`EarlyStopping` and the callback base;
-* :mod:`boltzflow.training.fit` -- :func:`fit_nll`, the short NLL loop samplers run on their
-  own draws, and :func:`fit_affine_to_data`;
-* :mod:`boltzflow.training.force_matching` -- ``force_matching`` and ``nll_force_matching``
-  (Köhler, Krämer & Noé 2021) and the held-out ``force_rmse``.
+* [`boltzflow.training.losses`][boltzflow.training.losses] -- `reverse_kl`, `nll`, `mixed_kl`,
+  `forward_kl_is` returning [`LossOutput`][boltzflow.training.losses.LossOutput]
+  `(loss, n_evaluations, n_nonfinite)`;
+* [`boltzflow.training.stages`][boltzflow.training.stages] --
+  [`Stage`][boltzflow.training.stages.Stage] (loss, steps, LR schedule, data);
+* [`boltzflow.training.trainer`][boltzflow.training.trainer] --
+  [`Trainer`][boltzflow.training.trainer.Trainer] / [`train`][boltzflow.training.trainer.train] over
+  stages;
+* [`boltzflow.training.callbacks`][boltzflow.training.callbacks] --
+  [`EarlyStopping`][boltzflow.training.callbacks.EarlyStopping] and the callback base;
+* [`boltzflow.training.fit`][boltzflow.training.fit] -- [`fit_nll`][boltzflow.training.fit.fit_nll],
+  the short NLL loop samplers run on their own draws, and
+  [`fit_affine_to_data`][boltzflow.training.fit.fit_affine_to_data];
+* [`boltzflow.training.force_matching`][boltzflow.training.force_matching] -- `force_matching` and
+  `nll_force_matching` (Köhler, Krämer & Noé 2021) and the held-out `force_rmse`.
 """
 
 from boltzflow.training.callbacks import Callback, EarlyStopping, LoggingCallback

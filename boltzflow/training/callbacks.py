@@ -1,11 +1,11 @@
-"""Callbacks for :class:`~boltzflow.training.trainer.Trainer`.
+"""Callbacks for [`Trainer`][boltzflow.training.trainer.Trainer].
 
 A callback sees the trainer at fixed points of the loop and may ask it to end the current
-stage by setting ``trainer.stop_stage = True``. Callbacks with state implement
-``state_dict``/``load_state_dict`` (tensors, numbers, strings, lists and dicts only) so that
+stage by setting `trainer.stop_stage = True`. Callbacks with state implement
+`state_dict`/`load_state_dict` (tensors, numbers, strings, lists and dicts only) so that
 the trainer-state checkpoint restores them and a resumed run continues exactly.
 
-Hooks, in the order the trainer calls them::
+Hooks, in the order the trainer calls them:
 
     on_train_begin(trainer)
       on_stage_begin(trainer, stage)          # not called again when resuming mid-stage
@@ -51,18 +51,18 @@ class Callback:
 
 
 class EarlyStopping(Callback):
-    """End a stage when a monitored metric has not improved for ``patience`` evaluations.
+    """End a stage when a monitored metric has not improved for `patience` evaluations.
 
-    The metric is read from the history records that carry it, i.e. every ``eval_every`` steps
-    of the trainer: ``"ess_fraction"`` (Kish ESS / N of fresh flow samples, larger is better)
-    or ``"mean_loss"`` (mean training loss over the last ``eval_every`` steps, smaller is
-    better; ``"loss"`` is accepted as an alias). The state is reset at the start of each stage.
+    The metric is read from the history records that carry it, i.e. every `eval_every` steps
+    of the trainer: `"ess_fraction"` (Kish ESS / N of fresh flow samples, larger is better)
+    or `"mean_loss"` (mean training loss over the last `eval_every` steps, smaller is
+    better; `"loss"` is accepted as an alias). The state is reset at the start of each stage.
 
     Args:
         monitor: record key to watch.
         patience: number of evaluations without improvement before stopping.
         min_delta: an improvement must exceed this amount.
-        mode: ``"max"`` or ``"min"``; inferred from ``monitor`` when ``None``.
+        mode: `"max"` or `"min"`; inferred from `monitor` when `None`.
         restore_best: at the end of the stage, load the parameters of the best evaluation.
     """
 
@@ -146,7 +146,7 @@ class EarlyStopping(Callback):
 
 
 class LoggingCallback(Callback):
-    """Log the latest history record through :mod:`logging` every ``every`` steps."""
+    """Log the latest history record through `logging` every `every` steps."""
 
     def __init__(self, every: int = 100, level: int = logging.INFO):
         self.every = int(every)

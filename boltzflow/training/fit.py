@@ -2,14 +2,16 @@ r"""Fitting a flow to data inside a sampler: maximum likelihood on a fixed set o
 
 Samplers that train their proposal on their own history (the hybrid sampler's warm-up,
 flow-emcee, annealed importance-weighted training) need a short, plain loop rather than the
-staged :class:`~boltzflow.training.trainer.Trainer`: Adam (Kingma & Ba 2015) on the negative
+staged [`Trainer`][boltzflow.training.trainer.Trainer]: Adam (Kingma & Ba 2015) on the negative
 log-likelihood
 
-.. math:: \mathcal L(\phi) = -\frac1B \sum_{b=1}^{B} \log q_\phi(x_{i_b}),
+$$
+\mathcal L(\phi) = -\frac1B \sum_{b=1}^{B} \log q_\phi(x_{i_b}),
+$$
 
-the forward KL :math:`\mathrm{KL}(p\,\|\,q_\phi)` up to a constant when the data are draws from
-:math:`p` (mass covering; flowMC: Gabrié, Rotskoff & Vanden-Eijnden 2022, PNAS 119,
-e2109420119). Minibatch indices :math:`i_b` are drawn with replacement from an explicit
+the forward KL $\mathrm{KL}(p\,\|\,q_\phi)$ up to a constant when the data are draws from
+$p$ (mass covering; flowMC: Gabrié, Rotskoff & Vanden-Eijnden 2022, PNAS 119,
+e2109420119). Minibatch indices $i_b$ are drawn with replacement from an explicit
 generator, uniformly or with given probabilities (an importance-weighted NLL, Müller et al.
 2019, "Neural importance sampling", ACM TOG 38, 145).
 """
@@ -27,7 +29,7 @@ __all__ = ["fit_nll", "fit_affine_to_data"]
 
 logger = logging.getLogger(__name__)
 
-#: Gradient-norm clip of :func:`fit_nll`.
+#: Gradient-norm clip of `fit_nll`.
 CLIP_GRAD_NORM = 10.0
 
 
@@ -41,17 +43,17 @@ def fit_nll(
     probs: torch.Tensor | None = None,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> list[float]:
-    """Adam on the flow's negative log-likelihood of ``data [n, *event]``; returns the losses.
+    """Adam on the flow's negative log-likelihood of `data [n, *event]`; returns the losses.
 
-    Gradients are clipped to norm 10; batches of ``min(batch_size, n)`` indices are drawn with
-    replacement from ``generator``: uniformly, or ``batch_size`` with probabilities
-    ``probs [n]`` (a weighted NLL). ``optimizer`` continues an existing optimizer instead of a
-    fresh Adam at ``lr``. Data points where the flow's density is not finite are dropped from
+    Gradients are clipped to norm 10; batches of `min(batch_size, n)` indices are drawn with
+    replacement from `generator`: uniformly, or `batch_size` with probabilities
+    `probs [n]` (a weighted NLL). `optimizer` continues an existing optimizer instead of a
+    fresh Adam at `lr`. Data points where the flow's density is not finite are dropped from
     their batch's mean, and a step whose loss is not finite is skipped; both are counted and
     logged as one warning at the end. The flow is left in eval mode.
 
     Returns:
-        the loss of every step taken (skipped steps are not listed); ``[]`` when ``steps <= 0``
+        the loss of every step taken (skipped steps are not listed); `[]` when `steps <= 0`
         or the flow has no trainable parameter.
     """
     params = [p for p in flow.parameters() if p.requires_grad]
@@ -90,9 +92,9 @@ def fit_nll(
 
 
 def fit_affine_to_data(flow, data: torch.Tensor) -> None:
-    """Set every :class:`~boltzflow.flows.affine.ElementwiseAffine` layer of ``flow`` to the
-    per-coordinate mean and standard deviation of ``data [n, *event]`` (a data-dependent
-    initialisation before :func:`fit_nll`)."""
+    """Set every [`ElementwiseAffine`][boltzflow.flows.affine.ElementwiseAffine] layer of `flow` to
+    the per-coordinate mean and standard deviation of `data [n, *event]` (a data-dependent
+    initialisation before [`fit_nll`][boltzflow.training.fit.fit_nll])."""
     for m in flow.modules():
         if isinstance(m, ElementwiseAffine):
             m.set_from_data(data)

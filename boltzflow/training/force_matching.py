@@ -1,36 +1,38 @@
-r"""Force matching: fit the flow's forces :math:`\nabla_x \log q_\theta` to reference forces.
+r"""Force matching: fit the flow's forces $\nabla_x \log q_\theta$ to reference forces.
 
 Köhler, Krämer & Noé 2021, "Smooth Normalizing Flows" (NeurIPS), Sec. 4: a flow density
-:math:`q_\theta` defines the potential :math:`u_q(x) = -\log q_\theta(x)` (kT) and the force
-:math:`F_q(x) = -\nabla_x u_q(x) = \nabla_x \log q_\theta(x)`. Force matching minimises
+$q_\theta$ defines the potential $u_q(x) = -\log q_\theta(x)$ (kT) and the force
+$F_q(x) = -\nabla_x u_q(x) = \nabla_x \log q_\theta(x)$. Force matching minimises
 
-.. math::
+$$
+L_{\mathrm{FM}}(\theta) = \frac{1}{N d} \sum_{i=1}^{N}
+    \big\| F_q(x_i) - F(x_i) \big\|^2 \qquad [(\mathrm{kT}/\text{length})^2],
+$$
 
-    L_{\mathrm{FM}}(\theta) = \frac{1}{N d} \sum_{i=1}^{N}
-        \big\| F_q(x_i) - F(x_i) \big\|^2 \qquad [(\mathrm{kT}/\text{length})^2],
-
-the mean squared force error per coordinate (``sqrt(loss)`` is the force RMSE), where
-:math:`F = -\nabla u` are reference forces in kT per unit length: from an
-:class:`~boltzflow.energies.base.Energy` (``target.force``) or stored with MD frames. For
-:math:`x_i \sim p` this is the Fisher divergence between :math:`p` and :math:`q_\theta`; it is zero
-exactly when :math:`q_\theta = p` (on a connected support), with zero gradient there.
-The loss needs :math:`\partial_\theta \nabla_x \log q_\theta` (a double backward), which
+the mean squared force error per coordinate (`sqrt(loss)` is the force RMSE), where
+$F = -\nabla u$ are reference forces in kT per unit length: from an
+[`Energy`][boltzflow.energies.base.Energy] (`target.force`) or stored with MD frames. For
+$x_i \sim p$ this is the Fisher divergence between $p$ and $q_\theta$; it is zero
+exactly when $q_\theta = p$ (on a connected support), with zero gradient there.
+The loss needs $\partial_\theta \nabla_x \log q_\theta$ (a double backward), which
 the smooth flows provide to any order, including through their root-finding inverses.
-Force matching fixes :math:`q` only up to its normalisation and relative basin weights
-(it sees no mass), so it is usually combined with NLL: :func:`nll_force_matching`.
+Force matching fixes $q$ only up to its normalisation and relative basin weights
+(it sees no mass), so it is usually combined with NLL:
+[`nll_force_matching`][boltzflow.training.force_matching.nll_force_matching].
 
-Batches (``batch`` argument, as the trainer passes them):
+Batches (`batch` argument, as the trainer passes them):
 
-* ``Tensor[n, *event_shape]`` -- positions; reference forces ``target.force(x)``
-  (``n`` energy evaluations);
-* ``Tensor[n, 2, *event_shape]`` -- stored positions ``[:, 0]`` and forces ``[:, 1]``
-  (see :func:`stack_positions_forces`; no evaluations);
-* ``(positions, forces)`` -- the same as a pair;
-* ``int`` -- that many positions drawn from the flow (detached) with target forces
-  (a data-free variant: the Fisher divergence under :math:`q`).
+* `Tensor[n, *event_shape]` -- positions; reference forces `target.force(x)`
+  (`n` energy evaluations);
+* `Tensor[n, 2, *event_shape]` -- stored positions `[:, 0]` and forces `[:, 1]`
+  (see [`stack_positions_forces`][boltzflow.training.force_matching.stack_positions_forces]; no
+  evaluations);
+* `(positions, forces)` -- the same as a pair;
+* `int` -- that many positions drawn from the flow (detached) with target forces
+  (a data-free variant: the Fisher divergence under $q$).
 
 Non-finite reference or flow forces drop the sample from the average (counted in
-``n_nonfinite``) and its gradient is zeroed.
+`n_nonfinite`) and its gradient is zeroed.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ __all__ = [
 
 
 def stack_positions_forces(positions: torch.Tensor, forces: torch.Tensor) -> torch.Tensor:
-    """``[n, 2, *event_shape]``: the stored-forces batch layout (minibatched by rows)."""
+    """`[n, 2, *event_shape]`: the stored-forces batch layout (minibatched by rows)."""
     if positions.shape != forces.shape:
         raise ValueError(f"positions {tuple(positions.shape)} vs forces {tuple(forces.shape)}")
     return torch.stack([positions, forces], 1)
@@ -58,10 +60,10 @@ def stack_positions_forces(positions: torch.Tensor, forces: torch.Tensor) -> tor
 def flow_force(
     flow, x: torch.Tensor, create_graph: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""``(∇_x log q(x), log q(x))``: the force of :math:`u_q = -\log q` in kT per unit length.
+    r"""`(∇_x log q(x), log q(x))`: the force of $u_q = -\log q$ in kT per unit length.
 
-    With ``create_graph=True`` the force stays differentiable in the flow parameters (what
-    force matching needs) and in ``x``.
+    With `create_graph=True` the force stays differentiable in the flow parameters (what
+    force matching needs) and in `x`.
     """
     with torch.enable_grad():
         xr = x.detach().requires_grad_(True)
@@ -71,7 +73,7 @@ def flow_force(
 
 
 def _split(flow, batch, forces: str):
-    """``(positions, stored forces or None)`` of a data batch (module docstring layouts)."""
+    """`(positions, stored forces or None)` of a data batch (module docstring layouts)."""
     if isinstance(batch, (tuple, list)):
         x, f = batch
         return x, f
@@ -87,7 +89,7 @@ def _split(flow, batch, forces: str):
 
 
 def _positions_and_forces(flow, target, batch, generator, forces: str):
-    """``(x, F, n_evaluations)`` for any accepted batch."""
+    """`(x, F, n_evaluations)` for any accepted batch."""
     if isinstance(batch, int):
         with torch.no_grad():
             x, f = flow.sample(int(batch), generator=generator).x, None
@@ -113,19 +115,19 @@ def force_matching(
     generator: torch.Generator | None = None,
     forces: str = "auto",
 ) -> LossOutput:
-    r"""Mean squared force error per coordinate :math:`L_{\mathrm{FM}}` (module docstring).
+    r"""Mean squared force error per coordinate $L_{\mathrm{FM}}$ (module docstring).
 
     Args:
-        flow: a :class:`~boltzflow.flows.Flow` whose ``log_prob`` is twice differentiable.
-        target: an ``Energy`` (for ``target.force``); may be ``None`` with stored forces.
+        flow: a [`Flow`][boltzflow.flows.base.Flow] whose `log_prob` is twice differentiable.
+        target: an `Energy` (for `target.force`); may be `None` with stored forces.
         batch: positions, stored positions+forces, a pair, or a number of flow samples.
-        generator: for flow samples when ``batch`` is an int.
-        forces: ``"auto"`` (stored if the batch has the stored layout), ``"data"`` (stored,
-            required) or ``"target"`` (always ``target.force``).
+        generator: for flow samples when `batch` is an int.
+        forces: `"auto"` (stored if the batch has the stored layout), `"data"` (stored,
+            required) or `"target"` (always `target.force`).
 
     Returns:
-        :class:`~boltzflow.training.losses.LossOutput` in (kT/length)²;
-        ``n_evaluations`` counts reference force evaluations.
+        [`LossOutput`][boltzflow.training.losses.LossOutput] in (kT/length)²;
+        `n_evaluations` counts reference force evaluations.
     """
     if forces not in ("auto", "data", "target"):
         raise ValueError(f"forces must be 'auto', 'data' or 'target', got {forces!r}")
@@ -152,21 +154,22 @@ def nll_force_matching(
     forces: str = "auto",
     energy_cap: float | None = None,
 ) -> LossOutput:
-    r"""Weighted sum :math:`w_N\,\mathrm{NLL} + w_F\,L_{\mathrm{FM}} + w_R\,\mathrm{KL}_{rev}`.
+    r"""Weighted sum $w_N\,\mathrm{NLL} + w_F\,L_{\mathrm{FM}} + w_R\,\mathrm{KL}_{rev}$.
 
     NLL and force matching use the same positions (the data batch); the optional reverse-KL
-    term draws ``batch_size`` flow samples (default: the data batch size).
+    term draws `batch_size` flow samples (default: the data batch size).
 
     Args:
-        batch: data positions, or stored positions + forces (``[n, 2, *event_shape]`` or a pair).
+        batch: data positions, or stored positions + forces (`[n, 2, *event_shape]` or a pair).
         weight_force, weight_nll, weight_reverse_kl: non-negative weights (force term in
             (kT/length)², the others in kT).
         batch_size, energy_cap: for the reverse-KL term (see
-            :func:`~boltzflow.training.losses.reverse_kl`).
-        generator, forces: as in :func:`force_matching`.
+            [`reverse_kl`][boltzflow.training.losses.reverse_kl]).
+        generator, forces: as in
+            [`force_matching`][boltzflow.training.force_matching.force_matching].
 
     Returns:
-        :class:`~boltzflow.training.losses.LossOutput` with the counts of all terms added.
+        [`LossOutput`][boltzflow.training.losses.LossOutput] with the counts of all terms added.
     """
     weights = (float(weight_force), float(weight_nll), float(weight_reverse_kl))
     if min(weights) < 0:
@@ -190,7 +193,7 @@ def nll_force_matching(
 
 
 def force_rmse(flow, x: torch.Tensor, forces: torch.Tensor, chunk: int = 1024) -> float:
-    r"""Root-mean-square force error per coordinate, :math:`\sqrt{L_{\mathrm{FM}}}`, in kT per
+    r"""Root-mean-square force error per coordinate, $\sqrt{L_{\mathrm{FM}}}$, in kT per
     unit length, evaluated without a parameter graph (held-out frames)."""
     total, count = 0.0, 0
     for start in range(0, x.shape[0], int(chunk)):

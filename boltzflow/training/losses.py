@@ -1,32 +1,33 @@
 r"""Training losses for Boltzmann generators.
 
-Every loss has the signature ``loss(flow, target, batch, ..., generator=None)`` and returns a
-:class:`LossOutput` -- a NamedTuple whose first field is the scalar to minimise, so
-``loss(...).loss.backward()`` (or ``loss(...)[0]``) keeps the "(flow, target, batch) -> scalar"
-contract while also reporting how many energies were evaluated and how many were dropped.
+Every loss has the signature `loss(flow, target, batch, ..., generator=None)` and returns a
+[`LossOutput`][boltzflow.training.losses.LossOutput] -- a NamedTuple whose first field is the scalar
+to minimise, so `loss(...).loss.backward()` (or `loss(...)[0]`) keeps the "(flow, target, batch) ->
+scalar" contract while also reporting how many energies were evaluated and how many were dropped.
 
-* :func:`reverse_kl` -- :math:`\mathbb E_{x\sim q_\theta}[u(x) + \log q_\theta(x)]
-  = \mathrm{KL}(q_\theta\,\|\,p) - \log Z`, estimated with reparametrized flow samples
-  (Rezende & Mohamed 2015, "Variational inference with normalizing flows"; Noé et al. 2019,
-  "Boltzmann generators", Science 365, eaaw1147). Needs energies only, no data.
-* :func:`nll` -- :math:`-\mathbb E_{x\sim p}[\log q_\theta(x)] = \mathrm{KL}(p\,\|\,q_\theta) +
-  \mathrm{const}`, maximum likelihood on samples of the target (Noé et al. 2019, "training by
-  example").
-* :func:`mixed_kl` -- :math:`w\,\mathrm{NLL} + (1-w)\,\mathrm{KL}_{\mathrm{rev}}`
-  (Noé et al. 2019 combine both).
-* :func:`forward_kl_is` -- the forward KL :math:`\mathrm{KL}(p\,\|\,q_\theta)` without data,
-  by self-normalized importance weights on the flow's own samples (Müller et al. 2019,
-  "Neural importance sampling", ACM TOG 38:145). Mass-covering where reverse KL is
-  mode-seeking: a mode the flow covers keeps its mass.
+* [`reverse_kl`][boltzflow.training.losses.reverse_kl] --
+  $\mathbb E_{x\sim q_\theta}[u(x) + \log q_\theta(x)] = \mathrm{KL}(q_\theta\,\|\,p) - \log Z$,
+  estimated with reparametrized flow samples (Rezende & Mohamed 2015, "Variational inference with
+  normalizing flows"; Noé et al. 2019, "Boltzmann generators", Science 365, eaaw1147). Needs
+  energies only, no data.
+* [`nll`][boltzflow.training.losses.nll] --
+  $-\mathbb E_{x\sim p}[\log q_\theta(x)] = \mathrm{KL}(p\,\|\,q_\theta) + \mathrm{const}$, maximum
+  likelihood on samples of the target (Noé et al. 2019, "training by example").
+* [`mixed_kl`][boltzflow.training.losses.mixed_kl] --
+  $w\,\mathrm{NLL} + (1-w)\,\mathrm{KL}_{\mathrm{rev}}$ (Noé et al. 2019 combine both).
+* [`forward_kl_is`][boltzflow.training.losses.forward_kl_is] -- the forward KL
+  $\mathrm{KL}(p\,\|\,q_\theta)$ without data, by self-normalized importance weights on the flow's
+  own samples (Müller et al. 2019, "Neural importance sampling", ACM TOG 38:145). Mass-covering
+  where reverse KL is mode-seeking: a mode the flow covers keeps its mass.
 
-Non-finite values. A sample whose energy (or flow log-density) is NaN or ``±inf`` is dropped
-from the average and counted in ``n_nonfinite``; the gradient flowing back through it is
+Non-finite values. A sample whose energy (or flow log-density) is NaN or `±inf` is dropped
+from the average and counted in `n_nonfinite`; the gradient flowing back through it is
 zeroed *before* it reaches the flow, so a masked sample can never turn the parameter gradients
 into NaN (an upstream zero times an infinite local derivative would). Dropping samples biases
-the estimate; a large ``n_nonfinite`` means the flow puts mass where the target is undefined.
-For training only, ``energy_cap`` replaces energies above the cap by the smooth, monotone
-:func:`soft_cap` ``u_c + log(1 + u - u_c)``, so that a rare high-energy clash cannot dominate
-the gradient.
+the estimate; a large `n_nonfinite` means the flow puts mass where the target is undefined.
+For training only, `energy_cap` replaces energies above the cap by the smooth, monotone
+[`soft_cap`][boltzflow.training.losses.soft_cap] `u_c + log(1 + u - u_c)`, so that a rare
+high-energy clash cannot dominate the gradient.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class LossOutput(NamedTuple):
         loss: scalar tensor to minimise (differentiable in the flow parameters).
         n_evaluations: number of target energy evaluations the loss performed.
         n_nonfinite: number of samples dropped from the average because their energy or
-            log-density was NaN or ``±inf``.
+            log-density was NaN or `±inf`.
     """
 
     loss: torch.Tensor
@@ -54,25 +55,26 @@ class LossOutput(NamedTuple):
 
 
 def soft_cap(u: torch.Tensor, cap: float) -> torch.Tensor:
-    r"""Logarithmic soft cap: :math:`u` below ``cap``, :math:`c + \log(1 + u - c)` above.
+    r"""Logarithmic soft cap: $u$ below `cap`, $c + \log(1 + u - c)$ above.
 
     Continuous with a continuous first derivative (slope 1 at the cap), monotone increasing,
-    and ``+inf`` maps to ``+inf`` (still counted as non-finite by the losses).
+    and `+inf` maps to `+inf` (still counted as non-finite by the losses).
     """
     excess = (u - cap).clamp(min=0.0)
     return torch.where(u > cap, cap + torch.log1p(excess), u)
 
 
 def _energy(target, x: torch.Tensor) -> torch.Tensor:
-    """Reduced energy ``u(x)`` of an :class:`~boltzflow.energies.Energy` or a plain callable."""
+    """Reduced energy `u(x)` of an [`Energy`][boltzflow.energies.base.Energy] or a plain
+    callable."""
     fn = getattr(target, "energy", target)
     return fn(x)
 
 
 def _mask_grad_rows(x: torch.Tensor, keep: list) -> torch.Tensor:
-    """Identity on ``x`` whose backward zeroes the gradient rows where ``keep[0]`` is False.
+    """Identity on `x` whose backward zeroes the gradient rows where `keep[0]` is False.
 
-    ``keep`` is a one-element list filled in *after* the forward pass (the mask is only known
+    `keep` is a one-element list filled in *after* the forward pass (the mask is only known
     once the energies exist); the hook reads it during the backward pass.
     """
     if not x.requires_grad:
@@ -88,7 +90,7 @@ def _mask_grad_rows(x: torch.Tensor, keep: list) -> torch.Tensor:
 
 
 def _masked_mean(values: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over ``finite`` entries, with zero gradient into the others."""
+    """Mean of `values` over `finite` entries, with zero gradient into the others."""
     safe = torch.where(finite, values, torch.zeros_like(values))
     return safe.sum() / finite.sum().clamp(min=1)
 
@@ -100,26 +102,30 @@ def reverse_kl(
     generator: torch.Generator | None = None,
     energy_cap: float | None = None,
 ) -> LossOutput:
-    r"""Reverse KL divergence up to the constant :math:`-\log Z`.
+    r"""Reverse KL divergence up to the constant $-\log Z$.
 
-    .. math:: L(\theta) = \frac1{N_f} \sum_{i:\ \text{finite}}
-              \big[u(x_i) + \log q_\theta(x_i)\big], \qquad x_i = f_\theta(z_i),\ z_i \sim p_z,
+    $$
+    L(\theta) = \frac1{N_f} \sum_{i:\ \text{finite}}
+    \big[u(x_i) + \log q_\theta(x_i)\big], \qquad x_i = f_\theta(z_i),\ z_i \sim p_z,
+    $$
 
-    with ``flow.sample`` reparametrized, so :math:`\nabla_\theta L` is the usual
-    reparametrization (path + score) estimator. At the optimum :math:`q_\theta = p`, every
-    term equals :math:`-\log Z`, so ``loss + log_z`` estimates :math:`\mathrm{KL}(q\|p) \ge 0`.
+    with `flow.sample` reparametrized, so $\nabla_\theta L$ is the usual
+    reparametrization (path + score) estimator. At the optimum $q_\theta = p$, every
+    term equals $-\log Z$, so `loss + log_z` estimates $\mathrm{KL}(q\|p) \ge 0$.
 
     Args:
-        flow: a :class:`~boltzflow.flows.Flow` (``sample(n, generator) -> (x, z, log_q)``).
-        target: an :class:`~boltzflow.energies.Energy` (energies in kT, shape ``[batch]``).
-        batch_size: number of flow samples ``N``.
-        generator: ``torch.Generator`` on the flow's device, for reproducible draws.
-        energy_cap: if given, energies above it are softened by :func:`soft_cap` (training
-            only: the returned loss is then no longer an estimate of ``KL - log Z``).
+        flow: a [`Flow`][boltzflow.flows.base.Flow] (`sample(n, generator) -> (x, z, log_q)`).
+        target: an [`Energy`][boltzflow.energies.base.Energy] (energies in kT, shape `[batch]`).
+        batch_size: number of flow samples `N`.
+        generator: `torch.Generator` on the flow's device, for reproducible draws.
+        energy_cap: if given, energies above it are softened by
+            [`soft_cap`][boltzflow.training.losses.soft_cap] (training
+            only: the returned loss is then no longer an estimate of `KL - log Z`).
 
     Returns:
-        :class:`LossOutput` with ``n_evaluations = batch_size`` and ``n_nonfinite`` the number
-        of samples with non-finite energy or log-density (``N_f = N - n_nonfinite``).
+        [`LossOutput`][boltzflow.training.losses.LossOutput] with `n_evaluations = batch_size` and
+        `n_nonfinite` the number of samples with non-finite energy or log-density
+        (`N_f = N - n_nonfinite`).
     """
     sample = flow.sample(int(batch_size), generator=generator)
     keep: list = [None]
@@ -136,20 +142,23 @@ def reverse_kl(
 def nll(flow, target, data: torch.Tensor, generator: torch.Generator | None = None) -> LossOutput:
     r"""Negative log-likelihood of target samples (forward KL up to a constant).
 
-    .. math:: L(\theta) = -\frac1{N_f} \sum_{i:\ \text{finite}} \log q_\theta(x_i),
-              \qquad x_i \sim p,
+    $$
+    L(\theta) = -\frac1{N_f} \sum_{i:\ \text{finite}} \log q_\theta(x_i),
+    \qquad x_i \sim p,
+    $$
 
-    which equals :math:`\mathrm{KL}(p\|q_\theta) - H(p)` in expectation.
+    which equals $\mathrm{KL}(p\|q_\theta) - H(p)$ in expectation.
 
     Args:
-        flow: a :class:`~boltzflow.flows.Flow` (uses ``log_prob``).
-        target: unused (kept for the uniform loss signature; may be ``None``).
-        data: target samples ``[batch, *event_shape]`` (moved to the flow's dtype by the caller).
+        flow: a [`Flow`][boltzflow.flows.base.Flow] (uses `log_prob`).
+        target: unused (kept for the uniform loss signature; may be `None`).
+        data: target samples `[batch, *event_shape]` (moved to the flow's dtype by the caller).
         generator: unused (uniform signature).
 
     Returns:
-        :class:`LossOutput` with ``n_evaluations = 0`` and ``n_nonfinite`` the number of data
-        points where the flow density is zero or undefined (dropped from the mean).
+        [`LossOutput`][boltzflow.training.losses.LossOutput] with `n_evaluations = 0` and
+        `n_nonfinite` the number of data points where the flow density is zero or undefined (dropped
+        from the mean).
     """
     del target, generator
     log_q = flow.log_prob(data)
@@ -172,16 +181,16 @@ def mixed_kl(
     generator: torch.Generator | None = None,
     energy_cap: float | None = None,
 ) -> LossOutput:
-    r"""Weighted sum :math:`w\,\mathrm{NLL}(\text{data}) + (1-w)\,\mathrm{KL}_{\mathrm{rev}}`.
+    r"""Weighted sum $w\,\mathrm{NLL}(\text{data}) + (1-w)\,\mathrm{KL}_{\mathrm{rev}}$.
 
     Args:
         data: target samples for the NLL term.
-        batch_size: flow samples for the reverse-KL term (default: ``len(data)``).
-        weight_forward: :math:`w \in [0, 1]`; 1 is pure NLL, 0 pure reverse KL.
-        generator, energy_cap: as in :func:`reverse_kl`.
+        batch_size: flow samples for the reverse-KL term (default: `len(data)`).
+        weight_forward: $w \in [0, 1]$; 1 is pure NLL, 0 pure reverse KL.
+        generator, energy_cap: as in [`reverse_kl`][boltzflow.training.losses.reverse_kl].
 
     Returns:
-        :class:`LossOutput` with the counts of both terms added.
+        [`LossOutput`][boltzflow.training.losses.LossOutput] with the counts of both terms added.
     """
     if not 0.0 <= weight_forward <= 1.0:
         raise ValueError(f"weight_forward must lie in [0, 1], got {weight_forward}")
@@ -199,26 +208,30 @@ def forward_kl_is(
 ) -> LossOutput:
     r"""Forward KL by self-normalized importance sampling from the flow itself.
 
-    .. math:: L(\theta) = -\sum_i \bar w_i \log q_\theta(x_i), \qquad
-              x_i \sim q_{\theta'},\quad
-              \bar w_i = \frac{e^{-u(x_i) - \log q_{\theta'}(x_i)}}
-                             {\sum_j e^{-u(x_j) - \log q_{\theta'}(x_j)}},
+    $$
+    L(\theta) = -\sum_i \bar w_i \log q_\theta(x_i), \qquad
+    x_i \sim q_{\theta'},\quad
+    \bar w_i = \frac{e^{-u(x_i) - \log q_{\theta'}(x_i)}}
+                   {\sum_j e^{-u(x_j) - \log q_{\theta'}(x_j)}},
+    $$
 
-    with :math:`\theta' = \theta` held fixed (samples and weights carry no gradient), so
-    :math:`\nabla_\theta L` estimates :math:`\nabla_\theta \mathrm{KL}(p\,\|\,q_\theta)`
-    (Müller et al. 2019). Unlike :func:`reverse_kl` it does not reward dropping a mode: its
-    optimum covers all the mass the flow can see. The estimate is only as good as the weights'
-    ESS, so start from a flow that covers the target (e.g. reverse KL at a higher temperature).
+    with $\theta' = \theta$ held fixed (samples and weights carry no gradient), so
+    $\nabla_\theta L$ estimates $\nabla_\theta \mathrm{KL}(p\,\|\,q_\theta)$
+    (Müller et al. 2019). Unlike [`reverse_kl`][boltzflow.training.losses.reverse_kl] it does not
+    reward dropping a mode: its optimum covers all the mass the flow can see. The estimate is only
+    as good as the weights' ESS, so start from a flow that covers the target (e.g. reverse KL at a
+    higher temperature).
 
     Args:
-        flow: a :class:`~boltzflow.flows.Flow` (``sample`` and ``log_prob``).
-        target: an :class:`~boltzflow.energies.Energy`.
-        batch_size: number of flow samples ``N``.
-        generator: ``torch.Generator`` on the flow's device.
+        flow: a [`Flow`][boltzflow.flows.base.Flow] (`sample` and `log_prob`).
+        target: an [`Energy`][boltzflow.energies.base.Energy].
+        batch_size: number of flow samples `N`.
+        generator: `torch.Generator` on the flow's device.
 
     Returns:
-        :class:`LossOutput` with ``n_evaluations = batch_size`` and ``n_nonfinite`` the samples
-        with a non-finite log-weight (weight 0). The value is a weighted NLL, not a KL.
+        [`LossOutput`][boltzflow.training.losses.LossOutput] with `n_evaluations = batch_size` and
+        `n_nonfinite` the samples with a non-finite log-weight (weight 0). The value is a weighted
+        NLL, not a KL.
     """
     with torch.no_grad():
         sample = flow.sample(int(batch_size), generator=generator)

@@ -1,10 +1,11 @@
 r"""Training stages: what to optimise, for how long, on which data, with which LR schedule.
 
-A :class:`Stage` is the unit a recipe's ``[[training.stages]]`` table describes. The learning
-rate follows :func:`cosine_warmup` (linear warmup, then cosine decay; Loshchilov & Hutter
-2017, SGDR). Minibatches of a data tensor come from :class:`EpochSampler`: each epoch is a
-fresh permutation derived from ``(seed, stage, epoch)``, so the data stream is a pure
-function of the step and a resumed run sees exactly the same batches.
+A [`Stage`][boltzflow.training.stages.Stage] is the unit a recipe's `[[training.stages]]` table
+describes. The learning rate follows [`cosine_warmup`][boltzflow.training.stages.cosine_warmup]
+(linear warmup, then cosine decay; Loshchilov & Hutter 2017, SGDR). Minibatches of a data tensor
+come from [`EpochSampler`][boltzflow.training.stages.EpochSampler]: each epoch is a fresh
+permutation derived from `(seed, stage, epoch)`, so the data stream is a pure function of the step
+and a resumed run sees exactly the same batches.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ __all__ = ["Stage", "cosine_warmup", "EpochSampler", "seed_for"]
 
 
 def seed_for(*keys: int) -> int:
-    """An independent 63-bit seed for the random stream named by ``keys`` (numpy SeedSequence)."""
+    """An independent 63-bit seed for the random stream named by `keys` (numpy SeedSequence)."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
 
 
@@ -31,24 +32,24 @@ class Stage:
     """One training stage.
 
     Attributes:
-        loss: a ``LOSSES`` registry name (``"reverse_kl"``, ``"nll"``, ``"mixed"``), a
-            ``"module:attr"`` path, or a callable ``loss(flow, target, batch, generator=..,
-            **loss_kwargs)`` returning a :class:`~boltzflow.training.losses.LossOutput` or a
+        loss: a `LOSSES` registry name (`"reverse_kl"`, `"nll"`, `"mixed"`), a
+            `"module:attr"` path, or a callable `loss(flow, target, batch, generator=..,
+            **loss_kwargs)` returning a [`LossOutput`][boltzflow.training.losses.LossOutput] or a
             scalar tensor.
         steps: number of optimizer steps.
         lr: peak learning rate.
         batch_size: flow samples (reverse KL) or data points (NLL, mixed) per step.
-        data: for data losses: a tensor ``[n, *event_shape]`` (minibatched without replacement,
-            reshuffled every epoch), a callable ``data(batch_size, generator=g) -> Tensor``, or
-            ``"exact"`` for ``target.sample``. When given, the loss receives the minibatch as
-            ``batch``; otherwise it receives ``batch_size``.
-        schedule: ``"cosine"`` (linear warmup, cosine decay to ``min_lr_factor * lr``) or
-            ``"constant"`` (warmup only).
-        warmup_steps: steps of linear warmup from ``lr / warmup_steps``.
-        min_lr_factor: final learning rate as a fraction of ``lr``.
+        data: for data losses: a tensor `[n, *event_shape]` (minibatched without replacement,
+            reshuffled every epoch), a callable `data(batch_size, generator=g) -> Tensor`, or
+            `"exact"` for `target.sample`. When given, the loss receives the minibatch as
+            `batch`; otherwise it receives `batch_size`.
+        schedule: `"cosine"` (linear warmup, cosine decay to `min_lr_factor * lr`) or
+            `"constant"` (warmup only).
+        warmup_steps: steps of linear warmup from `lr / warmup_steps`.
+        min_lr_factor: final learning rate as a fraction of `lr`.
         weight_decay: Adam L2 penalty.
-        clip_grad_norm: maximum global gradient norm (``None``: no clipping).
-        loss_kwargs: extra keyword arguments for the loss (``energy_cap``, ``weight_forward``).
+        clip_grad_norm: maximum global gradient norm (`None`: no clipping).
+        loss_kwargs: extra keyword arguments for the loss (`energy_cap`, `weight_forward`).
     """
 
     loss: str | Callable = "reverse_kl"
@@ -65,7 +66,7 @@ class Stage:
 
     @classmethod
     def from_dict(cls, spec: dict) -> Stage:
-        """Build from a recipe table; keys that are not fields go to ``loss_kwargs``."""
+        """Build from a recipe table; keys that are not fields go to `loss_kwargs`."""
         names = {f.name for f in dataclasses.fields(cls)}
         known = {k: v for k, v in spec.items() if k in names}
         extra = {k: v for k, v in spec.items() if k not in names}
@@ -81,8 +82,8 @@ class Stage:
 def cosine_warmup(
     total_steps: int, warmup_steps: int = 0, min_factor: float = 0.0, cosine: bool = True
 ) -> Callable[[int], float]:
-    r"""LR factor at step :math:`t`: :math:`(t+1)/W` for :math:`t < W`, then
-    :math:`m + (1-m)\,\tfrac12\,[1 + \cos(\pi\,(t-W)/(T-W))]` (or 1 if not ``cosine``)."""
+    r"""LR factor at step $t$: $(t+1)/W$ for $t < W$, then
+    $m + (1-m)\,\tfrac12\,[1 + \cos(\pi\,(t-W)/(T-W))]$ (or 1 if not `cosine`)."""
 
     def factor(t: int) -> float:
         if t < warmup_steps:
@@ -98,9 +99,9 @@ def cosine_warmup(
 class EpochSampler:
     """Row indices of minibatches drawn without replacement, reshuffled every epoch.
 
-    Batch ``k`` of size ``n`` is rows ``[k n, (k+1) n)`` of the concatenation of per-epoch
-    permutations of ``range(size)``, epoch ``e`` being ``randperm(size)`` under
-    ``seed_for(*key, e)``. Only the current epoch's permutation is cached.
+    Batch `k` of size `n` is rows `[k n, (k+1) n)` of the concatenation of per-epoch
+    permutations of `range(size)`, epoch `e` being `randperm(size)` under
+    `seed_for(*key, e)`. Only the current epoch's permutation is cached.
     """
 
     def __init__(self, size: int, key: tuple[int, ...]):

@@ -1,16 +1,16 @@
 r"""The training loop: stages of a loss, Adam, clipping, cosine LR, evaluation, checkpoints.
 
-A run is a list of :class:`Stage`\ s executed in order (e.g. NLL pre-training on data, then
-reverse KL on energies). Each stage gets a fresh Adam optimizer (Kingma & Ba 2015) with a
-linear-warmup + cosine-decay learning rate (Loshchilov & Hutter 2017, SGDR) and
-gradient-norm clipping. Every ``eval_every`` steps the trainer draws ``eval_samples`` fresh
+A run is a list of [`Stage`][boltzflow.training.stages.Stage]\ s executed in order (e.g. NLL
+pre-training on data, then reverse KL on energies). Each stage gets a fresh Adam optimizer (Kingma &
+Ba 2015) with a linear-warmup + cosine-decay learning rate (Loshchilov & Hutter 2017, SGDR) and
+gradient-norm clipping. Every `eval_every` steps the trainer draws `eval_samples` fresh
 flow samples with a separate generator and records the Kish effective sample size of their
-importance weights :math:`\log w = -u(x) - \log q(x)`, the quantity a Boltzmann generator is
+importance weights $\log w = -u(x) - \log q(x)$, the quantity a Boltzmann generator is
 judged by (Noé et al. 2019).
 
-Reproducibility: all randomness comes from three ``torch.Generator``\ s seeded from ``seed``
+Reproducibility: all randomness comes from three `torch.Generator`\ s seeded from `seed`
 (flow samples for the loss, data minibatches, evaluation samples). Minibatches of a data
-tensor follow a per-epoch permutation derived from ``(seed, stage, epoch)``, so the data
+tensor follow a per-epoch permutation derived from `(seed, stage, epoch)`, so the data
 stream is a pure function of the step. The trainer keeps no global state and never touches
 the global torch RNG; the flow's initialisation is the builder's business. With a trainer-state
 checkpoint, a resumed run ends with parameters bit-identical to an uninterrupted one.
@@ -46,10 +46,10 @@ _DATA_LOSSES = (nll, mixed_kl, nll_force_matching)
 
 @dataclass
 class TrainingResult:
-    """What a run produced. ``history`` holds one dict per step with ``stage``, ``step``
-    (global), ``loss``, ``lr``, ``grad_norm``, ``n_nonfinite``, ``energy_evaluations``
-    (cumulative) and ``wall_time`` (s); every ``eval_every`` steps also ``mean_loss``,
-    ``ess_fraction`` and ``eval_nonfinite``."""
+    """What a run produced. `history` holds one dict per step with `stage`, `step`
+    (global), `loss`, `lr`, `grad_norm`, `n_nonfinite`, `energy_evaluations`
+    (cumulative) and `wall_time` (s); every `eval_every` steps also `mean_loss`,
+    `ess_fraction` and `eval_nonfinite`."""
 
     history: list
     steps: int
@@ -58,13 +58,13 @@ class TrainingResult:
     n_skipped_steps: int = 0
 
     def column(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(steps, values)`` of the records that carry ``key`` (for training-curve plots)."""
+        """`(steps, values)` of the records that carry `key` (for training-curve plots)."""
         rows = [(r["step"], r[key]) for r in self.history if r.get(key) is not None]
         steps = np.array([s for s, _ in rows], dtype=np.int64)
         return steps, np.array([v for _, v in rows], dtype=np.float64)
 
     def summary(self) -> dict:
-        """The ``training`` block of ``summary.json`` (without the loss name)."""
+        """The `training` block of `summary.json` (without the loss name)."""
         return {
             "steps": self.steps,
             "energy_evaluations": self.energy_evaluations,
@@ -74,21 +74,23 @@ class TrainingResult:
 
 
 class Trainer:
-    """Run training stages on ``flow`` towards ``target``.
+    """Run training stages on `flow` towards `target`.
 
     Args:
-        flow: a :class:`~boltzflow.flows.Flow` (any ``nn.Module`` with ``sample``/``log_prob``).
-        target: an :class:`~boltzflow.energies.Energy`.
-        stages: :class:`Stage` objects or dicts (see :meth:`Stage.from_dict`).
+        flow: a [`Flow`][boltzflow.flows.base.Flow] (any `nn.Module` with `sample`/`log_prob`).
+        target: an [`Energy`][boltzflow.energies.base.Energy].
+        stages: [`Stage`][boltzflow.training.stages.Stage] objects or dicts (see
+            [`Stage.from_dict`][boltzflow.training.stages.Stage.from_dict]).
         seed: seeds the trainer's generators.
-        callbacks: :class:`~boltzflow.training.callbacks.Callback` instances.
-        eval_every: evaluate every this many steps of a stage (``None``: never).
-        eval_samples: fresh flow samples for the held-out ESS (0: record ``mean_loss`` only).
-        checkpoint_every: save the trainer state to ``checkpoint_path`` every this many steps
+        callbacks: [`Callback`][boltzflow.training.callbacks.Callback] instances.
+        eval_every: evaluate every this many steps of a stage (`None`: never).
+        eval_samples: fresh flow samples for the held-out ESS (0: record `mean_loss` only).
+        checkpoint_every: save the trainer state to `checkpoint_path` every this many steps
             (and at the end).
         checkpoint_path: file for the trainer state.
-        progress: ``False`` shows nothing; otherwise a tqdm bar on a terminal and a log line
-            every ~30 s elsewhere (:func:`boltzflow.progress.progress_bar`).
+        progress: `False` shows nothing; otherwise a tqdm bar on a terminal and a log line
+            every ~30 s elsewhere
+            ([`boltzflow.progress.progress_bar`][boltzflow.progress.progress_bar]).
     """
 
     def __init__(
@@ -151,7 +153,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     def _batch(self, stage: Stage):
-        """The ``batch`` argument of the loss at the current step."""
+        """The `batch` argument of the loss at the current step."""
         if stage.data is None:
             return int(stage.batch_size)
         n = int(stage.batch_size)
@@ -210,7 +212,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, n: int | None = None) -> dict:
-        """Kish ESS fraction of ``n`` fresh flow samples (uses the evaluation generator)."""
+        """Kish ESS fraction of `n` fresh flow samples (uses the evaluation generator)."""
         n = self.eval_samples if n is None else int(n)
         was_training = self.flow.training
         self.flow.eval()
@@ -225,7 +227,7 @@ class Trainer:
 
     # -------------------------------------------------------------------- run
     def fit(self, resume_from=None) -> TrainingResult:
-        """Run (or, with ``resume_from`` a trainer-state file, continue) all stages."""
+        """Run (or, with `resume_from` a trainer-state file, continue) all stages."""
         if resume_from is not None:
             self.load_state_dict(load_trainer_state(resume_from, map_location=self.device))
         total = sum(s.steps for s in self.stages)
@@ -312,7 +314,8 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a :meth:`state_dict`; the stages must match the saved run's."""
+        """Restore a [`state_dict`][boltzflow.training.trainer.Trainer.state_dict]; the stages must
+        match the saved run's."""
         mine = [s.fingerprint() for s in self.stages]
         if state["stages"] != mine:
             raise ValueError(f"checkpoint stages {state['stages']} differ from {mine}")
@@ -336,27 +339,28 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
 
     def save(self, path) -> None:
-        """Write the trainer state to ``path`` (atomically)."""
+        """Write the trainer state to `path` (atomically)."""
         save_trainer_state(path, self.state_dict())
 
 
 def train(flow, target, stages: Sequence[Stage | dict], **kwargs) -> TrainingResult:
-    r"""Train ``flow`` towards ``target`` through ``stages``: ``Trainer(...).fit()`` in one call.
+    r"""Train `flow` towards `target` through `stages`: `Trainer(...).fit()` in one call.
 
     Each stage minimises its loss over its steps with Adam, e.g. reverse KL
-    :math:`\mathbb E_q[u + \log q]`, the NLL :math:`-\mathbb E_p[\log q]` on data, or
-    ``forward_kl_is`` (:mod:`boltzflow.training.losses`).
+    $\mathbb E_q[u + \log q]$, the NLL $-\mathbb E_p[\log q]$ on data, or
+    `forward_kl_is` ([`boltzflow.training.losses`][boltzflow.training.losses]).
 
     Args:
         flow: the flow to train (in place).
-        target: the :class:`~boltzflow.energies.base.Energy` (kT), or ``None`` for data-only
+        target: the [`Energy`][boltzflow.energies.base.Energy] (kT), or `None` for data-only
             stages.
-        stages: :class:`Stage` objects or dicts of their fields.
-        **kwargs: :class:`Trainer` options (``seed``, ``callbacks``, ``eval_every``,
-            ``progress``, checkpoints) and ``resume_from`` (a trainer-state file).
+        stages: [`Stage`][boltzflow.training.stages.Stage] objects or dicts of their fields.
+        **kwargs: [`Trainer`][boltzflow.training.trainer.Trainer] options (`seed`, `callbacks`,
+            `eval_every`, `progress`, checkpoints) and `resume_from` (a trainer-state file).
 
     Returns:
-        :class:`TrainingResult` (history, steps, energy evaluations, wall seconds).
+        [`TrainingResult`][boltzflow.training.trainer.TrainingResult] (history, steps, energy
+        evaluations, wall seconds).
     """
     resume_from = kwargs.pop("resume_from", None)
     return Trainer(flow, target, stages, **kwargs).fit(resume_from=resume_from)

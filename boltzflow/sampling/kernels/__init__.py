@@ -1,12 +1,16 @@
-"""MCMC kernels as ``(init, step)`` pairs over immutable, resumable states.
+"""MCMC kernels as `(init, step)` pairs over immutable, resumable states.
 
-* :class:`IndependenceMH` -- flow independence proposals (global moves);
-* :class:`MALA` -- Metropolis-adjusted Langevin;
-* :class:`HMC` -- Hamiltonian Monte Carlo (:func:`leapfrog` is reusable; torus ``wrap``);
-* :class:`LatentHMC` -- HMC on the flow-pulled-back energy (NeuTra), via :class:`PulledBackEnergy`;
-* :class:`Mixture` -- cycles and random mixtures of the above, with per-kernel acceptance.
+* [`IndependenceMH`][boltzflow.sampling.kernels.IndependenceMH] -- flow independence proposals
+  (global moves);
+* [`MALA`][boltzflow.sampling.kernels.MALA] -- Metropolis-adjusted Langevin;
+* [`HMC`][boltzflow.sampling.kernels.HMC] -- Hamiltonian Monte Carlo
+  ([`leapfrog`][boltzflow.sampling.kernels.leapfrog] is reusable; torus `wrap`);
+* [`LatentHMC`][boltzflow.sampling.kernels.LatentHMC] -- HMC on the flow-pulled-back energy
+  (NeuTra), via [`PulledBackEnergy`][boltzflow.sampling.kernels.PulledBackEnergy];
+* [`Mixture`][boltzflow.sampling.kernels.Mixture] -- cycles and random mixtures of the above, with
+  per-kernel acceptance.
 
-Run them with :func:`boltzflow.sampling.chains.run_chain`.
+Run them with [`boltzflow.sampling.chains.run_chain`][boltzflow.sampling.chains.run_chain].
 """
 
 from boltzflow.sampling.kernels.hmc import (

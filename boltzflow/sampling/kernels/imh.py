@@ -1,29 +1,30 @@
 r"""Independence Metropolis–Hastings with a normalizing-flow proposal.
 
-Every step draws ``x' ~ q`` from the flow, independently of the current point, and accepts with
+Every step draws `x' ~ q` from the flow, independently of the current point, and accepts with
 
-.. math::
-    \alpha = \min\Bigl(1, \frac{p(x')\,q(x)}{p(x)\,q(x')}\Bigr)
-           = \min\bigl(1, e^{\log w(x') - \log w(x)}\bigr), \qquad \log w = -u - \log q,
+$$
+\alpha = \min\Bigl(1, \frac{p(x')\,q(x)}{p(x)\,q(x')}\Bigr)
+       = \min\bigl(1, e^{\log w(x') - \log w(x)}\bigr), \qquad \log w = -u - \log q,
+$$
 
-i.e. ``log_q_ratio = log q(x) - log q(x')`` (Hastings 1970; Tierney 1994, "Markov chains for
+i.e. `log_q_ratio = log q(x) - log q(x')` (Hastings 1970; Tierney 1994, "Markov chains for
 exploring posterior distributions", Ann. Stat. 22, 1701). With a flow this is the global move
 of Boltzmann generators (Noé et al. 2019) and flowMC (Gabrié, Rotskoff & Vanden-Eijnden 2022).
-The chain is uniformly ergodic when ``w`` is bounded; the acceptance rate reflects how well
-``q`` covers ``p``.
+The chain is uniformly ergodic when `w` is bounded; the acceptance rate reflects how well
+`q` covers `p`.
 
 Cost per step: one flow sample (forward pass) and one target evaluation per chain.
 
 Proposals of an independence sampler do not depend on the chain state, so they can all be
-drawn and scored first, in large batches; :func:`imh_sweep` then runs the accept/reject steps
+drawn and scored first, in large batches; `imh_sweep` then runs the accept/reject steps
 over the cached log-weights. It is the one independence-MH loop of the batched runners
-(:func:`~boltzflow.sampling.runners.flow_imh`,
-:func:`~boltzflow.sampling.bayes_anneal.annealed_flow`), and its transition law is exactly that
-of :class:`IndependenceMH`: both accept by the shared
-:func:`~boltzflow.sampling.base.metropolis_hastings_accept` with
-:math:`\log\alpha = \log w(x') - \log w(x)`, and both give a non-finite proposal weight 0
-(:mod:`boltzflow.weights`), so it is never accepted, while a chain at a point of weight 0 accepts
-any proposal of positive weight.
+([`flow_imh`][boltzflow.sampling.runners.flow_imh],
+[`annealed_flow`][boltzflow.sampling.bayes_anneal.annealed_flow]), and its transition law is exactly
+that of [`IndependenceMH`][boltzflow.sampling.kernels.IndependenceMH]: both accept by the shared
+[`metropolis_hastings_accept`][boltzflow.sampling.base.metropolis_hastings_accept] with
+$\log\alpha = \log w(x') - \log w(x)$, and both give a non-finite proposal weight 0
+([`boltzflow.weights`][boltzflow.weights]), so it is never accepted, while a chain at a point of
+weight 0 accepts any proposal of positive weight.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ __all__ = ["IMHState", "IndependenceMH", "IMHSweep", "imh_sweep"]
 
 
 class IMHState(NamedTuple):
-    """State of :class:`IndependenceMH`: positions ``x [chains, *event]``, energies ``u``
-    ``[chains]`` (kT), RNG state, and the cached flow log-density ``log_q = log q(x)`` ``[chains]``.
+    """State of [`IndependenceMH`][boltzflow.sampling.kernels.IndependenceMH]: positions
+    `x [chains, *event]`, energies `u` `[chains]` (kT), RNG state, and the cached flow log-density
+    `log_q = log q(x)` `[chains]`.
     """
 
     x: torch.Tensor
@@ -53,13 +55,13 @@ class IMHState(NamedTuple):
 
 
 class IndependenceMH:
-    r"""Flow independence sampler: propose from ``flow``, accept by the importance-weight ratio.
+    r"""Flow independence sampler: propose from `flow`, accept by the importance-weight ratio.
 
     Args:
-        flow: a :class:`~boltzflow.flows.base.Flow` (held fixed; evaluated without gradients).
-        target: the :class:`~boltzflow.energies.base.Energy` ``u`` with ``p ∝ e^{-u}``.
+        flow: a [`Flow`][boltzflow.flows.base.Flow] (held fixed; evaluated without gradients).
+        target: the [`Energy`][boltzflow.energies.base.Energy] `u` with `p ∝ e^{-u}`.
 
-    ``Info.log_weight`` is ``log w = -u(x) - log q(x)`` of the state after the step.
+    `Info.log_weight` is `log w = -u(x) - log q(x)` of the state after the step.
 
     Example:
         >>> import torch
@@ -84,24 +86,24 @@ class IndependenceMH:
             return self.flow.log_prob(x)
 
     def init(self, x0: torch.Tensor, seed: int | torch.Generator | None = None) -> IMHState:
-        """Start chains at ``x0 [chains, *event]`` (one energy and one ``log q`` evaluation)."""
+        """Start chains at `x0 [chains, *event]` (one energy and one `log q` evaluation)."""
         g = start_generator(x0, seed)
         with torch.no_grad():
             u = self.target.energy(x0)
         return IMHState(x0.detach(), u.detach(), g.get_state(), self._log_q(x0))
 
     def adopt(self, state) -> IMHState:
-        """Take over any state with ``x``, ``energy``, ``rng_state``.
+        """Take over any state with `x`, `energy`, `rng_state`.
 
-        Reuses its energy; ``log q(x)`` is always recomputed (one flow inverse), so a state
+        Reuses its energy; `log q(x)` is always recomputed (one flow inverse), so a state
         cached under another flow is never misread.
         """
         return IMHState(state.x, state.energy, state.rng_state, self._log_q(state.x))
 
     def propose(self, state: IMHState, generator: torch.Generator) -> Proposal:
-        """Draw ``x' ~ q`` for every chain; ``log_q_ratio = log q(x) - log q(x')``.
+        """Draw `x' ~ q` for every chain; `log_q_ratio = log q(x) - log q(x')`.
 
-        A non-finite ``log q(x')`` gives ``log_q_ratio = -inf`` (rejected).
+        A non-finite `log q(x')` gives `log_q_ratio = -inf` (rejected).
         """
         with torch.no_grad():
             draw = self.flow.sample(state.x.shape[0], generator=generator)
@@ -112,7 +114,7 @@ class IndependenceMH:
         return Proposal(x_new, log_q_ratio, u_new, log_q_new)
 
     def step(self, state: IMHState) -> tuple[IMHState, StepInfo]:
-        """One independence proposal per chain, accepted by :func:`mh_update`."""
+        """One independence proposal per chain, accepted by `mh_update`."""
         g = generator_for(state.rng_state, state.x)
         new = mh_update(state.x, state.energy, state.log_q, self.propose(state, g), g)
         log_w = importance_log_weights(new.energy, new.cache)
@@ -121,24 +123,24 @@ class IndependenceMH:
 
 
 class IMHSweep(NamedTuple):
-    """Result of :func:`imh_sweep`: ``index [chains, draws]`` into the flattened proposals
-    (the state each chain holds after each kept step) and ``accepted [chains, draws]``."""
+    """Result of `imh_sweep`: `index [chains, draws]` into the flattened proposals
+    (the state each chain holds after each kept step) and `accepted [chains, draws]`."""
 
     index: torch.Tensor
     accepted: torch.Tensor
 
 
 def imh_sweep(log_w: torch.Tensor, n_warmup: int, generator: torch.Generator) -> IMHSweep:
-    r"""Independence MH over precomputed proposals with log-weights ``log_w [steps + 1, chains]``.
+    r"""Independence MH over precomputed proposals with log-weights `log_w [steps + 1, chains]`.
 
-    Row 0 holds the chains' starting points; at step ``t`` chain ``c`` moves to proposal
-    ``(t, c)`` with probability :math:`\min(1, w_{t,c} / w_{cur})` (one uniform per chain from
-    ``generator``). ``log_w`` must already follow the rule of :mod:`boltzflow.weights`
-    (non-finite → ``-inf``). The first ``n_warmup`` steps are dropped.
+    Row 0 holds the chains' starting points; at step `t` chain `c` moves to proposal
+    `(t, c)` with probability $\min(1, w_{t,c} / w_{cur})$ (one uniform per chain from
+    `generator`). `log_w` must already follow the rule of [`boltzflow.weights`][boltzflow.weights]
+    (non-finite → `-inf`). The first `n_warmup` steps are dropped.
 
     Returns:
-        :class:`IMHSweep` with indices into the flattened ``[(steps + 1) · chains]`` proposals
-        (``t · chains + c``), ``steps - n_warmup`` kept draws per chain.
+        `IMHSweep` with indices into the flattened `[(steps + 1) · chains]` proposals
+        (`t · chains + c`), `steps - n_warmup` kept draws per chain.
     """
     steps, chains = log_w.shape[0] - 1, log_w.shape[1]
     ar = torch.arange(chains, device=log_w.device)

@@ -1,20 +1,22 @@
 r"""HMC in a normalizing flow's latent space (NeuTra / flow-HMC).
 
-With a flow ``x = f(z)`` the target :math:`p(x) \propto e^{-u(x)}` pulls back to the latent
-density :math:`\tilde p(z) = p(f(z))\,|\det J_f(z)|`, i.e. to the energy
+With a flow `x = f(z)` the target $p(x) \propto e^{-u(x)}$ pulls back to the latent
+density $\tilde p(z) = p(f(z))\,|\det J_f(z)|$, i.e. to the energy
 
-.. math::  U(z) = u(f(z)) - \log|\det \partial f/\partial z| .
+$$
+U(z) = u(f(z)) - \log|\det \partial f/\partial z| .
+$$
 
-The flow's base density does **not** enter: if the flow were exact, ``U`` would be the base
-energy (e.g. ``½|z|²`` up to a constant) and HMC would see an isotropic Gaussian. HMC on ``U``
-(:class:`~boltzflow.sampling.kernels.hmc.HMC`) therefore samples ``z`` whose image ``f(z)`` is
-exactly distributed as ``p``, for any invertible ``f``; a good flow only makes it mix faster.
-``∫ e^{-U(z)} dz = ∫ e^{-u(x)} dx``, so ``log Z`` is unchanged.
+The flow's base density does **not** enter: if the flow were exact, `U` would be the base
+energy (e.g. `½|z|²` up to a constant) and HMC would see an isotropic Gaussian. HMC on `U`
+([`HMC`][boltzflow.sampling.kernels.HMC]) therefore samples `z` whose image `f(z)` is
+exactly distributed as `p`, for any invertible `f`; a good flow only makes it mix faster.
+`∫ e^{-U(z)} dz = ∫ e^{-u(x)} dx`, so `log Z` is unchanged.
 
 References: Hoffman et al. (2019), "NeuTra-lizing bad geometry in Hamiltonian Monte Carlo using
 neural transport", arXiv:1903.03704; Foreman et al. (2021), "HMC with normalizing flows",
 arXiv:2112.01586. Local moves in latent space cannot cross between well separated modes
-(Grenioux et al. 2023); mix them with :class:`~boltzflow.sampling.kernels.imh.IndependenceMH`.
+(Grenioux et al. 2023); mix them with [`IndependenceMH`][boltzflow.sampling.kernels.IndependenceMH].
 """
 
 from __future__ import annotations
@@ -35,11 +37,11 @@ __all__ = ["PulledBackEnergy", "LatentHMCState", "LatentHMC"]
 
 
 class PulledBackEnergy(Energy):
-    r"""The target pulled back through a flow: ``U(z) = u(f(z)) - ladj(z)`` in kT.
+    r"""The target pulled back through a flow: `U(z) = u(f(z)) - ladj(z)` in kT.
 
-    ``event_shape`` is the flow's latent shape; each evaluation costs one flow forward pass and
-    one target evaluation (counted by both this energy and ``target``). ``log_z`` equals the
-    target's. Temperature acts on ``u`` only: :meth:`at_temperature` pulls back the tempered
+    `event_shape` is the flow's latent shape; each evaluation costs one flow forward pass and
+    one target evaluation (counted by both this energy and `target`). `log_z` equals the
+    target's. Temperature acts on `u` only: `at_temperature` pulls back the tempered
     target, never rescales the log-det.
     """
 
@@ -58,8 +60,9 @@ class PulledBackEnergy(Energy):
 
 
 class LatentHMCState(NamedTuple):
-    """State of :class:`LatentHMC`: configuration ``x = f(z)``, target energy ``u(x)`` (kT),
-    RNG state, latent point ``z``, latent energy ``U(z)`` and its gradient ``∂U/∂z``."""
+    """State of [`LatentHMC`][boltzflow.sampling.kernels.LatentHMC]: configuration `x = f(z)`,
+    target energy `u(x)` (kT), RNG state, latent point `z`, latent energy `U(z)` and its gradient
+    `∂U/∂z`."""
 
     x: torch.Tensor
     energy: torch.Tensor
@@ -70,15 +73,16 @@ class LatentHMCState(NamedTuple):
 
 
 class LatentHMC:
-    r"""HMC on :class:`PulledBackEnergy` (NeuTra); states and infos report ``x = f(z)``.
+    r"""HMC on [`PulledBackEnergy`][boltzflow.sampling.kernels.PulledBackEnergy] (NeuTra); states
+    and infos report `x = f(z)`.
 
     Args:
-        target: the :class:`~boltzflow.energies.base.Energy` ``u`` (kT).
-        flow: an invertible :class:`~boltzflow.flows.base.Flow` (held fixed).
+        target: the [`Energy`][boltzflow.energies.base.Energy] `u` (kT).
+        flow: an invertible [`Flow`][boltzflow.flows.base.Flow] (held fixed).
         step_size, n_leapfrog, mass, wrap, jitter: as for
-            :class:`~boltzflow.sampling.kernels.hmc.HMC`, acting in latent space.
+            [`HMC`][boltzflow.sampling.kernels.HMC], acting in latent space.
 
-    ``Info.log_weight`` is ``-u(x) - log q(x) = -U(z) - log p_z(z)``, the flow's importance
+    `Info.log_weight` is `-u(x) - log q(x) = -U(z) - log p_z(z)`, the flow's importance
     weight of the current point (a free diagnostic of flow quality).
     """
 
@@ -102,7 +106,7 @@ class LatentHMC:
         )
 
     def _from_latent(self, x: torch.Tensor, inner: GradientState) -> LatentHMCState:
-        """Build the state from a latent HMC state at ``z`` with ``x = f(z)`` already known."""
+        """Build the state from a latent HMC state at `z` with `x = f(z)` already known."""
         return LatentHMCState(
             x, self._target_energy(inner), inner.rng_state, inner.x, inner.energy, inner.grad
         )
@@ -118,14 +122,14 @@ class LatentHMC:
             return self.flow.inverse(x)[0]
 
     def init(self, x0: torch.Tensor, seed: int | torch.Generator | None = None) -> LatentHMCState:
-        """Start at ``z0 = f⁻¹(x0)`` (one flow inverse, one energy + gradient evaluation)."""
+        """Start at `z0 = f⁻¹(x0)` (one flow inverse, one energy + gradient evaluation)."""
         inner = self.hmc.init(self._to_latent(x0), seed)
         return self._from_latent(x0.detach(), inner)
 
     def adopt(self, state) -> LatentHMCState:
-        """Take over any state with ``x``, ``energy``, ``rng_state``.
+        """Take over any state with `x`, `energy`, `rng_state`.
 
-        The latent point, ``U`` and ``∂U/∂z`` are always recomputed from ``x`` (one flow inverse
+        The latent point, `U` and `∂U/∂z` are always recomputed from `x` (one flow inverse
         and one energy + gradient evaluation), so a state from another flow is never misread.
         """
         inner = self.hmc.init(self._to_latent(state.x), seed=0)  # RNG replaced below
@@ -133,7 +137,7 @@ class LatentHMC:
         return self._from_latent(state.x, inner)
 
     def step(self, state: LatentHMCState) -> tuple[LatentHMCState, StepInfo]:
-        """One HMC step in latent space; ``x``, ``u`` follow through ``f``."""
+        """One HMC step in latent space; `x`, `u` follow through `f`."""
         inner = GradientState(state.z, state.latent_energy, state.rng_state, state.latent_grad)
         inner, hmc_info = self.hmc.step(inner)
         acc = hmc_info.accepted

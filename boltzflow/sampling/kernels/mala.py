@@ -1,17 +1,19 @@
 r"""Metropolis-adjusted Langevin algorithm (MALA).
 
-Proposal (one Euler–Maruyama step of overdamped Langevin dynamics with time step ``τ``):
+Proposal (one Euler–Maruyama step of overdamped Langevin dynamics with time step `τ`):
 
-.. math::
-    x' = x - \tau\,\nabla u(x) + \sqrt{2\tau}\,\xi, \qquad \xi \sim \mathcal N(0, I),
+$$
+x' = x - \tau\,\nabla u(x) + \sqrt{2\tau}\,\xi, \qquad \xi \sim \mathcal N(0, I),
+$$
 
-so :math:`\log q(x' \mid x) = -\lVert x' - x + \tau \nabla u(x) \rVert^2 / (4\tau) + c`, and the
+so $\log q(x' \mid x) = -\lVert x' - x + \tau \nabla u(x) \rVert^2 / (4\tau) + c$, and the
 asymmetric correction is
 
-.. math::
-    \log q_{ratio} = \log q(x \mid x') - \log q(x' \mid x)
-    = \frac{\lVert x' - x + \tau\nabla u(x)\rVert^2
-            - \lVert x - x' + \tau\nabla u(x')\rVert^2}{4\tau}.
+$$
+\log q_{ratio} = \log q(x \mid x') - \log q(x' \mid x)
+= \frac{\lVert x' - x + \tau\nabla u(x)\rVert^2
+        - \lVert x - x' + \tau\nabla u(x')\rVert^2}{4\tau}.
+$$
 
 Reference: Roberts & Tweedie (1996), "Exponential convergence of Langevin distributions and their
 discrete approximations", Bernoulli 2, 341. Cost per step: one energy and gradient evaluation
@@ -41,8 +43,8 @@ __all__ = ["GradientState", "MALA"]
 
 
 class GradientState(NamedTuple):
-    """State of gradient-based kernels (MALA, HMC): positions ``x [chains, *event]``, reduced
-    energies ``u [chains]`` (kT), RNG state, and the cached gradient ``∂u/∂x`` (shape of ``x``).
+    """State of gradient-based kernels (MALA, HMC): positions `x [chains, *event]`, reduced
+    energies `u [chains]` (kT), RNG state, and the cached gradient `∂u/∂x` (shape of `x`).
     """
 
     x: torch.Tensor
@@ -56,14 +58,14 @@ def _sum_event(t: torch.Tensor) -> torch.Tensor:
 
 
 class MALA:
-    r"""MALA kernel ``x' = x - τ ∇u(x) + √(2τ) ξ`` with the Metropolis–Hastings correction.
+    r"""MALA kernel `x' = x - τ ∇u(x) + √(2τ) ξ` with the Metropolis–Hastings correction.
 
     Args:
-        target: the :class:`~boltzflow.energies.base.Energy` ``u`` (kT), differentiable in ``x``.
-        step_size: ``τ > 0`` (units of ``x``², per kT). A float, or a tensor broadcastable to
-            ``[chains, 1, ...]`` for per-chain step sizes.
+        target: the [`Energy`][boltzflow.energies.base.Energy] `u` (kT), differentiable in `x`.
+        step_size: `τ > 0` (units of `x`², per kT). A float, or a tensor broadcastable to
+            `[chains, 1, ...]` for per-chain step sizes.
 
-    ``Info.log_weight`` is zero (no importance weight is defined for a local kernel).
+    `Info.log_weight` is zero (no importance weight is defined for a local kernel).
     """
 
     State = GradientState
@@ -75,15 +77,15 @@ class MALA:
         self.step_size = step_size
 
     def init(self, x0: torch.Tensor, seed: int | torch.Generator | None = None) -> GradientState:
-        """Start chains at ``x0 [chains, *event]`` (one energy + gradient evaluation)."""
+        """Start chains at `x0 [chains, *event]` (one energy + gradient evaluation)."""
         g = start_generator(x0, seed)
         u, grad = energy_and_grad(self.target, x0)
         warn_nonfinite_start(u, grad, type(self).__name__)
         return GradientState(x0.detach(), u, g.get_state(), grad)
 
     def adopt(self, state) -> GradientState:
-        """Take over a state with ``x``, ``energy``, ``rng_state``; reuses a cached ``grad``
-        (also from inside a :class:`~boltzflow.sampling.kernels.mixture.MixtureState`)."""
+        """Take over a state with `x`, `energy`, `rng_state`; reuses a cached `grad`
+        (also from inside a [`MixtureState`][boltzflow.sampling.kernels.MixtureState])."""
         state = getattr(state, "inner", state)
         if isinstance(state, GradientState):
             return state
@@ -91,7 +93,7 @@ class MALA:
         return GradientState(state.x, u, state.rng_state, grad)
 
     def propose(self, state: GradientState, generator: torch.Generator) -> Proposal:
-        """Langevin proposal with the asymmetric ``log_q_ratio`` (module docstring)."""
+        """Langevin proposal with the asymmetric `log_q_ratio` (module docstring)."""
         x = state.x
         tau = like(self.step_size, x)
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -103,7 +105,7 @@ class MALA:
         return Proposal(x_new, log_q_ratio, u_new, grad_new)
 
     def step(self, state: GradientState) -> tuple[GradientState, StepInfo]:
-        """One Langevin proposal per chain, accepted by :func:`mh_update`."""
+        """One Langevin proposal per chain, accepted by `mh_update`."""
         g = generator_for(state.rng_state, state.x)
         new = mh_update(state.x, state.energy, state.grad, self.propose(state, g), g)
         info = StepInfo(new.accepted, new.acceptance_prob, new.energy, torch.zeros_like(new.energy))
@@ -111,7 +113,7 @@ class MALA:
 
 
 def _tau_per_chain(tau: float | torch.Tensor, x: torch.Tensor) -> float | torch.Tensor:
-    """The step size as a scalar or a ``[chains]`` tensor (for per-chain step sizes)."""
+    """The step size as a scalar or a `[chains]` tensor (for per-chain step sizes)."""
     if isinstance(tau, torch.Tensor) and tau.numel() > 1:
         return tau.reshape(x.shape[0], -1)[:, 0]
     return float(tau)

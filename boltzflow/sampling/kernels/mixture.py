@@ -1,13 +1,13 @@
 r"""Composite kernels: cycles and random mixtures of Metropolis–Hastings kernels.
 
-If every kernel :math:`K_k` leaves :math:`p` invariant, so does the cycle
-:math:`K_1^{r_1} \cdots K_n^{r_n}` and the random-scan mixture :math:`\sum_k w_k K_k`
+If every kernel $K_k$ leaves $p$ invariant, so does the cycle
+$K_1^{r_1} \cdots K_n^{r_n}$ and the random-scan mixture $\sum_k w_k K_k$
 (Tierney 1994, "Markov chains for exploring posterior distributions", Ann. Stat. 22, 1701,
 §2.4). The typical use is local moves (MALA, HMC, latent HMC) interleaved with global flow
 independence moves, as in flowMC (Gabrié, Rotskoff & Vanden-Eijnden 2022, PNAS 119,
 e2109420119) and Grenioux et al. (2023).
 
-All kernels must target the same energy. Kernels exchange states through their ``adopt``
+All kernels must target the same energy. Kernels exchange states through their `adopt`
 method, which reuses the cached energy (and gradient, between MALA and HMC) and recomputes the
 rest; this costs at most one extra evaluation per switch. In random mode the kernel is chosen
 once per step for all chains (a single draw from the chain RNG), which keeps every kernel
@@ -27,8 +27,8 @@ __all__ = ["MixtureState", "MixtureInfo", "Mixture"]
 
 
 class MixtureState(NamedTuple):
-    """State of :class:`Mixture`: ``x``, ``energy``, ``rng_state`` of the current inner state,
-    the inner state itself and the index of the kernel it belongs to."""
+    """State of [`Mixture`][boltzflow.sampling.kernels.Mixture]: `x`, `energy`, `rng_state` of the
+    current inner state, the inner state itself and the index of the kernel it belongs to."""
 
     x: torch.Tensor
     energy: torch.Tensor
@@ -38,15 +38,16 @@ class MixtureState(NamedTuple):
 
 
 class MixtureInfo(NamedTuple):
-    """Per-step diagnostics of :class:`Mixture`, each with leading dim ``[chains]``.
+    """Per-step diagnostics of [`Mixture`][boltzflow.sampling.kernels.Mixture], each with leading
+    dim `[chains]`.
 
-    * ``accepted``: whether the chain moved during the step (any sub-step accepted);
-    * ``acceptance_prob``: mean acceptance probability over the sub-steps;
-    * ``energy``, ``log_weight``: of the final state (``log_weight`` from the last sub-step);
-    * ``kernel_accepted`` ``[chains, K]``: accepted sub-steps per kernel;
-    * ``kernel_acceptance_prob`` ``[chains, K]``: summed acceptance probabilities per kernel;
-    * ``kernel_steps`` ``[chains, K]``: sub-steps per kernel (divide to get rates, see
-      :meth:`Mixture.acceptance_rates`).
+    * `accepted`: whether the chain moved during the step (any sub-step accepted);
+    * `acceptance_prob`: mean acceptance probability over the sub-steps;
+    * `energy`, `log_weight`: of the final state (`log_weight` from the last sub-step);
+    * `kernel_accepted` `[chains, K]`: accepted sub-steps per kernel;
+    * `kernel_acceptance_prob` `[chains, K]`: summed acceptance probabilities per kernel;
+    * `kernel_steps` `[chains, K]`: sub-steps per kernel (divide to get rates, see
+      [`Mixture.acceptance_rates`][boltzflow.sampling.kernels.Mixture.acceptance_rates]).
     """
 
     accepted: torch.Tensor
@@ -59,15 +60,17 @@ class MixtureInfo(NamedTuple):
 
 
 class Mixture:
-    r"""Cycle through kernels (``repeats``) or pick one at random each step (``weights``).
+    r"""Cycle through kernels (`repeats`) or pick one at random each step (`weights`).
 
     Args:
-        kernels: kernels with ``init``, ``step`` and ``adopt``, all targeting the same energy.
-        repeats: cycle mode (default, one repeat each): one :meth:`step` runs ``repeats[k]``
-            steps of kernel ``k`` for ``k = 0..K-1`` in order, e.g. ``(10, 1)`` for ten MALA
-            steps then one flow independence step.
-        weights: random mode: one :meth:`step` runs one step of kernel ``k`` chosen with
-            probability ``weights[k] / Σ weights``. Give ``repeats`` or ``weights``, not both.
+        kernels: kernels with `init`, `step` and `adopt`, all targeting the same energy.
+        repeats: cycle mode (default, one repeat each): one
+            [`step`][boltzflow.sampling.kernels.Mixture.step] runs `repeats[k]` steps of kernel `k`
+            for `k = 0..K-1` in order, e.g. `(10, 1)` for ten MALA steps then one flow independence
+            step.
+        weights: random mode: one [`step`][boltzflow.sampling.kernels.Mixture.step] runs one step of
+            kernel `k` chosen with probability `weights[k] / Σ weights`. Give `repeats` or
+            `weights`, not both.
 
     Example:
         >>> import torch
@@ -110,19 +113,19 @@ class Mixture:
             self.repeats = r
 
     def init(self, x0: torch.Tensor, seed: int | torch.Generator | None = None) -> MixtureState:
-        """Initialise with the first kernel (its ``init`` cost)."""
+        """Initialise with the first kernel (its `init` cost)."""
         inner = self.kernels[0].init(x0, seed)
         return MixtureState(inner.x, inner.energy, inner.rng_state, inner, 0)
 
     def adopt(self, state) -> MixtureState:
-        """Wrap any state with ``x``, ``energy``, ``rng_state`` (handed to the first kernel)."""
+        """Wrap any state with `x`, `energy`, `rng_state` (handed to the first kernel)."""
         if isinstance(state, MixtureState):
             return state
         inner = self.kernels[0].adopt(state)
         return MixtureState(inner.x, inner.energy, inner.rng_state, inner, 0)
 
     def _schedule(self, state: MixtureState) -> tuple[list[tuple[int, int]], torch.Tensor]:
-        """``[(kernel, n_steps), ...]`` for this step, and the RNG state after choosing."""
+        """`[(kernel, n_steps), ...]` for this step, and the RNG state after choosing."""
         if self.weights is None:
             return [(k, r) for k, r in enumerate(self.repeats) if r > 0], state.rng_state
         g = generator_for(state.rng_state, state.x)
@@ -135,7 +138,8 @@ class Mixture:
         return [(k, 1)], g.get_state()
 
     def step(self, state: MixtureState) -> tuple[MixtureState, MixtureInfo]:
-        """Run this step's schedule; per-kernel counts go to :class:`MixtureInfo`."""
+        """Run this step's schedule; per-kernel counts go to
+        [`MixtureInfo`][boltzflow.sampling.kernels.MixtureInfo]."""
         schedule, rng_state = self._schedule(state)
         inner, index = state.inner._replace(rng_state=rng_state), state.index
         n_chains, n_kernels = state.x.shape[0], len(self.kernels)
@@ -161,7 +165,7 @@ class Mixture:
 
     @staticmethod
     def acceptance_rates(kernel_accepted: torch.Tensor, kernel_steps: torch.Tensor) -> torch.Tensor:
-        """Acceptance rate per kernel ``[K]`` from stacked ``kernel_accepted``/``kernel_steps``
-        (any leading dims, e.g. ``[chains, draws, K]``); NaN for a kernel that never ran."""
+        """Acceptance rate per kernel `[K]` from stacked `kernel_accepted`/`kernel_steps`
+        (any leading dims, e.g. `[chains, draws, K]`); NaN for a kernel that never ran."""
         k = kernel_accepted.shape[-1]
         return kernel_accepted.reshape(-1, k).sum(0) / kernel_steps.reshape(-1, k).sum(0)
