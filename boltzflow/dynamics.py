@@ -37,6 +37,11 @@ __all__ = [
     "EnergyDrift",
     "potential_and_force",
     "maxwell_boltzmann",
+    "kinetic",
+    "VerletStep",
+    "BAOABStep",
+    "verlet_step",
+    "baoab_step",
     "velocity_verlet",
     "langevin",
     "energy_drift",
@@ -111,13 +116,73 @@ def maxwell_boltzmann(
     return noise * torch.sqrt(kT / torch.as_tensor(mass, dtype=like.dtype, device=like.device))
 
 
-def _kinetic(v: torch.Tensor, mass) -> torch.Tensor:
+def kinetic(v: torch.Tensor, mass=1.0) -> torch.Tensor:
+    r"""Kinetic energy $\tfrac12 \sum_i m_i v_i^2$ per configuration, `[batch]` (kT)."""
     return 0.5 * (mass * v * v).reshape(v.shape[0], -1).sum(-1)
+
+
+class VerletStep(NamedTuple):
+    """One velocity-Verlet step: new `x`, `v`, and `u(x)` (kT), `-∂u/∂x` there."""
+
+    x: torch.Tensor
+    v: torch.Tensor
+    energy: torch.Tensor
+    force: torch.Tensor
+
+
+class BAOABStep(NamedTuple):
+    r"""One BAOAB step: new `x`, `v`, `u(x)`, `-∂u/∂x` and the O step's `heat`
+    $K(v_\text{after O}) - K(v_\text{before O})$ `[batch]` (kT)."""
+
+    x: torch.Tensor
+    v: torch.Tensor
+    energy: torch.Tensor
+    force: torch.Tensor
+    heat: torch.Tensor
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def verlet_step(x, v, force, potential_force, dt, mass=1.0, wrap=_identity) -> VerletStep:
+    r"""One velocity-Verlet step (B A B) from `(x, v)` with `force = -∂u/∂x` at `x`.
+
+    `potential_force(x) -> (u, F)` is called once, at the new position. Nothing is
+    detached here, so a differentiable `potential_force` (one that builds the graph of its
+    force) makes the step differentiable in `x`, `v` and `dt` (stochastic flow blocks
+    rely on this; `velocity_verlet` passes detached values).
+    """
+    v = v + 0.5 * dt * force / mass
+    x = wrap(x + dt * v)
+    u, force = potential_force(x)
+    return VerletStep(x, v + 0.5 * dt * force / mass, u, force)
+
+
+def baoab_step(
+    x, v, force, potential_force, dt, decay, noise, kT=1.0, mass=1.0, wrap=_identity
+) -> BAOABStep:
+    r"""One BAOAB step of underdamped Langevin dynamics (Leimkuhler & Matthews 2013).
+
+    B, A, then O: $v \leftarrow a v + \sqrt{(1-a^2)\,kT/m}\,\xi$ with
+    $a$ = `decay` $= e^{-\gamma\Delta t}$ and `noise` $= \xi$, then A, B.
+    The O step's kinetic-energy change is returned as `heat`; the B and A maps are
+    volume preserving, so `heat` is what a path weight needs (Sivak, Chodera & Crooks 2013,
+    Phys. Rev. X 3, 011007). Differentiable as `verlet_step`.
+    """
+    v = v + 0.5 * dt * force / mass
+    x = wrap(x + 0.5 * dt * v)
+    k_before = kinetic(v, mass)
+    v = decay * v + ((1 - decay * decay) * kT / mass) ** 0.5 * noise
+    heat = kinetic(v, mass) - k_before
+    x = wrap(x + 0.5 * dt * v)
+    u, force = potential_force(x)
+    return BAOABStep(x, v + 0.5 * dt * force / mass, u, force, heat)
 
 
 def _wrapper(periodic, like: torch.Tensor):
     if periodic is None:
-        return lambda x: x
+        return _identity
     mask = torch.as_tensor(periodic, dtype=torch.bool, device=like.device)
     mask = mask.expand(like.shape[1:]) if mask.dim() == 0 else mask.reshape(like.shape[1:])
     return lambda x: torch.where(mask, torch.remainder(x + math.pi, 2 * math.pi) - math.pi, x)
@@ -129,7 +194,7 @@ class _Recorder:
 
     def __call__(self, step, x, v, u, mass):
         if step % self.every == 0:
-            self.frames.append((step, x.clone(), v.clone(), u.clone(), _kinetic(v, mass)))
+            self.frames.append((step, x.clone(), v.clone(), u.clone(), kinetic(v, mass)))
 
     def trajectory(self) -> Trajectory:
         steps, xs, vs, us, ks = zip(*self.frames, strict=True)
@@ -171,11 +236,9 @@ def velocity_verlet(
     x, v = wrap(x.detach()), v.detach().clone()
     u, f = potential_and_force(energy, x)
     rec(0, x, v, u, mass)
+    pf = lambda y: potential_and_force(energy, y)  # noqa: E731
     for step in range(1, int(n_steps) + 1):
-        v = v + 0.5 * dt * f / mass
-        x = wrap(x + dt * v)
-        u, f = potential_and_force(energy, x)
-        v = v + 0.5 * dt * f / mass
+        x, v, u, f = verlet_step(x, v, f, pf, dt, mass, wrap)
         rec(step, x, v, u, mass)
     return rec.trajectory()
 
@@ -214,18 +277,13 @@ def langevin(
     x = wrap(x.detach())
     v = maxwell_boltzmann(x, mass, kT, generator) if v is None else v.detach().clone()
     decay = math.exp(-friction * dt)
-    noise_scale = torch.sqrt(
-        (1 - decay**2) * kT / torch.as_tensor(mass, dtype=x.dtype, device=x.device)
-    )
+    m = torch.as_tensor(mass, dtype=x.dtype, device=x.device)
+    pf = lambda y: potential_and_force(energy, y)  # noqa: E731
     u, f = potential_and_force(energy, x)
     rec(0, x, v, u, mass)
     for step in range(1, int(n_steps) + 1):
-        v = v + 0.5 * dt * f / mass
-        x = wrap(x + 0.5 * dt * v)
-        v = decay * v + noise_scale * torch.empty_like(v).normal_(generator=generator)
-        x = wrap(x + 0.5 * dt * v)
-        u, f = potential_and_force(energy, x)
-        v = v + 0.5 * dt * f / mass
+        noise = torch.empty_like(v).normal_(generator=generator)
+        x, v, u, f, _ = baoab_step(x, v, f, pf, dt, decay, noise, kT, m, wrap)
         rec(step, x, v, u, mass)
     return rec.trajectory()
 

@@ -12,8 +12,10 @@ $$
 \log q(x) = \log p_z(z) - \mathrm{ladj}(z), \qquad z = f^{-1}(x).
 $$
 
-Stochastic layers may return a path log-weight increment in place of `ladj`; the
-layer contract "returns `(y, dlogp)`" is shared by both.
+Stochastic layers (`boltzflow.flows.stochastic`) return a path
+log-weight increment in place of `ladj`; the layer contract "returns `(y, dlogp)`" is shared by
+both. A flow holding one is *stochastic*: its `sample` returns a `PathSample` whose `log_q` is
+the path log-density, and `log_prob` raises `PathDensityError`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from torch import nn
 __all__ = [
     "TransformResult",
     "FlowSample",
+    "PathSample",
+    "PathDensityError",
     "Transform",
     "Compose",
     "Flow",
@@ -50,13 +54,35 @@ class FlowSample(NamedTuple):
     z: torch.Tensor
     log_q: torch.Tensor
 
+    #: `False`: `log_q` is the density of `x`; `True` for a `PathSample`.
+    is_path = False
+
+
+class PathSample(FlowSample):
+    r"""A draw of a stochastic flow: `log_q` is the log-density of the sampled path,
+    $\log p_z(z) - \sum_t \delta_t$ (log-dets and path increments), not of `x` alone.
+
+    $\log w = -u(x) - \log q$ is still an exact importance log-weight of `x`
+    (Wu, Köhler & Noé 2020), so reweighting treats both kinds alike.
+    """
+
+    __slots__ = ()
+    is_path = True
+
+
+class PathDensityError(TypeError):
+    """Raised by `Flow.log_prob` of a stochastic flow: only path weights exist."""
+
 
 class Transform(nn.Module):
     """A bijection with tractable log-det. Subclasses implement `forward` and `inverse`.
 
     Both methods take `Tensor[batch, *event_shape]` and return a
-    [`TransformResult`][boltzflow.flows.base.TransformResult].
+    [`TransformResult`][boltzflow.flows.base.TransformResult]. Stochastic blocks set
+    `stochastic = True` and take a `generator` keyword.
     """
+
+    stochastic = False
 
     def forward(self, z: torch.Tensor) -> TransformResult:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -91,17 +117,26 @@ class Compose(Transform):
             transforms = tuple(transforms[0])
         self.transforms = nn.ModuleList(transforms)
 
-    def forward(self, z):
+    @property
+    def stochastic(self) -> bool:
+        """True when some member is a stochastic block (it then takes a ``generator``)."""
+        return any(t.stochastic for t in self.transforms)
+
+    @staticmethod
+    def _call(method, t, y, generator):
+        return method(y, generator=generator) if t.stochastic else method(y)
+
+    def forward(self, z, generator: torch.Generator | None = None):
         ladj = z.new_zeros(z.shape[0])
         for t in self.transforms:
-            z, l = t.forward(z)
+            z, l = self._call(t.forward, t, z, generator)
             ladj = ladj + l
         return TransformResult(z, ladj)
 
-    def inverse(self, x):
+    def inverse(self, x, generator: torch.Generator | None = None):
         ladj = x.new_zeros(x.shape[0])
         for t in reversed(self.transforms):
-            x, l = t.inverse(x)
+            x, l = self._call(t.inverse, t, x, generator)
             ladj = ladj + l
         return TransformResult(x, ladj)
 
@@ -141,14 +176,50 @@ class Flow(nn.Module):
         """Configuration → latent: `(z, log|det ∂z/∂x|)`."""
         return self.transform.inverse(x)
 
+    @property
+    def is_stochastic(self) -> bool:
+        """True when the transform holds stochastic blocks (then only path weights exist)."""
+        return bool(self.transform.stochastic)
+
     def sample(self, n: int, generator: torch.Generator | None = None) -> FlowSample:
-        """Draw `n` configurations with their log-density, in one pass."""
+        """Draw `n` configurations with their log-density, in one pass.
+
+        For a stochastic flow the draw is a `PathSample` (`log_q` of the path), and
+        `generator` also drives the blocks' noise.
+        """
         z = self.base.sample(n, generator=generator)
+        if self.is_stochastic:
+            x, dlogp = self.transform.forward(z, generator=generator)
+            return PathSample(x, z, self.base.log_prob(z) - dlogp)
         x, ladj = self.transform.forward(z)
         return FlowSample(x, z, self.base.log_prob(z) - ladj)
 
+    def backward_path(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        r"""Run the flow backwards from `x`: a `PathSample` `(x, z, log_q)` with `log_q` the
+        forward-path log-density of the sampled backward path.
+
+        $-E_{x\sim p}[\log q]$ is the forward KL between the path measures up to a constant
+        (the SNF maximum-likelihood loss, Wu et al. 2020). For a deterministic flow it equals
+        `log_prob(x)`.
+        """
+        z, ladj_inv = self.transform.inverse(x, generator=generator)
+        return PathSample(x, z, self.base.log_prob(z) + ladj_inv)
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        r"""`log q(x) = log p_z(f^{-1}(x)) + log|det ∂f^{-1}/∂x|`, shape `[batch]`."""
+        r"""`log q(x) = log p_z(f^{-1}(x)) + log|det ∂f^{-1}/∂x|`, shape `[batch]`.
+
+        Raises:
+            PathDensityError: the flow is stochastic; its marginal density would need the
+                noise of every block integrated out. Use path weights instead: `sample`
+                (`log_q` of the path) or `backward_path`.
+        """
+        if self.is_stochastic:
+            raise PathDensityError(
+                "this flow contains stochastic blocks: log q(x) does not exist in closed form, "
+                "only path weights do. Use flow.sample(n) (log_q is the path log-density, and "
+                "-u(x) - log_q an exact importance log-weight) or flow.backward_path(x); train "
+                "with the snf_reverse_kl or snf_nll losses."
+            )
         z, ladj_inv = self.transform.inverse(x)
         return self.base.log_prob(z) + ladj_inv
 
