@@ -179,6 +179,7 @@ def spline_coupling_flow(
     seed: int | None = None,
 ) -> Flow:
     r"""Rational-quadratic spline coupling flow (Durkan et al. 2019), circular where periodic.
+    tails: str | None = None,
 
     Defaults scale with `d = prod(event_shape)`: `d = 1` uses `num_layers = 2`
     elementwise splines (no conditioner exists), `d = 2` six couplings, `d ≥ 3` eight;
@@ -197,6 +198,9 @@ def spline_coupling_flow(
         seed: makes the flow deterministic.
 
     Example:
+        tails: `"mtaf"` or `"ttf"` for heavy tails: the same coupling layers in
+            [`tail_adaptive_flow`][boltzflow.flows.tail_builders.tail_adaptive_flow]
+            (tail index read from the target's energy; Euclidean events only).
         >>> flow = spline_coupling_flow(2, seed=0)
         >>> flow.sample(5).x.shape
         torch.Size([5, 2])
@@ -208,6 +212,23 @@ def spline_coupling_flow(
     with _seeded(seed) as gen:
         if dim == 1:
             layers = _elementwise_splines(num_layers, num_bins, tail_bound, per, gen)
+    if tails is not None:
+        from boltzflow.flows.tail_builders import tail_adaptive_flow
+
+        _reject_periodic(per, None, shape, "spline_coupling_flow(tails=...)")
+        return tail_adaptive_flow(
+            target_or_event_shape,
+            tails,
+            num_layers,
+            hidden,
+            num_blocks,
+            num_bins,
+            tail_bound,
+            loc=loc,
+            scale=scale,
+            architecture="coupling",
+            seed=seed,
+        )
         elif per is None:
             layers = [
                 nfa.rq_coupling(m, hidden, num_blocks, num_bins, tail_bound)

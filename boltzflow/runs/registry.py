@@ -60,6 +60,8 @@ TARGETS = Registry(
         "alanine-dipeptide": "boltzflow.molecular.target:AlanineDipeptideTarget",
         "pta-sim": "boltzflow.energies.astro_pta:PTAPosterior",
         "rv-kepler": "boltzflow.energies.astro_rv:RVPosterior",
+        "product-student-t": "boltzflow.energies.heavy_tails:ProductStudentT",
+        "t-regression": "boltzflow.energies.heavy_tails:StudentTRegression",
     },
 )
 
@@ -74,6 +76,7 @@ FLOWS = Registry(
         "smooth-coupling": "boltzflow.flows.smooth_coupling:smooth_coupling_flow",
         "phi4-checkerboard": "boltzflow.flows.lattice:phi4_flow",
         "u1-gauge": "boltzflow.flows.lattice_gauge:u1_gauge_flow",
+        "tail-adaptive": "boltzflow.flows.tail_builders:tail_adaptive_flow",
     },
 )
 
