@@ -51,10 +51,17 @@ def build_target(recipe: Recipe, **runtime):
 
 
 def build_flow(recipe: Recipe, target, seed: int):
-    """Build the recipe's flow for `target` (builders accepting `seed` get it)."""
-    params = {k: v for k, v in recipe.flow.items() if k != "kind"}
+    """Build the recipe's flow for `target` (builders accepting `seed` get it), with the
+    stochastic blocks of a `[flow.stochastic]` table placed into it
+    (`boltzflow.flows.snf.add_stochastic_blocks`)."""
+    params = {k: v for k, v in recipe.flow.items() if k not in ("kind", "stochastic")}
     fn = registry.resolve(registry.FLOWS, recipe.flow["kind"], "flow")
-    return _call_with_supported(fn, target, **params, seed=seed)
+    flow = _call_with_supported(fn, target, **params, seed=seed)
+    if "stochastic" in recipe.flow:
+        from boltzflow.flows.snf import add_stochastic_blocks
+
+        flow = add_stochastic_blocks(flow, target, **recipe.flow["stochastic"])
+    return flow
 
 
 def _device(recipe: Recipe, device: str | None) -> torch.device:
