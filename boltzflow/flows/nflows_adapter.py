@@ -51,6 +51,7 @@ from boltzflow.flows.base import Compose, InverseTransform, Transform, Transform
 __all__ = [
     "NflowsTransform",
     "rq_coupling",
+    "affine_coupling",
     "rq_elementwise",
     "maf",
     "rq_autoregressive",
@@ -122,6 +123,21 @@ def rq_coupling(
         tails="linear",
         tail_bound=tail_bound,
     )
+    return NflowsTransform(layer)
+
+
+def affine_coupling(mask, hidden_features: int = 64, num_blocks: int = 2) -> NflowsTransform:
+    r"""Affine (RealNVP) coupling layer (nflows `AffineCouplingTransform`, Dinh et al. 2017).
+
+    Features with `mask[i] = True` are scaled and shifted, $x_i = s_i z_i + t_i$, with
+    $(s, t)$ from a ResidualNet of the untouched features (nflows: $s = \sigma(h + 2) + 10^{-3}$);
+    `ladj` $= \sum_i \log s_i$.
+    """
+
+    def make_net(in_features: int, out_features: int) -> ResidualNet:
+        return ResidualNet(in_features, out_features, hidden_features, num_blocks=num_blocks)
+
+    layer = nt.AffineCouplingTransform(mask=_as_mask(mask), transform_net_create_fn=make_net)
     return NflowsTransform(layer)
 
 

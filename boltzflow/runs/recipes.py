@@ -206,6 +206,21 @@ def _params(section: dict, drop) -> dict:
     return {k: v for k, v in section.items() if k not in drop}
 
 
+def _check_stochastic(table, path: Path) -> None:
+    """A `[flow.stochastic]` table: known keys (`boltzflow.flows.snf.STOCHASTIC_KEYS`) and
+    block kinds."""
+    from boltzflow.flows.snf import BLOCK_KINDS, STOCHASTIC_KEYS
+
+    if not isinstance(table, dict):
+        raise RecipeError(f"{path}: [flow.stochastic] must be a table")
+    _check_keys(table, STOCHASTIC_KEYS, "flow.stochastic", path)
+    kinds = table.get("kind", "metropolis")
+    for kind in [kinds] if isinstance(kinds, str) else kinds:
+        if kind not in BLOCK_KINDS:
+            known = ", ".join(BLOCK_KINDS)
+            raise RecipeError(f"{path}: [flow.stochastic] unknown kind '{kind}' (known: {known})")
+
+
 def load_recipe(name_or_path: str | os.PathLike, budget: str = "default") -> Recipe:
     """Load, resolve and validate a recipe for `budget`.
 
@@ -237,8 +252,10 @@ def load_recipe(name_or_path: str | os.PathLike, budget: str = "default") -> Rec
     fn = _check_registry(registry.TARGETS, data["target"]["kind"], "target", "target", path)
     _check_kwargs(fn, _params(data["target"], ("kind",)), "target", path)
     fn = _check_registry(registry.FLOWS, data["flow"]["kind"], "flow", "flow", path)
-    flow_params = _params(data["flow"], ("kind",))
+    flow_params = _params(data["flow"], ("kind", "stochastic"))
     _check_kwargs(fn, flow_params, "flow", path, skip_first=True, reserved=("seed",))
+    if "stochastic" in data["flow"]:
+        _check_stochastic(data["flow"]["stochastic"], path)
     fn = _check_registry(registry.SAMPLERS, data["sampling"]["method"], "sampler", "sampling", path)
     skip = ("method", "n_samples", "n_importance")
     sampler_params = _params(data["sampling"], skip)

@@ -69,6 +69,7 @@ FLOWS = Registry(
     "boltzflow.flows",
     {
         "spline-coupling": "boltzflow.flows.builders:spline_coupling_flow",
+        "realnvp": "boltzflow.flows.snf:realnvp_flow",
         "spline-autoregressive": "boltzflow.flows.builders:spline_autoregressive_flow",
         "maf": "boltzflow.flows.builders:maf_flow",
         "circular-spline-coupling": "boltzflow.flows.builders:circular_spline_flow",
@@ -102,6 +103,8 @@ LOSSES = Registry(
         "nll": "boltzflow.training.losses:nll",
         "mixed": "boltzflow.training.losses:mixed_kl",
         "forward_kl_is": "boltzflow.training.losses:forward_kl_is",
+        "snf_reverse_kl": "boltzflow.training.losses:snf_reverse_kl",
+        "snf_nll": "boltzflow.training.losses:snf_nll",
         "force_matching": "boltzflow.training.force_matching:force_matching",
         "nll_force_matching": "boltzflow.training.force_matching:nll_force_matching",
     },

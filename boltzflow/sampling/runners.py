@@ -34,6 +34,7 @@ __all__ = [
     "RunCost",
     "FlowDraws",
     "draw_with_log_weights",
+    "log_q_kind",
     "flow_evidence",
     "independence_chains",
     "start_points",
@@ -190,6 +191,13 @@ def draw_with_log_weights(
     return FlowDraws(torch.cat(xs), torch.cat(lws), torch.cat(us), torch.cat(lqs))
 
 
+def log_q_kind(flow) -> dict:
+    """`{"log_q": "path"}` for a stochastic flow, whose draws carry path log-densities
+    (`boltzflow.flows.base.PathSample`), else `{}`. Runners put it in `info`, so
+    `summary.json` says which quantity the log-weights were built from."""
+    return {"log_q": "path"} if getattr(flow, "is_stochastic", False) else {}
+
+
 def flow_evidence(flow, target, n: int, seed: int = 0) -> dict:
     r"""Evidence $\log Z$ by flow importance sampling of `n` draws (generator seeded
     `seed + 1`): [`reweight`][boltzflow.sampling.reweighting.reweight] as a dict."""
@@ -269,7 +277,10 @@ def importance_sampling(
     g = generator_for_module(flow, seed)
     cost = RunCost(target)
     d = draw_with_log_weights(flow, target, int(n_samples), g, batch_size)
-    return SamplingResult.from_draws(d.x, d.log_weight, d.energy, method="importance", cost=cost)
+    info = log_q_kind(flow)
+    return SamplingResult.from_draws(
+        d.x, d.log_weight, d.energy, method="importance", cost=cost, info=info
+    )
 
 
 def flow_imh(
@@ -301,5 +312,5 @@ def flow_imh(
     g = generator_for_module(flow, seed)
     cost = RunCost(target)
     draws = draw_with_log_weights(flow, target, chains * (warm + n_draws + 1), g, batch_size)
-    info = {"n_warmup": warm}
+    info = {"n_warmup": warm, **log_q_kind(flow)}
     return independence_chains(draws, chains, warm, g, method="imh", cost=cost, info=info)
