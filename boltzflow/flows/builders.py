@@ -68,13 +68,16 @@ def _periodic_mask(periodic, target, shape: torch.Size) -> torch.Tensor | None:
 
 @contextlib.contextmanager
 def _seeded(seed: int | None):
-    """Yield a generator for structural randomness; seed torch's RNG for weight init."""
+    """Yield a generator for structural randomness; seed torch's RNG for weight init.
+
+    Deliberate CPU generators: masks and permutations are drawn on the host, before the flow
+    is moved to its device, so a seed gives the same flow on every device."""
     if seed is None:
         yield torch.Generator().manual_seed(int(torch.randint(2**62, ()).item()))
         return
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        yield torch.Generator().manual_seed(int(seed) + 1)
+        yield torch.Generator().manual_seed(int(seed) + 1)  # deliberate: host, see above
 
 
 def _base(shape: torch.Size, periodic: torch.Tensor | None):
