@@ -31,12 +31,15 @@ def generator_from_state(
     return g
 
 
-def module_device(module: torch.nn.Module) -> torch.device:
-    """Device of `module`'s first parameter (cpu for a module without parameters)."""
+def module_device(module: torch.nn.Module | None) -> torch.device:
+    """Device of `module`'s first parameter (cpu for `None` or a module without
+    parameters)."""
+    if module is None:
+        return torch.device("cpu")
     p = next(iter(module.parameters()), None)
     return p.device if p is not None else torch.device("cpu")
 
 
-def generator_for_module(module: torch.nn.Module, seed: int) -> torch.Generator:
+def generator_for_module(module: torch.nn.Module | None, seed: int) -> torch.Generator:
     """`make_generator(seed)` on the device of `module` (e.g. to draw flow samples)."""
     return make_generator(int(seed), module_device(module))

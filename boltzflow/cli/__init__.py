@@ -2,7 +2,8 @@
 
 * `boltzflow systems` lists the catalogue;
 * `boltzflow run [NAME|PATH] [--budget smoke|default|long] [--seed N] [--out DIR]
-  [--device cpu|cuda] [--workers N] [--scheduler ADDRESS] [--threads N]` runs a recipe end to end;
+  [--device cpu|cuda] [--workers N] [--scheduler ADDRESS] [--threads N] [--nproc N]` runs a
+  recipe end to end;
 * `boltzflow md` and `boltzflow umbrella` ([`boltzflow.cli.md`][boltzflow.cli.md],
   [`boltzflow.cli.umbrella`][boltzflow.cli.umbrella]) make the training data and reference free
   energies of the molecular systems;
@@ -44,13 +45,10 @@ def _cmd_systems(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    if args.threads is not None:
-        if args.threads < 1:
-            print("boltzflow: error: --threads must be >= 1", file=sys.stderr)
+    for flag in ("threads", "nproc"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            print(f"boltzflow: error: --{flag} must be >= 1", file=sys.stderr)
             return 2
-        import torch
-
-        torch.set_num_threads(args.threads)
     from boltzflow.runs.pipeline import run
 
     summary = run(
@@ -61,6 +59,8 @@ def _cmd_run(args) -> int:
         device=args.device,
         workers=args.workers,
         scheduler=args.scheduler,
+        threads=args.threads,
+        nproc=args.nproc,
     )
     rw = summary["reweighting"]
     out = args.out or f"runs/{summary['system']}-{args.budget}-s{args.seed}"
@@ -102,7 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=None, help="energy worker processes")
     r.add_argument("--scheduler", default=None, help="dask.distributed scheduler address")
     r.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: 1 for recipe-sized flows, never more than the cores "
+        "left by the energy workers; see boltzflow.hardware)",
+    )
+    r.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train data-parallel in N processes (torch.distributed: gloo on CPU, NCCL on GPUs)",
     )
     r.set_defaults(func=_cmd_run)
 
@@ -149,6 +159,9 @@ def _unavailable(sub, name: str, where: str, exc: ImportError) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `boltzflow` command."""
+    from boltzflow.hardware import set_passive_wait
+
+    set_passive_wait()  # before anything imports torch: OpenMP reads it once, when loaded
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "unavailable", False):

@@ -258,7 +258,9 @@ class RVPosterior(Posterior):
             raise ValueError(f"expected theta [n, 4] (P, e, M0, s), got {tuple(theta.shape)}")
         _, _, chol, rhs = _linear_system(self, *(theta[:, i : i + 1] for i in range(4)))
         mean = torch.cholesky_solve(rhs, chol)
-        eps = torch.randn(theta.shape[0], 3, 1, generator=generator, dtype=torch.float64)
+        eps = torch.randn(
+            theta.shape[0], 3, 1, generator=generator, dtype=torch.float64, device=theta.device
+        )
         draw = mean + torch.linalg.solve_triangular(chol.transpose(1, 2), eps, upper=True)
         return torch.cat([theta[:, :3], draw[..., 0], theta[:, 3:]], 1)
 

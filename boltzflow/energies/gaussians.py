@@ -156,7 +156,7 @@ def gmm40(
     $\mathrm{softplus}(\text{log\_var\_scaling})$; here it is `scale` (default 1).
     The mixture is normalized: $\log Z = 0$.
     """
-    g = torch.Generator().manual_seed(int(seed))
+    g = torch.Generator().manual_seed(int(seed))  # deliberate CPU generator: FAB's means
     r = torch.rand((int(n_modes), int(dim)), generator=g)
     means = ((r - 0.5) * 2 * float(loc_scaling)).to(torch.float64)
     return GaussianMixture(means, float(scale), None, temperature_scale)
@@ -318,7 +318,7 @@ class CorrelatedGaussian(Energy):
             raise ValueError(
                 f"need dim >= 1 and condition_number >= 1, got {dim}, {condition_number}"
             )
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(seed)  # deliberate CPU generator: seeding the target
         q, r = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
         q = q * torch.sign(torch.diagonal(r))
         expo = (

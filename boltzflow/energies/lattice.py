@@ -150,8 +150,11 @@ class Phi4(Energy):
         """Exact free-field samples $\\phi = C^{1/2}\\xi$ (circulant square root)."""
         if self.lam != 0:
             raise NotImplementedError("exact samples exist only for the free field (lam = 0)")
-        k2 = torch.as_tensor(lattice_exact.lattice_momenta_sq(self.L), dtype=torch.float64)
-        xi = torch.randn((n, self.L, self.L), generator=generator, dtype=torch.float64)
+        dev = generator.device if generator is not None else None  # the generator's device
+        k2 = torch.as_tensor(
+            lattice_exact.lattice_momenta_sq(self.L), dtype=torch.float64, device=dev
+        )
+        xi = torch.randn((n, self.L, self.L), generator=generator, dtype=torch.float64, device=dev)
         filt = (2.0 * (self.m2 + k2)) ** -0.5
         return torch.fft.ifft2(torch.fft.fft2(xi) * filt).real.to(torch.get_default_dtype())
 

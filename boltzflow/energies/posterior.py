@@ -238,6 +238,8 @@ class Posterior(Energy):
 
         Circle coordinates get a Rayleigh radius, so `y` follows the lifted prior exactly.
         """
+        if device is None and generator is not None:
+            device = generator.device  # draws live where the generator does
         blocks = []
         for p in self.parameters:
             y = p.bijection.inverse(

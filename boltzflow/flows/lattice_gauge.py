@@ -227,28 +227,28 @@ class SharedCircularSplines(nn.Module):
         Returns the fitted 1-D KL (nats), by the midpoint rule on 2¹⁶ points (converged to about
         10⁻⁶ nats).
         """
-        gen = torch.Generator().manual_seed(int(seed))
+        gen = torch.Generator(device=self.params.device).manual_seed(int(seed))
         opt = torch.optim.Adam(self.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, int(steps))
         log_i0 = math.log(torch.special.i0e(torch.tensor(float(kappa))).item()) + float(kappa)
-        dtype = self.params.dtype
+        dtype, dev = self.params.dtype, self.params.device
 
         def kl(z: torch.Tensor) -> torch.Tensor:
             """1-D KL estimated at uniform angles `z`."""
             x, lad = self(z)
             return (-lad - kappa * torch.cos(x)).mean() + log_i0
 
-        grid = (torch.arange(n) + 0.5) / n
+        grid = (torch.arange(n, device=dev) + 0.5) / n
         for _ in range(int(steps)):
-            jitter = torch.rand(n, generator=gen) / n  # stratified draws
+            jitter = torch.rand(n, generator=gen, device=dev) / n  # stratified draws
             loss = kl(((grid + jitter - 0.5 / n) * 2.0 - 1.0).to(dtype) * math.pi)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
         with torch.no_grad():  # midpoint rule: spectrally accurate for this periodic integrand
-            z = ((torch.arange(1 << 16, dtype=dtype) + 0.5) / (1 << 15) - 1.0) * math.pi
-            return float(kl(z))
+            z = torch.arange(1 << 16, dtype=dtype, device=dev)
+            return float(kl(((z + 0.5) / (1 << 15) - 1.0) * math.pi))
 
     def forward(self, theta: torch.Tensor, inverse: bool = False):
         """`(h(θ), log h'(θ))` elementwise (or the inverse map and its log-derivative)."""

@@ -178,12 +178,14 @@ def _periodic_mask(periodic, target, dim: int) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _seeded(seed: int | None):
+    """Deliberate CPU generators: structural randomness is drawn on the host, before the flow
+    is moved to its device, so a seed gives the same flow on every device."""
     if seed is None:
         yield torch.Generator().manual_seed(int(torch.randint(2**62, ()).item()))
         return
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        yield torch.Generator().manual_seed(int(seed) + 1)
+        yield torch.Generator().manual_seed(int(seed) + 1)  # deliberate: host, see above
 
 
 def _masks(kind: str, periodic: torch.Tensor, dim: int, num_layers: int, gen) -> list:

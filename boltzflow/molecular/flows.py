@@ -70,6 +70,7 @@ def internal_coordinate_flow(
     if num_layers is not None:
         num_blocks = max(1, int(num_layers) // 4)
     dim = periodic.numel()
+    # deliberate CPU generator: structural masks and shifts, the same flow on every device
     g = torch.Generator().manual_seed(0 if seed is None else int(seed) + 1)
     with torch.random.fork_rng(devices=[]):
         if seed is not None:

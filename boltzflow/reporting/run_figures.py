@@ -80,18 +80,35 @@ def run_figures(target, history: Mapping, importance, out_dir, seed: int) -> dic
         importance: the flow's importance draws, `x [1, n, *event]` and `log_weight [1, n]`.
         out_dir: the run directory (`samples.nc` is already written).
         seed: seeds the target's exact reference samples for the marginals figure.
+
+    The figures the target requests
+    ([`report_figures`][boltzflow.energies.base.Energy.report_figures]) come first; the
+    marginals and 2-D sample figures show the target's named coordinates
+    ([`plot_coordinates`][boltzflow.energies.base.Energy.plot_coordinates]) when it has them.
     """
     out_dir = Path(out_dir)
-    figs = {}
+    x, log_w = importance.x[0], importance.log_weight[0]
+    # the target's own figures (Ramachandran plot, charge history, corner plot) lead the report
+    figs = dict(draw_requested(out_dir, target.report_figures(x, log_w)))
     if len(history.get("loss", [])):
         figures.plot_training(history, out_dir / "training.png")
         figs["Training curve"] = "training.png"
     figures.plot_log_weights(importance.log_weight, out_dir / "log_weights.png")
     figs["Log-weights"] = "log_weights.png"
-    x, log_w = importance.x[0], importance.log_weight[0]
-    if x.dim() == 2 and x.shape[1] <= 64:
+    named = target.plot_coordinates(x)
+    if named is not None:
+        values, labels = named
+        figures.plot_marginals(
+            values, log_w, out_dir / "marginals.png", labels=labels, max_dims=len(labels)
+        )
+        figs["Marginals: flow and reweighted (" + ", ".join(labels) + ")"] = "marginals.png"
+        if len(labels) >= 2:
+            figures.plot_samples_2d(values, log_w, out_dir / "samples_2d.png", labels=labels)
+            figs[f"Samples: {labels[1]} against {labels[0]}"] = "samples_2d.png"
+    elif x.dim() == 2 and x.shape[1] <= 64:
         ref = None
         with contextlib.suppress(NotImplementedError):
+            # deliberate CPU generator: reference draws for a figure, plotted on the host
             ref = target.sample(
                 min(20000, x.shape[0]), generator=torch.Generator().manual_seed(seed)
             )
@@ -101,5 +118,4 @@ def run_figures(target, history: Mapping, importance, out_dir, seed: int) -> dic
             figures.plot_samples_2d(x, log_w, out_dir / "samples_2d.png", centers=target.means)
             figs["Samples (first two coordinates)"] = "samples_2d.png"
     write_report_data(out_dir, target.report_data(x, log_w))
-    figs.update(draw_requested(out_dir, target.report_figures(x, log_w)))
     return figs

@@ -19,6 +19,7 @@ import torch
 import boltzflow
 from boltzflow.progress import logger as stage_log
 from boltzflow.runs import registry
+from boltzflow.runs.processes import run_distributed, set_run_threads
 from boltzflow.runs.recipes import Recipe, load_recipe
 from boltzflow.sampling.reweighting import (
     expectation,
@@ -27,6 +28,7 @@ from boltzflow.sampling.reweighting import (
     reweight,
 )
 from boltzflow.sampling.runners import SamplingResult, importance_sampling
+from boltzflow.training.distributed import world
 
 __all__ = ["run", "build_target", "build_flow"]
 
@@ -228,6 +230,8 @@ def run(
     device: str | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
+    threads: int | None = None,
+    nproc: int = 1,
 ) -> dict:
     """Run a recipe end to end and write the run directory. Returns the summary dict.
 
@@ -238,11 +242,23 @@ def run(
         out: output directory (default `runs/<name>-<budget>-s<seed>`).
         device: `cpu` or `cuda` (default: the recipe's `default_device`).
         workers, scheduler: energy worker pool settings for targets that use one.
+        threads: torch CPU threads during the run (default: the rule of
+            `boltzflow.hardware.plan_threads`: one thread for recipe-sized flows, and never
+            more than the cores the local energy workers leave); restored afterwards.
+        nproc: train data-parallel in this many processes (gloo on CPU, NCCL with one GPU
+            each; `boltzflow.training.distributed`); rank 0 samples and writes the run.
     """
     recipe = load_recipe(name_or_path, budget)  # validates everything before any output
     dev = _device(recipe, device)
     dtype = getattr(torch, recipe.system.get("dtype", "float32"))
     out_dir = Path(out or f"runs/{recipe.name}-{budget}-s{seed}")
+    if int(nproc) > 1:
+        settings = dict(name_or_path=name_or_path, budget=budget, seed=seed, device=device)
+        settings.update(workers=workers, scheduler=scheduler, threads=threads)
+        return run_distributed(int(nproc), dev, out_dir, **settings)
+    rank = world()[0]
+    if dev.type == "cuda" and world()[1] > 1:  # one GPU per process
+        dev = torch.device("cuda", rank % torch.cuda.device_count())
     runtime = {
         "workers": workers,
         "scheduler": scheduler,
@@ -259,12 +275,15 @@ def run(
         target = build_target(recipe, **runtime)
         stack.callback(target.close)
         flow = build_flow(recipe, target, seed).to(device=dev, dtype=dtype)
+        set_run_threads(stack, threads, flow, recipe, target)
         out_dir.mkdir(parents=True, exist_ok=True)
 
         t0 = time.perf_counter()
         steps = sum(int(st["steps"]) for st in recipe.stages)
         stage_log.info("training: %d stages, %d steps", len(recipe.stages), steps)
         training = _train(flow, target, recipe, seed, out_dir)
+        if rank != 0:  # the other processes only help to train
+            return {}
         train_summary = {
             "loss": "+".join(st["loss"] for st in recipe.stages) or "none",
             "steps": training.steps if training else 0,

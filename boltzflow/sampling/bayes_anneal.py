@@ -44,6 +44,7 @@ import torch
 
 from boltzflow.flows.affine import ElementwiseAffine
 from boltzflow.flows.base import frozen
+from boltzflow.rng import generator_for_module
 from boltzflow.sampling.proposals import defensive_proposal, prior_energy
 from boltzflow.sampling.reweighting import reweight
 from boltzflow.sampling.runners import (
@@ -189,7 +190,7 @@ def annealed_training(
         $\beta$), the final `ess_fraction` at $\beta = 1$, `evaluations` and
         `seconds`.
     """
-    g = torch.Generator().manual_seed(int(seed))
+    g = generator_for_module(flow, int(seed))
     dtype = next(flow.parameters()).dtype
     t0, n0 = time.perf_counter(), target.n_evaluations
     prior = target.sample_prior(int(prior_samples), generator=g, dtype=dtype)
@@ -287,7 +288,7 @@ def annealed_flow(
         defensive=defensive, defensive_scale=defensive_scale, defensive_prior=defensive_prior
     )
     train_info = annealed_training(flow, target, seed=seed, **defensive_settings, **training)
-    g = torch.Generator().manual_seed(int(seed) + 7)
+    g = generator_for_module(flow, int(seed) + 7)
     t1 = time.perf_counter()
     n_draws = -(-int(n_samples) // int(chains))
     n = int(chains) * (n_draws + int(n_warmup) + 1) if sampler == "imh" else int(n_samples)

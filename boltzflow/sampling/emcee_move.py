@@ -30,6 +30,7 @@ import torch
 from emcee.moves import MHMove
 
 from boltzflow.flows.base import frozen
+from boltzflow.rng import generator_for_module
 from boltzflow.sampling.proposals import DefensiveFlow
 from boltzflow.sampling.runners import RunCost, SamplingResult, flow_evidence, start_points
 from boltzflow.training.fit import fit_affine_to_data, fit_nll
@@ -176,7 +177,7 @@ def emcee_sampler(
     """
     dim, walkers = int(target.dim), _walkers(target, walkers)
     rs = np.random.RandomState(int(seed))
-    x0 = start_points(flow, target, walkers, init, torch.Generator().manual_seed(int(seed)))
+    x0 = start_points(flow, target, walkers, init, generator_for_module(flow, int(seed)))
     moves = emcee.moves.StretchMove()
     if flow_weight > 0:
         moves = [(moves, 1.0 - flow_weight), (FlowMove(flow), flow_weight)]
@@ -244,7 +245,7 @@ def flow_emcee(
     """
     dim, walkers = int(target.dim), _walkers(target, walkers)
     rs = np.random.RandomState(int(seed))
-    g = torch.Generator().manual_seed(int(seed))
+    g = generator_for_module(flow, int(seed))
     cost = RunCost(target)
     x0 = start_points(flow, target, walkers, init, g).double().cpu().numpy()
     log_prob = EmceeLogProb(target)

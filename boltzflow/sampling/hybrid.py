@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from boltzflow.flows.base import frozen
+from boltzflow.rng import generator_for_module
 from boltzflow.sampling.adaptation import ADAPT_EVERY, estimate_metric, run_adapting_step_size
 from boltzflow.sampling.chains import run_chain
 from boltzflow.sampling.kernels import HMC, MALA, IndependenceMH, Mixture
@@ -256,7 +257,7 @@ def hybrid(
         `final_nll`, R-hat and ESS, and `evidence` (with `evidence_nll` when trained).
     """
     chains, progress, rounds = int(schedule.chains), schedule.progress, int(schedule.warmup_rounds)
-    g = torch.Generator().manual_seed(int(seed))
+    g = generator_for_module(flow, int(seed))
     cost = RunCost(target)
     x0 = start_points(flow, target, chains, schedule.init, g)
     x0 = _descend(target, x0, schedule.init_steps)

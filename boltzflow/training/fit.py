@@ -65,9 +65,10 @@ def fit_nll(
     for _ in range(int(steps)):
         if probs is None:
             n = min(batch_size, data.shape[0])
-            idx = torch.randint(data.shape[0], (n,), generator=generator)
+            idx = torch.randint(data.shape[0], (n,), generator=generator, device=generator.device)
         else:
-            idx = torch.multinomial(probs, int(batch_size), replacement=True, generator=generator)
+            g_probs = probs.to(generator.device)  # multinomial draws on the generator's device
+            idx = torch.multinomial(g_probs, int(batch_size), replacement=True, generator=generator)
         out = nll(flow, None, data[idx.to(data.device)])
         loss, dropped, seen = out.loss, dropped + out.n_nonfinite, seen + int(idx.numel())
         if not torch.isfinite(loss):

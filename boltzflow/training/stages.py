@@ -113,6 +113,7 @@ class EpochSampler:
         while n > 0:
             epoch, offset = divmod(start, self.size)
             if epoch != self._epoch:
+                # deliberate CPU generator: index permutations, the same stream on any device
                 g = torch.Generator().manual_seed(seed_for(*self.key, epoch))
                 self._epoch, self._perm = epoch, torch.randperm(self.size, generator=g)
             take = min(n, self.size - offset)

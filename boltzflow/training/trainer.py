@@ -32,6 +32,7 @@ from boltzflow.io import load_trainer_state, save_trainer_state
 from boltzflow.progress import progress_bar
 from boltzflow.rng import make_generator
 from boltzflow.training.callbacks import Callback
+from boltzflow.training.distributed import all_reduce_step, broadcast_parameters, share, world
 from boltzflow.training.force_matching import nll_force_matching
 from boltzflow.training.losses import LossOutput, mixed_kl, nll, snf_nll
 from boltzflow.training.stages import EpochSampler, Stage, cosine_warmup, seed_for
@@ -118,10 +119,15 @@ class Trainer:
         self.progress = progress
         anchor = next(iter(list(flow.parameters()) + list(flow.buffers())))
         self.device, self.dtype = anchor.device, anchor.dtype
-        streams = (("sample", self.device), ("data", "cpu"), ("eval", self.device))
+        # Under torch.distributed each process draws its own share of the batch (its own
+        # sample and data streams) and the same evaluation samples (so all decide alike).
+        self.rank, self.world_size = world()
+        broadcast_parameters(flow)
+        per_rank = (self.rank,) if self.rank else ()
+        streams = (("sample", per_rank), ("data", per_rank), ("eval", ()))
         self.generators = {
-            name: make_generator(seed_for(self.seed, i), dev)
-            for i, (name, dev) in enumerate(streams)
+            name: make_generator(seed_for(self.seed, i, *extra), self.device)
+            for i, (name, extra) in enumerate(streams)
         }
         self.stage_index = self.stage_step = self.global_step = 0
         self.energy_evaluations = self.n_skipped_steps = 0
@@ -153,18 +159,20 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
     def _batch(self, stage: Stage):
-        """The `batch` argument of the loss at the current step."""
-        if stage.data is None:
-            return int(stage.batch_size)
+        """The `batch` argument of the loss at the current step (this process's share of it
+        under torch.distributed: rows `share(batch_size, rank, world_size)`)."""
         n = int(stage.batch_size)
+        lo, hi = share(n, self.rank, self.world_size)
+        if stage.data is None:
+            return hi - lo
         if isinstance(stage.data, torch.Tensor):
             key = (self.seed, 3, self.stage_index)
             if self._sampler is None or self._sampler.key != key:
                 self._sampler = EpochSampler(len(stage.data), key)
-            x = stage.data[self._sampler.indices(self.stage_step, n)]
+            x = stage.data[self._sampler.indices(self.stage_step, n)[lo:hi]]
         else:
             fn = self.target.sample if stage.data == "exact" else stage.data
-            x = fn(n, generator=self.generators["data"])
+            x = fn(hi - lo, generator=self.generators["data"])
         return x.to(device=self.device, dtype=self.dtype)
 
     # ------------------------------------------------------------------- step
@@ -183,6 +191,13 @@ class Trainer:
             out = LossOutput(out, getattr(self.target, "n_evaluations", 0) - before, 0)
         out.loss.backward()
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if self.world_size > 1:  # gradient of the mean loss over the global batch
+            lo, hi = share(int(stage.batch_size), self.rank, self.world_size)
+            counts = [out.n_evaluations, out.n_nonfinite]
+            counts = torch.tensor(counts, dtype=out.loss.dtype, device=out.loss.device)
+            scalars = torch.cat([out.loss.detach().reshape(1), counts])
+            scalars = all_reduce_step(params, (hi - lo) / int(stage.batch_size), scalars)
+            out = LossOutput(scalars[0], int(scalars[1]), int(scalars[2]))
         max_norm = math.inf if stage.clip_grad_norm is None else float(stage.clip_grad_norm)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         loss = float(out.loss.detach())
@@ -232,7 +247,10 @@ class Trainer:
             self.load_state_dict(load_trainer_state(resume_from, map_location=self.device))
         total = sum(s.steps for s in self.stages)
         bar = progress_bar(
-            total, "training", enabled=self.progress, initial=min(self.global_step, total)
+            total,
+            "training",
+            enabled=self.progress if self.rank == 0 else False,
+            initial=min(self.global_step, total),
         )
         t0 = time.perf_counter() - self.wall_seconds
         for cb in self.callbacks:
@@ -339,8 +357,9 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
 
     def save(self, path) -> None:
-        """Write the trainer state to `path` (atomically)."""
-        save_trainer_state(path, self.state_dict())
+        """Write the trainer state to `path` (atomically; rank 0 only under torch.distributed)."""
+        if self.rank == 0:
+            save_trainer_state(path, self.state_dict())
 
 
 def train(flow, target, stages: Sequence[Stage | dict], **kwargs) -> TrainingResult:
