@@ -291,6 +291,15 @@ class Energy:
         """JSON documents to store beside the report, by file name (default: none)."""
         return {}
 
+    def plot_coordinates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[str]] | None:
+        """Named coordinates for a run's marginals and 2-D sample figures.
+
+        For flow samples `x [n, *event_shape]`, `(values [n, k], names)` with each name stating
+        its unit (e.g. `"φ (deg)"`); the first two form the 2-D figure. `None` (the default)
+        plots the first coordinates of `x`, labelled `x[0]`, `x[1]`, ...
+        """
+        return None
+
     def close(self) -> None:
         """Release worker processes or engines (default: nothing to release)."""
 

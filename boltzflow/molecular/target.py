@@ -305,6 +305,36 @@ class AlanineDipeptideTarget(Energy):
             }
         }
 
+    def plot_coordinates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+        """φ, ψ (deg), then a bond (nm) and a bond angle (deg) of the φ backbone, by atom names.
+
+        The bond and angle are the first z-matrix coordinates whose atoms all lie on the φ
+        torsion (C–N–CA–C); in the samples file they are named as in `parameter_names`.
+        """
+        names = [a.name for a in self.mol.topology.atoms]
+        backbone = set(ala.PHI_ATOMS)
+        bonds, angles = self.zmatrix.bonds(), self.zmatrix.angles()
+        i_b = next((n for n, b in enumerate(bonds) if set(b) <= backbone), 0)
+        i_a = next((n for n, a in enumerate(angles) if set(a) <= backbone), 0)
+        q = self.to_internal(x.detach().double())
+        phi, psi = self.phi_psi(x.detach().double())
+        values = torch.stack(
+            [
+                torch.rad2deg(phi),
+                torch.rad2deg(psi),
+                q[:, self.zmatrix.bond_slice.start + i_b],
+                torch.rad2deg(q[:, self.zmatrix.angle_slice.start + i_a]),
+            ],
+            dim=1,
+        )
+        labels = [
+            "φ (deg)",
+            "ψ (deg)",
+            f"bond {'–'.join(names[i] for i in bonds[i_b])} (nm)",
+            f"angle {'–'.join(names[i] for i in angles[i_a])} (deg)",
+        ]
+        return values, labels
+
     def report_figures(self, x: torch.Tensor, log_weight: torch.Tensor) -> tuple:
         """Ramachandran plots: MD (if generated), flow, and flow reweighted by `log_weight`."""
         phi, psi = self.phi_psi(x.detach().double())

@@ -144,8 +144,17 @@ def plot_marginals(
     return Path(path)
 
 
-def plot_samples_2d(x, log_w, path, centers=None, dims=(0, 1)) -> Path:
-    """2-D histograms of flow samples and of reweighted samples (log colour scale)."""
+def plot_samples_2d(
+    x, log_w, path, centers=None, dims=(0, 1), labels: Sequence[str] | None = None
+) -> Path:
+    """2-D histograms of flow samples and of reweighted samples (log colour scale).
+
+    Args:
+        x: samples `[n, d]`; `dims` picks the two plotted columns.
+        log_w: log-weights `[n]`.
+        centers: mode centres `[m, d]` to mark, or `None`.
+        labels: one name per column of `x` (default `x[i]`).
+    """
     from matplotlib.colors import LogNorm
 
     x = _np(x).reshape(len(_np(log_w).reshape(-1)), -1)[:, list(dims)]
@@ -158,8 +167,8 @@ def plot_samples_2d(x, log_w, path, centers=None, dims=(0, 1)) -> Path:
             c = _np(centers)
             ax.plot(c[:, dims[0]], c[:, dims[1]], "r+", ms=6)
         ax.set_title(title)
-        ax.set_xlabel(f"x[{dims[0]}]")
-    axes[0].set_ylabel(f"x[{dims[1]}]")
+        ax.set_xlabel(labels[dims[0]] if labels else f"x[{dims[0]}]")
+    axes[0].set_ylabel(labels[dims[1]] if labels else f"x[{dims[1]}]")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return Path(path)
