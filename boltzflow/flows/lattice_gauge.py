@@ -1,56 +1,51 @@
 r"""Gauge-equivariant coupling flows for 2-D U(1) lattice gauge theory.
 
 Links are angles `θ[μ, x0, x1]` (event shape `[2, L, L]`), with plaquettes
-$\theta_P(x) = \theta_0(x) + \theta_1(x+\hat0) - \theta_0(x+\hat1) - \theta_1(x)$
-(see [`boltzflow.energies.lattice`][boltzflow.energies.lattice]). A *masked plaquette coupling*
-(Kanwar et al. 2020, "Equivariant flow-based sampling for lattice gauge theory", Phys. Rev. Lett.
-125, 121601) updates a stripe of links of one direction μ, those with $x_\nu \equiv o \pmod 4$
-(ν ≠ μ, offset o):
+$\theta_P(x) = \theta_0(x) + \theta_1(x+\hat0) - \theta_0(x+\hat1) - \theta_1(x)$ (see
+[`boltzflow.energies.lattice`][boltzflow.energies.lattice]). A *masked plaquette coupling* (Kanwar
+et al. 2020, "Equivariant flow-based sampling for lattice gauge theory", Phys. Rev. Lett. 125,
+121601) updates a stripe of links of one direction μ, those with $x_\nu \equiv o \pmod 4$ (ν ≠ μ,
+offset o):
 
-* the *active* plaquettes $P(x)$, $x_\nu \equiv o$, contain exactly one active
-  link each, entering with sign $\sigma_\mu = (+1, -1)$;
+* the *active* plaquettes $P(x)$, $x_\nu \equiv o$, contain exactly one active link each, entering
+  with sign $\sigma_\mu = (+1, -1)$;
 * the *frozen* plaquettes, $x_\nu \equiv o+1, o+2$, contain no active link; their
-  $(\cos\theta_P, \sin\theta_P)$ feed a circularly padded CNN that sets the parameters
-  of a circular rational-quadratic spline $h$ (Rezende et al. 2020) per active plaquette;
-* each active link moves by $\sigma_\mu\,[h(\theta_P) - \theta_P]$, so the active
-  plaquette becomes $h(\theta_P)$ (the remaining, *passive* plaquettes follow).
+  $(\cos\theta_P, \sin\theta_P)$ feed a circularly padded CNN that sets the parameters of a circular
+  rational-quadratic spline $h$ (Rezende et al. 2020) per active plaquette;
+* each active link moves by $\sigma_\mu\,[h(\theta_P) - \theta_P]$, so the active plaquette becomes
+  $h(\theta_P)$ (the remaining, *passive* plaquettes follow).
 
-With `loops=True` the conditioner also sees, at each active plaquette $P(x)$, the 2×1
-Wilson loop $R(x) = \theta_P(x) + \theta_P(x-\hat\nu)$ formed with its passive neighbour.
-The active link enters the two plaquettes with opposite signs, so $R$ is unchanged by the
-layer (and gauge invariant): the spline can then shape the active plaquette *given* the sum it
-shares with the plaquette that absorbs the change, i.e. move the pair along
-$\theta_a + \theta_p = R$ towards the target's
-$\propto e^{\beta\cos\theta_a + \beta\cos(R-\theta_a)}$ (frozen 1×2 loops as extra
-conditioner inputs are also used by Boyda et al. 2021, Phys. Rev. D 103, 074504).
+With `loops=True` the conditioner also sees, at each active plaquette $P(x)$, the 2×1 Wilson loop
+$R(x) = \theta_P(x) + \theta_P(x-\hat\nu)$ formed with its passive neighbour. The active link enters
+the two plaquettes with opposite signs, so $R$ is unchanged by the layer (and gauge invariant): the
+spline can then shape the active plaquette *given* the sum it shares with the plaquette that absorbs
+the change, i.e. move the pair along $\theta_a + \theta_p = R$ towards the target's
+$\propto e^{\beta\cos\theta_a + \beta\cos(R-\theta_a)}$ (frozen 1×2 loops as extra conditioner
+inputs are also used by Boyda et al. 2021, Phys. Rev. D 103, 074504).
 
-**Plaquette-tree layer**
-([`PlaquetteTreeSpline`][boltzflow.flows.lattice_gauge.PlaquetteTreeSpline], specific to two
-dimensions, where the plaquettes are independent coordinates up to $\sum_P \theta_P = 0$): every
-plaquette but one *sink* $s$ is mapped by one shared circular spline, $\theta_P \to h(\theta_P)$,
-and the changes $\delta_P = h(\theta_P) - \theta_P$ are carried to the links along the strings of a
-maximal tree (axial gauge): $\delta\theta_0(x) = -\sum_{k<x_1}\delta(x_0, k)$,
+**Plaquette-tree layer** (`PlaquetteTreeSpline`, specific to two dimensions, where the plaquettes
+are independent coordinates up to $\sum_P \theta_P = 0$): every plaquette but one *sink* $s$ is
+mapped by one shared circular spline, $\theta_P \to h(\theta_P)$, and the changes
+$\delta_P = h(\theta_P) - \theta_P$ are carried to the links along the strings of a maximal tree
+(axial gauge): $\delta\theta_0(x) = -\sum_{k<x_1}\delta(x_0, k)$,
 $\delta\theta_1(x_0, L-1) = \sum_{j<x_0}\sum_k \delta(j, k)$, all other links fixed. Then every
 non-sink plaquette becomes $h(\theta_P)$ and the sink absorbs $-\sum_P\delta_P$. By Sylvester's
 determinant identity $\log|\det| = \sum_{P\ne s}\log h'(\theta_P)$; the update depends on plaquettes
 only, so the layer is gauge equivariant. Under the uniform base the non-sink plaquettes are i.i.d.
-uniform, so one spline brings them to the single-plaquette marginal of the target, leaving
-only the sink's weight $e^{\beta\cos\theta_s}$ (ESS ≈ $I_0(\beta)^2/I_0(2\beta)$
-for large V). [`SinkSpline`][boltzflow.flows.lattice_gauge.SinkSpline] then gives the sink the same
-marginal at the cost of shifts of order $\pi/V$ elsewhere, so with the spline fitted to
-$e^{\beta\cos\theta}$
-([`SharedCircularSplines.fit_von_mises`][boltzflow.flows.lattice_gauge.SharedCircularSplines.fit_von_mises])
-the two layers are close to exact for any V; masked couplings can follow. It breaks translation
-invariance (the sink and the tree are fixed), which the target does not need.
+uniform, so one spline brings them to the single-plaquette marginal of the target, leaving only the
+sink's weight $e^{\beta\cos\theta_s}$ (ESS ≈ $I_0(\beta)^2/I_0(2\beta)$ for large V). `SinkSpline`
+then gives the sink the same marginal at the cost of shifts of order $\pi/V$ elsewhere, so with the
+spline fitted to $e^{\beta\cos\theta}$ (`SharedCircularSplines.fit_von_mises`) the two layers are
+close to exact for any V; masked couplings can follow. It breaks translation invariance (the sink
+and the tree are fixed), which the target does not need.
 
-Because the active links sit in distinct active plaquettes and the conditioner sees only
-frozen (unchanged) plaquettes, the Jacobian is triangular with
-$\log|\det| = \sum_{P\ \text{active}} \log h'(\theta_P)$. Plaquettes are gauge
-invariant and the update adds a gauge-invariant angle to each link, so
-$f(g\cdot\theta) = g\cdot f(\theta)$ for every gauge transformation g; with the
-gauge-invariant uniform (Haar) base the flow density $q$ is gauge invariant. Layers
-cycle through μ ∈ {0, 1} and the four offsets; L must be a multiple of 4. All outputs are
-wrapped to $[-\pi, \pi)$ and every map is periodic in its inputs.
+Because the active links sit in distinct active plaquettes and the conditioner sees only frozen
+(unchanged) plaquettes, the Jacobian is triangular with
+$\log|\det| = \sum_{P\ \text{active}} \log h'(\theta_P)$. Plaquettes are gauge invariant and the
+update adds a gauge-invariant angle to each link, so $f(g\cdot\theta) = g\cdot f(\theta)$ for every
+gauge transformation g; with the gauge-invariant uniform (Haar) base the flow density $q$ is gauge
+invariant. Layers cycle through μ ∈ {0, 1} and the four offsets; L must be a multiple of 4. All
+outputs are wrapped to $[-\pi, \pi)$ and every map is periodic in its inputs.
 """
 
 from __future__ import annotations
@@ -82,8 +77,8 @@ __all__ = [
 def plaquette_masks(L: int, mu: int, offset: int) -> tuple[torch.Tensor, ...]:
     """Bool masks `(active_links [2, L, L], active_plaq [L, L], frozen_plaq [L, L])`.
 
-    Links of direction `mu` with `x_ν ≡ offset (mod 4)` are active; plaquettes are indexed by
-    their corner `x`.
+    Links of direction `mu` with `x_ν ≡ offset (mod 4)` are active; plaquettes are indexed by their
+    corner `x`.
     """
     if L % 4 != 0:
         raise ValueError(f"gauge-equivariant couplings need L divisible by 4, got {L}")
@@ -109,15 +104,14 @@ class GaugeEquivariantCoupling(Transform):
         num_bins: spline bins K (`3K` parameters per active plaquette).
         hidden, kernel_size: conditioner CNN widths and kernel size.
         positional: add a learnable period-4 bias pattern to the conditioner (positional
-            features, see [`CircularConvNet`][boltzflow.flows.lattice.CircularConvNet]). The masks
-            already
-            single out the sites mod 4, so this costs no symmetry: the flow stays gauge
-            equivariant and equivariant under translations by multiples of 4.
+            features, see [`CircularConvNet`][boltzflow.flows.lattice.CircularConvNet]). The
+            masks already single out the sites mod 4, so this costs no symmetry: the flow stays
+            gauge equivariant and equivariant under translations by multiples of 4.
         loops: also condition on the 2×1 loops $R$ (module docstring).
 
     The active plaquettes form the stripes `x_ν ∈ {offset, offset + 4, …}`; they are read with
-    `index_select` and the conditioner's last convolution runs with stride 4 across the
-    stripes, so only the parameters that are used get computed.
+    `index_select` and the conditioner's last convolution runs with stride 4 across the stripes, so
+    only the parameters that are used get computed.
     """
 
     def __init__(
@@ -200,9 +194,9 @@ def tree_link_shift(delta: torch.Tensor) -> torch.Tensor:
 class SharedCircularSplines(nn.Module):
     r"""A composition of `num_splines` circular splines, each shared by all inputs.
 
-    The stored parameters are multiplied by `param_scale`: with Adam this multiplies their
-    learning rate, which these few shared parameters need to follow a sharply peaked marginal
-    (e.g. $e^{\beta\cos\theta}$ at β = 6) as fast as the conditioners learn.
+    The stored parameters are multiplied by `param_scale`: with Adam this multiplies their learning
+    rate, which these few shared parameters need to follow a sharply peaked marginal (e.g.
+    $e^{\beta\cos\theta}$ at β = 6) as fast as the conditioners learn.
     """
 
     def __init__(self, num_bins: int = 16, num_splines: int = 2, param_scale: float = 10.0):
@@ -219,13 +213,12 @@ class SharedCircularSplines(nn.Module):
         $p_1(\theta) = e^{\kappa\cos\theta}/(2\pi I_0(\kappa))$.
 
         Minimises the one-dimensional reverse KL
-        $\mathbb E_{z\sim U}[-\log h'(z) - \kappa\cos h(z)] + \log I_0(\kappa)$ with
-        Adam on stratified uniform draws, then a cosine-decayed learning rate. For
-        [`PlaquetteTreeSpline`][boltzflow.flows.lattice_gauge.PlaquetteTreeSpline] under the uniform
-        base, the lattice reverse KL of the layer is exactly `V - 1` times this one-dimensional KL
-        plus the sink's term, so this is the layer's own objective, solved without lattice samples.
-        Returns the fitted 1-D KL (nats), by the midpoint rule on 2¹⁶ points (converged to about
-        10⁻⁶ nats).
+        $\mathbb E_{z\sim U}[-\log h'(z) - \kappa\cos h(z)] + \log I_0(\kappa)$ with Adam on
+        stratified uniform draws, then a cosine-decayed learning rate. For `PlaquetteTreeSpline`
+        under the uniform base, the lattice reverse KL of the layer is exactly `V - 1` times this
+        one-dimensional KL plus the sink's term, so this is the layer's own objective, solved
+        without lattice samples. Returns the fitted 1-D KL (nats), by the midpoint rule on 2¹⁶
+        points (converged to about 10⁻⁶ nats).
         """
         gen = torch.Generator(device=self.params.device).manual_seed(int(seed))
         opt = torch.optim.Adam(self.parameters(), lr=lr)
@@ -270,7 +263,7 @@ class PlaquetteTreeSpline(Transform):
     Args:
         L: lattice extent (any L ≥ 2).
         num_bins, num_splines, param_scale: see
-            [`SharedCircularSplines`][boltzflow.flows.lattice_gauge.SharedCircularSplines].
+            `SharedCircularSplines`.
     """
 
     def __init__(self, L: int, num_bins: int = 16, num_splines: int = 2, param_scale=10.0):
@@ -299,12 +292,11 @@ class PlaquetteTreeSpline(Transform):
 class SinkSpline(Transform):
     r"""The sink plaquette through shared circular splines, its change spread over all others.
 
-    $\theta_s \to h(\theta_s)$ and every other plaquette moves by
-    $-[h(\theta_s) - \theta_s]/(V-1)$ (links along the maximal tree), so the plaquette sum
-    is kept. In the coordinates $\{\theta_P\}_{P\ne s}$ the Jacobian is
-    $I + \tfrac{h'-1}{V-1}\mathbf 1\mathbf 1^\top$, whose determinant is
-    $h'(\theta_s)$. After [`PlaquetteTreeSpline`][boltzflow.flows.lattice_gauge.PlaquetteTreeSpline]
-    this gives the sink the marginal of the others at a cost of shifts of order $\pi/V$ elsewhere.
+    $\theta_s \to h(\theta_s)$ and every other plaquette moves by $-[h(\theta_s) - \theta_s]/(V-1)$
+    (links along the maximal tree), so the plaquette sum is kept. In the coordinates
+    $\{\theta_P\}_{P\ne s}$ the Jacobian is $I + \tfrac{h'-1}{V-1}\mathbf 1\mathbf 1^\top$, whose
+    determinant is $h'(\theta_s)$. After `PlaquetteTreeSpline` this gives the sink the marginal of
+    the others at a cost of shifts of order $\pi/V$ elsewhere.
     """
 
     def __init__(self, L: int, num_bins: int = 16, num_splines: int = 2, param_scale=10.0):
@@ -331,7 +323,7 @@ class SinkSpline(Transform):
 @functools.lru_cache(maxsize=16)
 def _von_mises_splines(kappa: float, dtype: torch.dtype) -> dict:
     """State of a default
-    [`SharedCircularSplines`][boltzflow.flows.lattice_gauge.SharedCircularSplines] fitted to von
+    `SharedCircularSplines` fitted to von
     Mises(κ), cached per κ."""
     splines = SharedCircularSplines().to(dtype)
     splines.fit_von_mises(kappa)
@@ -360,30 +352,27 @@ def u1_gauge_flow(
         num_layers: couplings; layer i updates direction `i % 2` at offset `(i // 2) % 4`,
             or at `-(i // 2) % 4` if `descending`.
         num_bins, hidden, kernel_size, positional, loops: spline and conditioner settings
-            ([`GaugeEquivariantCoupling`][boltzflow.flows.lattice_gauge.GaugeEquivariantCoupling]).
+            (`GaugeEquivariantCoupling`).
         descending: visit the offsets 0, 3, 2, 1. The passive stripe of offset o is o - 1, so
-            in this order each layer's changes are absorbed by plaquettes that a later layer
-            still transforms (under the uniform base they are uniform and independent, and a
-            uniform angle shifted by anything stays uniform), instead of spoiling the stripe
-            transformed just before. On U(1) L = 8, β = 2 this lowered KL(q‖p) from 1.4 to
-            1.0 nats at equal training.
+            in this order each layer's changes are absorbed by plaquettes that a later layer still
+            transforms (under the uniform base they are uniform and independent, and a uniform angle
+            shifted by anything stays uniform), instead of spoiling the stripe transformed just
+            before. On U(1) L = 8, β = 2 this lowered KL(q‖p) from 1.4 to 1.0 nats at equal
+            training.
         tree: start with a
-            [`PlaquetteTreeSpline`][boltzflow.flows.lattice_gauge.PlaquetteTreeSpline] and a
-            [`SinkSpline`][boltzflow.flows.lattice_gauge.SinkSpline] (two dimensions only; module
-            docstring).
+            `PlaquetteTreeSpline` and a `SinkSpline` (two dimensions only; module docstring).
         fit_tree: with `tree` and a `target`, fit the shared tree spline to the
             single-plaquette law $\propto e^{\beta_\text{eff}\cos\theta}$
-            ([`SharedCircularSplines.fit_von_mises`][boltzflow.flows.lattice_gauge.SharedCircularSplines.fit_von_mises],
-            β_eff = β / temperature_scale), copy it to the sink spline, and freeze both. This solves
-            the tree layer's share of the reverse KL exactly (about 12 s per β, cached; no lattice
-            samples): at L = 16, β = 6 the tree and sink layers alone then reach KL(q‖p) ≈ 0.09 nats
-            and an ESS fraction of 0.88, where reverse-KL training of all layers from the identity
-            reached an ESS fraction of 0.001 in 3,000 steps. Couplings trained afterwards start from
-            the identity.
+            (`SharedCircularSplines.fit_von_mises`, β_eff = β / temperature_scale), copy it to the
+            sink spline, and freeze both. This solves the tree layer's share of the reverse KL
+            exactly (about 12 s per β, cached; no lattice samples): at L = 16, β = 6 the tree and
+            sink layers alone then reach KL(q‖p) ≈ 0.09 nats and an ESS fraction of 0.88, where
+            reverse-KL training of all layers from the identity reached an ESS fraction of 0.001 in
+            3,000 steps. Couplings trained afterwards start from the identity.
         seed: seeds the parameter initialisation (the global RNG is left untouched).
 
-    `positional=False, loops=False, descending=False, tree=False` is the architecture of
-    Kanwar et al. (2020), with circular splines in place of NCP mixtures.
+    `positional=False, loops=False, descending=False, tree=False` is the architecture of Kanwar et
+    al. (2020), with circular splines in place of NCP mixtures.
     """
     L = int(L if L is not None else target.event_shape[-1])
     hidden = [int(h) for h in ([hidden] if isinstance(hidden, int) else hidden)]
