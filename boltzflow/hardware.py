@@ -74,7 +74,7 @@ def plan_threads(
     Returns:
         A thread count $\\ge 1$ with threads + workers $\\le$ cores whenever cores > workers.
 
-    Example:
+    Examples:
         >>> plan_threads(100_000, 256, cores=2)
         1
         >>> plan_threads(10_000_000, 4096, workers=1, cores=8)

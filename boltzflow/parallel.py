@@ -90,7 +90,7 @@ class EnergyPool:
             memory block per batch ([`boltzflow.shared_arrays`][boltzflow.shared_arrays]) instead of
             pickling them; dask and foreign executors always pickle.
 
-    Example:
+    Examples:
         >>> with EnergyPool(workers=2) as pool:                      # doctest: +SKIP
         ...     energies, forces = pool.evaluate(spec, positions)
     """

@@ -51,7 +51,7 @@ class SharedArrays:
     Args:
         specs: `{key: (shape, dtype)}`.
 
-    Example:
+    Examples:
         >>> with SharedArrays({"x": ((2, 3), "float64")}) as block:
         ...     block["x"][:] = 1.0
         ...     shm, views = block.handle.attach()

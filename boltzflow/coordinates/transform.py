@@ -61,7 +61,7 @@ class InternalCoordinateTransform(Transform):
         zmatrix: the coordinate definition (e.g. from
             [`zmatrix_from_topology`][boltzflow.coordinates.zmatrix.zmatrix_from_topology]).
 
-    Example:
+    Examples:
         >>> from boltzflow.coordinates.zmatrix import zmatrix_from_bonds
         >>> t = InternalCoordinateTransform(zmatrix_from_bonds(4, [(0, 1), (1, 2), (2, 3)]))
         >>> q = torch.tensor([[0.15, 0.15, 0.15, 1.9, 1.9, 1.0]], dtype=torch.float64)

@@ -321,7 +321,7 @@ class CallableEnergy(Energy):
     """Wrap a plain function `u(x) -> Tensor[batch]` (in kT) as an
     [`Energy`][boltzflow.energies.base.Energy].
 
-    Example:
+    Examples:
         >>> import torch
         >>> e = CallableEnergy(lambda x: 0.5 * (x**2).sum(-1), event_shape=3)
         >>> e.energy(torch.zeros(4, 3)).shape

@@ -145,7 +145,7 @@ class DoubleWell2D(Energy):
         a, b, c: coefficients of the quartic in $x_1$ (`c > 0`).
         temperature_scale: $T/T_{ref}$; all exact quantities follow it.
 
-    Example:
+    Examples:
         >>> import torch
         >>> e = DoubleWell2D()
         >>> e.energy(torch.zeros(3, 2, dtype=torch.float64))

@@ -102,7 +102,7 @@ class OpenMMEnergy(Energy):
         spec: the [`SystemSpec`][boltzflow.parallel.SystemSpec] sent to workers.
         n_nonfinite: number of configurations so far with non-finite or absurd energy.
 
-    Example:
+    Examples:
         >>> from boltzflow.molecular.alanine import load_alanine_dipeptide
         >>> mol = load_alanine_dipeptide("vacuum")
         >>> target = OpenMMEnergy(mol.system, temperature=300.0)

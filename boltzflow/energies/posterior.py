@@ -282,7 +282,7 @@ def from_log_prob(
         numpy: see `log_prob`.
         log_z: the exact normalizer, if known.
 
-    Example:
+    Examples:
         >>> import torch
         >>> post = from_log_prob(lambda t: -0.5 * (t**2).sum(-1), 2)
         >>> post.energy(torch.tensor([[1.0, 0.0], [1.0, 2.0]], dtype=torch.float64))

@@ -39,7 +39,7 @@ class ElementwiseAffine(Transform):
         active: optional bool mask of `event_shape`; only these features are transformed
             (parameters exist only for them, so every parameter receives gradient).
 
-    Example:
+    Examples:
         >>> layer = ElementwiseAffine(2, loc=1.0, scale=2.0)
         >>> x, ladj = layer(torch.zeros(3, 2))
         >>> x.tolist(), round(ladj[0].item(), 4)

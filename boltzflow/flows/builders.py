@@ -200,7 +200,7 @@ def spline_coupling_flow(
         affine: include the learnable output affine layer.
         seed: makes the flow deterministic.
 
-    Example:
+    Examples:
         tails: `"mtaf"` or `"ttf"` for heavy tails: the same coupling layers in
             [`tail_adaptive_flow`][boltzflow.flows.tail_builders.tail_adaptive_flow]
             (tail index read from the target's energy; Euclidean events only).

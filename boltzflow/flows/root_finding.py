@@ -145,7 +145,7 @@ def invert(
         `x` of the shape of `y`; gradients to `y` and `params` (and their derivatives)
         by the inverse function theorem.
 
-    Example:
+    Examples:
         >>> import torch
         >>> cube = lambda x, p: (x**3 * p[..., 0] + x * p[..., 1], 3 * x**2 * p[..., 0] + p[..., 1])
         >>> p = torch.tensor([[1.0, 1.0]], dtype=torch.float64)

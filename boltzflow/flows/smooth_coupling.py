@@ -250,7 +250,7 @@ def smooth_coupling_flow(
             features; `num_layers // 4` blocks), for internal coordinates.
         seed: makes the flow deterministic (does not touch torch's global RNG).
 
-    Example:
+    Examples:
         >>> flow = smooth_coupling_flow(2, num_layers=2, hidden=16, seed=0)
         >>> s = flow.sample(4)
         >>> bool(torch.allclose(flow.log_prob(s.x), s.log_q))

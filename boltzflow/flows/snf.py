@@ -171,7 +171,7 @@ def realnvp_flow(
     affine (Dinh et al. 2017). Masks as `coupling_masks`; defaults: 6 couplings for $d = 2$,
     8 otherwise; ResidualNet conditioners of width `hidden`.
 
-    Example:
+    Examples:
         >>> flow = realnvp_flow(2, seed=0)
         >>> flow.sample(4).x.shape
         torch.Size([4, 2])

@@ -172,7 +172,7 @@ def tail_adaptive_flow(
         inverse_autoregressive: orientation of autoregressive layers.
         seed: makes the flow deterministic.
 
-    Example:
+    Examples:
         >>> flow = tail_adaptive_flow(3, tails="ttf", tail_index="neutral", num_layers=2, seed=0)
         >>> flow.sample(4).x.shape
         torch.Size([4, 3])

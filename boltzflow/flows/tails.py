@@ -75,7 +75,7 @@ class StudentTNormal(BaseDistribution):
         learnable: learn the degrees of freedom (otherwise they are a buffer).
         df_min: lower bound $\nu_{\min}$.
 
-    Example:
+    Examples:
         >>> base = StudentTNormal([True, False], df=1.0)
         >>> base.sample(4, generator=torch.Generator().manual_seed(0)).shape
         torch.Size([4, 2])

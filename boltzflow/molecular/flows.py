@@ -56,7 +56,7 @@ def internal_coordinate_flow(
         num_bins, tail_bound: spline bins; interval half-width of the Euclidean splines.
         seed: makes masks, shifts and weights deterministic.
 
-    Example:
+    Examples:
         >>> import torch
         >>> class T:
         ...     event_shape = torch.Size([6])

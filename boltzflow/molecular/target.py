@@ -103,11 +103,11 @@ class AlanineDipeptideTarget(Energy):
         platform: OpenMM platform (default
             [`default_platform`][boltzflow.energies.openmm.default_platform]).
         chirality: `"L"` gives D configurations zero density; `None` keeps both.
-        md_ns, md_trajectories, md_alpha_l_ns, md_alpha_l_trajectories, md_interval_ps,
-            md_seed: training data
+        md_ns, md_trajectories, md_alpha_l_ns, md_alpha_l_trajectories, md_interval_ps, md_seed:
+            training data
             ([`md_frames`][boltzflow.molecular.target.AlanineDipeptideTarget.md_frames]): 300 K
-            trajectories from the crd structure, plus trajectories started in αL after a short (φ,
-            ψ)-restrained steering.
+            trajectories from the crd structure, plus trajectories started in αL after a short
+            (φ, ψ)-restrained steering.
         improper_scale: width (rad) for the improper torsions, which are then centred on
             their crd value and treated as non-periodic; `None` keeps them periodic.
         md_workers: local worker processes for generating missing MD (a temporary pool,

@@ -44,7 +44,7 @@ def world() -> tuple[int, int]:
 def share(batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
     """Rows ``[lo, hi)`` of a global batch that ``rank`` takes (sizes differ by at most one).
 
-    Example:
+    Examples:
         >>> [share(10, r, 3) for r in range(3)]
         [(0, 4), (4, 7), (7, 10)]
     """

@@ -63,7 +63,7 @@ class IndependenceMH:
 
     `Info.log_weight` is `log w = -u(x) - log q(x)` of the state after the step.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from boltzflow.energies.double_well import DoubleWell2D
         >>> from boltzflow.flows.builders import spline_coupling_flow

@@ -72,7 +72,7 @@ class Mixture:
             kernel `k` chosen with probability `weights[k] / Σ weights`. Give `repeats` or
             `weights`, not both.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from boltzflow.energies.double_well import DoubleWell2D
         >>> from boltzflow.flows.builders import spline_coupling_flow
