@@ -9,7 +9,7 @@ module; `benchmarks/busy_cpu.py` measures it again). Flows of the size the recip
 little from intra-op threads on an idle machine; parallelism belongs in the energy worker
 pool and in batching.
 
-The rule (:func:`plan_threads`), for a process that trains a flow with $P$ parameters at
+The rule (`plan_threads`), for a process that trains a flow with $P$ parameters at
 batch $B$ beside $W$ energy worker processes on $C$ usable cores:
 
 $$
@@ -20,8 +20,8 @@ n_\text{threads} = \begin{cases}
 $$
 
 so torch threads and worker processes never ask for more cores than exist, and a small flow
-never has a thread to wait for. ``--threads`` (or ``threads=``) overrides the rule. The
-OpenMP wait policy is set to ``PASSIVE`` (:func:`set_passive_wait`) so that threads that do
+never has a thread to wait for. `--threads` (or `threads=`) overrides the rule. The
+OpenMP wait policy is set to `PASSIVE` (`set_passive_wait`) so that threads that do
 exist sleep instead of spinning on a core another process needs; OpenMP reads it when the
 runtime loads, so the command line sets it before it imports torch.
 """
@@ -44,7 +44,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Parameters × batch of a training step above which intra-op threads pay on an idle machine
-#: (measured on 2 cores with ``benchmarks/busy_cpu.py --sizes``; see docs/hardware.md).
+#: (measured on 2 cores with `benchmarks/busy_cpu.py --sizes`; see docs/hardware.md).
 LARGE_STEP = 2**31
 
 
@@ -56,7 +56,7 @@ def usable_cores() -> int:
 
 
 def flow_size(flow) -> int:
-    """Number of trainable parameters of ``flow`` ($P$ in the rule)."""
+    """Number of trainable parameters of `flow` ($P$ in the rule)."""
     return int(sum(p.numel() for p in flow.parameters() if p.requires_grad))
 
 
@@ -69,7 +69,7 @@ def plan_threads(
         n_params: trainable parameters of the flow.
         batch_size: samples per training step.
         workers: local energy worker processes running beside this one (each takes a core).
-        cores: usable cores (default :func:`usable_cores`).
+        cores: usable cores (default `usable_cores`).
 
     Returns:
         A thread count $\\ge 1$ with threads + workers $\\le$ cores whenever cores > workers.
@@ -87,10 +87,10 @@ def plan_threads(
 
 
 def set_passive_wait() -> bool:
-    """Make idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``).
+    """Make idle OpenMP threads sleep instead of spinning (`OMP_WAIT_POLICY=PASSIVE`).
 
-    Takes effect only if the OpenMP runtime has not been loaded yet, i.e. before ``import
-    torch``; a value the user set in the environment is kept. Returns whether the policy in
+    Takes effect only if the OpenMP runtime has not been loaded yet, i.e. before `import
+    torch`; a value the user set in the environment is kept. Returns whether the policy in
     force is passive.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -103,10 +103,10 @@ def set_passive_wait() -> bool:
 def apply_threads(
     threads: int | None, *, flow=None, batch_size: int = 256, workers: int = 0
 ) -> int:
-    """Set torch's intra-op thread count: ``threads`` if given, else :func:`plan_threads`.
+    """Set torch's intra-op thread count: `threads` if given, else `plan_threads`.
 
     Args:
-        threads: the user's explicit choice (``--threads``), or ``None`` for the rule.
+        threads: the user's explicit choice (`--threads`), or `None` for the rule.
         flow: the flow to be trained (its parameter count enters the rule).
         batch_size: the largest training batch.
         workers: local energy worker processes beside this one.

@@ -18,7 +18,7 @@ flow is trained through `sample` and `log_prob`, not through `forward`, which is
 wrapper hooks its gradient synchronisation. One flat buffer carries the gradients, the loss
 and the counters, so a step costs one collective.
 
-:func:`launch` starts `nproc` local processes (the `boltzflow run --nproc N` path); each joins
+`launch` starts `nproc` local processes (the `boltzflow run --nproc N` path); each joins
 a process group and calls the given function.
 """
 
@@ -34,7 +34,7 @@ __all__ = ["world", "share", "broadcast_parameters", "all_reduce_step", "launch"
 
 
 def world() -> tuple[int, int]:
-    """``(rank, world_size)`` of this process; ``(0, 1)`` outside a process group."""
+    """`(rank, world_size)` of this process; `(0, 1)` outside a process group."""
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -42,7 +42,7 @@ def world() -> tuple[int, int]:
 
 
 def share(batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Rows ``[lo, hi)`` of a global batch that ``rank`` takes (sizes differ by at most one).
+    """Rows `[lo, hi)` of a global batch that `rank` takes (sizes differ by at most one).
 
     Examples:
         >>> [share(10, r, 3) for r in range(3)]
@@ -63,17 +63,17 @@ def broadcast_parameters(module: torch.nn.Module) -> None:
 
 
 def all_reduce_step(params, weight: float, scalars: torch.Tensor) -> torch.Tensor:
-    """Average gradients over processes, weighting this process's by ``weight`` ($n_r / B$).
+    """Average gradients over processes, weighting this process's by `weight` ($n_r / B$).
 
     Args:
-        params: parameters whose ``.grad`` is replaced by the weighted sum over processes
+        params: parameters whose `.grad` is replaced by the weighted sum over processes
             (a missing gradient counts as zero).
         weight: this process's share of the global batch.
         scalars: a 1-D tensor of per-process numbers; entry 0 (the loss) is weighted like the
             gradients, the others (counters) are summed.
 
     Returns:
-        The reduced ``scalars``. One ``all_reduce`` on one flat buffer.
+        The reduced `scalars`. One `all_reduce` on one flat buffer.
     """
     params = list(params)
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -107,13 +107,13 @@ def _worker(rank: int, nproc: int, port: int, backend: str, fn: Callable, kwargs
 
 
 def launch(fn: Callable, nproc: int, *, backend: str | None = None, **kwargs) -> None:
-    """Run ``fn(**kwargs)`` in ``nproc`` new local processes joined in one process group.
+    """Run `fn(**kwargs)` in `nproc` new local processes joined in one process group.
 
     Args:
         fn: a module-level (picklable) function; every process calls it.
         nproc: number of processes.
-        backend: ``"gloo"`` (CPU) or ``"nccl"`` (one GPU per process); default gloo.
-        **kwargs: keyword arguments for ``fn`` (picklable).
+        backend: `"gloo"` (CPU) or `"nccl"` (one GPU per process); default gloo.
+        **kwargs: keyword arguments for `fn` (picklable).
 
     Raises:
         torch.multiprocessing.ProcessRaisedException: a process failed (the others stop).
