@@ -230,10 +230,21 @@ class StudentTRegression(Energy):
         return np.array([np.interp(p, ref["cdf"][k], ref["axes"][k]) for k in range(3)])
 
     def observables(self) -> Mapping[str, Observable]:
-        return {
-            n: Observable(lambda t, k=k: t[:, k], "1") for k, n in enumerate(self.parameter_names)
-        }
+        """`<name>_mean` (reference: the quadrature mean) and `<name>_above_q99` (exceeding
+        the reference 99% quantile; exact mean 0.01) for each parameter."""
+        out = {}
+        q99 = self.quantile(0.99)
+        for k, n in enumerate(self.parameter_names):
+            out[f"{n}_mean"] = Observable(lambda t, k=k: t[:, k], "1")
+            q = float(q99[k])
+            out[f"{n}_above_q99"] = Observable(lambda t, k=k, q=q: (t[:, k] > q).to(t), "1")
+        return out
 
     def exact_observable(self, name: str) -> float:
-        """Reference posterior mean of a parameter (quadrature)."""
-        return float(self.reference["mean"][list(self.parameter_names).index(name)])
+        """Reference value of an observable from the quadrature."""
+        if name not in self.observables():
+            raise KeyError(f"unknown name '{name}' (known: {', '.join(self.observables())})")
+        if name.endswith("_mean"):
+            k = list(self.parameter_names).index(name[: -len("_mean")])
+            return float(self.reference["mean"][k])
+        return 0.01
