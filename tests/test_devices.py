@@ -131,10 +131,13 @@ def test_smoke_recipe_on_device(device, system, tmp_path):
 
 BENCHMARKS = {
     "flow_throughput": ["--dims", "2", "--batch", "64", "--repeats", "1"],
+    "scaling": ["--smallest", "--repeats", "1"],
 }
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "device", [pytest.param("cpu", marks=pytest.mark.slow), pytest.param("cuda", marks=CUDA)]
+)
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
 def test_benchmark_smallest_size_on_device(device, name):
     cmd = [sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), *BENCHMARKS[name]]

@@ -55,12 +55,13 @@ class LossOutput(NamedTuple):
         loss: scalar tensor to minimise (differentiable in the flow parameters).
         n_evaluations: number of target energy evaluations the loss performed.
         n_nonfinite: number of samples dropped from the average because their energy or
-            log-density was NaN or `±inf`.
+            log-density was NaN or `±inf` (an `int`, or a 0-d tensor where reading it would
+            wait for the device).
     """
 
     loss: torch.Tensor
     n_evaluations: int
-    n_nonfinite: int
+    n_nonfinite: int | torch.Tensor
 
 
 def soft_cap(u: torch.Tensor, cap: float) -> torch.Tensor:
@@ -144,7 +145,7 @@ def reverse_kl(
     per_sample = u + sample.log_q
     finite = torch.isfinite(per_sample)
     keep[0] = finite
-    n_nonfinite = int((~finite).sum())
+    n_nonfinite = (~finite).sum()  # a tensor: counting must not wait for the device
     return LossOutput(_masked_mean(per_sample, finite), int(sample.x.shape[0]), n_nonfinite)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Stage", "cosine_warmup", "EpochSampler", "seed_for"]
+__all__ = ["Stage", "cosine_warmup", "EpochSampler", "seed_for", "TrainingResult"]
 
 
 def seed_for(*keys: int) -> int:
@@ -120,3 +120,32 @@ class EpochSampler:
             out.append(self._perm[offset : offset + take])
             start, n = start + take, n - take
         return torch.cat(out)
+
+
+@dataclass
+class TrainingResult:
+    """What a run produced. `history` holds one dict per step with `stage`, `step`
+    (global), `loss`, `lr`, `grad_norm`, `n_nonfinite`, `energy_evaluations`
+    (cumulative) and `wall_time` (s); every `eval_every` steps also `mean_loss`,
+    `ess_fraction` and `eval_nonfinite`."""
+
+    history: list
+    steps: int
+    energy_evaluations: int
+    wall_seconds: float
+    n_skipped_steps: int = 0
+
+    def column(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """`(steps, values)` of the records that carry `key` (for training-curve plots)."""
+        rows = [(r["step"], r[key]) for r in self.history if r.get(key) is not None]
+        steps = np.array([s for s, _ in rows], dtype=np.int64)
+        return steps, np.array([v for _, v in rows], dtype=np.float64)
+
+    def summary(self) -> dict:
+        """The `training` block of `summary.json` (without the loss name)."""
+        return {
+            "steps": self.steps,
+            "energy_evaluations": self.energy_evaluations,
+            "wall_seconds": self.wall_seconds,
+            "n_skipped_steps": self.n_skipped_steps,
+        }

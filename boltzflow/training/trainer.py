@@ -23,7 +23,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,7 +34,7 @@ from boltzflow.training.callbacks import Callback
 from boltzflow.training.distributed import all_reduce_step, broadcast_parameters, share, world
 from boltzflow.training.force_matching import nll_force_matching
 from boltzflow.training.losses import LossOutput, mixed_kl, nll, snf_nll
-from boltzflow.training.stages import EpochSampler, Stage, cosine_warmup, seed_for
+from boltzflow.training.stages import EpochSampler, Stage, TrainingResult, cosine_warmup, seed_for
 from boltzflow.weights import count_nonfinite, kish_ess, log_weights
 
 __all__ = ["Stage", "Trainer", "TrainingResult", "train", "cosine_warmup"]
@@ -43,35 +42,6 @@ __all__ = ["Stage", "Trainer", "TrainingResult", "train", "cosine_warmup"]
 logger = logging.getLogger(__name__)
 
 _DATA_LOSSES = (nll, mixed_kl, nll_force_matching, snf_nll)
-
-
-@dataclass
-class TrainingResult:
-    """What a run produced. `history` holds one dict per step with `stage`, `step`
-    (global), `loss`, `lr`, `grad_norm`, `n_nonfinite`, `energy_evaluations`
-    (cumulative) and `wall_time` (s); every `eval_every` steps also `mean_loss`,
-    `ess_fraction` and `eval_nonfinite`."""
-
-    history: list
-    steps: int
-    energy_evaluations: int
-    wall_seconds: float
-    n_skipped_steps: int = 0
-
-    def column(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """`(steps, values)` of the records that carry `key` (for training-curve plots)."""
-        rows = [(r["step"], r[key]) for r in self.history if r.get(key) is not None]
-        steps = np.array([s for s, _ in rows], dtype=np.int64)
-        return steps, np.array([v for _, v in rows], dtype=np.float64)
-
-    def summary(self) -> dict:
-        """The `training` block of `summary.json` (without the loss name)."""
-        return {
-            "steps": self.steps,
-            "energy_evaluations": self.energy_evaluations,
-            "wall_seconds": self.wall_seconds,
-            "n_skipped_steps": self.n_skipped_steps,
-        }
 
 
 class Trainer:
@@ -89,6 +59,12 @@ class Trainer:
         checkpoint_every: save the trainer state to `checkpoint_path` every this many steps
             (and at the end).
         checkpoint_path: file for the trainer state.
+        sync_every: read the step's loss and gradient norm back to the host every this many
+            steps (default 1 on a CPU, where it costs nothing, and 64 on a GPU); between reads
+            the loop never waits for the device, and a non-finite step is skipped on the
+            device (fused Adam). Callbacks see each step's record when it is read back.
+        compile: run each stage's loss through `torch.compile` (fewer, fused kernels per
+            step; the first steps pay for compilation).
         progress: `False` shows nothing; otherwise a tqdm bar on a terminal and a log line
             every ~30 s elsewhere
             ([`boltzflow.progress.progress_bar`][boltzflow.progress.progress_bar]).
@@ -107,6 +83,8 @@ class Trainer:
         checkpoint_every: int | None = None,
         checkpoint_path=None,
         progress: bool | None = None,
+        sync_every: int | None = None,
+        compile: bool = False,
     ):
         self.flow, self.target = flow, target
         self.stages = [s if isinstance(s, Stage) else Stage.from_dict(s) for s in stages]
@@ -136,6 +114,9 @@ class Trainer:
         self.stop_stage = False
         self.optimizer = self.scheduler = None
         self._loss_fn: Callable | None = None
+        self._pending: list[dict] = []  # steps whose numbers are still on the device
+        self.sync_every = int(sync_every or (1 if self.device.type == "cpu" else 64))
+        self.compile = bool(compile)
         self._sampler: EpochSampler | None = None
 
     # ----------------------------------------------------------------- stages
@@ -149,8 +130,12 @@ class Trainer:
             self._loss_fn = stage.loss
         if stage.data is None and self._loss_fn in _DATA_LOSSES:
             raise ValueError(f"stage {self.stage_index}: loss {stage.loss!r} needs data")
+        if self.compile:
+            self._loss_fn = torch.compile(self._loss_fn)
         params = [p for p in self.flow.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=stage.lr, weight_decay=stage.weight_decay)
+        self.optimizer = torch.optim.Adam(
+            params, lr=stage.lr, weight_decay=stage.weight_decay, fused=self.sync_every > 1 or None
+        )
         if stage.schedule not in ("cosine", "constant"):
             raise ValueError(f"unknown schedule {stage.schedule!r}")
         factor = cosine_warmup(
@@ -199,20 +184,18 @@ class Trainer:
             scalars = all_reduce_step(params, (hi - lo) / int(stage.batch_size), scalars)
             out = LossOutput(scalars[0], int(scalars[1]), int(scalars[2]))
         max_norm = math.inf if stage.clip_grad_norm is None else float(stage.clip_grad_norm)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        loss = float(out.loss.detach())
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        loss = out.loss.detach()
         lr = float(self.optimizer.param_groups[0]["lr"])
-        if math.isfinite(grad_norm) and math.isfinite(loss):
+        bad = ~(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        if self.sync_every > 1:  # a non-finite step is skipped on the device (fused Adam)
+            self.optimizer.found_inf = bad.to(torch.float32)
             self.optimizer.step()
+        elif not bool(bad):  # one host read per step (free on a CPU)
+            self.optimizer.step()
+        with warnings.catch_warnings():  # the schedule advances with the step count
+            warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
-        else:
-            self.n_skipped_steps += 1
-            logger.warning(
-                "step %d skipped: loss %g, gradient norm %g", self.global_step, loss, grad_norm
-            )
-            with warnings.catch_warnings():  # the schedule advances with the step count
-                warnings.simplefilter("ignore", UserWarning)
-                self.scheduler.step()
         self.energy_evaluations += int(out.n_evaluations)
         self.stage_step += 1
         self.global_step += 1
@@ -222,8 +205,39 @@ class Trainer:
             "loss": loss,
             "lr": lr,
             "grad_norm": grad_norm,
-            "n_nonfinite": int(out.n_nonfinite),
+            "n_nonfinite": out.n_nonfinite,
+            "energy_evaluations": self.energy_evaluations,
         }
+
+    def _flush(self, bar, evaluate: bool) -> None:
+        """Read the pending steps' numbers back from the device in one transfer, then account
+        for them in order: skipped steps, evaluation (of the last, when due), history,
+        callbacks and progress."""
+        pending, self._pending = self._pending, []
+        keys = ("loss", "grad_norm", "n_nonfinite")
+        cells = [torch.as_tensor(r[k], device=self.device).double() for r in pending for k in keys]
+        values = torch.stack(cells).tolist()
+        for i, record in enumerate(pending):
+            loss, grad_norm, n_bad = values[3 * i : 3 * i + 3]
+            record.update(loss=loss, grad_norm=grad_norm, n_nonfinite=int(n_bad))
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                self.n_skipped_steps += 1
+                logger.warning(
+                    "step %d skipped: loss %g, gradient norm %g", record["step"], loss, grad_norm
+                )
+            if evaluate and i == len(pending) - 1:
+                k = self.eval_every - 1  # earlier steps of this evaluation window
+                window = [r["loss"] for r in self.history[len(self.history) - k :]]
+                record["mean_loss"] = float(np.mean(window + [loss]))
+                if self.eval_samples > 0:
+                    record.update(self.evaluate())
+                record["energy_evaluations"] = self.energy_evaluations
+            self.history.append(record)
+            for cb in self.callbacks:
+                cb.on_step_end(self, record)
+            bar.update(1)
+            if record["step"] % 10 == 0 or "ess_fraction" in record:
+                self._postfix(bar)
 
     @torch.no_grad()
     def evaluate(self, n: int | None = None) -> dict:
@@ -265,22 +279,16 @@ class Trainer:
                         cb.on_stage_begin(self, stage)
                 while self.stage_step < stage.steps and not self.stop_stage:
                     record = self._step(stage)
-                    if self.eval_every and self.stage_step % self.eval_every == 0:
-                        k = self.eval_every - 1  # earlier steps of this evaluation window
-                        window = [r["loss"] for r in self.history[len(self.history) - k :]]
-                        record["mean_loss"] = float(np.mean(window + [record["loss"]]))
-                        if self.eval_samples > 0:
-                            record.update(self.evaluate())
-                    self.wall_seconds = time.perf_counter() - t0
-                    record["energy_evaluations"] = self.energy_evaluations
-                    record["wall_time"] = self.wall_seconds
-                    self.history.append(record)
-                    for cb in self.callbacks:
-                        cb.on_step_end(self, record)
-                    bar.update(1)
-                    if self.global_step % 10 == 0 or "ess_fraction" in record:
-                        self._postfix(bar)
-                    if self.checkpoint_every and self.global_step % self.checkpoint_every == 0:
+                    self.wall_seconds = record["wall_time"] = time.perf_counter() - t0
+                    self._pending.append(record)
+                    due = bool(self.eval_every) and self.stage_step % self.eval_every == 0
+                    save = bool(self.checkpoint_every) and (
+                        self.global_step % self.checkpoint_every == 0
+                    )
+                    last = self.stage_step >= stage.steps
+                    if due or save or last or len(self._pending) >= self.sync_every:
+                        self._flush(bar, evaluate=due)
+                    if save:
                         self.save(self.checkpoint_path)
                 for cb in self.callbacks:
                     cb.on_stage_end(self, stage)
