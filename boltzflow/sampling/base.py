@@ -8,7 +8,7 @@ resumed chain continues bit-for-bit.
 
 Proposals return `(x_new, log_q_ratio)` with
 `log_q_ratio = log q(x_old | x_new) - log q(x_new | x_old)`, and
-[`metropolis_hastings_accept`][boltzflow.sampling.base.metropolis_hastings_accept] does the rest
+[`metropolis_hastings_accept`][boltzflow.metropolis.metropolis_hastings_accept] does the rest
 (Metropolis et al. 1953; Hastings 1970). The rule itself lives in `boltzflow.metropolis`
 (shared with the stochastic-flow blocks) and is re-exported here.
 """

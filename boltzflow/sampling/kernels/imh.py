@@ -21,7 +21,7 @@ over the cached log-weights. It is the one independence-MH loop of the batched r
 ([`flow_imh`][boltzflow.sampling.runners.flow_imh],
 [`annealed_flow`][boltzflow.sampling.bayes_anneal.annealed_flow]), and its transition law is exactly
 that of [`IndependenceMH`][boltzflow.sampling.kernels.IndependenceMH]: both accept by the shared
-[`metropolis_hastings_accept`][boltzflow.sampling.base.metropolis_hastings_accept] with
+[`metropolis_hastings_accept`][boltzflow.metropolis.metropolis_hastings_accept] with
 $\log\alpha = \log w(x') - \log w(x)$, and both give a non-finite proposal weight 0
 ([`boltzflow.weights`][boltzflow.weights]), so it is never accepted, while a chain at a point of
 weight 0 accepts any proposal of positive weight.

@@ -5,7 +5,7 @@ Every kernel in [`boltzflow.sampling.kernels`][boltzflow.sampling.kernels] build
 `(x_new, log_q_ratio, ...)` with `log_q_ratio = log q(x_old | x_new) - log q(x_new | x_old)`
 in its `propose(state, generator)` method and calls `mh_update`, which wraps the one
 acceptance rule
-[`boltzflow.sampling.base.metropolis_hastings_accept`][boltzflow.sampling.base.metropolis_hastings_accept]
+[`boltzflow.sampling.base.metropolis_hastings_accept`][boltzflow.metropolis.metropolis_hastings_accept]
 (Metropolis et al. 1953; Hastings 1970). Non-finite proposed energies are rejected, and rejected
 chains keep their old values exactly, so NaN never enters a state.
 """
@@ -82,8 +82,8 @@ def mh_select(
 ) -> MHDecision:
     r"""Accept with probability $\min(1, e^{u_{old} - u_{new} + \log q_{ratio}})$.
 
-    Thin wrapper over [`log_acceptance_ratio`][boltzflow.sampling.base.log_acceptance_ratio] and
-    [`metropolis_hastings_accept`][boltzflow.sampling.base.metropolis_hastings_accept] (draws one
+    Thin wrapper over [`log_acceptance_ratio`][boltzflow.metropolis.log_acceptance_ratio] and
+    [`metropolis_hastings_accept`][boltzflow.metropolis.metropolis_hastings_accept] (draws one
     uniform per chain).
     """
     log_alpha = log_acceptance_ratio(energy_old, energy_new, log_q_ratio)
