@@ -78,7 +78,13 @@ print(f"trained {result.steps} steps")
 
 # %% [markdown]
 # ## Importance weights and free energies
-# `log w = -u(y) - log q(y)`. The state sets are read from the target; ΔF = -ln(Σ_A w / Σ_B w)
+# Each flow sample $y \sim q$ gets the log-weight $\log w(y) = -u(y) - \log q(y)$. The state
+# sets $A$, $B$ are read from the target, and
+#
+# $$
+# \Delta F_{AB} = -\ln \frac{\sum_{y \in A} w(y)}{\sum_{y \in B} w(y)} \quad (\text{kT}),
+# $$
+#
 # with a bootstrap error.
 
 # %%

@@ -9,15 +9,15 @@ parameters"), without dual averaging:
   [`run_adapting_step_size`][boltzflow.sampling.adaptation.run_adapting_step_size]): every chain's
   step $\epsilon_c$ is multiplied after each block of steps by
 
-  $$
-  \epsilon_c \leftarrow \epsilon_c \cdot
-  \mathrm{clip}\bigl(e^{2(\bar a_c - a^*)},\ 0.2,\ 5\bigr),
-  $$
+    $$
+    \epsilon_c \leftarrow \epsilon_c \cdot
+    \mathrm{clip}\bigl(e^{2(\bar a_c - a^*)},\ 0.2,\ 5\bigr),
+    $$
 
-  where $\bar a_c$ is the chain's mean acceptance probability over the block and
-  $a^*$ the target acceptance: a Robbins–Monro step on $\log\epsilon$ with a
-  constant gain (Andrieu & Thoms 2008, §3.2), clipped so one block moves the step by at most
-  a factor 5.
+    where $\bar a_c$ is the chain's mean acceptance probability over the block and
+    $a^*$ the target acceptance: a Robbins–Monro step on $\log\epsilon$ with a
+    constant gain (Andrieu & Thoms 2008, §3.2), clipped so one block moves the step by at most
+    a factor 5.
 * **Metric** ([`estimate_metric`][boltzflow.sampling.adaptation.estimate_metric]): the mass matrix
   from a window of draws, as inverse variances (diagonal) or as a dense inverse mass equal to the
   sample covariance shrunk towards $10^{-3} I$ with weight $5/(n+5)$, Stan's regularisation.
