@@ -71,9 +71,8 @@ def _execute(nb, workdir: Path) -> None:
                     continue
                 before = _pngs(workdir)
                 client.execute_cell(cell, index)
-                cell.outputs = [
-                    o for o in cell.outputs if not (o.output_type == "stream" and o.name == "stderr")
-                ]
+                # progress lines and warnings go to stderr; the page keeps stdout and figures
+                cell.outputs = [o for o in cell.outputs if o.get("name") != "stderr"]
                 for name, mtime in sorted(_pngs(workdir).items()):
                     if before.get(name) != mtime:
                         data = base64.b64encode((workdir / name).read_bytes()).decode()
@@ -103,6 +102,7 @@ def render(source: Path, execute: bool = True) -> tuple[str, dict[str, bytes]]:
     from nbformat.v4 import new_markdown_cell
 
     nb = jupytext.read(source)
+    nb.metadata.setdefault("language_info", {"name": "python"})  # code fences get `python`
     if execute:
         with tempfile.TemporaryDirectory(prefix=f"tutorial-{source.stem}-") as tmp:
             _execute(nb, Path(tmp))

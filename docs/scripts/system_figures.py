@@ -8,7 +8,8 @@ Each system runs as a user runs it, `boltzflow run NAME --budget smoke --seed 0 
 figures its `report.md` links are shrunk (at most 900 px wide, a 256-colour palette, fewer
 colours where that keeps a file under 60 KB) into `docs/img/systems/NAME/`, and the block
 between the `figures` markers of `docs/systems/NAME.md` is rewritten to show them, in report
-order, with the command that made them. A system whose run fails keeps its previous figures and is named at the end.
+order, with the command that made them. A system whose run fails keeps its previous figures
+and is named at the end.
 """
 
 from __future__ import annotations
