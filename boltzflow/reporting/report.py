@@ -69,6 +69,8 @@ def write_report(summary: Mapping, figures: Mapping[str, str], out_dir) -> Path:
         f"| PSIS k̂ | {rw['pareto_k']:.3f} |",
         f"| non-finite energies | {rw['n_nonfinite']} |",
     ]
+    if sa.get("log_q") == "path":  # a stochastic flow: the weights are path weights
+        lines.append("| log-weights | path weights (stochastic flow: −u(x) − log q of the path) |")
     ref = s.get("reference", {})
     if "log_z" in ref:
         lines.append(
