@@ -58,8 +58,10 @@ def build(system: str, key, value, device, seed: int = 0):
     target = build_target(recipe, device=device, system_dir=recipe.folder)
     dtype = getattr(torch, recipe.system.get("dtype", "float32"))
     flow = build_flow(recipe, target, seed).to(device=device, dtype=dtype)
+    from boltzflow.runs.processes import batch_size_for
+
     stage = dict(recipe.stages[0]) if recipe.stages else {"loss": "reverse_kl"}
-    stage.setdefault("batch_size", 256)
+    stage["batch_size"] = batch_size_for(stage.get("batch_size", 256), device.type)
     return target, flow, stage, dtype
 
 

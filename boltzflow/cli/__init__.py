@@ -2,8 +2,8 @@
 
 * `boltzflow systems` lists the catalogue;
 * `boltzflow run [NAME|PATH] [--budget smoke|default|long] [--seed N] [--out DIR]
-  [--device cpu|cuda] [--workers N] [--scheduler ADDRESS] [--threads N] [--nproc N]` runs a
-  recipe end to end;
+  [--device cpu|cuda] [--workers N] [--scheduler ADDRESS] [--threads N] [--nproc N]
+  [--compile]` runs a recipe end to end;
 * `boltzflow md` and `boltzflow umbrella` ([`boltzflow.cli.md`][boltzflow.cli.md],
   [`boltzflow.cli.umbrella`][boltzflow.cli.umbrella]) make the training data and reference free
   energies of the molecular systems;
@@ -61,6 +61,7 @@ def _cmd_run(args) -> int:
         scheduler=args.scheduler,
         threads=args.threads,
         nproc=args.nproc,
+        compile=args.compile,
     )
     rw = summary["reweighting"]
     out = args.out or f"runs/{summary['system']}-{args.budget}-s{args.seed}"
@@ -113,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="train data-parallel in N processes (torch.distributed: gloo on CPU, NCCL on GPUs)",
+    )
+    r.add_argument(
+        "--compile", action="store_true", help="compile the training losses (torch.compile)"
     )
     r.set_defaults(func=_cmd_run)
 

@@ -21,7 +21,10 @@ Platform choice (measured for alanine dipeptide on 2 cores, energy + forces per 
 6.1e3 vs `Reference` 1.0e3 in OBC implicit solvent.
 [`default_platform`][boltzflow.energies.openmm.default_platform] therefore picks `Reference` for
 systems without a generalized-Born force and `CPU` with `Threads=1` otherwise; pass an
-[`EnergyPool`][boltzflow.parallel.EnergyPool] to get pinned single-threaded workers.
+[`EnergyPool`][boltzflow.parallel.EnergyPool] to get pinned single-threaded workers. A GPU
+platform (`CUDA`, else `OpenCL`) is chosen when one is installed and the system has at least
+[`GPU_MIN_ATOMS`][boltzflow.energies.openmm.GPU_MIN_ATOMS] particles: one configuration per
+call is launch-bound on a GPU, so a 22-atom molecule stays on the CPU platforms.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import torch
 from boltzflow.energies.base import Energy
 from boltzflow.parallel import EnergyPool, SystemSpec, evaluate_chunk
 
-__all__ = ["OpenMMEnergy", "default_platform", "kT_kJ_per_mol"]
+__all__ = ["OpenMMEnergy", "default_platform", "gpu_platforms", "GPU_MIN_ATOMS", "kT_kJ_per_mol"]
 
 #: Molar gas constant in kJ/(mol K) (CODATA 2018, as in ``openmm.unit.MOLAR_GAS_CONSTANT_R``).
 _R_KJ = 8.314462618e-3
@@ -51,13 +54,34 @@ def kT_kJ_per_mol(temperature: float) -> float:
     return _R_KJ * float(temperature)
 
 
+#: Particles from which a GPU platform is preferred to the CPU ones (an estimate: a GPU
+#: evaluation of one configuration costs tens of microseconds of launches and transfers, the
+#: CPU platforms' cost grows with the system; not yet measured on a GPU).
+GPU_MIN_ATOMS = 2000
+
+
+def gpu_platforms() -> list[str]:
+    """Installed OpenMM GPU platforms, fastest first (`CUDA`, `OpenCL`)."""
+    import openmm
+
+    names = {
+        openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())
+    }
+    return [p for p in ("CUDA", "OpenCL") if p in names]
+
+
 def default_platform(system) -> tuple[str, dict[str, str]]:
-    """Measured default platform: `("Reference", {})` or `("CPU", {"Threads": "1"})`.
+    """Measured default platform: `("Reference", {})` or `("CPU", {"Threads": "1"})`, or a GPU
+    platform (`CUDA`, else `OpenCL`, mixed precision) for systems of at least `GPU_MIN_ATOMS`
+    particles when one is installed.
 
     Systems with a generalized-Born (implicit-solvent) force are about 6× faster on a pinned
     single-threaded `CPU` platform than on `Reference`; small vacuum systems are about 3.5×
     faster on `Reference`.
     """
+    gpus = gpu_platforms() if system.getNumParticles() >= GPU_MIN_ATOMS else []
+    if gpus:
+        return gpus[0], {"Precision": "mixed"}
     names = {type(f).__name__ for f in system.getForces()}
     if names & set(_GB_FORCES):
         return "CPU", {"Threads": "1"}

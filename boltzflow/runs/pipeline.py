@@ -19,7 +19,13 @@ import torch
 import boltzflow
 from boltzflow.progress import logger as stage_log
 from boltzflow.runs import registry
-from boltzflow.runs.processes import run_distributed, set_run_threads
+from boltzflow.runs.processes import (
+    batch_size_for,
+    describe_hardware,
+    join_from_environment,
+    run_distributed,
+    set_run_threads,
+)
 from boltzflow.runs.recipes import Recipe, load_recipe
 from boltzflow.sampling.reweighting import (
     expectation,
@@ -95,7 +101,7 @@ def _data_file(recipe: Recipe, data) -> torch.Tensor:
     return torch.load(path, weights_only=True)
 
 
-def _train(flow, target, recipe: Recipe, seed: int, out_dir: Path):
+def _train(flow, target, recipe: Recipe, seed: int, out_dir: Path, compile: bool = False):
     """Run the recipe's training stages with [`Trainer`][boltzflow.training.trainer.Trainer]."""
     from boltzflow.training.callbacks import EarlyStopping
     from boltzflow.training.trainer import Stage, Trainer
@@ -106,6 +112,7 @@ def _train(flow, target, recipe: Recipe, seed: int, out_dir: Path):
     stages, eval_every, patience = [], None, None
     for spec in recipe.stages:
         spec = dict(spec)
+        spec["batch_size"] = batch_size_for(spec.get("batch_size", 256), anchor.device.type)
         eval_every = spec.pop("eval_every", eval_every)
         patience = spec.pop("patience", patience)
         if "grad_clip" in spec:
@@ -120,7 +127,9 @@ def _train(flow, target, recipe: Recipe, seed: int, out_dir: Path):
         if eval_every is None:
             raise ValueError(f"{recipe.path}: 'patience' needs 'eval_every' in a training stage")
         callbacks.append(EarlyStopping("ess_fraction", patience=int(patience), restore_best=True))
-    trainer = Trainer(flow, target, stages, seed=seed, eval_every=eval_every, callbacks=callbacks)
+    trainer = Trainer(
+        flow, target, stages, seed=seed, eval_every=eval_every, callbacks=callbacks, compile=compile
+    )
     return trainer.fit()
 
 
@@ -232,6 +241,7 @@ def run(
     scheduler: str | None = None,
     threads: int | None = None,
     nproc: int = 1,
+    compile: bool = False,
 ) -> dict:
     """Run a recipe end to end and write the run directory. Returns the summary dict.
 
@@ -247,6 +257,7 @@ def run(
             more than the cores the local energy workers leave); restored afterwards.
         nproc: train data-parallel in this many processes (gloo on CPU, NCCL with one GPU
             each; `boltzflow.training.distributed`); rank 0 samples and writes the run.
+        compile: compile the training losses with `torch.compile`.
     """
     recipe = load_recipe(name_or_path, budget)  # validates everything before any output
     dev = _device(recipe, device)
@@ -254,11 +265,10 @@ def run(
     out_dir = Path(out or f"runs/{recipe.name}-{budget}-s{seed}")
     if int(nproc) > 1:
         settings = dict(name_or_path=name_or_path, budget=budget, seed=seed, device=device)
-        settings.update(workers=workers, scheduler=scheduler, threads=threads)
+        settings.update(workers=workers, scheduler=scheduler, threads=threads, compile=compile)
         return run_distributed(int(nproc), dev, out_dir, **settings)
+    dev = join_from_environment(dev)  # under torchrun; one GPU per process
     rank = world()[0]
-    if dev.type == "cuda" and world()[1] > 1:  # one GPU per process
-        dev = torch.device("cuda", rank % torch.cuda.device_count())
     runtime = {
         "workers": workers,
         "scheduler": scheduler,
@@ -281,7 +291,7 @@ def run(
         t0 = time.perf_counter()
         steps = sum(int(st["steps"]) for st in recipe.stages)
         stage_log.info("training: %d stages, %d steps", len(recipe.stages), steps)
-        training = _train(flow, target, recipe, seed, out_dir)
+        training = _train(flow, target, recipe, seed, out_dir, compile)
         if rank != 0:  # the other processes only help to train
             return {}
         train_summary = {
@@ -295,6 +305,7 @@ def run(
             "sampling: %s, %d samples", recipe.sampling["method"], recipe.sampling["n_samples"]
         )
         summary = _sample_and_summarise(recipe, flow, target, seed, train_summary)
+        summary["hardware"] = describe_hardware(flow, target)
         stage_log.info("writing the report to %s", out_dir)
         _write_outputs(recipe, flow, target, summary, training, out_dir, seed)
     return summary
