@@ -174,24 +174,41 @@ def sizes_mode(args) -> None:
 
 # ------------------------------------------------------------------- run mode
 def run_mode(args) -> None:
-    variants = [("no flags", [])]
+    variants = [("no flags", [], None)]
     if args.threads:
-        variants.append((f"--threads {args.threads}", ["--threads", str(args.threads)]))
+        variants.append((f"--threads {args.threads}", ["--threads", str(args.threads)], None))
+    if args.baseline:  # the same command from another checkout (e.g. an earlier commit)
+        variants.append(("baseline", [], os.path.abspath(args.baseline)))
     print(f"boltzflow run {args.run} --budget {args.budget}: wall seconds, {_cores()} cores")
     print(f"load average before: {os.getloadavg()}")
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for cond, kind in CONDITIONS:
-            for label, flags in variants:
+            for label, flags, tree in variants:
                 cmd = [sys.executable, "-m", "boltzflow.cli", "run", args.run]  # = `boltzflow`
                 cmd += ["--budget", args.budget, *flags]
-                cmd += ["--out", os.path.join(tmp, f"{cond}-{len(flags)}")]
+                cmd += ["--out", os.path.join(tmp, f"{cond}-{label.replace(' ', '')}")]
+                env = _env()
+                if tree is not None:
+                    env["PYTHONPATH"] = tree
+                    env.setdefault("BOLTZFLOW_CACHE", os.path.join(ROOT, ".boltzflow-cache"))
                 with Competitor(kind):
                     t0 = time.perf_counter()
-                    subprocess.run(cmd, check=True, env=_env(), stdout=subprocess.DEVNULL)
-                    wall = time.perf_counter() - t0
+                    try:
+                        subprocess.run(
+                            cmd,
+                            check=True,
+                            env=env,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                            timeout=args.max_run_seconds,
+                        )
+                        wall = time.perf_counter() - t0
+                    except subprocess.TimeoutExpired:
+                        wall = float("inf")
                 rows.setdefault(label, {})[cond] = wall
-                print(f"  {cond:>7} {label}: {wall:.1f} s", flush=True)
+                load = os.getloadavg()[0]
+                print(f"  {cond:>7} {label}: {wall:.1f} s (load {load:.1f})", flush=True)
     for label, row in rows.items():
         ratios = ", ".join(f"{c} {row[c] / row['idle']:.2f}x" for c, _ in CONDITIONS[1:])
         print(f"{label}: idle {row['idle']:.1f} s; {ratios}")
@@ -212,6 +229,8 @@ def main() -> None:
     p.add_argument("--hidden-sizes", type=int, nargs="+", default=[64, 256, 1024])
     p.add_argument("--run", default=None, help="time `boltzflow run RUN` instead")
     p.add_argument("--budget", default="default")
+    p.add_argument("--baseline", default=None, help="run mode: also time this checkout's code")
+    p.add_argument("--max-run-seconds", type=float, default=None, help="run mode: give up after")
     p.add_argument("--child-step", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     sys.path.insert(0, ROOT)  # the checkout this script belongs to
