@@ -277,10 +277,9 @@ def snf_reverse_kl(
     decisions); for a deterministic flow both are the same loss. `n_evaluations` counts every
     target evaluation, the blocks' included.
     """
-    n0 = getattr(target, "n_evaluations", 0)
+    count = _EvaluationCount(flow, target)
     out = reverse_kl(flow, target, batch_size, generator=generator, energy_cap=energy_cap)
-    spent = getattr(target, "n_evaluations", 0) - n0
-    return out._replace(n_evaluations=max(spent, out.n_evaluations))
+    return out._replace(n_evaluations=max(count.spent(), out.n_evaluations))
 
 
 def snf_nll(
@@ -298,8 +297,22 @@ def snf_nll(
     kernels. For a deterministic flow it equals `nll`. Non-finite values are dropped and
     counted; `n_evaluations` counts the blocks' target evaluations.
     """
-    n0 = getattr(target, "n_evaluations", 0)
+    count = _EvaluationCount(flow, target)
     log_q = flow.backward_path(data, generator=generator).log_q
     finite = torch.isfinite(log_q)
-    spent = getattr(target, "n_evaluations", 0) - n0
-    return LossOutput(-_masked_mean(log_q, finite), spent, int((~finite).sum()))
+    return LossOutput(-_masked_mean(log_q, finite), count.spent(), int((~finite).sum()))
+
+
+class _EvaluationCount:
+    """Target evaluations spent from now on by the loss's target and by the energies the
+    flow's stochastic blocks hold (a tempered training target is a copy of the blocks' one, with
+    its own counter; each distinct counter is counted once)."""
+
+    def __init__(self, flow, target):
+        held = [getattr(m, "target", None) for m in flow.modules() if getattr(m, "stochastic", 0)]
+        unique = {id(t): t for t in [target, *held] if hasattr(t, "n_evaluations")}
+        self.targets = list(unique.values())
+        self.start = [t.n_evaluations for t in self.targets]
+
+    def spent(self) -> int:
+        return sum(t.n_evaluations - n0 for t, n0 in zip(self.targets, self.start, strict=True))

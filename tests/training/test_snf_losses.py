@@ -35,7 +35,7 @@ def test_snf_losses_count_block_evaluations_and_train_lambda_and_step_size():
     snf = add_stochastic_blocks(flow, target, kind=["metropolis", "langevin"], count=2, steps=3)
     blocks = [m for m in snf.modules() if isinstance(m, StochasticBlock)]
     assert [type(b) for b in blocks] == [MetropolisBlock, LangevinBlock]
-    assert [float(b.lam) for b in blocks] == pytest.approx([0.5, 1.0], abs=1e-6)
+    assert [float(b.lam.detach()) for b in blocks] == pytest.approx([0.5, 1.0], abs=1e-6)
     g = torch.Generator().manual_seed(2)
     out = snf_reverse_kl(snf, target, 16, generator=g)
     # 16 end points + (3 + 1) per block for Metropolis and Langevin
@@ -43,6 +43,8 @@ def test_snf_losses_count_block_evaluations_and_train_lambda_and_step_size():
     out.loss.backward()
     assert float(blocks[0].lambda_logit.grad.abs()) > 0
     assert all(float(b.log_step_size.grad.abs()) > 0 for b in blocks)
+    hot = snf_reverse_kl(snf, target.at_temperature(3.0), 16, generator=g)
+    assert hot.n_evaluations == 16 + 2 * 4 * 16  # blocks count on their own target
     x = target.sample(16, generator=g).double()
     back = snf_nll(snf, target, x, generator=g)
     assert back.n_evaluations == 2 * 4 * 16 and torch.isfinite(back.loss)
