@@ -126,7 +126,12 @@ def add_stochastic_blocks(
             extra["n_leapfrog"] = int(n_leapfrog)
         if cls is UnderdampedLangevinBlock:
             extra["friction"] = float(friction)
-        if cls is MetropolisBlock and getattr(target, "periodic_mask", None) is not None:
+        if getattr(target, "periodic_mask", None) is not None:
+            if cls is not MetropolisBlock:
+                raise ValueError(
+                    f"'{name}' blocks do not wrap periodic coordinates; use 'metropolis' blocks "
+                    "for a target with a periodic_mask"
+                )
             extra["periodic"] = target.periodic_mask
         blocks.append(
             cls(
