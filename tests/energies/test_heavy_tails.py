@@ -52,8 +52,13 @@ def _is_draws(target, n, seed):
     return y, log_w
 
 
-def test_regression_reference_matches_importance_sampling(regression):
-    y, log_w = _is_draws(regression, 100_000, seed=0)
+@pytest.fixture(scope="module")
+def draws(regression):
+    return _is_draws(regression, 100_000, seed=0)
+
+
+def test_regression_reference_matches_importance_sampling(regression, draws):
+    y, log_w = draws
     rw = reweight(log_w, n_bootstrap=100)
     assert rw.pareto_k < 0.7
     assert abs(rw.log_z.mean - regression.log_z) < Z_CRIT * rw.log_z.stderr
@@ -73,8 +78,8 @@ class _NoJacobian(StudentTRegression):
         return axes, lw + drop[:, None, None] + drop[None, :, None] + drop[None, None, :]
 
 
-def test_mutant_quadrature_is_detected(regression):
+def test_mutant_quadrature_is_detected(draws):
     mutant = _NoJacobian(grid=80)
-    _, log_w = _is_draws(regression, 100_000, seed=0)
+    _, log_w = draws
     rw = reweight(log_w, n_bootstrap=100)
     assert abs(rw.log_z.mean - mutant.log_z) > Z_CRIT * rw.log_z.stderr

@@ -1,4 +1,4 @@
-"""Negative control on the ν = 1 product-of-Cauchy target (d = 5), reverse KL training.
+"""Negative control on the ν = 1 product-of-Cauchy target (d = 5).
 
 A Gaussian-base spline flow has light tails: its importance weights for a Cauchy target have
 infinite variance, and PSIS k̂ > 0.7 must flag it. The tail transform flow, same layers and
@@ -46,6 +46,30 @@ def _k_hat(kind: str, caplog) -> tuple[float, bool]:
     return k, "k-hat" in caplog.text
 
 
+def test_untrained_light_tails_are_flagged_and_cauchy_tails_are_not(caplog):
+    """Fast version, no training: standard normal draws scaled by 2 (Gaussian tails) or
+    pushed through a fixed tail transform with λ = 1 (Cauchy-like tails)."""
+    from boltzflow.flows.affine import ElementwiseAffine
+    from boltzflow.flows.base import Compose, Flow
+    from boltzflow.flows.distributions import StandardNormal
+    from boltzflow.flows.tails import TailTransform
+
+    def k_hat(flow):
+        draws = importance_sampling(flow, TARGET, n_samples=50_000, seed=1)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="boltzflow.sampling.reweighting"):
+            k = reweight(draws.log_weight, n_bootstrap=20).pareto_k
+        return k, "k-hat" in caplog.text
+
+    light = ElementwiseAffine(5, scale=2.0, learnable=False)
+    k, warned = k_hat(Flow(StandardNormal(5), Compose(light)))
+    assert k > 0.7 and warned
+    heavy = TailTransform(5, tail_weights=1.0, learnable_tails=False)
+    k, warned = k_hat(Flow(StandardNormal(5), Compose(heavy)))
+    assert k < 0.7 and not warned
+
+
+@pytest.mark.slow
 def test_gaussian_base_is_flagged_and_tail_transform_is_not(caplog):
     k_gauss, warned = _k_hat("gaussian", caplog)
     assert k_gauss > 0.7 and warned
