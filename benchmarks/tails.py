@@ -115,7 +115,7 @@ def score(target, flow, dims, quantile, log_z, draws: int, seed: int) -> dict:
     rw = reweight(lw, n_bootstrap=100)
     out = {"k_hat": rw.pareto_k, "ess_fraction": rw.ess_fraction, "n_nonfinite": rw.n_nonfinite}
     finite = np.isfinite(lw)
-    for p in PROBS:
+    for p in PROBS if dims else ():
         exact = np.asarray(quantile(p))
         exact = exact[dims] if exact.size == target.dim else exact
         errs = [
