@@ -21,10 +21,11 @@ The alanine-dipeptide comparison (torsion KLs and ESS per energy evaluation, wit
 blocks) is not implemented yet.
 
 Usage: `python benchmarks/stochastic.py [--trainings 10] [--samples 100000] [--repeats 20]
-[--steps-scale 1.0] [--only realnvp,realnvp+mc,nsf,nsf+mc] [--blocks JSON] [--out FILE]`;
-the published sample counts are the default. `--steps-scale` multiplies every training stage's
-steps; `--blocks` overrides keys of the `[flow.stochastic]` table. At the default settings it
-takes hours on 2 cores: run it with nohup.
+[--steps-scale 1.0] [--only realnvp,realnvp+mc,nsf,nsf+mc] [--blocks JSON] [--flow JSON]
+[--out FILE]`; the published sample counts are the default. `--steps-scale` multiplies every
+training stage's steps; `--blocks` overrides keys of the `[flow.stochastic]` table, `--flow`
+the flow's `num_layers` and `hidden`. At the default settings it takes hours on 2 cores: run it
+with nohup.
 """
 
 from __future__ import annotations
@@ -70,10 +71,11 @@ def exact_profile(target: DoubleWell2D, bins: int) -> np.ndarray:
     return np.array(out)
 
 
-def recipe_for(model: str, budget: str, steps_scale: float, overrides=None):
+def recipe_for(model: str, budget: str, steps_scale: float, overrides=None, flow_kw=None):
     recipe = load_recipe("double-well-snf", budget)
     kind, blocks = MODELS[model]
     flow = {"kind": kind, "num_layers": recipe.flow["num_layers"], "hidden": recipe.flow["hidden"]}
+    flow.update(flow_kw or {})
     if blocks:
         flow["stochastic"] = copy.deepcopy(recipe.flow["stochastic"])
         flow["stochastic"].update(overrides or {})
@@ -129,7 +131,8 @@ def double_well(args) -> dict:
     print(f"{int(keep.sum())} of {args.bins} bins on ({LO}, {HI}) hold >= 10 exact samples")
     out = {}
     for model in args.only.split(","):
-        recipe = recipe_for(model, args.budget, args.steps_scale, json.loads(args.blocks))
+        blocks, flow_kw = json.loads(args.blocks), json.loads(args.flow)
+        recipe = recipe_for(model, args.budget, args.steps_scale, blocks, flow_kw)
         errors, rows = [], []
         for seed in range(args.trainings):
             t0 = time.perf_counter()
@@ -183,6 +186,9 @@ def main():
     ap.add_argument("--only", default=",".join(MODELS))
     ap.add_argument(
         "--blocks", default="{}", help="JSON overrides of [flow.stochastic], e.g. '{\"steps\": 20}'"
+    )
+    ap.add_argument(
+        "--flow", default="{}", help="JSON overrides of the flow, e.g. '{\"num_layers\": 2}'"
     )
     ap.add_argument("--out", default=None, help="write the results as JSON")
     ap.add_argument("--work-dir", default="runs/benchmark-stochastic", help="trainer files")
