@@ -151,7 +151,8 @@ def load_checkpoint(
         path: the directory or prefix given to [`save_checkpoint`][boltzflow.io.save_checkpoint].
         flow: load the weights into this flow; if `None` the flow is rebuilt as
             `builder(target or event_shape, **builder_kwargs)` from the metadata.
-        target: passed to the builder instead of the saved `event_shape` when given.
+        target: passed to the builder instead of the saved `event_shape` when given; needed
+            to rebuild a stochastic flow (its blocks hold the target energy).
         builder: overrides the metadata's `builder`: a callable (trusted: it is your code)
             or a registered flow name.
         map_location: device for the loaded tensors (default: where they were saved, i.e. cpu).
@@ -170,13 +171,28 @@ def load_checkpoint(
         make, first, kwargs = _builder_call(metadata, target, builder, js)
     state = torch.load(pt, map_location=map_location, weights_only=True)
     if flow is None:
-        flow = make(first, **kwargs)
+        flow = _rebuild(make, first, kwargs, target, js)
         if metadata.get("dtype"):
             flow = flow.to(_DTYPES[metadata["dtype"]])
         if map_location is not None:
             flow = flow.to(map_location)
     flow.load_state_dict(state, strict=strict)
     return LoadedCheckpoint(flow, metadata)
+
+
+def _rebuild(make, first, kwargs: dict, target, where: Path):
+    """`make(first, **kwargs)`, with the stochastic blocks of a `stochastic` entry (the
+    `[flow.stochastic]` table of a recipe) placed into the result."""
+    kwargs = dict(kwargs)
+    table = kwargs.pop("stochastic", None)
+    flow = make(first, **kwargs)
+    if table is None:
+        return flow
+    if target is None:
+        raise ValueError(f"{where}: a stochastic flow holds its target energy: pass target=")
+    from boltzflow.flows.snf import add_stochastic_blocks
+
+    return add_stochastic_blocks(flow, target, **table)
 
 
 _DTYPES = {

@@ -64,3 +64,20 @@ def test_recipe_stochastic_table_builds_blocks_and_is_validated(tmp_path):
             broken.write_text(text.replace('kind = "metropolis"', 'kind = "gibbs"'))
         with pytest.raises(RecipeError, match=message):
             load_recipe(broken, "smoke")
+
+
+def test_a_stochastic_run_checkpoint_rebuilds_with_its_blocks(tmp_path):
+    from boltzflow.io import load_checkpoint, save_checkpoint
+
+    recipe = load_recipe("double-well-snf", "smoke")
+    target = DoubleWell2D()
+    flow = build_flow(recipe, target, seed=0)
+    kwargs = {k: v for k, v in recipe.flow.items() if k != "kind"}
+    save_checkpoint(tmp_path, flow, {"builder": recipe.flow["kind"], "builder_kwargs": kwargs})
+    with pytest.raises(ValueError, match="target="):
+        load_checkpoint(tmp_path)
+    loaded = load_checkpoint(tmp_path, target=target).flow
+    assert loaded.is_stochastic
+    saved, back = flow.state_dict(), loaded.state_dict()
+    assert saved.keys() == back.keys()
+    assert all(torch.equal(saved[k], back[k]) for k in saved)
