@@ -18,6 +18,7 @@ parameters"), without dual averaging:
     $a^*$ the target acceptance: a Robbins–Monro step on $\log\epsilon$ with a
     constant gain (Andrieu & Thoms 2008, §3.2), clipped so one block moves the step by at most
     a factor 5.
+
 * **Metric** ([`estimate_metric`][boltzflow.sampling.adaptation.estimate_metric]): the mass matrix
   from a window of draws, as inverse variances (diagonal) or as a dense inverse mass equal to the
   sample covariance shrunk towards $10^{-3} I$ with weight $5/(n+5)$, Stan's regularisation.
