@@ -38,7 +38,6 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.1.0"
 
-#: Public name -> ``"module:attribute"`` it comes from.
 _PUBLIC = {
     "Energy": "boltzflow.energies.base:Energy",
     "from_log_prob": "boltzflow.energies.posterior:from_log_prob",
@@ -56,6 +55,7 @@ _PUBLIC = {
     "FlowMove": "boltzflow.sampling.emcee_move:FlowMove",
     "load_checkpoint": "boltzflow.io:load_checkpoint",
 }
+"""Public name -> ``"module:attribute"`` it comes from."""
 
 __all__ = ["__version__", *_PUBLIC]
 

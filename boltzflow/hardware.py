@@ -43,9 +43,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Parameters × batch of a training step above which intra-op threads pay on an idle machine
-#: (measured on 2 cores with `benchmarks/busy_cpu.py --sizes`; see docs/hardware.md).
 LARGE_STEP = 2**31
+"""Parameters × batch of a training step above which intra-op threads pay on an idle machine
+(measured on 2 cores with `benchmarks/busy_cpu.py --sizes`; see docs/hardware.md)."""
 
 
 def usable_cores() -> int:

@@ -27,8 +27,8 @@ __all__ = ["SystemSpec", "evaluate_chunk", "evaluate_shared_chunk", "worker_info
 
 log = logging.getLogger(__name__)
 
-#: Contexts kept per process (keyed by ``SystemSpec.key``); small, so memory stays bounded.
 _MAX_CONTEXTS = 4
+"""Contexts kept per process (keyed by ``SystemSpec.key``); small, so memory stays bounded."""
 _CONTEXTS: OrderedDict[str, object] = OrderedDict()
 
 
@@ -148,8 +148,8 @@ def evaluate_shared_chunk(spec: SystemSpec, handle, start: int, stop: int) -> No
     views["forces"][start:stop] = f
 
 
-#: Shared blocks this worker has attached, by name (the parent reuses one block per pool).
 _ATTACHED: OrderedDict[str, tuple] = OrderedDict()
+"""Shared blocks this worker has attached, by name (the parent reuses one block per pool)."""
 
 
 def _attached(handle) -> dict[str, np.ndarray]:

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 __all__ = ["logger", "progress_bar", "log_interval"]
 
-#: The logger that carries progress lines and run stages.
 logger = logging.getLogger("boltzflow.progress")
+"""The logger that carries progress lines and run stages."""
 
 _LOG_FORMAT = "{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%){postfix} [{elapsed}<{remaining}]"
 

@@ -24,11 +24,11 @@ from boltzflow import __version__
 
 __all__ = ["main", "build_parser", "DEFAULT_SYSTEM"]
 
-#: The system ``boltzflow run`` runs when no name is given.
 DEFAULT_SYSTEM = "alanine-dipeptide-vacuum"
+"""The system ``boltzflow run`` runs when no name is given."""
 
-#: Modules contributing subcommands through an ``add_parser(subparsers)`` function.
 _PLUGIN_PARSERS = ("boltzflow.cli.md", "boltzflow.cli.umbrella")
+"""Modules contributing subcommands through an ``add_parser(subparsers)`` function."""
 
 
 def _cmd_systems(args) -> int:

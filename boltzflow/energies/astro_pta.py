@@ -47,9 +47,9 @@ from boltzflow.energies.priors import Uniform
 __all__ = ["hellings_downs", "power_law_log_psd", "PTAData", "simulate_pta", "PTAPosterior"]
 
 _YEAR_S = 365.25 * 86400.0
-#: log of A² yr² (μs/s)² / (12π²): φ(f) in μs² for f in 1/yr and T in yr is
-#: exp(_LOG_PSD_CONST + 2 ln10 log10A - γ ln f) / T
 _LOG_PSD_CONST = math.log(_YEAR_S**2 * 1e12 / (12 * math.pi**2))
+"""log of A² yr² (μs/s)² / (12π²): φ(f) in μs² for f in 1/yr and T in yr is
+exp(_LOG_PSD_CONST + 2 ln10 log10A - γ ln f) / T"""
 
 
 def hellings_downs(positions: np.ndarray) -> np.ndarray:
@@ -88,8 +88,6 @@ class PTAData:
         return out
 
 
-#: Injected red-noise (log10 A, γ) of the 10 simulated pulsars: three loud, four moderate,
-#: three below the white noise (their amplitudes only get upper limits).
 DEFAULT_RED_NOISE = (
     (-13.2, 2.5),
     (-13.6, 4.0),
@@ -102,6 +100,8 @@ DEFAULT_RED_NOISE = (
     (-17.0, 4.0),
     (-16.0, 1.5),
 )
+"""Injected red-noise (log10 A, γ) of the 10 simulated pulsars: three loud, four moderate,
+three below the white noise (their amplitudes only get upper limits)."""
 
 
 def simulate_pta(
@@ -203,10 +203,10 @@ class PTAPosterior(Posterior):
         self._gamma = torch.as_tensor(hellings_downs(d.positions))
         self._freqs = torch.arange(1, d.n_freq + 1, dtype=torch.float64) / d.span
 
-    #: Likelihoods are evaluated this many at a time: one evaluation holds a few (2KP)² float64
-    #: matrices (0.6 MB each for the default array), so an unchunked batch of 8192 would need
-    #: about 15 GB.
     chunk_size = 256
+    """Likelihoods are evaluated this many at a time: one evaluation holds a few (2KP)² float64
+    matrices (0.6 MB each for the default array), so an unchunked batch of 8192 would need
+    about 15 GB."""
 
     def _pta_log_likelihood(self, theta: torch.Tensor) -> torch.Tensor:
         if theta.shape[0] > self.chunk_size:

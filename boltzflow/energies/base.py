@@ -133,32 +133,32 @@ class Energy:
             [`energy`][boltzflow.energies.base.Energy.energy]).
     """
 
-    #: Exact $\log Z = \log\int e^{-u(x)}dx$ at the current temperature, or `None`.
     log_z: float | None = None
-    #: Bool tensor shaped like `event_shape` marking periodic coordinates on [-π, π)
-    #: (torsions, lattice angles), or `None` if all coordinates are Euclidean. Flow
-    #: builders read it to place circular transforms.
+    r"""Exact $\log Z = \log\int e^{-u(x)}dx$ at the current temperature, or `None`."""
     periodic_mask: torch.Tensor | None = None
-    #: Period of every coordinate when the configuration space is a torus
-    #: $[-P/2, P/2)^d$ (e.g. $2\pi$ for U(1) links), else `None`. Samplers wrap
-    #: positions and draw random starts on it.
+    """Bool tensor shaped like `event_shape` marking periodic coordinates on [-π, π)
+    (torsions, lattice angles), or `None` if all coordinates are Euclidean. Flow
+    builders read it to place circular transforms."""
     period: float | None = None
-    #: Number of modes labelled by `mode_assignment` (`None`: no labelling). Runs
-    #: report how many of them the samples visit.
+    r"""Period of every coordinate when the configuration space is a torus
+    $[-P/2, P/2)^d$ (e.g. $2\pi$ for U(1) links), else `None`. Samplers wrap
+    positions and draw random starts on it."""
     n_modes: int | None = None
-    #: Mode centres `Tensor[n_modes, dim]` (units of `x`), marked in the 2-D sample
-    #: figure, or `None`.
+    """Number of modes labelled by `mode_assignment` (`None`: no labelling). Runs
+    report how many of them the samples visit."""
     means: torch.Tensor | None = None
-    #: One name per flattened coordinate of `x` for the samples file, or `None` (then
-    #: `x_0, x_1, ...`).
+    """Mode centres `Tensor[n_modes, dim]` (units of `x`), marked in the 2-D sample
+    figure, or `None`."""
     parameter_names: Sequence[str] | None = None
+    """One name per flattened coordinate of `x` for the samples file, or `None` (then
+    `x_0, x_1, ...`)."""
 
     def __init__(self, event_shape: int | tuple[int, ...], temperature_scale: float = 1.0):
         self.event_shape = as_event_shape(event_shape)
-        #: `T / T_ref`; set through the constructor or `at_temperature`.
         self.temperature_scale = _check_scale(temperature_scale)
-        #: Number of configurations evaluated so far (reported as `energy_evaluations`).
+        """`T / T_ref`; set through the constructor or `at_temperature`."""
         self.n_evaluations = 0
+        """Number of configurations evaluated so far (reported as `energy_evaluations`)."""
 
     # ----------------------------------------------------------------- core API
     @property

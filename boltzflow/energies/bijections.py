@@ -56,8 +56,8 @@ class Bijection:
 
     in_dim: int = 1
     out_dim: int = 1
-    #: Suffixes naming the unconstrained coordinates (``name + suffix``).
     suffixes: tuple[str, ...] = ("",)
+    """Suffixes naming the unconstrained coordinates (``name + suffix``)."""
 
     def forward(self, y: torch.Tensor) -> Constrained:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -110,10 +110,10 @@ class QuarticMarginal:
         self._height = torch.from_numpy(np.exp(-lowest))  # envelope on each cell, max ≤ 1
         mass = self._height.sum()
         self._cdf = torch.cumsum(self._height, 0) / mass
-        #: Expected acceptance probability of the rejection sampler.
         self.acceptance = math.exp(self.log_z + self.beta * self.u_min) / float(
             mass * (edges[1] - edges[0])
         )
+        """Expected acceptance probability of the rejection sampler."""
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Exact draws, `Tensor[n]` float64 on the generator's device."""

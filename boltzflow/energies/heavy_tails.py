@@ -65,8 +65,8 @@ class ProductStudentT(Energy):
         cycle = np.atleast_1d(np.asarray(df, dtype=np.float64))
         if not (cycle > 0).all():
             raise ValueError(f"degrees of freedom must be positive, got {df}")
-        #: Degrees of freedom per dimension, `inf` on Gaussian ones (numpy `[dim]`).
         self.df = np.full(self.dim, np.inf)
+        """Degrees of freedom per dimension, `inf` on Gaussian ones (numpy `[dim]`)."""
         self.df[:n_heavy] = np.resize(cycle, n_heavy)
         self.n_heavy, self.scale = n_heavy, float(scale)
         self.log_z = 0.0

@@ -37,8 +37,8 @@ from boltzflow.parallel import EnergyPool, SystemSpec, evaluate_chunk
 
 __all__ = ["OpenMMEnergy", "default_platform", "gpu_platforms", "GPU_MIN_ATOMS", "kT_kJ_per_mol"]
 
-#: Molar gas constant in kJ/(mol K) (CODATA 2018, as in ``openmm.unit.MOLAR_GAS_CONSTANT_R``).
 _R_KJ = 8.314462618e-3
+"""Molar gas constant in kJ/(mol K) (CODATA 2018, as in ``openmm.unit.MOLAR_GAS_CONSTANT_R``)."""
 
 _GB_FORCES = (
     "GBSAOBCForce",
@@ -54,10 +54,10 @@ def kT_kJ_per_mol(temperature: float) -> float:
     return _R_KJ * float(temperature)
 
 
-#: Particles from which a GPU platform is preferred to the CPU ones (an estimate: a GPU
-#: evaluation of one configuration costs tens of microseconds of launches and transfers, the
-#: CPU platforms' cost grows with the system; not yet measured on a GPU).
 GPU_MIN_ATOMS = 2000
+"""Particles from which a GPU platform is preferred to the CPU ones (an estimate: a GPU
+evaluation of one configuration costs tens of microseconds of launches and transfers, the
+CPU platforms' cost grows with the system; not yet measured on a GPU)."""
 
 
 def gpu_platforms() -> list[str]:

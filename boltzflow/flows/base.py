@@ -54,8 +54,8 @@ class FlowSample(NamedTuple):
     z: torch.Tensor
     log_q: torch.Tensor
 
-    #: `False`: `log_q` is the density of `x`; `True` for a `PathSample`.
     is_path = False
+    """`False`: `log_q` is the density of `x`; `True` for a `PathSample`."""
 
 
 class PathSample(FlowSample):

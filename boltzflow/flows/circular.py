@@ -51,8 +51,8 @@ __all__ = [
     "CircularSplineCoupling",
 ]
 
-#: Unnormalised derivative ``u`` with ``min_derivative + softplus(u) = 1`` (identity slope).
 IDENTITY_DERIVATIVE = float(np.log(np.expm1(1.0 - DEFAULT_MIN_DERIVATIVE)))
+"""Unnormalised derivative ``u`` with ``min_derivative + softplus(u) = 1`` (identity slope)."""
 
 
 def wrap_angle(theta: torch.Tensor) -> torch.Tensor:

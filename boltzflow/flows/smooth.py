@@ -73,8 +73,8 @@ __all__ = [
 
 ALPHA_MIN, ALPHA_MAX = 0.2, 2.0
 _EDGE = 1e-4
-#: ``sigmoid(PROBIT_SCALE · z) ≈ Φ(z)``: a standard normal becomes nearly uniform on (0, 1).
 PROBIT_SCALE = 1.702
+"""``sigmoid(PROBIT_SCALE · z) ≈ Φ(z)``: a standard normal becomes nearly uniform on (0, 1)."""
 
 
 def smooth_step(t: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,8 +48,8 @@ from boltzflow.flows.smooth import (
 
 __all__ = ["SmoothCoupling", "smooth_mlp", "smooth_coupling_flow"]
 
-#: Initial bias of the identity-component logit (the layers start close to the identity).
 IDENTITY_LOGIT = 3.0
+"""Initial bias of the identity-component logit (the layers start close to the identity)."""
 
 
 def smooth_mlp(n_in: int, n_out: int, hidden: int, num_blocks: int = 2) -> nn.Sequential:

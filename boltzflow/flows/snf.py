@@ -36,7 +36,6 @@ from boltzflow.flows.stochastic import (
 
 __all__ = ["BLOCK_KINDS", "STOCHASTIC_KEYS", "add_stochastic_blocks", "realnvp_flow"]
 
-#: Block kinds a `[flow.stochastic]` table may name.
 BLOCK_KINDS = {
     "metropolis": (MetropolisBlock, {}),
     "langevin": (LangevinBlock, {}),
@@ -44,8 +43,8 @@ BLOCK_KINDS = {
     "underdamped": (UnderdampedLangevinBlock, {}),
     "hmc": (HMCBlock, {}),
 }
+"""Block kinds a `[flow.stochastic]` table may name."""
 
-#: Keys of a `[flow.stochastic]` table.
 STOCHASTIC_KEYS = {
     "kind",
     "count",
@@ -58,6 +57,7 @@ STOCHASTIC_KEYS = {
     "n_leapfrog",
     "friction",
 }
+"""Keys of a `[flow.stochastic]` table."""
 
 
 def _lambdas(lambdas, count: int) -> list[float]:

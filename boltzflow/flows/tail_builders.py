@@ -40,8 +40,8 @@ from boltzflow.flows.tails import GroupLinear, StudentTNormal, TailTransform
 
 __all__ = ["tail_adaptive_flow", "tail_estimate"]
 
-#: Degrees of freedom are kept in this range when they initialise a flow.
 DF_RANGE = (0.3, 50.0)
+"""Degrees of freedom are kept in this range when they initialise a flow."""
 
 
 def tail_estimate(

@@ -41,11 +41,11 @@ __all__ = [
     "SOLVENTS",
 ]
 
-#: Atom indices of the backbone dihedrals in the vendored topology.
 PHI_ATOMS = (4, 6, 8, 14)
+"""Atom indices of the backbone dihedrals in the vendored topology."""
 PSI_ATOMS = (6, 8, 14, 16)
-#: Cα and its substituents N, C, Cβ, Hα (for the L/D check).
 CHIRALITY_ATOMS = {"CA": 8, "N": 6, "C": 14, "CB": 10, "HA": 9}
+"""Cα and its substituents N, C, Cβ, Hα (for the L/D check)."""
 
 SOLVENTS = {"vacuum": "alanine-dipeptide-vacuum", "implicit": "alanine-dipeptide-implicit"}
 

@@ -39,15 +39,15 @@ def _posterior(out_dir, names) -> dict:
     return posterior_figures(out_dir, names)
 
 
-#: Figure kinds a target may request: ``kind -> draw(out_dir, **data) -> {caption: file}``.
-#: ``histogram``: ``filename, title, label, values [n], log_weight [n], discrete``;
-#: ``ramachandran``: ``filename, title, angles (phi, psi) in rad, log_weight, md`` (MD angles
-#: or ``None``); ``posterior``: ``names`` (pair and trace plots from ``samples.nc``).
 DRAWERS: dict[str, Callable[..., Mapping[str, str]]] = {
     "histogram": _histogram,
     "ramachandran": _ramachandran,
     "posterior": _posterior,
 }
+"""Figure kinds a target may request: ``kind -> draw(out_dir, **data) -> {caption: file}``.
+``histogram``: ``filename, title, label, values [n], log_weight [n], discrete``;
+``ramachandran``: ``filename, title, angles (phi, psi) in rad, log_weight, md`` (MD angles
+or ``None``); ``posterior``: ``names`` (pair and trace plots from ``samples.nc``)."""
 
 
 def draw_requested(out_dir, requests: Sequence) -> dict[str, str]:

@@ -179,8 +179,8 @@ def _check_registry(reg: dict, name, what: str, where: str, path: Path):
         raise RecipeError(f"{path}: [{where}] {exc.args[0]}") from None
 
 
-#: Keywords the pipeline supplies at run time; builders may accept them.
 RUNTIME_KEYWORDS = {"workers", "scheduler", "system_dir", "device"}
+"""Keywords the pipeline supplies at run time; builders may accept them."""
 
 
 def _check_kwargs(

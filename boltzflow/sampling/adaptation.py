@@ -41,8 +41,8 @@ __all__ = [
     "estimate_metric",
 ]
 
-#: Steps between two step-size updates.
 ADAPT_EVERY = 10
+"""Steps between two step-size updates."""
 
 
 def adapt_step_size(

@@ -136,8 +136,8 @@ def _train_weighted(flow, opt, batches, beta, steps, batch_size, g) -> list:
     return fit_nll(flow, data, steps, batch_size, 0.0, g, probs=p / p.sum(), optimizer=opt)
 
 
-#: Defensive-mixture defaults: share from the wide base, its width factor, share from the prior.
 DEFENSIVE, DEFENSIVE_SCALE, DEFENSIVE_PRIOR = 0.1, 2.0, 0.02
+"""Defensive-mixture defaults: share from the wide base, its width factor, share from the prior."""
 
 
 def annealed_training(

@@ -174,15 +174,14 @@ class Evidence:
     train_steps: int = 0
 
 
-#: The settings records by the name of the `hybrid` argument that takes them.
 _GROUPS = {
     "schedule": Schedule,
     "local": LocalMoves,
     "global_moves": GlobalMoves,
     "evidence": Evidence,
 }
+"""The settings records by the name of the `hybrid` argument that takes them."""
 
-#: Flat recipe key -> `(hybrid argument, field)` of the settings record it sets.
 FLAT_KEYS: dict[str, tuple[str, str]] = {
     **{k: ("schedule", k) for k in ("chains", "warmup_rounds", "repeats", "thin", "init")},
     "init_steps": ("schedule", "init_steps"),
@@ -195,6 +194,7 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "evidence_samples": ("evidence", "samples"),
     "evidence_train_steps": ("evidence", "train_steps"),
 }
+"""Flat recipe key -> `(hybrid argument, field)` of the settings record it sets."""
 
 
 def hybrid_settings(**flat) -> dict:

@@ -40,8 +40,8 @@ from boltzflow.sampling.runners import RunCost, SamplingResult
 
 __all__ = ["TauEstimate", "pooled_integrated_time", "hmc", "flow_hmc", "chain_observable_taus"]
 
-#: Observable whose τ_int each runner reports, by preference.
 TAU_OBSERVABLES = ("topological_charge", "magnetization")
+"""Observable whose τ_int each runner reports, by preference."""
 
 
 class TauEstimate(NamedTuple):

@@ -29,8 +29,8 @@ __all__ = ["fit_nll", "fit_affine_to_data"]
 
 logger = logging.getLogger(__name__)
 
-#: Gradient-norm clip of `fit_nll`.
 CLIP_GRAD_NORM = 10.0
+"""Gradient-norm clip of `fit_nll`."""
 
 
 def fit_nll(
