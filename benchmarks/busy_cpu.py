@@ -84,6 +84,15 @@ class Competitor:
 CONDITIONS = (("idle", None), ("busy-1", "single"), ("busy-N", "multi"))
 
 
+def _child_cpu() -> float:
+    """CPU seconds (user + system) used so far by this process's finished children: spinning
+    threads show up here, a process merely waiting for a core does not."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 # ------------------------------------------------------------------ step mode
 def child_step(args) -> None:
     """Runs in a fresh process so that the thread count and wait policy apply from the start."""
@@ -101,19 +110,24 @@ def child_step(args) -> None:
     opt = torch.optim.Adam(flow.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     data = torch.randn(args.batch, args.dim, generator=g)
-    times, t_end = [], time.perf_counter() + args.max_seconds
+    times, cpus, t_end = [], [], time.perf_counter() + args.max_seconds
     for i in range(args.steps + 2):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         loss = -flow.log_prob(data).mean()
         loss.backward()
         opt.step()
         if i >= 2:  # warm-up steps are not timed
             times.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
         if time.perf_counter() > t_end and len(times) >= 3:
             break
     times.sort()
-    print(json.dumps({"threads": threads, "median_ms": 1e3 * times[len(times) // 2]}))
+    cpus.sort()
+    med = len(times) // 2
+    print(
+        json.dumps({"threads": threads, "median_ms": 1e3 * times[med], "cpu_ms": 1e3 * cpus[med]})
+    )
 
 
 def _time_step(threads: int, args, extra=()) -> dict:
@@ -132,12 +146,14 @@ def step_mode(args) -> None:
     print("and the package default (boltzflow.hardware rule, passive wait) as the CLI applies it")
     print(f"load average before: {os.getloadavg()}")
     samples: dict[str, dict[str, list[float]]] = {}
+    cpu_ms: dict[str, dict[str, list[float]]] = {}
     for r in range(args.rounds):  # rounds interleave the conditions: other users' load drifts
         for cond, kind in CONDITIONS:
             with Competitor(kind):
                 for label, threads in settings:
                     res = _time_step(threads, args)
                     samples.setdefault(label, {}).setdefault(cond, []).append(res["median_ms"])
+                    cpu_ms.setdefault(label, {}).setdefault(cond, []).append(res["cpu_ms"])
                     if threads == 0:
                         label_threads = res["threads"]
             print(f"  round {r + 1}: measured {cond} (load {os.getloadavg()[0]:.1f})", flush=True)
@@ -148,6 +164,10 @@ def step_mode(args) -> None:
         ratios = " ".join(f"{row[c] / row['idle']:.2f}x" for c, _ in CONDITIONS[1:])
         name = f"default({label_threads})" if label == "default" else label
         print(f"{name:>12} " + " ".join(f"{row[c]:>10.1f}" for c, _ in CONDITIONS) + f"  {ratios}")
+    print("CPU ms per step (process time: spinning threads count, waiting does not)")
+    for label, _ in settings:
+        row = {c: sorted(v)[len(v) // 2] for c, v in cpu_ms[label].items()}
+        print(f"{label:>12} " + " ".join(f"{row[c]:>10.1f}" for c, _ in CONDITIONS))
     worst = max(table["default"][c] / table["default"]["idle"] for c, _ in CONDITIONS[1:])
     verdict = "ok" if worst <= 2.0 else "ABOVE TARGET"
     print(f"default: worst busy/idle {worst:.2f}x (goal <= 2): {verdict}")
@@ -193,7 +213,7 @@ def run_mode(args) -> None:
                     env["PYTHONPATH"] = tree
                     env.setdefault("BOLTZFLOW_CACHE", os.path.join(ROOT, ".boltzflow-cache"))
                 with Competitor(kind):
-                    t0 = time.perf_counter()
+                    t0, cpu0 = time.perf_counter(), _child_cpu()
                     try:
                         subprocess.run(
                             cmd,
@@ -206,9 +226,10 @@ def run_mode(args) -> None:
                         wall = time.perf_counter() - t0
                     except subprocess.TimeoutExpired:
                         wall = float("inf")
+                cpu = _child_cpu() - cpu0
                 rows.setdefault(label, {})[cond] = wall
                 load = os.getloadavg()[0]
-                print(f"  {cond:>7} {label}: {wall:.1f} s (load {load:.1f})", flush=True)
+                print(f"  {cond:>7} {label}: {wall:.1f} s, {cpu:.1f} CPU s (load {load:.1f})")
     for label, row in rows.items():
         ratios = ", ".join(f"{c} {row[c] / row['idle']:.2f}x" for c, _ in CONDITIONS[1:])
         print(f"{label}: idle {row['idle']:.1f} s; {ratios}")

@@ -19,6 +19,7 @@ Usage::
 
     python benchmarks/scaling.py [--device cuda] [--repeats 5] [--ddp]
     python benchmarks/scaling.py --smallest     # one size per family, seconds (CI)
+    python benchmarks/scaling.py --batch-sweep 256 4096 [--compile]   # per flow family
 """
 
 from __future__ import annotations
@@ -65,11 +66,12 @@ def build(system: str, key, value, device, seed: int = 0):
     return target, flow, stage, dtype
 
 
-def step_fn(target, flow, stage, dtype, device, generator):
+def step_fn(target, flow, stage, dtype, device, generator, compile=False):
     """One optimizer step of the stage's loss (NLL on the target's data, or reverse KL)."""
     from boltzflow.runs.registry import LOSSES, resolve
 
     loss_fn = resolve(LOSSES, stage["loss"], "loss")
+    loss_fn = torch.compile(loss_fn) if compile else loss_fn
     batch = int(stage["batch_size"])
     data = None
     if stage.get("data") not in (None, "exact"):
@@ -81,6 +83,9 @@ def step_fn(target, flow, stage, dtype, device, generator):
         if data is not None:
             idx = torch.randint(len(data), (batch,), device=device, generator=generator)
             out = loss_fn(flow, target, data[idx], generator=generator)
+        elif stage.get("data") == "exact":
+            x = target.sample(batch, generator=generator).to(dtype)
+            out = loss_fn(flow, target, x, generator=generator)
         else:
             out = loss_fn(flow, target, batch, generator=generator)
         out.loss.backward()
@@ -175,6 +180,35 @@ def ddp_speedup(steps: int) -> tuple[float, float]:
     return out[0], out[1]
 
 
+SWEEP = {
+    "spline (gmm40)": ("gmm40", None, None),
+    "lattice (phi4, L=8)": ("phi4-L8", "L", 8),
+    "pta (10 pulsars)": ("pta-sim", "n_pulsars", 10),
+    "internal coords (alanine)": ("alanine-dipeptide-vacuum", None, None),
+}
+
+
+def batch_sweep(device, batches, repeats: int, compile: bool) -> None:
+    """Step time and time per sample vs batch size, per flow family (eager or compiled)."""
+    from boltzflow.rng import make_generator
+
+    mode = "torch.compile" if compile else "eager"
+    print(f"training step vs batch ({mode}, {device}): ms per step, µs per sample")
+    for label, (system, key, value) in SWEEP.items():
+        cells = []
+        for b in batches:
+            target, flow, stage, dtype = build(system, key, value, device)
+            stage["batch_size"] = b
+            g = make_generator(0, device)
+            step = step_fn(target, flow, stage, dtype, device, g, compile=compile)
+            if compile:
+                step()  # compilation is not timed
+            t = timed(step, repeats, device)
+            cells.append(f"{b}: {1e3 * t:.1f} ms {1e6 * t / b:.1f} µs")
+            target.close()
+        print(f"  {label:<26} " + " | ".join(cells), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
@@ -183,11 +217,16 @@ def main() -> None:
     p.add_argument("--smallest", action="store_true", help="one size per family (no alanine)")
     p.add_argument("--ddp", action="store_true", help="also measure the 1 → 2 process speed-up")
     p.add_argument("--ddp-steps", type=int, default=30)
+    p.add_argument("--batch-sweep", type=int, nargs="*", help="step time vs these batch sizes")
+    p.add_argument("--compile", action="store_true", help="batch sweep with torch.compile")
     args = p.parse_args()
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(1)  # the package's rule for flows of these sizes
     print(f"device={device} threads={torch.get_num_threads()} load={os.getloadavg()[0]:.1f}")
+    if args.batch_sweep is not None:
+        batch_sweep(device, args.batch_sweep or [256, 1024, 4096], args.repeats, args.compile)
+        return
     mem_label = "peak MB" if device.type == "cuda" else "saved MB"
     print(
         f"{'family':>8} {'size':>6} {'batch':>6} {'step ms':>9} {'ms/1k draws':>12} {mem_label:>9}"
