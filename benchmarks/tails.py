@@ -25,6 +25,7 @@ Usage::
 
     python benchmarks/tails.py [--steps 300] [--draws 20000] [--pta] [--out FILE]
     python benchmarks/tails.py --quick
+    python benchmarks/tails.py --only "nu=1" --flows gaussian,ttf --seed 1
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def pta_rows(args) -> list[dict]:
     extras = {"loc": prior.mean(0), "scale": prior.std(0), "tail_index": "neutral"}
     spec = (post, [], lambda p: np.array([]), None, extras)
     rows = []
-    for kind in FLOWS:
+    for kind in args.flows.split(","):
         row = run_one(f"pta-sim ({post.dim} parameters)", spec, kind, args)
         rows.append(row)
         print_row(row)
@@ -184,6 +185,7 @@ def main(argv=None) -> None:
     ap.add_argument("--pta", action="store_true", help="also run on pta-sim")
     ap.add_argument("--pta-size", choices=("full", "small"), default="full")
     ap.add_argument("--only", default=None, help="run only targets whose name contains this")
+    ap.add_argument("--flows", default=",".join(FLOWS), help="comma-separated subset of flows")
     ap.add_argument("--out", default=None, help="write the rows as JSON")
     args = ap.parse_args(argv)
     if args.quick:
@@ -198,7 +200,7 @@ def main(argv=None) -> None:
     for name, spec in targets(args.quick).items():
         if args.only and args.only not in name:
             continue
-        for kind in FLOWS:
+        for kind in args.flows.split(","):
             rows.append(run_one(name, spec, kind, args))
             print_row(rows[-1])
     if args.pta:
