@@ -134,3 +134,13 @@ def test_builder_reads_tails_from_the_energy():
     lam = ttf.transform.transforms[-1].tail_weights.detach()
     torch.testing.assert_close(lam[:, :2], torch.tensor([[1.0, 0.5]] * 2), atol=0.02, rtol=0)
     assert bool((lam[:, 2:] < 0.05).all())
+
+
+def test_builder_reads_tails_from_samples():
+    from boltzflow.energies.heavy_tails import ProductStudentT
+
+    target = ProductStudentT(4, df=[1.0, 2.0], n_heavy=2)
+    flow = tail_adaptive_flow(target, tails="mtaf", tail_index="data", num_layers=2, hidden=8)
+    assert flow.base.heavy.tolist() == [True, True, False, False]
+    df = flow.base.df.detach()
+    assert abs(df[0] - 1.0) < 0.3 and abs(df[1] - 2.0) < 0.6  # Hill spread at n = 5000
