@@ -83,6 +83,7 @@ def tail_estimate(
         est_heavy, est_df = est.heavy, est.df
     elif tail_index == "data":
         if data is None:
+            # deliberate CPU generator: the tail estimate is made on the host, at construction
             data = target.sample(5000, generator=torch.Generator().manual_seed(0))
         est = estimate_tail_index(data)
         est_heavy, est_df = est.heavy, est.df
