@@ -44,8 +44,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LARGE_STEP = 2**31
-"""Parameters × batch of a training step above which intra-op threads pay on an idle machine
-(measured on 2 cores with `benchmarks/busy_cpu.py --sizes`; see docs/hardware.md)."""
+"""Parameters × batch of a training step from which intra-op threads are allowed (2³¹ ≈ 2.1 ×
+10⁹, above every catalogue recipe; `benchmarks/busy_cpu.py --sizes` measures where threads
+start to pay on a given machine; see docs/hardware.md)."""
 
 
 def usable_cores() -> int:
