@@ -23,12 +23,24 @@ from scipy import stats
 
 from boltzflow.energies.base import Energy, Observable
 
-__all__ = ["ProductStudentT", "StudentTRegression"]
+__all__ = ["ProductStudentT", "StudentTRegression", "student_t_log_prob"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def _t_log_prob(z: torch.Tensor, df: torch.Tensor) -> torch.Tensor:
+def student_t_log_prob(z: torch.Tensor, df: torch.Tensor) -> torch.Tensor:
+    r"""Elementwise log density of the standard Student-t with $\nu$ = `df` degrees of freedom.
+
+    $$\log t_\nu(z) = \log\Gamma\big(\tfrac{\nu+1}2\big) - \log\Gamma\big(\tfrac\nu2\big)
+    - \tfrac12\log(\nu\pi) - \tfrac{\nu+1}2\log\big(1 + z^2/\nu\big).$$
+
+    Args:
+        z: values, any shape.
+        df: degrees of freedom, broadcastable to `z` (differentiable: flows learn it).
+
+    Returns:
+        Tensor of the broadcast shape.
+    """
     return (
         torch.lgamma(0.5 * (df + 1))
         - torch.lgamma(0.5 * df)
@@ -87,7 +99,7 @@ class ProductStudentT(Energy):
         u = 0.5 * (light * light).sum(-1) + (self.dim - h) * 0.5 * _LOG_2PI + self.dim * math.log(s)
         if h:
             df = torch.as_tensor(self.df[:h], dtype=x.dtype, device=x.device)
-            u = u - _t_log_prob(z[:, :h], df).sum(-1)
+            u = u - student_t_log_prob(z[:, :h], df).sum(-1)
         return u
 
     def quantile(self, p) -> np.ndarray:
@@ -181,7 +193,7 @@ class StudentTRegression(Energy):
         sigma = torch.exp(s)
         r = (y - b0 - b1 * x) / sigma[:, None]
         nu = torch.as_tensor(self.nu, dtype=theta.dtype, device=theta.device)
-        log_lik = (_t_log_prob(r, nu)).sum(-1) - y.numel() * s
+        log_lik = (student_t_log_prob(r, nu)).sum(-1) - y.numel() * s
         cauchy = -torch.log(math.pi * 5.0 * (1 + (theta[:, :2] / 5.0) ** 2)).sum(-1)
         half_cauchy = math.log(2 / (math.pi * 2.5)) - torch.log1p((sigma / 2.5) ** 2)
         return -(log_lik + cauchy + half_cauchy + s)

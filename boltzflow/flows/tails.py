@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from boltzflow.energies.heavy_tails import student_t_log_prob
 from boltzflow.flows.base import Transform, TransformResult
 from boltzflow.flows.distributions import BaseDistribution
 
@@ -31,27 +32,6 @@ __all__ = ["StudentTNormal", "GroupLinear", "TailTransform", "student_t_log_prob
 
 _LOG_2PI = math.log(2 * math.pi)
 _LOG_2 = math.log(2.0)
-
-
-def student_t_log_prob(z: torch.Tensor, df: torch.Tensor) -> torch.Tensor:
-    r"""Elementwise log density of the standard Student-t with $\nu$ = `df` degrees of freedom.
-
-    $$\log t_\nu(z) = \log\Gamma\big(\tfrac{\nu+1}2\big) - \log\Gamma\big(\tfrac\nu2\big)
-    - \tfrac12\log(\nu\pi) - \tfrac{\nu+1}2\log\big(1 + z^2/\nu\big).$$
-
-    Args:
-        z: values, any shape.
-        df: degrees of freedom, broadcastable to `z`.
-
-    Returns:
-        Tensor of the broadcast shape.
-    """
-    return (
-        torch.lgamma(0.5 * (df + 1))
-        - torch.lgamma(0.5 * df)
-        - 0.5 * torch.log(df * math.pi)
-        - 0.5 * (df + 1) * torch.log1p(z * z / df)
-    )
 
 
 class StudentTNormal(BaseDistribution):
