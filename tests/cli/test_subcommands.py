@@ -68,8 +68,16 @@ def test_umbrella_forwards_the_uncertainty_choice(monkeypatch, tmp_path, capsys)
     monkeypatch.setattr(pipeline, "build_target", lambda *a, **k: _Target())
     monkeypatch.setattr(umbrella, "alanine_umbrella", fake_umbrella)
     out = tmp_path / "ref.json"
-    argv = ["umbrella", "alanine-dipeptide-vacuum", "--uncertainty", "bootstrap",
-            "--bootstrap", "7", "--out", str(out)]
+    argv = [
+        "umbrella",
+        "alanine-dipeptide-vacuum",
+        "--uncertainty",
+        "bootstrap",
+        "--bootstrap",
+        "7",
+        "--out",
+        str(out),
+    ]
     assert cli.main(argv) == 0
     assert seen["uncertainty"] == "bootstrap" and seen["n_bootstrap"] == 7
     assert "--uncertainty bootstrap --bootstrap 7" in out.read_text()
