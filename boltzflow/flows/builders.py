@@ -179,10 +179,10 @@ def spline_coupling_flow(
     loc=0.0,
     scale=1.0,
     affine: bool = True,
+    tails: str | None = None,
     seed: int | None = None,
 ) -> Flow:
     r"""Rational-quadratic spline coupling flow (Durkan et al. 2019), circular where periodic.
-    tails: str | None = None,
 
     Defaults scale with `d = prod(event_shape)`: `d = 1` uses `num_layers = 2`
     elementwise splines (no conditioner exists), `d = 2` six couplings, `d ≥ 3` eight;
@@ -198,12 +198,12 @@ def spline_coupling_flow(
             $[-\pi, \pi)$; default: the target's `periodic_mask` attribute if any.
         loc, scale: initial output affine `x = loc + scale ⊙ y` on Euclidean features.
         affine: include the learnable output affine layer.
-        seed: makes the flow deterministic.
-
-    Examples:
         tails: `"mtaf"` or `"ttf"` for heavy tails: the same coupling layers in
             [`tail_adaptive_flow`][boltzflow.flows.tail_builders.tail_adaptive_flow]
             (tail index read from the target's energy; Euclidean events only).
+        seed: makes the flow deterministic.
+
+    Examples:
         >>> flow = spline_coupling_flow(2, seed=0)
         >>> flow.sample(5).x.shape
         torch.Size([5, 2])
@@ -212,9 +212,6 @@ def spline_coupling_flow(
     dim = int(math.prod(shape))
     per = _periodic_mask(periodic, target_or_event_shape, shape)
     num_layers, hidden = _defaults(dim, num_layers, hidden, deep=8)
-    with _seeded(seed) as gen:
-        if dim == 1:
-            layers = _elementwise_splines(num_layers, num_bins, tail_bound, per, gen)
     if tails is not None:
         from boltzflow.flows.tail_builders import tail_adaptive_flow
 
@@ -232,6 +229,9 @@ def spline_coupling_flow(
             architecture="coupling",
             seed=seed,
         )
+    with _seeded(seed) as gen:
+        if dim == 1:
+            layers = _elementwise_splines(num_layers, num_bins, tail_bound, per, gen)
         elif per is None:
             layers = [
                 nfa.rq_coupling(m, hidden, num_blocks, num_bins, tail_bound)
