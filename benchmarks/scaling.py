@@ -54,7 +54,12 @@ def build(system: str, key, value, device, seed: int = 0):
     from boltzflow.runs.recipes import load_recipe
 
     recipe = load_recipe(system, "default")
-    if key is not None:
+    if key == "n_pulsars":  # more pulsars than the 10 injected: repeat their red noise
+        from boltzflow.energies.astro_pta import DEFAULT_RED_NOISE, simulate_pta
+
+        red = list(DEFAULT_RED_NOISE) * (1 + value // len(DEFAULT_RED_NOISE))
+        recipe.target["data"] = simulate_pta(0, value, red_noise=red[:value])
+    elif key is not None:
         recipe.target[key] = value
     target = build_target(recipe, device=device, system_dir=recipe.folder)
     dtype = getattr(torch, recipe.system.get("dtype", "float32"))
@@ -188,13 +193,15 @@ SWEEP = {
 }
 
 
-def batch_sweep(device, batches, repeats: int, compile: bool) -> None:
+def batch_sweep(device, batches, repeats: int, compile: bool, only: str = "") -> None:
     """Step time and time per sample vs batch size, per flow family (eager or compiled)."""
     from boltzflow.rng import make_generator
 
     mode = "torch.compile" if compile else "eager"
     print(f"training step vs batch ({mode}, {device}): ms per step, µs per sample")
     for label, (system, key, value) in SWEEP.items():
+        if only not in label:
+            continue
         cells = []
         for b in batches:
             target, flow, stage, dtype = build(system, key, value, device)
@@ -219,13 +226,15 @@ def main() -> None:
     p.add_argument("--ddp-steps", type=int, default=30)
     p.add_argument("--batch-sweep", type=int, nargs="*", help="step time vs these batch sizes")
     p.add_argument("--compile", action="store_true", help="batch sweep with torch.compile")
+    p.add_argument("--sweep-only", default="", help="batch sweep: families whose label has this")
     args = p.parse_args()
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(1)  # the package's rule for flows of these sizes
     print(f"device={device} threads={torch.get_num_threads()} load={os.getloadavg()[0]:.1f}")
     if args.batch_sweep is not None:
-        batch_sweep(device, args.batch_sweep or [256, 1024, 4096], args.repeats, args.compile)
+        batches = args.batch_sweep or [256, 1024, 4096]
+        batch_sweep(device, batches, args.repeats, args.compile, args.sweep_only)
         return
     mem_label = "peak MB" if device.type == "cuda" else "saved MB"
     print(
