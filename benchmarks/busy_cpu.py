@@ -226,7 +226,7 @@ def run_mode(args) -> None:
                         wall = time.perf_counter() - t0
                     except subprocess.TimeoutExpired:
                         wall = float("inf")
-                cpu = _child_cpu() - cpu0
+                    cpu = _child_cpu() - cpu0  # before the competitor is reaped
                 rows.setdefault(label, {})[cond] = wall
                 load = os.getloadavg()[0]
                 print(f"  {cond:>7} {label}: {wall:.1f} s, {cpu:.1f} CPU s (load {load:.1f})")
