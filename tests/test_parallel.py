@@ -241,3 +241,15 @@ def test_openmm_failures_are_counted_and_reported(spec, vacuum, caplog):
     with caplog.at_level("WARNING", logger="boltzflow.openmm_worker"):
         evaluate_chunk(spec, _batch(vacuum, 3))
     assert not caplog.records  # negative control: nothing to report on good input
+
+
+def test_compute_resources_report_the_pool_and_platform(pool, vacuum):
+    """What `describe_hardware` and the thread rule read: local workers take cores."""
+    from boltzflow.energies.base import Energy
+
+    assert OpenMMEnergy(vacuum.system).compute_resources()["energy_workers"] == 0
+    res = OpenMMEnergy(vacuum.system, pool=pool).compute_resources()
+    assert res["energy_workers"] == pool.n_workers >= 1
+    assert res["local_workers"] == (pool.n_workers if pool.kind == "local" else 0)
+    assert res["openmm_platform"] == SystemSpec.from_system(vacuum.system).platform
+    assert Energy(2).compute_resources() == {}

@@ -300,6 +300,16 @@ class Energy:
         """
         return None
 
+    def compute_resources(self) -> Mapping[str, object]:
+        """What evaluating this energy occupies besides the calling process.
+
+        Keys (all optional): `local_workers` (worker processes on this machine, each taking
+        a core: the thread rule of [`boltzflow.hardware`][boltzflow.hardware] leaves them
+        their cores), `energy_workers` (workers of any kind) and `openmm_platform`. Reported
+        in a run's `summary.json`. Default: none (the energy runs in the calling process).
+        """
+        return {}
+
     def close(self) -> None:
         """Release worker processes or engines (default: nothing to release)."""
 

@@ -162,6 +162,13 @@ class OpenMMEnergy(Energy):
     def platform(self) -> str:
         return self.spec.platform
 
+    def compute_resources(self) -> dict:
+        """The OpenMM platform and the energy worker pool (see `Energy.compute_resources`)."""
+        pool = self.pool
+        workers = pool.n_workers if pool is not None else 0
+        local = workers if pool is not None and pool.kind == "local" else 0
+        return {"openmm_platform": self.platform, "energy_workers": workers, "local_workers": local}
+
     # --------------------------------------------------------------- evaluation
     def evaluate_numpy(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw OpenMM results for `positions [n, n_atoms, 3]` (nm): kJ/mol and kJ/mol/nm.

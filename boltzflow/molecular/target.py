@@ -250,6 +250,10 @@ class AlanineDipeptideTarget(Energy):
     def n_nonfinite(self) -> int:
         return self.cartesian.n_nonfinite
 
+    def compute_resources(self) -> dict:
+        """Those of the wrapped [`OpenMMEnergy`][boltzflow.energies.openmm.OpenMMEnergy]."""
+        return self.cartesian.compute_resources()
+
     def close(self) -> None:
         """Shut down the worker pool, if any."""
         if self.pool is not None:

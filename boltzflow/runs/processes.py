@@ -47,9 +47,7 @@ def set_run_threads(stack, threads, flow, recipe, target) -> int:
     """
     from boltzflow.hardware import apply_threads
 
-    pool = getattr(target, "pool", None)
-    workers = pool.n_workers if getattr(pool, "kind", None) == "local" else 0
-    workers += world()[1] - 1
+    workers = int(target.compute_resources().get("local_workers", 0)) + world()[1] - 1
     dev = next(iter(flow.parameters())).device.type
     sizes = (batch_size_for(st.get("batch_size", 256), dev) for st in recipe.stages)
     batch = max(sizes, default=256)
@@ -102,10 +100,6 @@ def describe_hardware(flow, target) -> dict:
         "processes": world()[1],
         "cores": usable_cores(),
     }
-    engine = getattr(target, "cartesian", target)  # molecular targets wrap an OpenMMEnergy
-    spec = getattr(engine, "spec", None)
-    if spec is not None and hasattr(spec, "platform"):
-        out["openmm_platform"] = spec.platform
-        pool = getattr(target, "pool", None) or getattr(engine, "pool", None)
-        out["energy_workers"] = getattr(pool, "n_workers", 0)
+    resources = target.compute_resources()
+    out.update({k: resources[k] for k in ("openmm_platform", "energy_workers") if k in resources})
     return out
