@@ -4,8 +4,8 @@ The audit reads the source with :mod:`ast`: a ``torch.Generator(...)`` without `
 random draw (``torch.rand``, ``randn``, ``randint``, ``randperm``, ``normal``) with a
 ``generator=`` but no ``device=`` in runtime code are defects unless a comment or docstring
 within a few lines above says the CPU choice is deliberate (seeding, structural masks,
-index permutations). The device-parametrised tests skip CUDA where it is absent; their CPU
-variants run whole smoke recipes and are marked slow.
+index permutations). The device-parametrised tests skip CUDA where it is absent; the CPU runs
+of the smoke recipes are those of ``tests/cli/test_run_smoke.py``.
 """
 
 from __future__ import annotations
@@ -116,9 +116,9 @@ def test_samplers_run_with_the_flow_on_device(device, sampler):
 SYSTEMS = sorted(p.parent.name for p in (ROOT / "systems").glob("*/system.toml"))
 
 
-@pytest.mark.parametrize(
-    "device", [pytest.param("cpu", marks=pytest.mark.slow), pytest.param("cuda", marks=CUDA)]
-)
+# On the CPU every smoke recipe already runs, against the whole run contract, in
+# tests/cli/test_run_smoke.py; here only the accelerator.
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("system", SYSTEMS)
 def test_smoke_recipe_on_device(device, system, tmp_path):
     """Every shipped system's smoke recipe on each device, checked against the run contract."""
