@@ -189,6 +189,13 @@ def tail_adaptive_flow(
     )
     mask, nu = tail_estimate(target, dim, tail_index, data, heavy, df, neutral_df, scale)
     num_layers, hidden = _defaults(dim, num_layers, hidden, deep=4)
+
+    def splines(mixer, gen) -> list[Transform]:
+        return _spline_layers(
+            dim, num_layers, hidden, num_blocks, num_bins, tail_bound, architecture,
+            inverse_autoregressive, mixer, gen,
+        )  # fmt: skip
+
     with _seeded(seed) as gen:
         if tails == "mtaf":
             groups = torch.as_tensor(mask, dtype=torch.long)
@@ -198,33 +205,11 @@ def tail_adaptive_flow(
                 return GroupLinear(groups, generator=gen)
 
             layers: list[Transform] = [mixer()]
-            layers += _spline_layers(
-                dim,
-                num_layers,
-                hidden,
-                num_blocks,
-                num_bins,
-                tail_bound,
-                architecture,
-                inverse_autoregressive,
-                mixer,
-                gen,
-            )
+            layers += splines(mixer, gen)
             layers.append(ElementwiseAffine(shape, loc=loc, scale=scale))
         elif tails == "ttf":
             base = StandardNormal(shape)
-            layers = _spline_layers(
-                dim,
-                num_layers,
-                hidden,
-                num_blocks,
-                num_bins,
-                tail_bound,
-                architecture,
-                inverse_autoregressive,
-                None,
-                gen,
-            )
+            layers = splines(None, gen)
             lam = np.where(
                 mask, 1.0 / nu, 1.0 / float(neutral_df) if tail_index == "neutral" else 0.02
             )
