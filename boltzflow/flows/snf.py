@@ -13,7 +13,11 @@ count = 4                # number of blocks
 steps = 20               # Markov steps per block
 step_size = 0.25
 lambdas = "linear"       # λ_k = k / count, or an explicit list
-placement = "interleave" # after evenly spaced layers (the last block after the last layer)
+placement = "interleave" # after evenly spaced layers (the last block after the last layer),
+                         # "end", or a list of positions: [0, 2, 4, 6] = before the first
+                         # layer, after layers 2 and 4, after the sixth
+train_lambda = false     # keep λ and the step sizes fixed (default: trained)
+train_step_size = false
 ```
 
 `realnvp_flow` is the affine-coupling flow (Dinh, Sohl-Dickstein & Bengio 2017) of the
@@ -71,6 +75,22 @@ def _lambdas(lambdas, count: int) -> list[float]:
     return values
 
 
+def _positions(placement, count: int, n_layers: int) -> list[int]:
+    """Number of layers before each block."""
+    if placement == "end":
+        return [n_layers] * count
+    if placement == "interleave":
+        return [-(-(k + 1) * n_layers // count) for k in range(count)]
+    if isinstance(placement, str):
+        raise ValueError(f"placement must be 'interleave', 'end' or a list, got {placement!r}")
+    after = [int(p) for p in placement]
+    if len(after) != count or any(b < a for a, b in zip(after, after[1:], strict=False)):
+        raise ValueError(f"placement must list {count} non-decreasing positions, got {after}")
+    if after and not 0 <= after[0] <= after[-1] <= n_layers:
+        raise ValueError(f"placement positions must lie in [0, {n_layers}], got {after}")
+    return after
+
+
 def add_stochastic_blocks(
     flow: Flow,
     target,
@@ -79,7 +99,7 @@ def add_stochastic_blocks(
     steps: int = 10,
     step_size: float = 0.25,
     lambdas: str | list[float] = "linear",
-    placement: str = "interleave",
+    placement: str | list[int] = "interleave",
     train_lambda: bool | None = None,
     train_step_size: bool = True,
     n_leapfrog: int = 5,
@@ -100,7 +120,10 @@ def add_stochastic_blocks(
         step_size: initial step size of every block (trainable unless `train_step_size=False`).
         lambdas: `"linear"` ($\lambda_k = k/\text{count}$), `"target"` (all 1) or a list.
         placement: `"interleave"` puts block $k$ after layer $\lceil kL/\text{count}\rceil$ of
-            the $L$ layers; `"end"` puts all blocks after the last layer.
+            the $L$ layers; `"end"` puts all blocks after the last layer; a list of `count`
+            non-decreasing positions $p_k \in \{0, \dots, L\}$ puts block $k$ after the
+            first $p_k$ layers ($0$: before the first layer, on the base samples; $L$: after
+            the last). Blocks at the same position run in list order.
         train_lambda, train_step_size: see `StochasticBlock`.
         n_leapfrog: Verlet steps per HMC proposal; friction: $\gamma$ of BAOAB.
 
@@ -145,18 +168,11 @@ def add_stochastic_blocks(
                 **extra,
             )
         )
-    if placement == "end":
-        after = [len(layers)] * len(blocks)
-    elif placement == "interleave":
-        after = [-(-(k + 1) * len(layers) // len(blocks)) for k in range(len(blocks))]
-    else:
-        raise ValueError(f"placement must be 'interleave' or 'end', got {placement!r}")
-    out = []
+    after = _positions(placement, len(blocks), len(layers))
+    out = [b for b, a in zip(blocks, after, strict=True) if a == 0]
     for i, layer in enumerate(layers):
         out.append(layer)
         out += [b for b, a in zip(blocks, after, strict=True) if a == i + 1]
-    if not layers:
-        out = blocks
     anchor = next(iter(list(flow.parameters()) + list(flow.buffers())), None)
     new = Flow(base, Compose(out))
     return new if anchor is None else new.to(device=anchor.device, dtype=anchor.dtype)

@@ -35,6 +35,7 @@ from boltzflow.sampling.reweighting import (
 )
 from boltzflow.sampling.runners import SamplingResult, importance_sampling
 from boltzflow.training.distributed import world
+from boltzflow.training.weighted import loss_label as _loss_label
 
 __all__ = ["run", "build_target", "build_flow"]
 
@@ -101,8 +102,11 @@ def _data_file(recipe: Recipe, data) -> torch.Tensor:
     return torch.load(path, weights_only=True)
 
 
-def _train(flow, target, recipe: Recipe, seed: int, out_dir: Path, compile: bool = False):
-    """Run the recipe's training stages with [`Trainer`][boltzflow.training.trainer.Trainer]."""
+def _train(
+    flow, target, recipe: Recipe, seed: int, out_dir: Path, compile: bool = False, tuner=None
+):
+    """Run the recipe's training stages with [`Trainer`][boltzflow.training.trainer.Trainer]
+    (and the run's thread tuner, if any, as a callback)."""
     from boltzflow.training.callbacks import EarlyStopping
     from boltzflow.training.trainer import Stage, Trainer
 
@@ -122,7 +126,7 @@ def _train(flow, target, recipe: Recipe, seed: int, out_dir: Path, compile: bool
         if temperature is not None:
             spec["loss"] = _tempered_loss(spec["loss"], target.at_temperature(temperature))
         stages.append(Stage.from_dict(spec))
-    callbacks = []
+    callbacks = [tuner] if tuner is not None else []
     if patience is not None:
         if eval_every is None:
             raise ValueError(f"{recipe.path}: 'patience' needs 'eval_every' in a training stage")
@@ -133,14 +137,18 @@ def _train(flow, target, recipe: Recipe, seed: int, out_dir: Path, compile: bool
     return trainer.fit()
 
 
-def _tempered_loss(name: str, tempered_target):
-    """A loss evaluated against `tempered_target` instead of the trainer's target."""
-    base = registry.resolve(registry.LOSSES, name, "loss")
+def _tempered_loss(name, tempered_target):
+    """A loss (a name or a `{name: weight}` table) evaluated against `tempered_target` instead
+    of the trainer's target."""
+    from boltzflow.training.weighted import needs_data, resolve_loss
+
+    base = resolve_loss(name)
 
     def loss(flow, target, batch, **kwargs):
         return base(flow, tempered_target, batch, **kwargs)
 
-    loss.__name__ = f"{name}@T={tempered_target.temperature_scale:g}"
+    loss.__name__ = f"{_loss_label(name)}@T={tempered_target.temperature_scale:g}"
+    loss.needs_data = needs_data(base)
     return loss
 
 
@@ -285,17 +293,17 @@ def run(
         target = build_target(recipe, **runtime)
         stack.callback(target.close)
         flow = build_flow(recipe, target, seed).to(device=dev, dtype=dtype)
-        set_run_threads(stack, threads, flow, recipe, target)
+        tuner = set_run_threads(stack, threads, flow, recipe, target)
         out_dir.mkdir(parents=True, exist_ok=True)
 
         t0 = time.perf_counter()
         steps = sum(int(st["steps"]) for st in recipe.stages)
         stage_log.info("training: %d stages, %d steps", len(recipe.stages), steps)
-        training = _train(flow, target, recipe, seed, out_dir, compile)
+        training = _train(flow, target, recipe, seed, out_dir, compile, tuner)
         if rank != 0:  # the other processes only help to train
             return {}
         train_summary = {
-            "loss": "+".join(st["loss"] for st in recipe.stages) or "none",
+            "loss": "+".join(_loss_label(st["loss"]) for st in recipe.stages) or "none",
             "steps": training.steps if training else 0,
             "energy_evaluations": training.energy_evaluations if training else 0,
             "wall_seconds": time.perf_counter() - t0,
@@ -305,7 +313,7 @@ def run(
             "sampling: %s, %d samples", recipe.sampling["method"], recipe.sampling["n_samples"]
         )
         summary = _sample_and_summarise(recipe, flow, target, seed, train_summary)
-        summary["hardware"] = describe_hardware(flow, target)
+        summary["hardware"] = describe_hardware(flow, target, tuner)
         stage_log.info("writing the report to %s", out_dir)
         _write_outputs(recipe, flow, target, summary, training, out_dir, seed)
     return summary

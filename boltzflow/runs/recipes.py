@@ -221,6 +221,20 @@ def _check_stochastic(table, path: Path) -> None:
             raise RecipeError(f"{path}: [flow.stochastic] unknown kind '{kind}' (known: {known})")
 
 
+def _check_loss(loss, where: str, path: Path) -> None:
+    """A stage's `loss`: a registered name, or a table `{name = weight}` of registered names
+    with non-negative weights (`boltzflow.training.weighted.WeightedLoss`)."""
+    if not isinstance(loss, dict):
+        _check_registry(registry.LOSSES, loss, "loss", where, path)
+        return
+    if not loss:
+        raise RecipeError(f"{path}: [{where}] loss table is empty")
+    for name, weight in loss.items():
+        _check_registry(registry.LOSSES, name, "loss", where, path)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise RecipeError(f"{path}: [{where}] loss weight of '{name}' must be a number >= 0")
+
+
 def load_recipe(name_or_path: str | os.PathLike, budget: str = "default") -> Recipe:
     """Load, resolve and validate a recipe for `budget`.
 
@@ -269,7 +283,7 @@ def load_recipe(name_or_path: str | os.PathLike, budget: str = "default") -> Rec
         for key in ("loss", "steps"):
             if key not in st:
                 raise RecipeError(f"{path}: missing key '{key}' in [{where}]")
-        _check_registry(registry.LOSSES, st["loss"], "loss", where, path)
+        _check_loss(st["loss"], where, path)
     return Recipe(
         path=path,
         budget=budget,

@@ -35,7 +35,8 @@ class Stage:
         loss: a `LOSSES` registry name (`"reverse_kl"`, `"nll"`, `"mixed"`), a
             `"module:attr"` path, or a callable `loss(flow, target, batch, generator=..,
             **loss_kwargs)` returning a [`LossOutput`][boltzflow.training.losses.LossOutput] or a
-            scalar tensor.
+            scalar tensor, or a table `{name: weight}` of such losses, minimised as their
+            weighted sum ([`WeightedLoss`][boltzflow.training.weighted.WeightedLoss]).
         steps: number of optimizer steps.
         lr: peak learning rate.
         batch_size: flow samples (reverse KL) or data points (NLL, mixed) per step.
@@ -52,7 +53,7 @@ class Stage:
         loss_kwargs: extra keyword arguments for the loss (`energy_cap`, `weight_forward`).
     """
 
-    loss: str | Callable = "reverse_kl"
+    loss: str | Callable | dict = "reverse_kl"
     steps: int = 1000
     lr: float = 1e-3
     batch_size: int = 256
@@ -75,8 +76,13 @@ class Stage:
 
     def fingerprint(self) -> dict:
         """What must agree between a checkpoint and the run resuming from it."""
-        name = self.loss if isinstance(self.loss, str) else getattr(self.loss, "__name__", "?")
-        return {"loss": name, "steps": int(self.steps), "batch_size": int(self.batch_size)}
+        from boltzflow.training.weighted import loss_label
+
+        return {
+            "loss": loss_label(self.loss),
+            "steps": int(self.steps),
+            "batch_size": int(self.batch_size),
+        }
 
 
 def cosine_warmup(

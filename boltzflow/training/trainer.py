@@ -32,16 +32,14 @@ from boltzflow.progress import progress_bar
 from boltzflow.rng import make_generator
 from boltzflow.training.callbacks import Callback
 from boltzflow.training.distributed import all_reduce_step, broadcast_parameters, share, world
-from boltzflow.training.force_matching import nll_force_matching
-from boltzflow.training.losses import LossOutput, mixed_kl, nll, snf_nll
+from boltzflow.training.losses import LossOutput
 from boltzflow.training.stages import EpochSampler, Stage, TrainingResult, cosine_warmup, seed_for
+from boltzflow.training.weighted import needs_data, resolve_loss
 from boltzflow.weights import count_nonfinite, kish_ess, log_weights
 
 __all__ = ["Stage", "Trainer", "TrainingResult", "train", "cosine_warmup"]
 
 logger = logging.getLogger(__name__)
-
-_DATA_LOSSES = (nll, mixed_kl, nll_force_matching, snf_nll)
 
 
 class Trainer:
@@ -122,13 +120,8 @@ class Trainer:
     # ----------------------------------------------------------------- stages
     def _begin_stage(self) -> None:
         stage = self.stages[self.stage_index]
-        if isinstance(stage.loss, str):
-            from boltzflow.runs.registry import LOSSES, resolve
-
-            self._loss_fn = resolve(LOSSES, stage.loss, "loss")
-        else:
-            self._loss_fn = stage.loss
-        if stage.data is None and self._loss_fn in _DATA_LOSSES:
+        self._loss_fn = resolve_loss(stage.loss)
+        if stage.data is None and needs_data(self._loss_fn):
             raise ValueError(f"stage {self.stage_index}: loss {stage.loss!r} needs data")
         if self.compile:
             self._loss_fn = torch.compile(self._loss_fn)
