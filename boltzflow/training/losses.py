@@ -45,6 +45,7 @@ __all__ = [
     "forward_kl_is",
     "snf_reverse_kl",
     "snf_nll",
+    "snf_layers_nll",
 ]
 
 
@@ -301,6 +302,49 @@ def snf_nll(
     log_q = flow.backward_path(data, generator=generator).log_q
     finite = torch.isfinite(log_q)
     return LossOutput(-_masked_mean(log_q, finite), count.spent(), int((~finite).sum()))
+
+
+def snf_layers_nll(
+    flow, target, data: torch.Tensor, generator: torch.Generator | None = None
+) -> LossOutput:
+    r"""Maximum likelihood of the deterministic layers of a stochastic flow, blocks left out.
+
+    $$
+    L = -\frac1{N_f}\sum_i \log q_\text{layers}(x_i), \qquad x_i \sim p,
+    $$
+
+    with $q_\text{layers}$ the density of the flow's base pushed through its invertible layers
+    only (the same modules, in order, without the sampling blocks of
+    `boltzflow.flows.stochastic`). For blocks that all sit after the last layer and sample the
+    target ($\lambda = 1$, Metropolis-corrected, so in detailed balance with $p$), this is
+    `snf_nll` in expectation up to a constant: the backward kernel started at $x\sim p$ ends at
+    $y_0 \sim p$, and the blocks' increments $u(y_0) - u(x)$ average to zero (Wu, Köhler & Noé
+    2020, Sec. 3). It then trains the same parameters as `snf_nll` without the blocks' target
+    evaluations, which is how a recipe runs the maximum-likelihood stage of its deterministic
+    counterpart before sampling with the blocks. For blocks between layers or at
+    $\lambda < 1$ it is a pre-training of the layers, not the path likelihood. For a
+    deterministic flow it equals `nll`.
+
+    Args:
+        flow: a [`Flow`][boltzflow.flows.base.Flow] whose `transform` is a
+            [`Compose`][boltzflow.flows.base.Compose] of layers and blocks.
+        target: unused (uniform signature).
+        data: target samples `[batch, *event_shape]`.
+        generator: unused (the layers are deterministic).
+
+    Returns:
+        [`LossOutput`][boltzflow.training.losses.LossOutput] with `n_evaluations = 0`.
+    """
+    from boltzflow.flows.base import Compose, Flow
+
+    members = list(getattr(flow.transform, "transforms", [flow.transform]))
+    if any(isinstance(t, Compose) and t.stochastic for t in members):
+        raise ValueError("snf_layers_nll needs the stochastic blocks at the top level of the flow")
+    layers = Flow(flow.base, Compose([t for t in members if not t.stochastic]))
+    return nll(layers, target, data, generator)
+
+
+snf_layers_nll.needs_data = True  # a data loss for weighted loss tables
 
 
 class _EvaluationCount:
