@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from boltzflow.energies.base import as_event_shape
-from boltzflow.flows.base import Transform, TransformResult
+from boltzflow.flows.base import ScoredResult, Transform, TransformResult
 
 __all__ = ["ElementwiseAffine"]
 
@@ -90,6 +90,14 @@ class ElementwiseAffine(Transform):
         loc, log_scale = self.full_loc_and_log_scale()
         x = loc + torch.exp(log_scale) * z.reshape(z.shape[0], -1)
         return TransformResult(x.reshape(z.shape), self.log_scale.sum().expand(z.shape[0]))
+
+    def forward_and_score(self, z: torch.Tensor, score: torch.Tensor) -> ScoredResult:
+        r"""Score rule: the log-det is constant in $z$ and $J = \mathrm{diag}(e^{s})$, so
+        $\nabla_x \log q = e^{-s} \odot \nabla_z \log q$."""
+        x, ladj = self.forward(z)
+        log_scale = self.full_loc_and_log_scale()[1].detach()
+        new = score.reshape(score.shape[0], -1) * torch.exp(-log_scale)
+        return ScoredResult(x, ladj, new.reshape(score.shape))
 
     def inverse(self, x: torch.Tensor) -> TransformResult:
         loc, log_scale = self.full_loc_and_log_scale()

@@ -36,6 +36,9 @@ __all__ = [
     "Compose",
     "Flow",
     "InverseTransform",
+    "ScoredResult",
+    "coupling_score",
+    "scored_input",
     "frozen",
 ]
 
@@ -56,6 +59,16 @@ class FlowSample(NamedTuple):
 
     is_path = False
     """`False`: `log_q` is the density of `x`; `True` for a `PathSample`."""
+
+
+class ScoredResult(NamedTuple):
+    r"""Output of a transform's fast score rule: the mapped tensor `y`, the log-det `ladj`
+    (both differentiable in the parameters) and `score` $= \nabla_y \log q_y(y)$, the score of
+    the pushed-forward density with the parameters held fixed (detached)."""
+
+    y: torch.Tensor
+    ladj: torch.Tensor
+    score: torch.Tensor
 
 
 class PathSample(FlowSample):
@@ -83,6 +96,33 @@ class Transform(nn.Module):
     """
 
     stochastic = False
+
+    @property
+    def has_score_rule(self) -> bool:
+        """True when the layer implements `forward_and_score` (a fast path-gradient rule)."""
+        return type(self).forward_and_score is not Transform.forward_and_score
+
+    def forward_and_score(self, z: torch.Tensor, score: torch.Tensor) -> ScoredResult:
+        r"""Map `z` and carry the score forward (Vaitl et al. 2024, "Fast and unified path
+        gradient estimators for normalizing flows").
+
+        With $y = f(z)$, $J = \partial y/\partial z$ and $l = \log|\det J|$, the density
+        $q_y(y) = q_z(z)\,e^{-l(z)}$ has the score
+
+        $$
+        \nabla_y \log q_y = J^{-\top}\big(\nabla_z \log q_z - \nabla_z l\big),
+        $$
+
+        computed with the parameters held fixed. Layers with a rule override this method.
+
+        Args:
+            z: input `[batch, *event_shape]` (may carry the parameters' graph).
+            score: $\nabla_z \log q_z(z)$, detached, same shape as `z`.
+
+        Returns:
+            [`ScoredResult`][boltzflow.flows.base.ScoredResult] `(y, ladj, score_y)`.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no fast score rule")
 
     def forward(self, z: torch.Tensor) -> TransformResult:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -132,6 +172,19 @@ class Compose(Transform):
             z, l = self._call(t.forward, t, z, generator)
             ladj = ladj + l
         return TransformResult(z, ladj)
+
+    @property
+    def has_score_rule(self) -> bool:
+        """True when every member has a fast score rule."""
+        return all(t.has_score_rule for t in self.transforms)
+
+    def forward_and_score(self, z, score) -> ScoredResult:
+        """Chain the members' score rules (see `Transform.forward_and_score`)."""
+        ladj = z.new_zeros(z.shape[0])
+        for t in self.transforms:
+            z, l, score = t.forward_and_score(z, score)
+            ladj = ladj + l
+        return ScoredResult(z, ladj, score)
 
     def inverse(self, x, generator: torch.Generator | None = None):
         ladj = x.new_zeros(x.shape[0])
@@ -222,6 +275,53 @@ class Flow(nn.Module):
             )
         z, ladj_inv = self.transform.inverse(x)
         return self.base.log_prob(z) + ladj_inv
+
+
+def coupling_score(z, z_active, y_active, log_deriv, score, gather, scatter) -> torch.Tensor:
+    r"""Score rule of a coupling layer that maps the active coordinates elementwise.
+
+    The layer sends $z = (z_f, z_a)$ to $y = (z_f, h(z_a; \theta(z_f)))$, $h$ acting elementwise
+    with log-derivatives $\lambda = \log h'(z_a)$ and $l = \sum \lambda$. Solving
+    $G_y J = G_z - \nabla_z l$ block by block (the Jacobian is triangular):
+
+    $$
+    G_{y,a} = \big(G_{z,a} - \partial_{z_a} l\big)\,e^{-\lambda}, \qquad
+    G_{y,f} = G_{z,f} - \partial_{z_f}\big[l + G_{y,a}\cdot h\big]_{G_{y,a}\ \text{fixed}},
+    $$
+
+    one local derivative of the elementwise map and one vector-Jacobian product through the
+    conditioner (Vaitl et al. 2024, Sec. 3). Derivatives are taken with respect to the inputs
+    only, so nothing accumulates in the parameters' gradients.
+
+    Args:
+        z: the layer input `[batch, ...]`, requiring grad, from which `z_active` was taken and
+            the conditioner was evaluated.
+        z_active: the active coordinates that entered $h$ (a tensor derived from `z`).
+        y_active: $h(z_a)$, same shape as `z_active`.
+        log_deriv: $\lambda$, same shape as `y_active`.
+        score: $G_z$, detached, shape of `z`.
+        gather: `gather(t)` takes the active coordinates of a tensor shaped like `z`.
+        scatter: `scatter(t, values)` returns `t` with its active coordinates replaced.
+
+    Returns:
+        $G_y$, detached, shape of `z`.
+    """
+    total = log_deriv.sum()
+    local = None
+    if total.requires_grad:
+        (local,) = torch.autograd.grad(total, z_active, retain_graph=True, allow_unused=True)
+    g_active = gather(score) if local is None else gather(score) - local
+    g_active = g_active * torch.exp(-log_deriv.detach())
+    (through,) = torch.autograd.grad(
+        total + (g_active * y_active).sum(), z, retain_graph=True, allow_unused=True
+    )
+    g_frozen = score if through is None else score - through
+    return scatter(g_frozen, g_active).detach()
+
+
+def scored_input(z: torch.Tensor) -> torch.Tensor:
+    """`z` itself when it carries a graph, else a leaf copy requiring grad (for input VJPs)."""
+    return z if z.requires_grad else z.detach().requires_grad_(True)
 
 
 @contextlib.contextmanager

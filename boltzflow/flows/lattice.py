@@ -23,7 +23,15 @@ import torch
 from nflows.transforms.splines.rational_quadratic import unconstrained_rational_quadratic_spline
 from torch import nn
 
-from boltzflow.flows.base import Compose, Flow, Transform, TransformResult
+from boltzflow.flows.base import (
+    Compose,
+    Flow,
+    ScoredResult,
+    Transform,
+    TransformResult,
+    coupling_score,
+    scored_input,
+)
 from boltzflow.flows.circular import IDENTITY_DERIVATIVE
 from boltzflow.flows.distributions import StandardNormal
 
@@ -108,6 +116,11 @@ class GlobalScale(Transform):
         n = z[0].numel()
         return TransformResult(z * torch.exp(self.log_scale), (n * self.log_scale).expand(len(z)))
 
+    def forward_and_score(self, z, score):
+        r"""Score rule: $\nabla_x \log q = e^{-a}\,\nabla_z \log q$ (constant log-det)."""
+        x, ladj = self.forward(z)
+        return ScoredResult(x, ladj, score * torch.exp(-self.log_scale.detach()))
+
     def inverse(self, x):
         n = x[0].numel()
         return TransformResult(x * torch.exp(-self.log_scale), (-n * self.log_scale).expand(len(x)))
@@ -132,11 +145,20 @@ class _Checkerboard(Transform):
         p = self.net(frozen.unsqueeze(1))  # [B, C, L, L]
         return p[:, :, self.active].transpose(1, 2)  # [B, n_active, C]
 
-    def _transform(self, z, inverse):
+    def _transform(self, z, inverse, log_derivs=False):
         raise NotImplementedError
 
     def forward(self, z):
         return self._transform(z, inverse=False)
+
+    def forward_and_score(self, z, score):
+        """Score rule of a checkerboard coupling
+        ([`coupling_score`][boltzflow.flows.base.coupling_score])."""
+        with torch.enable_grad():
+            z = scored_input(z)
+            za, ya, lad = self._transform(z, inverse=False, log_derivs=True)
+            new = coupling_score(z, za, ya, lad, score, lambda t: t[:, self.active], self._scatter)
+        return ScoredResult(self._scatter(z, ya), lad.sum(-1), new)
 
     def inverse(self, x):
         return self._transform(x, inverse=True)
@@ -155,12 +177,14 @@ class CheckerboardAffineCoupling(_Checkerboard):
         super().__init__(L, parity, 2, hidden, kernel_size)
         self.scale_bound = float(scale_bound)
 
-    def _transform(self, z, inverse):
+    def _transform(self, z, inverse, log_derivs=False):
         p = self._params(z)
         c = self.scale_bound
         s, t = c * torch.tanh(p[..., 0] / c), p[..., 1]
         za = z[:, self.active]
         ya = (za - t) * torch.exp(-s) if inverse else za * torch.exp(s) + t
+        if log_derivs:
+            return za, ya, -s if inverse else s
         ladj = -s.sum(-1) if inverse else s.sum(-1)
         return TransformResult(self._scatter(z, ya), ladj)
 
@@ -176,11 +200,12 @@ class CheckerboardSplineCoupling(_Checkerboard):
         with torch.no_grad():  # identity start: equal bins, unit interior derivatives
             self.net.net[-1].bias[2 * num_bins :] = IDENTITY_DERIVATIVE
 
-    def _transform(self, z, inverse):
+    def _transform(self, z, inverse, log_derivs=False):
         p = self._params(z)
         K = self.num_bins
+        za = z[:, self.active]
         ya, lad = unconstrained_rational_quadratic_spline(
-            z[:, self.active],
+            za,
             p[..., :K],
             p[..., K : 2 * K],
             p[..., 2 * K :],
@@ -188,6 +213,8 @@ class CheckerboardSplineCoupling(_Checkerboard):
             tails="linear",
             tail_bound=self.tail_bound,
         )
+        if log_derivs:
+            return za, ya, lad
         return TransformResult(self._scatter(z, ya), lad.sum(-1))
 
 

@@ -44,9 +44,18 @@ import math
 import torch
 from nflows import transforms as nt
 from nflows.nn.nets import ResidualNet
+from nflows.transforms.coupling import PiecewiseCouplingTransform
 
 from boltzflow.flows.affine import ElementwiseAffine
-from boltzflow.flows.base import Compose, InverseTransform, Transform, TransformResult
+from boltzflow.flows.base import (
+    Compose,
+    InverseTransform,
+    ScoredResult,
+    Transform,
+    TransformResult,
+    coupling_score,
+    scored_input,
+)
 
 __all__ = [
     "NflowsTransform",
@@ -83,6 +92,51 @@ class NflowsTransform(Transform):
     def inverse(self, x: torch.Tensor) -> TransformResult:
         z, ladj_inv = self.nflows_transform.forward(x.reshape(x.shape[0], -1))
         return TransformResult(z.reshape(x.shape), ladj_inv)
+
+    @property
+    def has_score_rule(self) -> bool:
+        """Fast score rules exist for nflows permutations and for affine and piecewise
+        (spline) couplings without an unconditional transform."""
+        t = self.nflows_transform
+        if isinstance(t, nt.Permutation):
+            return True
+        coupling = (nt.AffineCouplingTransform, PiecewiseCouplingTransform)
+        return isinstance(t, coupling) and t.unconditional_transform is None
+
+    def forward_and_score(self, z: torch.Tensor, score: torch.Tensor) -> ScoredResult:
+        r"""Score rule (Vaitl et al. 2024): a permutation permutes the score like the
+        coordinates; a coupling applies
+        [`coupling_score`][boltzflow.flows.base.coupling_score], with the elementwise
+        log-derivatives $-\log s$ (affine: $x_a = (z_a - t)/s$ in nflows' inverse direction) or
+        those of the spline."""
+        t = self.nflows_transform
+        if not self.has_score_rule:
+            return super().forward_and_score(z, score)
+        flat = score.reshape(score.shape[0], -1)
+        if isinstance(t, nt.Permutation):
+            x, ladj = self.forward(z)
+            return ScoredResult(x, ladj, t.inverse(flat)[0].reshape(score.shape))
+        with torch.enable_grad():
+            zf = scored_input(z.reshape(z.shape[0], -1))
+            ident, active = t.identity_features, t.transform_features
+            za = zf[:, active]
+            params = t.transform_net(zf[:, ident], None)
+            if isinstance(t, nt.AffineCouplingTransform):
+                scale, shift = t._scale_and_shift(params)
+                ya, lad = (za - shift) / scale, -torch.log(scale)
+            else:
+                params = params.reshape(za.shape[0], za.shape[1], -1)
+                ya, lad = t._piecewise_cdf(za, params, inverse=True)
+            x = torch.empty_like(zf)
+            x[:, ident], x[:, active] = zf[:, ident], ya
+
+            def scatter(full, values):
+                out = full.clone()
+                out[:, active] = values
+                return out
+
+            new = coupling_score(zf, za, ya, lad, flat, lambda s: s[:, active], scatter)
+        return ScoredResult(x.reshape(z.shape), lad.sum(-1), new.reshape(score.shape))
 
 
 def _as_mask(mask) -> torch.Tensor:

@@ -3,6 +3,8 @@
 * [`boltzflow.training.losses`][boltzflow.training.losses] -- `reverse_kl`, `nll`, `mixed_kl`,
   `forward_kl_is` returning [`LossOutput`][boltzflow.training.losses.LossOutput]
   `(loss, n_evaluations, n_nonfinite)`;
+* [`boltzflow.training.path_gradients`][boltzflow.training.path_gradients] --
+  `path_reverse_kl` and `path_nll` (Vaitl et al. 2022, 2024), with fast and drop-in estimators;
 * [`boltzflow.training.stages`][boltzflow.training.stages] --
   [`Stage`][boltzflow.training.stages.Stage] (loss, steps, LR schedule, data);
 * [`boltzflow.training.trainer`][boltzflow.training.trainer] --
@@ -28,6 +30,7 @@ from boltzflow.training.losses import (
     reverse_kl,
     soft_cap,
 )
+from boltzflow.training.path_gradients import path_nll, path_reverse_kl
 from boltzflow.training.stages import Stage, cosine_warmup
 from boltzflow.training.trainer import Trainer, TrainingResult, train
 
@@ -44,6 +47,8 @@ __all__ = [
     "forward_kl_is",
     "mixed_kl",
     "nll",
+    "path_nll",
+    "path_reverse_kl",
     "reverse_kl",
     "soft_cap",
     "Stage",
