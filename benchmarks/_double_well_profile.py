@@ -1,0 +1,196 @@
+r"""Double well of `benchmarks/stochastic.py`: draws, both free-energy-profile metrics, and the
+published training protocol (Wu, Köhler & Noé 2020, Fig. 3 and Table 1).
+
+Two metrics of the reweighted profile along $x_1$, both from the same draws:
+
+* **fixed bins** (`--protocol package`'s metric): $F_b = -\ln \sum_{i\in b} w_i$ on 50 fixed
+  bins of (-2.25, 2.25), restricted to the bins that exact sampling of the same size fills with
+  >= 10 points, each repeat shifted to the exact bin-integrated profile by its mean
+  difference; per bin $\sqrt{\text{bias}^2 + \text{std}^2}$ over the repeats, averaged over
+  the bins.
+* **published**: the authors' analysis. Each repeat histograms $x_1$ with 30 bins over the
+  samples' own range (so the bins move from repeat to repeat), weighted by the path weights,
+  takes $F = -\ln(\text{density})$ and subtracts its mean over the finite bins. Over the
+  repeats, $\bar F$ (the mean) is shifted to minimum 0, and so is the exact $u_1$ at the bin
+  centres of the last repeat; over the bins with centre in (-2.25, 2.25) where
+  $u_1 - \bar F$ is finite, bias $= |\text{mean}(u_1 - \bar F)|$ (a signed mean: errors of
+  opposite sign cancel) and std $=$ the mean over bins of the per-bin standard deviation
+  over repeats; the error is $\sqrt{\text{bias}^2 + \text{std}^2}$. The same numbers without
+  weights are the "unweighted" columns of the authors' notebook.
+
+The published protocol (`--protocol published`): 10,000 exact training samples
+(`DoubleWell2D.sample`, shared by every training; the authors thin an MCMC run), three
+"transforms" of two couplings each (RealNVP: affine couplings, width 64; NSF: rational-quadratic
+splines with 20 bins on [-3, 3], width 64; nflows ResidualNet conditioners with one residual
+block, where the authors use plain ReLU MLPs, and no output affine). With blocks: 20
+random-walk Metropolis steps of size 0.25 before the first coupling ($\lambda = 0$), after
+transforms 1 and 2 ($\lambda = 0, 0.5$) and after the last ($\lambda = 1$), $\lambda$ and step
+fixed. Training: Adam at a constant 5e-3, batch 128, no gradient clipping; 300 steps of
+`snf_nll` on the data, then 300 steps of `{snf_nll = 0.5, snf_reverse_kl = 0.5}`. The authors
+use one Adam optimizer for both phases, here each stage starts a fresh one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import torch
+
+from boltzflow.energies.double_well import DoubleWell2D
+from boltzflow.rng import make_generator
+from boltzflow.runs.pipeline import build_flow
+from boltzflow.runs.recipes import load_recipe
+from boltzflow.training import train
+from boltzflow.weights import importance_log_weights
+
+LO, HI = -2.25, 2.25
+CHUNK = 25_000
+
+PUBLISHED_FLOWS = {
+    "realnvp": {"kind": "realnvp", "num_layers": 6, "hidden": 64, "num_blocks": 1,
+                "affine": False},
+    "spline-coupling": {"kind": "spline-coupling", "num_layers": 6, "hidden": 64,
+                        "num_blocks": 1, "num_bins": 20, "tail_bound": 3.0, "affine": False},
+}  # fmt: skip
+PUBLISHED_BLOCKS = {
+    "kind": "metropolis",
+    "count": 4,
+    "steps": 20,
+    "step_size": 0.25,
+    "lambdas": [0.0, 0.0, 0.5, 1.0],
+    "placement": [0, 2, 4, 6],
+    "train_lambda": False,
+    "train_step_size": False,
+}
+
+
+# ------------------------------------------------------------------------------- draws
+def draw(flow, target, samples: int, generator) -> tuple[np.ndarray, np.ndarray]:
+    """`samples` path draws: $x_1$ and the log path weights $-u(x) - \\log q$ (float64)."""
+    xs, lws = [], []
+    with torch.no_grad():
+        for start in range(0, samples, CHUNK):
+            s = flow.sample(min(CHUNK, samples - start), generator=generator)
+            xs.append(s.x[:, 0].double())
+            lws.append(importance_log_weights(target.energy(s.x).double(), s.log_q.double()))
+    return torch.cat(xs).numpy(), torch.cat(lws).numpy()
+
+
+def _weights(log_w: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(log_w)
+    top = log_w[finite].max() if finite.any() else 0.0
+    return np.where(finite, np.exp(log_w - top), 0.0)
+
+
+# ------------------------------------------------------------------------ fixed bins
+def exact_profile(target: DoubleWell2D, bins: int) -> np.ndarray:
+    """$-\\ln \\int_b e^{-u_1(x_1)} dx_1$ per bin of (LO, HI) (the x2 factor is a constant)."""
+    edges = np.linspace(LO, HI, bins + 1)
+    out = []
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        x = np.linspace(a, b, 2001)
+        u = target.a * x + target.b * x**2 + target.c * x**4
+        out.append(-math.log(np.trapezoid(np.exp(-(u - u.min())), x)) + u.min())
+    return np.array(out)
+
+
+def evaluation_bins(target, samples: int, bins: int) -> np.ndarray:
+    """The bins that `samples` exact draws fill with >= 10 points on average: the same set for
+    every model (the barrier bins, which even exact sampling leaves empty, are excluded)."""
+    mass = np.exp(-exact_profile(target, bins) - target.marginal.log_z)  # P(x1 in bin)
+    return mass * samples >= 10
+
+
+def fixed_bin_profile(x1: np.ndarray, log_w: np.ndarray, bins: int) -> np.ndarray:
+    """$F_b = -\\ln \\sum_{i \\in b} w_i$ on `bins` equal bins of (LO, HI) (+inf if empty)."""
+    hist, _ = np.histogram(x1, bins=np.linspace(LO, HI, bins + 1), weights=_weights(log_w))
+    with np.errstate(divide="ignore"):
+        return -np.log(hist)
+
+
+def fixed_bin_error(profiles, exact, keep) -> tuple[float, int]:
+    """Mean over the kept bins of $\\sqrt{\\text{bias}^2 + \\text{std}^2}$ (kT), and the number
+    of kept bins some repeat left empty (dropped)."""
+    f = np.array(profiles)[:, keep]
+    ok = np.isfinite(f).all(0)
+    f = f[:, ok] - (f[:, ok] - exact[keep][ok]).mean(1, keepdims=True)
+    bias, std = f.mean(0) - exact[keep][ok], f.std(0)
+    return float(np.sqrt(bias**2 + std**2).mean()), int((~ok).sum())
+
+
+# ------------------------------------------------------------------------- published
+def published_histogram(x1, log_w=None, bins: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Bin centres and $F = -\\ln(\\text{density})$ on `bins` bins over the samples' own
+    range, shifted by its mean over the finite bins (weighted when `log_w` is given)."""
+    w = None if log_w is None else _weights(log_w)
+    hist, edges = np.histogram(x1, bins=bins, density=True, weights=w)
+    with np.errstate(divide="ignore"):
+        f = -np.log(hist)
+    return 0.5 * (edges[1:] + edges[:-1]), f - f[np.isfinite(f)].mean()
+
+
+def published_error(target: DoubleWell2D, centres, profiles) -> dict:
+    """The authors' bias, std and $\\sqrt{\\text{bias}^2 + \\text{std}^2}$ (kT) of repeats
+    `profiles [repeats, bins]`, against $u_1$ at `centres` (see the module docstring)."""
+    f = np.array(profiles)
+    exact = target.a * centres + target.b * centres**2 + target.c * centres**4
+    exact = exact - exact.min()
+    with np.errstate(invalid="ignore"):
+        mean = f.mean(0)
+        mean = mean - mean.min()
+        diff = exact - mean
+        keep = (centres > LO) & (centres < HI) & np.isfinite(diff)
+        bias = abs(float(diff[keep].mean()))
+        std = float(f[:, keep].std(0).mean())
+    return {"bias": bias, "std": std, "error": math.hypot(bias, std), "bins": int(keep.sum())}
+
+
+def evaluate(flow, target, samples, repeats, seed, bins_fixed=50, bins_published=30) -> dict:
+    """Both metrics of one trained model from the same `repeats` x `samples` draws."""
+    g = make_generator(seed)
+    exact, keep = exact_profile(target, bins_fixed), evaluation_bins(target, samples, bins_fixed)
+    fixed, pub, raw = [], [], []
+    for _ in range(repeats):
+        x1, lw = draw(flow, target, samples, g)
+        fixed.append(fixed_bin_profile(x1, lw, bins_fixed))
+        centres, f = published_histogram(x1, lw, bins_published)
+        pub.append(f)
+        centres_raw, f_raw = published_histogram(x1, None, bins_published)
+        raw.append(f_raw)
+    err, empty = fixed_bin_error(fixed, exact, keep)
+    return {
+        "fixed_bins": {"error": err, "empty_bins": empty, "bins": int(keep.sum())},
+        "published": published_error(target, centres, pub),
+        "published_unweighted": published_error(target, centres_raw, raw),
+    }
+
+
+# -------------------------------------------------------------------------- training
+def published_recipe(kind: str, blocks: bool, overrides=None, flow_kw=None):
+    """The `double-well-snf` recipe with the published flow (and blocks) swapped in."""
+    recipe = load_recipe("double-well-snf", "default")
+    recipe.flow = {**copy.deepcopy(PUBLISHED_FLOWS[kind]), **(flow_kw or {})}
+    if blocks:
+        recipe.flow["stochastic"] = {**copy.deepcopy(PUBLISHED_BLOCKS), **(overrides or {})}
+    return recipe
+
+
+def published_stages(data, steps: int = 300, lr: float = 5e-3, batch_size: int = 128) -> list:
+    """Maximum likelihood on `data`, then the 0.5 / 0.5 sum of NLL and reverse KL."""
+    common = {"data": data, "steps": steps, "lr": lr, "batch_size": batch_size,
+              "schedule": "constant", "clip_grad_norm": None}  # fmt: skip
+    return [
+        {"loss": "snf_nll", **common},
+        {"loss": {"snf_nll": 0.5, "snf_reverse_kl": 0.5}, **common},
+    ]
+
+
+def train_published(recipe, target, seed: int, data, steps: int = 300):
+    """Build the recipe's flow for `seed` and train it with `published_stages`."""
+    torch.manual_seed(seed)
+    flow = build_flow(recipe, target, seed)
+    result = train(flow, target, published_stages(data.float(), steps), seed=seed, progress=False)
+    flow.eval()
+    return flow, result
