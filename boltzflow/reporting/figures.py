@@ -64,13 +64,25 @@ def normalized_weights(log_w) -> np.ndarray:
 
 
 def plot_training(history: Mapping[str, Sequence[float]], path) -> Path:
-    """Loss (and held-out ESS fraction, when recorded) against the training step."""
-    fig, ax = new_figure(figsize=(6, 3.5))
+    r"""Loss (and held-out ESS fraction, when recorded) against the training step; below it,
+    when recorded, the gradient variance $\operatorname{tr}\Sigma$ of the path and standard
+    estimators (`grad_var_step`, `grad_var_path`, `grad_var_standard`)."""
+    variance = len(history.get("grad_var_path", [])) > 0
+    if variance:
+        fig, (ax, ax_var) = new_figure(2, 1, figsize=(6, 5.5), sharex=True)
+        steps_var = history["grad_var_step"]
+        ax_var.semilogy(steps_var, history["grad_var_standard"], "s-", ms=3, label="standard")
+        ax_var.semilogy(steps_var, history["grad_var_path"], "o-", ms=3, label="path")
+        ax_var.set_ylabel(r"gradient variance tr$\Sigma$")
+        ax_var.set_xlabel("step")
+        ax_var.legend(fontsize=8)
+    else:
+        fig, ax = new_figure(figsize=(6, 3.5))
     steps = np.asarray(history.get("step", range(len(history.get("loss", [])))))
     loss = np.asarray(history.get("loss", []), dtype=float)
     if loss.size:
         ax.plot(steps[: loss.size], loss, lw=0.8, color="C0", label="loss")
-    ax.set_xlabel("step")
+    ax.set_xlabel("" if variance else "step")
     ax.set_ylabel("loss")
     if history.get("ess_fraction"):
         ax2 = ax.twinx()

@@ -35,6 +35,7 @@ from boltzflow.sampling.reweighting import (
 )
 from boltzflow.sampling.runners import SamplingResult, importance_sampling
 from boltzflow.training.distributed import world
+from boltzflow.training.path_monitor import path_callbacks, path_gradient_summary, variance_columns
 from boltzflow.training.weighted import loss_label as _loss_label
 
 __all__ = ["run", "build_target", "build_flow"]
@@ -127,6 +128,7 @@ def _train(
             spec["loss"] = _tempered_loss(spec["loss"], target.at_temperature(temperature))
         stages.append(Stage.from_dict(spec))
     callbacks = [tuner] if tuner is not None else []
+    callbacks += path_callbacks(recipe.stages)
     if patience is not None:
         if eval_every is None:
             raise ValueError(f"{recipe.path}: 'patience' needs 'eval_every' in a training stage")
@@ -158,7 +160,8 @@ def _training_history(training) -> dict:
         return {}
     steps, loss = training.column("loss")
     ess_steps, ess = training.column("ess_fraction")
-    return {"step": steps, "loss": loss, "ess_step": ess_steps, "ess_fraction": list(ess)}
+    columns = {"step": steps, "loss": loss, "ess_step": ess_steps, "ess_fraction": list(ess)}
+    return columns | variance_columns(training)
 
 
 def _estimate_observables(target, result: SamplingResult) -> dict:
@@ -308,6 +311,7 @@ def run(
             "energy_evaluations": training.energy_evaluations if training else 0,
             "wall_seconds": time.perf_counter() - t0,
         }
+        train_summary.update(path_gradient_summary(training, flow, recipe.stages))
         flow.eval()
         stage_log.info(
             "sampling: %s, %d samples", recipe.sampling["method"], recipe.sampling["n_samples"]
