@@ -37,22 +37,30 @@ def batch_size_for(value, device_type: str) -> int:
     return int(value)
 
 
-def set_run_threads(stack, threads, flow, recipe, target) -> int:
+def set_run_threads(stack, threads, flow, recipe, target):
     """Apply the thread rule (or `threads`) for a run; the caller's count is restored when
     `stack` (a `contextlib.ExitStack`) closes.
 
     Local energy worker processes and the other processes of a distributed run count as
     workers: each takes a core, so torch threads plus processes never exceed the cores.
-    Returns the thread count set.
-    """
-    from boltzflow.hardware import apply_threads
 
-    workers = int(target.compute_resources().get("local_workers", 0)) + world()[1] - 1
+    Returns:
+        A [`ThreadTuner`][boltzflow.training.thread_tuning.ThreadTuner] for the trainer when
+        the count is left to the package on a CPU with more than one core to give (it then
+        measures 1 against $N$ threads during training), else `None`.
+    """
+    from boltzflow.hardware import apply_threads, usable_cores
+    from boltzflow.training.thread_tuning import ThreadTuner
+
+    local = int(target.compute_resources().get("local_workers", 0))
+    others = world()[1] - 1
     dev = next(iter(flow.parameters())).device.type
     sizes = (batch_size_for(st.get("batch_size", 256), dev) for st in recipe.stages)
     batch = max(sizes, default=256)
     stack.callback(torch.set_num_threads, torch.get_num_threads())
-    return apply_threads(threads, flow=flow, batch_size=batch, workers=workers)
+    apply_threads(threads, flow=flow, batch_size=batch, workers=local + others)
+    tuner = ThreadTuner(usable_cores() - others, workers=local)
+    return tuner if threads is None and dev == "cpu" and tuner.active else None
 
 
 def run_distributed(nproc: int, dev: torch.device, out_dir: Path, **run_kwargs) -> dict:
@@ -86,11 +94,13 @@ def join_from_environment(dev: torch.device) -> torch.device:
     return dev
 
 
-def describe_hardware(flow, target) -> dict:
+def describe_hardware(flow, target, tuner=None) -> dict:
     """The `hardware` block of `summary.json`: where the run trained and evaluated energies.
 
-    Keys: `device` (the flow's), `torch_threads`, `processes` (data-parallel training),
-    `cores` (usable), and for OpenMM targets `openmm_platform` and `energy_workers`.
+    Keys: `device` (the flow's), `torch_threads` (at the end of the run), `processes`
+    (data-parallel training), `cores` (usable), for OpenMM targets `openmm_platform` and
+    `energy_workers`, and with a `tuner` its `thread_decisions` (step, threads chosen, median
+    step time per candidate in ms).
     """
     from boltzflow.hardware import usable_cores
 
@@ -102,4 +112,6 @@ def describe_hardware(flow, target) -> dict:
     }
     resources = target.compute_resources()
     out.update({k: resources[k] for k in ("openmm_platform", "energy_workers") if k in resources})
+    if tuner is not None:
+        out["thread_decisions"] = list(tuner.decisions)
     return out
