@@ -39,6 +39,7 @@ __all__ = [
     "ScoredResult",
     "coupling_score",
     "scored_input",
+    "with_fixed_parameters",
     "frozen",
 ]
 
@@ -110,10 +111,13 @@ class Transform(nn.Module):
         $q_y(y) = q_z(z)\,e^{-l(z)}$ has the score
 
         $$
-        \nabla_y \log q_y = J^{-\top}\big(\nabla_z \log q_z - \nabla_z l\big),
+        \nabla_y \log q_y = J^{-\top}\big(\nabla_z \log q_z - \nabla_z l\big)
+        = \nabla_y\big[G_z \cdot f^{-1}(y) + \log|\det \partial_y f^{-1}|\big]_{G_z\ \text{fixed}},
         $$
 
-        computed with the parameters held fixed. Layers with a rule override this method.
+        computed with the parameters held fixed. Layers with a fast rule override this method
+        (`has_score_rule`); this default is the layer's drop-in: one pass of `inverse` with the
+        parameters detached (`torch.func.functional_call`) and one vector-Jacobian product.
 
         Args:
             z: input `[batch, *event_shape]` (may carry the parameters' graph).
@@ -122,7 +126,12 @@ class Transform(nn.Module):
         Returns:
             [`ScoredResult`][boltzflow.flows.base.ScoredResult] `(y, ladj, score_y)`.
         """
-        raise NotImplementedError(f"{type(self).__name__} has no fast score rule")
+        y, ladj = self.forward(z)
+        with torch.enable_grad():
+            leaf = y.detach().requires_grad_(True)
+            back, ladj_inv = with_fixed_parameters(self, "inverse", leaf)
+            (new,) = torch.autograd.grad((score * back).sum() + ladj_inv.sum(), leaf)
+        return ScoredResult(y, ladj, new)
 
     def forward(self, z: torch.Tensor) -> TransformResult:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -317,6 +326,24 @@ def coupling_score(z, z_active, y_active, log_deriv, score, gather, scatter) -> 
     )
     g_frozen = score if through is None else score - through
     return scatter(g_frozen, g_active).detach()
+
+
+class _Method(nn.Module):
+    """Calls `getattr(module, method)` as its forward (for `torch.func.functional_call`)."""
+
+    def __init__(self, module: nn.Module, method: str):
+        super().__init__()
+        self.module, self.method = module, method
+
+    def forward(self, *args):
+        return getattr(self.module, self.method)(*args)
+
+
+def with_fixed_parameters(module: nn.Module, method: str, *args):
+    """`module.method(*args)` with every parameter replaced by its detached value
+    (`torch.func.functional_call`), so gradients reach the parameters only through `args`."""
+    params = {f"module.{k}": p.detach() for k, p in module.named_parameters()}
+    return torch.func.functional_call(_Method(module, method), params, args, strict=False)
 
 
 def scored_input(z: torch.Tensor) -> torch.Tensor:

@@ -110,7 +110,7 @@ class NflowsTransform(Transform):
         log-derivatives $-\log s$ (affine: $x_a = (z_a - t)/s$ in nflows' inverse direction) or
         those of the spline."""
         t = self.nflows_transform
-        if not self.has_score_rule:
+        if not self.has_score_rule:  # the drop-in of Transform.forward_and_score
             return super().forward_and_score(z, score)
         flat = score.reshape(score.shape[0], -1)
         if isinstance(t, nt.Permutation):

@@ -34,9 +34,10 @@ the energy, not only by the data ([`path_nll`][boltzflow.training.path_gradients
 **Estimators.** `"dropin"`: evaluate $\log q$ a second time with the parameters detached
 (`torch.func.functional_call`), so that autograd differentiates through $x$ only; any flow with
 an inverse qualifies. `"fast"`: carry $G = \nabla_x \log q(x)$ forward alongside sampling with a
-rule per layer ([`Transform.forward_and_score`][boltzflow.flows.base.Transform.forward_and_score])
-and minimise the surrogate $x\cdot(G + \nabla u)_{\text{detached}}$, one backward pass through the
-sampling graph (Vaitl et al. 2024, Sec. 3). `"auto"` takes `"fast"` when every layer has a rule.
+rule per layer ([`Transform.forward_and_score`][boltzflow.flows.base.Transform.forward_and_score];
+a layer without a fast rule uses its own drop-in, one detached inverse pass) and minimise the
+surrogate $x\cdot(G + \nabla u)_{\text{detached}}$, one backward pass through the sampling graph
+(Vaitl et al. 2024, Sec. 3). `"auto"` takes `"fast"` when some layer has a fast rule.
 Both work in train and eval mode. The returned `loss` value is the usual estimate
 ($\mathbb E[u + \log q]$, or the NLL), with the path gradient attached.
 """
@@ -48,6 +49,7 @@ import logging
 import torch
 from torch import nn
 
+from boltzflow.flows.base import with_fixed_parameters
 from boltzflow.training.losses import LossOutput, _energy, _mask_grad_rows, _masked_mean, soft_cap
 
 __all__ = [
@@ -65,45 +67,50 @@ logger = logging.getLogger(__name__)
 ESTIMATORS = ("auto", "fast", "dropin")
 
 
-def layers_without_score_rule(flow) -> list[str]:
-    """Names of the transforms of `flow` (members of compositions, recursively) that have no
-    fast score rule."""
-    missing: list[str] = []
+def layers_without_score_rule(flow, every: bool = False) -> list[str]:
+    """Names of the transforms of `flow` (members of compositions, recursively) without a fast
+    score rule (all of them with `every`): those the fast estimator covers with their own
+    drop-in."""
+    found: list[str] = []
 
     def walk(t, name):
         members = getattr(t, "transforms", None)
         if isinstance(members, nn.ModuleList):
             for i, member in enumerate(members):
                 walk(member, f"{name}.{i}")
-        elif not getattr(t, "has_score_rule", False):
-            missing.append(f"{name} ({type(t).__name__})")
+        elif every or not getattr(t, "has_score_rule", False):
+            found.append(f"{name} ({type(t).__name__})")
 
     walk(flow.transform, "transform")
-    return missing
+    return found
 
 
 def path_estimator(flow, estimator: str = "auto") -> str:
     """The estimator a path loss uses on `flow`: `"fast"` or `"dropin"`.
 
+    `"fast"` carries the score through every layer: with the layer's fast rule where it has one,
+    otherwise with that layer's own drop-in (one detached `inverse` pass,
+    [`Transform.forward_and_score`][boltzflow.flows.base.Transform.forward_and_score]);
+    [`layers_without_score_rule`][boltzflow.training.path_gradients.layers_without_score_rule]
+    lists the latter. `"dropin"` evaluates `log_prob` of the whole flow a second time with
+    detached parameters.
+
     Args:
         flow: a deterministic [`Flow`][boltzflow.flows.base.Flow].
-        estimator: `"auto"` (fast when every layer has a score rule), `"fast"` or `"dropin"`.
+        estimator: `"auto"` (`"fast"` when some layer has a fast rule, else `"dropin"`),
+            `"fast"` or `"dropin"`.
 
     Raises:
-        ValueError: an unknown name, `"fast"` on a flow with layers lacking a rule, or a
-            stochastic flow (it has no density to differentiate).
+        ValueError: an unknown name, or a stochastic flow (it has no density to differentiate).
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown path-gradient estimator {estimator!r} (known: {ESTIMATORS})")
     if getattr(flow, "is_stochastic", False):
         raise ValueError("path gradients need log q(x); a stochastic flow has path weights only")
-    if estimator == "dropin":
-        return "dropin"
-    fast = bool(getattr(flow.transform, "has_score_rule", False))
-    if estimator == "fast" and not fast:
-        missing = ", ".join(layers_without_score_rule(flow)) or type(flow.transform).__name__
-        raise ValueError(f"no fast score rule for: {missing}; use estimator='dropin'")
-    return "fast" if fast else "dropin"
+    if estimator != "auto":
+        return estimator
+    n_layers = len(layers_without_score_rule(flow, every=True))
+    return "fast" if len(layers_without_score_rule(flow)) < n_layers else "dropin"
 
 
 def _base_score(base, z: torch.Tensor) -> torch.Tensor:
@@ -121,7 +128,8 @@ def sample_and_score(flow, n: int, generator: torch.Generator | None = None):
     r"""Draw `n` samples with $\log q(x)$ and the score $G = \nabla_x \log q(x)$ in one pass.
 
     `x` and `log_q` are reparametrized (differentiable in the parameters); `score` is computed
-    with the parameters held fixed and is detached. Needs a score rule on every layer.
+    with the parameters held fixed and is detached (layers without a fast rule use their
+    drop-in).
 
     Returns:
         `(x, log_q, score)`: shapes `[n, *event_shape]`, `[n]`, `[n, *event_shape]`.
@@ -129,24 +137,6 @@ def sample_and_score(flow, n: int, generator: torch.Generator | None = None):
     z = flow.base.sample(int(n), generator=generator)
     x, ladj, score = flow.transform.forward_and_score(z, _base_score(flow.base, z))
     return x, flow.base.log_prob(z) - ladj, score
-
-
-class _Method(nn.Module):
-    """Calls `getattr(module, method)` as its forward (for `torch.func.functional_call`)."""
-
-    def __init__(self, module: nn.Module, method: str):
-        super().__init__()
-        self.module, self.method = module, method
-
-    def forward(self, *args):
-        return getattr(self.module, self.method)(*args)
-
-
-def _with_fixed_parameters(module: nn.Module, method: str, *args):
-    """`module.method(*args)` with every parameter replaced by its detached value, so that
-    gradients reach the parameters only through `args`."""
-    params = {f"module.{k}": p.detach() for k, p in module.named_parameters()}
-    return torch.func.functional_call(_Method(module, method), params, args, strict=False)
 
 
 def _row_finite(t: torch.Tensor) -> torch.Tensor:
@@ -197,7 +187,7 @@ def path_reverse_kl(
         x = flow.sample(int(batch_size), generator=generator).x
         keep = [None]
         x = _mask_grad_rows(x, keep)
-        log_q = _with_fixed_parameters(flow, "log_prob", x)
+        log_q = with_fixed_parameters(flow, "log_prob", x)
         finite_score = torch.ones_like(log_q, dtype=torch.bool)
     u = _energy(target, x)
     if energy_cap is not None:
@@ -246,7 +236,7 @@ def path_nll(
     z, ladj_inv = flow.transform.inverse(data)
     keep: list = [None]
     z = _mask_grad_rows(z, keep)
-    x_tilde, ladj = _with_fixed_parameters(flow.transform, "forward", z)
+    x_tilde, ladj = with_fixed_parameters(flow.transform, "forward", z)
     log_pz = flow.base.log_prob(z)
     pulled = (force * x_tilde).reshape(z.shape[0], -1).sum(-1) + ladj - log_pz
     value = -(log_pz + ladj_inv)

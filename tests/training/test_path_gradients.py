@@ -23,6 +23,7 @@ from boltzflow.energies.base import CallableEnergy
 from boltzflow.molecular.flows import internal_coordinate_flow
 from boltzflow.training.losses import nll, reverse_kl
 from boltzflow.training.path_gradients import (
+    layers_without_score_rule,
     naive_detached_logdet_kl,
     path_estimator,
     path_nll,
@@ -31,7 +32,9 @@ from boltzflow.training.path_gradients import (
 )
 from boltzflow.training.trainer import train
 
-FAST = sorted(n for n, f in FLOW_FACTORIES.items() if path_estimator(f(0)) == "fast")
+NAMES = sorted(FLOW_FACTORIES)
+TRAINABLE = [n for n in NAMES if any(p.requires_grad for p in FLOW_FACTORIES[n](0).parameters())]
+FAST = sorted(n for n, f in FLOW_FACTORIES.items() if not layers_without_score_rule(f(0)))
 ALPHA = 1e-3  # family-wise level of each z-test (Bonferroni over parameters and directions)
 
 
@@ -108,9 +111,10 @@ def _max_z(diff: torch.Tensor) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------- score rules
-@pytest.mark.parametrize("name", FAST)
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("training", [True, False])
 def test_score_rule_matches_autograd_of_log_prob(name, training, float64):
+    """Every flow: fast rules where a layer has one, the layer's drop-in elsewhere."""
     flow = FLOW_FACTORIES[name](0).train(training)
     x, log_q, score = sample_and_score(flow, 6, torch.Generator().manual_seed(1))
     leaf = x.detach().requires_grad_(True)
@@ -120,7 +124,7 @@ def test_score_rule_matches_autograd_of_log_prob(name, training, float64):
     torch.testing.assert_close(log_q, flow.log_prob(x.detach()), atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("name", [n for n in FAST if "permutation" not in n])
+@pytest.mark.parametrize("name", TRAINABLE)
 @pytest.mark.parametrize("training", [True, False])
 def test_fast_and_dropin_estimators_agree(name, training, float64):
     flow = FLOW_FACTORIES[name](0).train(training)
@@ -136,11 +140,13 @@ def test_fast_and_dropin_estimators_agree(name, training, float64):
     torch.testing.assert_close(values[0], values[1], atol=1e-10, rtol=0)
 
 
-def test_fast_estimator_refuses_a_flow_without_rules(float64):
-    flow = FLOW_FACTORIES["maf-3d"](0)
-    assert path_estimator(flow) == "dropin"
-    with pytest.raises(ValueError, match="no fast score rule"):
-        path_reverse_kl(flow, _gaussian(flow), 4, estimator="fast")
+def test_auto_picks_the_fast_estimator_when_some_layer_has_a_rule(float64):
+    assert path_estimator(FLOW_FACTORIES["maf-layer"](0)) == "dropin"
+    assert path_estimator(FLOW_FACTORIES["maf-3d"](0)) == "fast"  # its permutations have rules
+    assert path_estimator(FLOW_FACTORIES["spline-coupling-2d"](0)) == "fast"
+    tree = FLOW_FACTORIES["u1-gauge-tree-loops-L4"](0)
+    assert layers_without_score_rule(tree)  # the tree layers use their own drop-in
+    assert FAST and set(FAST) < set(NAMES)
 
 
 # ---------------------------------------------------------------- unbiasedness
