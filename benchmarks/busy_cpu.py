@@ -10,7 +10,8 @@ Conditions (each measured in this one invocation, so the ratios share the machin
 
 Step mode (default): a child process times NLL training steps of a spline-coupling flow
 (``--dim 60 --batch 256``, the issue's example) with 1 thread, with N threads (all cores) and
-with the package's default (the thread rule in ``boltzflow.hardware``, passive OpenMP wait),
+with the package's default (short OpenMP spin, the thread rule to start, then the
+measured choice of ``boltzflow.training.thread_tuning.ThreadTuner``),
 and prints the median step time and the ratio to idle. ``--sizes`` times the idle step at
 growing flow widths, 1 vs N threads, to place ``boltzflow.hardware.LARGE_STEP``.
 
@@ -42,7 +43,8 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 def _env() -> dict:
     """The children's environment: the caller's OpenMP wait policy removed (each setting
     chooses its own), and this checkout importable."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    drop = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
     return env
 
@@ -97,16 +99,20 @@ def _child_cpu() -> float:
 def child_step(args) -> None:
     """Runs in a fresh process so that the thread count and wait policy apply from the start."""
     if args.threads == 0:  # the package's default, as the CLI applies it
-        from boltzflow.hardware import set_passive_wait
+        from boltzflow.hardware import set_wait_policy
 
-        set_passive_wait()
+        set_wait_policy()
     import torch
 
     from boltzflow.flows.builders import spline_coupling_flow
-    from boltzflow.hardware import apply_threads
+    from boltzflow.hardware import apply_threads, usable_cores
+    from boltzflow.training.thread_tuning import ThreadTuner
 
     flow = spline_coupling_flow(args.dim, hidden=args.hidden, seed=0)
     threads = apply_threads(args.threads or None, flow=flow, batch_size=args.batch)
+    tuner = ThreadTuner(usable_cores() if args.threads == 0 else 1)  # as boltzflow run does
+    tuner.on_stage_begin(None, None)
+    tuner.on_step_end(None, {"step": 0})
     opt = torch.optim.Adam(flow.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     data = torch.randn(args.batch, args.dim, generator=g)
@@ -117,6 +123,7 @@ def child_step(args) -> None:
         loss = -flow.log_prob(data).mean()
         loss.backward()
         opt.step()
+        tuner.on_step_end(None, {"step": i + 1})
         if i >= 2:  # warm-up steps are not timed
             times.append(time.perf_counter() - t0)
             cpus.append(time.process_time() - c0)
@@ -126,7 +133,13 @@ def child_step(args) -> None:
     cpus.sort()
     med = len(times) // 2
     print(
-        json.dumps({"threads": threads, "median_ms": 1e3 * times[med], "cpu_ms": 1e3 * cpus[med]})
+        json.dumps(
+            {
+                "threads": torch.get_num_threads() if tuner.active else threads,
+                "median_ms": 1e3 * times[med],
+                "cpu_ms": 1e3 * cpus[med],
+            }
+        )
     )
 
 
@@ -143,7 +156,8 @@ def step_mode(args) -> None:
     settings = [("1 thread", 1), (f"{n} threads", n), ("default", 0)]
     print(f"NLL step, spline coupling dim={args.dim} batch={args.batch}, {n} cores, median ms")
     print("settings: N threads with OpenMP's default wait policy (torch's default), 1 thread,")
-    print("and the package default (boltzflow.hardware rule, passive wait) as the CLI applies it")
+    print("and the package default as `boltzflow run` applies it (short OpenMP spin, 1 thread to")
+    print("start, then the ThreadTuner's measured choice)")
     print(f"load average before: {os.getloadavg()}")
     samples: dict[str, dict[str, list[float]]] = {}
     cpu_ms: dict[str, dict[str, list[float]]] = {}

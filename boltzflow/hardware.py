@@ -5,9 +5,9 @@ spin ("active" wait) between parallel regions. On a machine where another proces
 every small parallel region of a training step waits for a thread whose core someone else
 holds: on 2 cores beside a multi-threaded CPU-bound job, a 60-D spline-coupling NLL step at
 batch 256 took 152 ms with 1 thread and 8,310 ms with 2 (the issue that introduced this
-module; `benchmarks/busy_cpu.py` measures it again). Flows of the size the recipes train gain
-little from intra-op threads on an idle machine; parallelism belongs in the energy worker
-pool and in batching.
+module; `benchmarks/busy_cpu.py` measures it again). On an idle machine the same threads
+make a step only 10–25 % faster for the flows the recipes train: the safe start is one
+thread, and more are kept only where a measurement shows they pay.
 
 The rule (`plan_threads`), for a process that trains a flow with $P$ parameters at
 batch $B$ beside $W$ energy worker processes on $C$ usable cores:
@@ -20,10 +20,20 @@ n_\text{threads} = \begin{cases}
 $$
 
 so torch threads and worker processes never ask for more cores than exist, and a small flow
-never has a thread to wait for. `--threads` (or `threads=`) overrides the rule. The
-OpenMP wait policy is set to `PASSIVE` (`set_passive_wait`) so that threads that do
-exist sleep instead of spinning on a core another process needs; OpenMP reads it when the
-runtime loads, so the command line sets it before it imports torch.
+never has a thread to wait for. `--threads` (or `threads=`) overrides the rule.
+
+This is where a run *starts*. During training, `boltzflow run` then measures: the
+[`ThreadTuner`][boltzflow.training.thread_tuning.ThreadTuner] times steps at 1 and at
+$C - W$ threads and keeps the faster, probing again when the load changes. On an idle 2-core
+machine the alanine-dipeptide NLL step (batch 256) takes 81 ms with 1 thread and 64 ms with 2;
+beside a CPU-bound process, 2 threads take 980 ms and 1 thread stays near 80 ms.
+
+OpenMP's wait (`set_wait_policy`): idle OpenMP threads spin for a short count
+(`GOMP_SPINCOUNT` = `SPIN_COUNT`, tens of microseconds) and then sleep. Spinning forever
+(`OMP_WAIT_POLICY=ACTIVE`) burns a core that another process needs; never spinning
+(`PASSIVE`) makes every parallel region wait for a wake-up (the 2-thread step above took
+100 ms, slower than 1 thread). OpenMP reads the setting once, when it loads, so the command
+line sets it before it imports torch; a value in the user's environment is kept.
 """
 
 from __future__ import annotations
@@ -36,7 +46,8 @@ __all__ = [
     "LARGE_STEP",
     "usable_cores",
     "plan_threads",
-    "set_passive_wait",
+    "SPIN_COUNT",
+    "set_wait_policy",
     "apply_threads",
     "flow_size",
 ]
@@ -87,18 +98,27 @@ def plan_threads(
     return max(1, cores - max(0, int(workers)))
 
 
-def set_passive_wait() -> bool:
-    """Make idle OpenMP threads sleep instead of spinning (`OMP_WAIT_POLICY=PASSIVE`).
+SPIN_COUNT = 30_000
+"""Spins of an idle OpenMP thread before it sleeps (`GOMP_SPINCOUNT`; GNU OpenMP's default is
+300,000 and, with `OMP_WAIT_POLICY=ACTIVE`, 3 × 10¹⁰). Idle 2-core medians of the alanine NLL
+step at 2 threads: 74, 68, 64 and 66 ms at 3,000, 10,000, 30,000 and 100,000 spins."""
+
+
+def set_wait_policy() -> dict:
+    """Let idle OpenMP threads spin briefly, then sleep (`GOMP_SPINCOUNT=SPIN_COUNT`).
 
     Takes effect only if the OpenMP runtime has not been loaded yet, i.e. before `import
-    torch`; a value the user set in the environment is kept. Returns whether the policy in
-    force is passive.
+    torch`. A user's `OMP_WAIT_POLICY` or `GOMP_SPINCOUNT` is kept (then nothing is set).
+
+    Returns:
+        The OpenMP wait settings in force, e.g. `{"GOMP_SPINCOUNT": "30000"}`.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    passive = os.environ["OMP_WAIT_POLICY"].upper() == "PASSIVE"
-    if "torch" in sys.modules and passive:
-        log.debug("OMP_WAIT_POLICY set after torch was imported: it may not take effect")
-    return passive
+    keys = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    if not any(k in os.environ for k in keys):
+        os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+        if "torch" in sys.modules:
+            log.debug("GOMP_SPINCOUNT set after torch was imported: it may not take effect")
+    return {k: os.environ[k] for k in keys if k in os.environ}
 
 
 def apply_threads(

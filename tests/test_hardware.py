@@ -3,12 +3,13 @@ OpenMM platform rule."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 
-from boltzflow.hardware import LARGE_STEP, plan_threads
+from boltzflow.hardware import LARGE_STEP, SPIN_COUNT, plan_threads
 from boltzflow.runs.processes import batch_size_for
 
 
@@ -28,26 +29,28 @@ def test_threads_and_workers_never_exceed_the_cores(cores, workers):
         assert n == cores  # a large step uses every core it may
 
 
-def test_the_command_sets_a_passive_wait_before_torch_loads():
+def test_the_command_sets_a_short_spin_before_torch_loads():
     code = (
         "import os, sys\n"
         "os.environ.pop('OMP_WAIT_POLICY', None)\n"
+        "os.environ.pop('GOMP_SPINCOUNT', None)\n"
         "from boltzflow.cli import main\n"
         "assert 'torch' not in sys.modules\n"
         "main(['systems'])\n"
-        "print(os.environ['OMP_WAIT_POLICY'])\n"
+        "print(os.environ['GOMP_SPINCOUNT'])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "PASSIVE"
+    assert out.stdout.strip().splitlines()[-1] == str(SPIN_COUNT)
 
 
-def test_a_users_wait_policy_is_kept():
-    code = "import os\nfrom boltzflow.hardware import set_passive_wait\n"
-    code += "print(set_passive_wait(), os.environ['OMP_WAIT_POLICY'])"
-    env = {**__import__("os").environ, "OMP_WAIT_POLICY": "ACTIVE"}
+@pytest.mark.parametrize("key", ["OMP_WAIT_POLICY", "GOMP_SPINCOUNT"])
+def test_a_users_wait_policy_is_kept(key):
+    code = "from boltzflow.hardware import set_wait_policy\nprint(set_wait_policy())"
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env[key] = "ACTIVE" if key == "OMP_WAIT_POLICY" else "5"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert out.stdout.split() == ["False", "ACTIVE"]
+    assert out.stdout.strip() == repr({key: env[key]})
 
 
 def test_batch_size_per_device():

@@ -163,9 +163,9 @@ def _unavailable(sub, name: str, where: str, exc: ImportError) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `boltzflow` command."""
-    from boltzflow.hardware import set_passive_wait
+    from boltzflow.hardware import set_wait_policy
 
-    set_passive_wait()  # before anything imports torch: OpenMP reads it once, when loaded
+    set_wait_policy()  # before anything imports torch: OpenMP reads it once, when loaded
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "unavailable", False):
