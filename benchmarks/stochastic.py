@@ -26,7 +26,7 @@ adaptive MC 0.42 ± 0.05) and the ratio "with blocks / without" measured in this
   `boltzflow run double-well-snf` trains.
 
 The alanine-dipeptide comparison (torsion KLs and ESS per energy evaluation, with and without
-blocks) is not implemented yet.
+blocks) is `benchmarks/stochastic_alanine.py`.
 
 Usage: `python benchmarks/stochastic.py [--protocol published|package] [--trainings 10]
 [--samples 100000] [--repeats 20] [--steps-scale 1.0] [--only realnvp,realnvp+mc,nsf,nsf+mc]
