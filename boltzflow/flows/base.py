@@ -38,6 +38,7 @@ __all__ = [
     "InverseTransform",
     "ScoredResult",
     "coupling_score",
+    "coupling_rule",
     "scored_input",
     "with_fixed_parameters",
     "frozen",
@@ -344,6 +345,25 @@ def with_fixed_parameters(module: nn.Module, method: str, *args):
     (`torch.func.functional_call`), so gradients reach the parameters only through `args`."""
     params = {f"module.{k}": p.detach() for k, p in module.named_parameters()}
     return torch.func.functional_call(_Method(module, method), params, args, strict=False)
+
+
+def coupling_rule(z, score, run, gather, scatter) -> ScoredResult:
+    """A coupling layer's `forward_and_score` from its parts, with
+    [`coupling_score`][boltzflow.flows.base.coupling_score].
+
+    Args:
+        z, score: as in `Transform.forward_and_score`.
+        run: `run(z) -> (z_active, y, y_active, log_deriv)`: the layer's forward map of `z`
+            (requiring grad), with the active coordinates `z_active` taken from `z` before they
+            enter the elementwise map, the output `y`, its active part and the elementwise
+            log-derivatives.
+        gather, scatter: as in `coupling_score`.
+    """
+    with torch.enable_grad():
+        z = scored_input(z)
+        z_active, y, y_active, log_deriv = run(z)
+        new = coupling_score(z, z_active, y_active, log_deriv, score, gather, scatter)
+    return ScoredResult(y, log_deriv.reshape(log_deriv.shape[0], -1).sum(-1), new)
 
 
 def scored_input(z: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from boltzflow.energies.lattice import plaquettes, wrap_angle
-from boltzflow.flows.base import Compose, Flow, Transform, TransformResult
+from boltzflow.flows.base import Compose, Flow, Transform, TransformResult, coupling_rule
 from boltzflow.flows.circular import IDENTITY_DERIVATIVE, circular_rq_spline
 from boltzflow.flows.distributions import UniformTorus
 from boltzflow.flows.lattice import CircularConvNet
@@ -85,8 +85,7 @@ def plaquette_masks(L: int, mu: int, offset: int) -> tuple[torch.Tensor, ...]:
     if mu not in (0, 1):
         raise ValueError(f"mu must be 0 or 1, got {mu}")
     nu = 1 - mu
-    coord = torch.arange(L).view(-1, 1) if nu == 0 else torch.arange(L).view(1, -1)
-    coord = coord.expand(L, L)
+    coord = (torch.arange(L).view(-1, 1) if nu == 0 else torch.arange(L).view(1, -1)).expand(L, L)
     r = (coord - offset) % 4
     active_plaq = r == 0
     frozen_plaq = (r == 1) | (r == 2)
@@ -115,15 +114,7 @@ class GaugeEquivariantCoupling(Transform):
     """
 
     def __init__(
-        self,
-        L,
-        mu,
-        offset,
-        num_bins=8,
-        hidden=(8, 8),
-        kernel_size=3,
-        positional=False,
-        loops=False,
+        self, L, mu, offset, num_bins=8, hidden=(8, 8), kernel_size=3, positional=False, loops=False
     ):
         super().__init__()
         _, active, frozen = plaquette_masks(L, mu, offset)
@@ -151,7 +142,7 @@ class GaugeEquivariantCoupling(Transform):
         p = F.conv2d(F.pad(h, (r, r, r, r), mode="circular"), last.weight, last.bias, stride)
         return p.permute(0, 2, 3, 1)
 
-    def _transform(self, links, inverse):
+    def _transform(self, links, inverse, per_site=False):
         plaq = wrap_angle(plaquettes(links))
         feats = torch.stack([torch.cos(plaq), torch.sin(plaq)], dim=1) * self.frozen_plaq
         if self.loops:  # R(x) = θ_P(x) + θ_P(x - ν̂) at the active plaquettes
@@ -166,10 +157,25 @@ class GaugeEquivariantCoupling(Transform):
         )
         moved = links[:, self.mu].index_add(1 + self.nu, self.rows, self.sign * (new - pa))
         out = [links[:, 0], wrap_angle(moved)] if self.mu == 1 else [wrap_angle(moved), links[:, 1]]
-        return TransformResult(torch.stack(out, dim=1), lad.sum(dim=(1, 2)))
+        return TransformResult(torch.stack(out, dim=1), lad if per_site else lad.sum(dim=(1, 2)))
 
     def forward(self, z):
         return self._transform(z, inverse=False)
+
+    def _take(self, links):
+        return links[:, self.mu].index_select(1 + self.nu, self.rows)
+
+    def _put(self, links, values):
+        moved = links[:, self.mu].index_copy(1 + self.nu, self.rows, values)
+        return torch.stack([links[:, 0], moved] if self.mu else [moved, links[:, 1]], dim=1)
+
+    def forward_and_score(self, z, score):
+        """Score rule: [`coupling_rule`][boltzflow.flows.base.coupling_rule] on the active links."""
+        return coupling_rule(z, score, self._scored, self._take, self._put)
+
+    def _scored(self, z):  # the active links enter as their own tensor za
+        y, lad = self._transform(self._put(z, za := self._take(z)), inverse=False, per_site=True)
+        return za, y, self._take(y), lad
 
     def inverse(self, x):
         return self._transform(x, inverse=True)
@@ -262,8 +268,7 @@ class PlaquetteTreeSpline(Transform):
 
     Args:
         L: lattice extent (any L ≥ 2).
-        num_bins, num_splines, param_scale: see
-            `SharedCircularSplines`.
+        num_bins, num_splines, param_scale: see `SharedCircularSplines`.
     """
 
     def __init__(self, L: int, num_bins: int = 16, num_splines: int = 2, param_scale=10.0):
@@ -322,9 +327,7 @@ class SinkSpline(Transform):
 
 @functools.lru_cache(maxsize=16)
 def _von_mises_splines(kappa: float, dtype: torch.dtype) -> dict:
-    """State of a default
-    `SharedCircularSplines` fitted to von
-    Mises(κ), cached per κ."""
+    """State of a default `SharedCircularSplines` fitted to von Mises(κ), cached per κ."""
     splines = SharedCircularSplines().to(dtype)
     splines.fit_von_mises(kappa)
     return {k: v.detach().clone() for k, v in splines.state_dict().items()}
