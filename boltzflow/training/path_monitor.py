@@ -29,7 +29,12 @@ from boltzflow.progress import logger as run_log
 from boltzflow.rng import make_generator
 from boltzflow.training.callbacks import Callback
 from boltzflow.training.losses import nll, reverse_kl
-from boltzflow.training.path_gradients import path_estimator, path_nll, path_reverse_kl
+from boltzflow.training.path_gradients import (
+    layers_without_score_rule,
+    path_estimator,
+    path_nll,
+    path_reverse_kl,
+)
 from boltzflow.training.stages import seed_for
 
 __all__ = [
@@ -40,6 +45,7 @@ __all__ = [
     "path_gradient_summary",
     "variance_columns",
 ]
+
 
 def path_kind(loss) -> str | None:
     """`"reverse"` or `"forward"` when `loss` (a registry name, a callable, or a weighted sum
@@ -141,7 +147,11 @@ class GradientVariance(Callback):
             estimator = "dropin"
         name = path_estimator(trainer.flow, estimator)
         self.estimators[trainer.stage_index] = name
-        run_log.info("stage %d: path gradients with the %s estimator", trainer.stage_index, name)
+        dropin = layers_without_score_rule(trainer.flow) if name == "fast" else []
+        note = (
+            f" (per-layer drop-in for {len(dropin)} layers without a fast rule)" if dropin else ""
+        )
+        run_log.info("stage %d: path gradients, %s estimator%s", trainer.stage_index, name, note)
 
     def on_step_end(self, trainer, record: dict) -> None:
         if "mean_loss" not in record:
@@ -248,7 +258,9 @@ def path_gradient_summary(result, flow, stages) -> dict:
         kind = path_kind(loss)
         if kind is not None:
             wanted = "dropin" if kind == "forward" else kwargs.get("estimator", "auto")
-            estimators[str(i)] = path_estimator(flow, wanted)
+            name = path_estimator(flow, wanted)
+            dropin = layers_without_score_rule(flow) if name == "fast" else []
+            estimators[str(i)] = {"estimator": name, "per_layer_dropin": dropin}
     if not estimators or result is None:
         return {}
     columns = variance_columns(result)
