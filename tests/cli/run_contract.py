@@ -17,7 +17,7 @@ from boltzflow.runs.recipes import Recipe
 SECTIONS = ("training", "sampling", "reweighting", "observables", "free_energies")
 FILES = ("summary.json", "samples.nc", "flow.pt", "flow.json", "report.md")
 # Losses that evaluate the target on every step (reverse KL and importance-weighted forward KL).
-ENERGY_LOSSES = {"reverse_kl", "forward_kl_is"}
+ENERGY_LOSSES = {"reverse_kl", "forward_kl_is", "path_reverse_kl", "path_nll"}
 
 
 def _is_int(v) -> bool:
