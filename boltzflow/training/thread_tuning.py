@@ -22,7 +22,8 @@ beside a busy process costs one slow step, not several. Probes repeat:
 - at once when the median of the last `probe_steps` steps exceeds `drift_factor` × $t$ (the
   load changed), and at the start of every stage (the step changed).
 
-Steps that include an evaluation (`ess_fraction` in the record) are not timed. The tuner acts
+Evaluation steps (`ess_fraction` or `mean_loss` in the record) and the step after them are
+not timed: other callbacks may do their own work on an evaluation record. The tuner acts
 between steps only (`torch.set_num_threads`), so results do not depend on it beyond float
 summation order; its decisions are kept in `decisions` and written to `summary.json`.
 """
@@ -135,7 +136,10 @@ class ThreadTuner(Callback):
         last, self._last_time = self._last_time, now
         total = int(record.get("energy_evaluations", 0))
         used, self._evaluations = total - self._evaluations, total
-        if not self.active or last is None or "ess_fraction" in record:
+        if "ess_fraction" in record or "mean_loss" in record:
+            self._last_time = None  # callbacks may still work on it: restart the clock
+            return
+        if not self.active or last is None:
             return
         if used > 0 and not self._energies_seen and self.workers:
             self._energies_seen = True  # the ceiling drops: measure again
