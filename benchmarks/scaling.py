@@ -19,6 +19,7 @@ Usage::
 
     python benchmarks/scaling.py [--device cuda] [--repeats 5] [--ddp]
     python benchmarks/scaling.py --smallest     # one size per family, seconds (CI)
+    python benchmarks/scaling.py --families pta --sizes 40 --repeats 1   # one point
     python benchmarks/scaling.py --batch-sweep 256 4096 [--compile]   # per flow family
 """
 
@@ -222,6 +223,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     p.add_argument("--smallest", action="store_true", help="one size per family (no alanine)")
+    p.add_argument("--sizes", type=int, nargs="+", help="only these sizes (e.g. --sizes 40)")
     p.add_argument("--ddp", action="store_true", help="also measure the 1 → 2 process speed-up")
     p.add_argument("--ddp-steps", type=int, default=30)
     p.add_argument("--batch-sweep", type=int, nargs="*", help="step time vs these batch sizes")
@@ -246,6 +248,8 @@ def main() -> None:
             if family == "alanine":
                 continue  # needs 10 ns of MD on first use
             values = values[:1]
+        if args.sizes and key is not None:
+            values = [v for v in args.sizes if v is not None]
         rows = []
         for v in values:
             r = measure(system, key, v, device, args.repeats)
