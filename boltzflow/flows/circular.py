@@ -27,6 +27,7 @@ lies in $[-\pi, \pi]$ and densities are invariant under $\theta \to \theta + 2\p
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -41,7 +42,7 @@ from nflows.transforms.splines.rational_quadratic import (
 )
 from torch import nn
 
-from boltzflow.flows.base import Transform, TransformResult
+from boltzflow.flows.base import ScoredResult, Transform, TransformResult, coupling_rule
 
 __all__ = [
     "wrap_angle",
@@ -172,6 +173,11 @@ class CircularShift(Transform):
     def forward(self, z: torch.Tensor) -> TransformResult:
         return self._map(z, 1.0)
 
+    def forward_and_score(self, z: torch.Tensor, score: torch.Tensor) -> ScoredResult:
+        """Score rule: a rotation has $J = I$, so the score is carried unchanged."""
+        x, ladj = self._map(z, 1.0)
+        return ScoredResult(x, ladj, score)
+
     def inverse(self, x: torch.Tensor) -> TransformResult:
         return self._map(x, -1.0)
 
@@ -247,32 +253,53 @@ class CircularSplineCoupling(Transform):
         widths, heights = params[..., :k] / norm, params[..., k : 2 * k] / norm
         return widths, heights, params[..., 2 * k :] + IDENTITY_DERIVATIVE
 
-    def _map(self, z: torch.Tensor, inverse: bool) -> TransformResult:
+    def _map(self, z: torch.Tensor, inverse: bool, scored: bool = False):
         flat = z.reshape(z.shape[0], -1)
         cond = flat[:, self.identity_features]
+        active = flat[:, self._active()]  # the spline inputs, periodic first
         params = self.net(self._embed(cond))
         n_per, n_euc, k = len(self.transform_periodic), len(self.transform_euclidean), self.num_bins
         # Periodic pass-through features leave wrapped too, so every output angle is in [-π, π].
         cond = torch.where(self.cond_is_periodic, _wrap_outside(cond), cond)
-        pieces, ladj = [cond], flat.new_zeros(flat.shape[0])
+        pieces, lads = [cond], []
         if n_per:
             spline = self._split(params[:, : n_per * 3 * k], n_per, k)
-            y, lad = circular_rq_spline(flat[:, self.transform_periodic], *spline, inverse=inverse)
+            y, lad = circular_rq_spline(active[:, :n_per], *spline, inverse=inverse)
             pieces.append(y)
-            ladj = ladj + lad.sum(-1)
+            lads.append(lad)
         if n_euc:
             spline = self._split(params[:, n_per * 3 * k :], n_euc, k - 1)
             y, lad = unconstrained_rational_quadratic_spline(
-                flat[:, self.transform_euclidean],
+                active[:, n_per:],
                 *spline,
                 inverse=inverse,
                 tails="linear",
                 tail_bound=self.tail_bound,
             )
             pieces.append(y)
-            ladj = ladj + lad.sum(-1)
-        out = torch.cat(pieces, 1)[:, self.inverse_order]
-        return TransformResult(out.reshape(z.shape), ladj)
+            lads.append(lad)
+        out = torch.cat(pieces, 1)[:, self.inverse_order].reshape(z.shape)
+        lad = torch.cat(lads, 1)
+        if scored:
+            return active, out, torch.cat(pieces[1:], 1), lad
+        return TransformResult(out, lad.sum(-1))
+
+    def _active(self) -> torch.Tensor:
+        return torch.cat([self.transform_periodic, self.transform_euclidean])
+
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(t.shape[0], -1)[:, self._active()]
+
+    def _scatter(self, t: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        flat = t.reshape(t.shape[0], -1).clone()
+        flat[:, self._active()] = values
+        return flat.reshape(t.shape)
+
+    def forward_and_score(self, z: torch.Tensor, score: torch.Tensor) -> ScoredResult:
+        """Score rule: [`coupling_rule`][boltzflow.flows.base.coupling_rule] on the transformed
+        features (circular and Euclidean splines alike)."""
+        run = functools.partial(self._map, inverse=False, scored=True)
+        return coupling_rule(z, score, run, self._gather, self._scatter)
 
     def forward(self, z: torch.Tensor) -> TransformResult:
         return self._map(z, inverse=False)
