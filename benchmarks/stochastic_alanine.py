@@ -31,9 +31,11 @@ For each it prints, side by side:
 Usage (about 25 min on 2 busy cores at the default budget; run it under nice):
 
     nice -n 19 python benchmarks/stochastic_alanine.py [--budget default] [--seed 0]
-        [--out runs/bench-stochastic-alanine] [--workers N]
+        [--out runs/bench-stochastic-alanine] [--workers N] [--reuse]
 
-It writes `table.md` and `benchmark.json` into `--out`.
+`--reuse` reads a recipe's finished run (`summary.json`, `samples.nc`) from `--out` instead of
+running it again (its run wall time is then not measured). It writes `table.md` and
+`benchmark.json` into `--out`.
 """
 
 from __future__ import annotations
@@ -103,8 +105,9 @@ def samples(out: Path, target) -> torch.Tensor:
     return torch.as_tensor(np.stack(cols, axis=1), dtype=torch.float64)
 
 
-def measure(budget: str, seed: int, out: Path, workers: int | None) -> dict:
-    """Run both recipes and return their torsion KLs and weight statistics."""
+def measure(budget: str, seed: int, out: Path, workers: int | None, reuse: bool = False) -> dict:
+    """Run both recipes and return their torsion KLs and weight statistics (`reuse`: read a
+    recipe's finished run from `out/NAME` instead of running it again)."""
     recipe = load_recipe(RECIPES["flow"], budget)
     target = build_target(recipe, system_dir=recipe.folder)
     try:
@@ -112,8 +115,15 @@ def measure(budget: str, seed: int, out: Path, workers: int | None) -> dict:
         results = {}
         for label, name in RECIPES.items():
             t0 = time.perf_counter()
-            summary = run(name, budget=budget, seed=seed, out=out / name, workers=workers)
-            wall = time.perf_counter() - t0
+            done = out / name / "summary.json"
+            reused = reuse and done.is_file()
+            if reused:
+                summary = json.loads(done.read_text())
+                if (summary["budget"], summary["seed"]) != (budget, seed):
+                    raise ValueError(f"{done}: budget {summary['budget']}, seed {summary['seed']}")
+            else:
+                summary = run(name, budget=budget, seed=seed, out=out / name, workers=workers)
+            wall = float("nan") if reused else time.perf_counter() - t0
             with torch.no_grad():
                 gen = torsions(target.to_cartesian(samples(out / name, target)))
             kls = {k: torsion_kl(md[k], gen[k]) for k in TORSIONS}
@@ -123,6 +133,7 @@ def measure(budget: str, seed: int, out: Path, workers: int | None) -> dict:
             n_all = n_eval + training["energy_evaluations"]
             results[label] = {
                 "system": name,
+                "reused_run": reused,
                 "kl_paper": {k: v[0] for k, v in kls.items()},
                 "kl_nats": {k: v[1] for k, v in kls.items()},
                 "ess": ess,
@@ -192,9 +203,10 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench-stochastic-alanine")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--reuse", action="store_true", help="read finished runs found in --out")
     args = p.parse_args(argv)
     out = Path(args.out)
-    res = measure(args.budget, args.seed, out, args.workers)
+    res = measure(args.budget, args.seed, out, args.workers, args.reuse)
     text = table(res)
     print(text)
     (out / "table.md").write_text(text + "\n")
