@@ -4,7 +4,9 @@
   `forward_kl_is` returning [`LossOutput`][boltzflow.training.losses.LossOutput]
   `(loss, n_evaluations, n_nonfinite)`;
 * [`boltzflow.training.path_gradients`][boltzflow.training.path_gradients] --
-  `path_reverse_kl` and `path_nll` (Vaitl et al. 2022, 2024), with fast and drop-in estimators;
+  `path_reverse_kl` and `path_nll` (Vaitl et al. 2022, 2024), with fast and drop-in estimators,
+  and [`boltzflow.training.path_monitor`][boltzflow.training.path_monitor] -- the
+  `GradientVariance` callback (path vs standard gradient variance during training);
 * [`boltzflow.training.stages`][boltzflow.training.stages] --
   [`Stage`][boltzflow.training.stages.Stage] (loss, steps, LR schedule, data);
 * [`boltzflow.training.trainer`][boltzflow.training.trainer] --
@@ -31,12 +33,14 @@ from boltzflow.training.losses import (
     soft_cap,
 )
 from boltzflow.training.path_gradients import path_nll, path_reverse_kl
+from boltzflow.training.path_monitor import GradientVariance
 from boltzflow.training.stages import Stage, cosine_warmup
 from boltzflow.training.trainer import Trainer, TrainingResult, train
 
 __all__ = [
     "Callback",
     "EarlyStopping",
+    "GradientVariance",
     "fit_affine_to_data",
     "fit_nll",
     "force_matching",
