@@ -28,7 +28,8 @@ For each it prints, side by side:
   the ESS per evaluation, and ΔF(αL vs rest) with its bootstrap error and z against the
   umbrella/MBAR reference of the system.
 
-Usage (about 25 min on 2 busy cores at the default budget; run it under nice):
+Usage (both default runs: ≈ 12 min of CPU, ≈ 10 min wall on 2 idle cores, far longer beside
+other jobs under nice):
 
     nice -n 19 python benchmarks/stochastic_alanine.py [--budget default] [--seed 0]
         [--out runs/bench-stochastic-alanine] [--workers N] [--reuse]
