@@ -113,3 +113,31 @@ def test_one_core_does_nothing():
     tuner = ThreadTuner(1, clock=machine.clock)
     _run(tuner, machine, 20)
     assert tuner.decisions == [] and not tuner.active
+
+
+@pytest.mark.skipif(
+    __import__("boltzflow.hardware").hardware.usable_cores() < 2, reason="needs 2 cores"
+)
+def test_a_run_tunes_only_when_the_count_is_left_to_it():
+    """`set_run_threads` hands the trainer a tuner unless `--threads` was given; the tuner
+    decides from real training steps and `describe_hardware` reports the decision."""
+    import contextlib
+
+    from boltzflow.runs.pipeline import build_flow, build_target
+    from boltzflow.runs.processes import describe_hardware, set_run_threads
+    from boltzflow.runs.recipes import load_recipe
+    from boltzflow.training.trainer import Trainer
+
+    recipe = load_recipe("gmm40", "smoke")
+    target = build_target(recipe, device=torch.device("cpu"))
+    flow = build_flow(recipe, target, 0)
+    with contextlib.ExitStack() as stack:
+        assert set_run_threads(stack, 1, flow, recipe, target) is None
+    with contextlib.ExitStack() as stack:
+        tuner = set_run_threads(stack, None, flow, recipe, target)
+        assert tuner is not None and tuner.active
+        stage = {"loss": "reverse_kl", "steps": 8, "batch_size": 16, "lr": 1e-4}
+        Trainer(flow, target, [stage], callbacks=[tuner], progress=False).fit()
+        hardware = describe_hardware(flow, target, tuner)
+    assert hardware["thread_decisions"] and hardware["thread_decisions"][0]["threads"] in (1, 2)
+    assert set(hardware["thread_decisions"][0]["step_ms"]) == {"1", "2"}
