@@ -28,9 +28,8 @@ For each it prints, side by side:
   the ESS per evaluation, and ΔF(αL vs rest) with its bootstrap error and z against the
   umbrella/MBAR reference of the system.
 
-Usage (both default runs, MD cached: 804 s of CPU and 745 s wall measured on 2 cores with no
-other jobs, far longer beside
-other jobs under nice):
+Usage (both default runs, MD cached: 745 s wall and 804 s CPU measured on 2 cores with no
+other jobs; far longer beside other jobs under nice):
 
     nice -n 19 python benchmarks/stochastic_alanine.py [--budget default] [--seed 0]
         [--out runs/bench-stochastic-alanine] [--workers N] [--reuse]
