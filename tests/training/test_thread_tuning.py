@@ -136,7 +136,7 @@ def test_a_run_tunes_only_when_the_count_is_left_to_it():
     with contextlib.ExitStack() as stack:
         tuner = set_run_threads(stack, None, flow, recipe, target)
         assert tuner is not None and tuner.active
-        stage = {"loss": "reverse_kl", "steps": 8, "batch_size": 16, "lr": 1e-4}
+        stage = {"loss": "reverse_kl", "steps": 24, "batch_size": 16, "lr": 1e-4}
         Trainer(flow, target, [stage], callbacks=[tuner], progress=False).fit()
         hardware = describe_hardware(flow, target, tuner)
     assert hardware["thread_decisions"] and hardware["thread_decisions"][0]["threads"] in (1, 2)
