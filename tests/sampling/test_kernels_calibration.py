@@ -182,8 +182,16 @@ def test_double_well_calibrated(name):
     assert np.all(z < THRESHOLD), z
 
 
+#: kernels whose 24-seed check takes about a minute or more on 2 cores: `long`, so CI's
+#: second step leaves them to `python -m pytest -m slow` (README, Development).
+LONG_CALIBRATIONS = {"hybrid", "latent_hmc", "hmc"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(KERNELS))
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(k, marks=pytest.mark.long) if k in LONG_CALIBRATIONS else k for k in KERNELS],
+)
 def test_z_statistics_are_half_normal_over_seeds(name):
     """Over many seeds the z-scores follow |N(0, 1)|: the MCSE is neither too small (overconfident
     tests) nor too large (tests that cannot fail). KS test on the pooled z of x_0 and x_1²."""
