@@ -59,8 +59,10 @@ def set_run_threads(stack, threads, flow, recipe, target):
     batch = max(sizes, default=256)
     stack.callback(torch.set_num_threads, torch.get_num_threads())
     apply_threads(threads, flow=flow, batch_size=batch, workers=local + others)
+    if threads is not None or dev != "cpu":
+        return None
     tuner = ThreadTuner(usable_cores() - others, workers=local)
-    return tuner if threads is None and dev == "cpu" and tuner.active else None
+    return tuner if tuner.active else None
 
 
 def run_distributed(nproc: int, dev: torch.device, out_dir: Path, **run_kwargs) -> dict:

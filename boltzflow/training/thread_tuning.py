@@ -177,8 +177,7 @@ class ThreadTuner(Callback):
 
     def _decide(self, step: int) -> None:
         med = {n: statistics.median(t) for n, t in self._times.items() if t}
-        fewest = min(med)
-        winner = fewest
+        winner = min(med)  # the fewest threads, unless more are clearly faster
         for n in sorted(med):
             if med[n] < (1.0 - self.min_gain) * med[winner]:
                 winner = n
