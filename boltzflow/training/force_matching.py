@@ -204,3 +204,6 @@ def force_rmse(flow, x: torch.Tensor, forces: torch.Tensor, chunk: int = 1024) -
         total += float((err[ok] ** 2).sum())
         count += int(ok.sum()) * err.shape[1]
     return (total / max(count, 1)) ** 0.5
+
+
+nll_force_matching.needs_data = True  # a data loss (see `weighted.needs_data`)

@@ -344,7 +344,9 @@ def snf_layers_nll(
     return nll(layers, target, data, generator)
 
 
-snf_layers_nll.needs_data = True  # a data loss for weighted loss tables
+# Data losses take a minibatch of target samples as `batch` (read by `weighted.needs_data`).
+for _loss in (nll, mixed_kl, snf_nll, snf_layers_nll):
+    _loss.needs_data = True
 
 
 class _EvaluationCount:

@@ -30,18 +30,16 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from boltzflow.training.force_matching import nll_force_matching
-from boltzflow.training.losses import LossOutput, mixed_kl, nll, snf_nll
+from boltzflow.training.losses import LossOutput
 
 __all__ = ["WeightedLoss", "needs_data", "resolve_loss", "loss_label"]
 
-_DATA_LOSSES = (nll, mixed_kl, nll_force_matching, snf_nll)
-
 
 def needs_data(loss: Callable) -> bool:
-    """Whether `loss` takes a minibatch of target samples (not a batch size) as `batch`:
-    the built-in data losses, and any callable with a true `needs_data` attribute."""
-    return loss in _DATA_LOSSES or bool(getattr(loss, "needs_data", False))
+    """Whether `loss` takes a minibatch of target samples (not a batch size) as `batch`: any
+    callable with a true `needs_data` attribute (set on the built-in data losses where they
+    are defined)."""
+    return bool(getattr(loss, "needs_data", False))
 
 
 def _named(name) -> Callable:
