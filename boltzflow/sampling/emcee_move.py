@@ -158,7 +158,7 @@ def emcee_sampler(
     walkers: int | None = None,
     flow_weight: float = 0.0,
     burn_fraction: float = 0.5,
-    init: str = "prior",
+    init="auto",
     progress: bool = False,
 ) -> SamplingResult:
     r"""Run emcee's ensemble sampler (optionally mixed with
@@ -225,7 +225,7 @@ def flow_emcee(
     lr: float = 1e-3,
     flow_weight: float = 0.5,
     defensive: float = 0.0,
-    init: str = "prior",
+    init="auto",
     evidence_samples: int = 0,
     progress: bool = False,
 ) -> SamplingResult:

@@ -40,7 +40,13 @@ from boltzflow.rng import generator_for_module
 from boltzflow.sampling.adaptation import ADAPT_EVERY, estimate_metric, run_adapting_step_size
 from boltzflow.sampling.chains import run_chain
 from boltzflow.sampling.kernels import HMC, MALA, IndependenceMH, Mixture
-from boltzflow.sampling.runners import RunCost, SamplingResult, flow_evidence, start_points
+from boltzflow.sampling.runners import (
+    INIT_CHOICES,
+    RunCost,
+    SamplingResult,
+    flow_evidence,
+    start_points,
+)
 from boltzflow.training.fit import fit_affine_to_data, fit_nll
 
 logger = logging.getLogger(__name__)
@@ -72,7 +78,10 @@ class Schedule:
             training; the first round is discarded as burn-in when there are several.
         repeats: production cycle `(local, global)`: steps of each kind per kept draw.
         thin: keep every `thin`-th production cycle.
-        init: `"prior"` (the target's `sample_prior`, where it has one) or `"flow"`.
+        init: where the chains start
+            ([`start_points`][boltzflow.sampling.runners.start_points]): `"auto"` (the prior
+            where it can be sampled, else overdispersed Laplace draws around the mode),
+            `"prior"`, `"laplace"`, `"flow"`, or a `Tensor[chains, dim]`.
         init_steps: Adam steps (lr 0.05) on `u` from the starting points before the first
             round, to leave the prior's tails quickly (counted as evaluations).
         progress: show progress bars.
@@ -82,13 +91,14 @@ class Schedule:
     warmup_rounds: int = 8
     repeats: tuple[int, int] = (1, 1)
     thin: int = 1
-    init: str = "prior"
+    init: object = "auto"
     init_steps: int = 0
     progress: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "repeats", tuple(int(r) for r in self.repeats))
-        _check_choice("init", self.init, ("prior", "flow"))
+        if not isinstance(self.init, torch.Tensor):
+            _check_choice("init", self.init, INIT_CHOICES)
         if int(self.warmup_rounds) < 1:
             raise ValueError("hybrid needs warmup_rounds >= 1")
 

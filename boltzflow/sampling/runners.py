@@ -235,19 +235,69 @@ def independence_chains(
     )
 
 
-def start_points(flow, target, n: int, init: str, generator: torch.Generator) -> torch.Tensor:
-    """`n` starting points: the target's prior draws (`init="prior"`) or flow samples."""
+INIT_CHOICES = ("auto", "prior", "laplace", "flow")
+"""String values of a runner's `init` (besides a `Tensor[n, dim]` of starting points)."""
+
+
+def start_points(
+    flow, target, n: int, init, generator: torch.Generator, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """`n` starting points `[n, dim]` of a runner's chains or walkers.
+
+    Args:
+        init: `"auto"` (the documented default of
+            [`initial_points`][boltzflow.sampling.starts.initial_points]: prior draws where the
+            target has a sampleable prior, else overdispersed Laplace draws around the mode),
+            `"prior"` (prior draws only), `"laplace"` (Laplace draws even with a prior),
+            `"flow"` (flow samples), or a `Tensor` of starting points in the target's sampled
+            coordinates: `[n, dim]`, or `[dim]` (every chain starts there).
+        dtype: of the points (default: the flow's parameters' dtype, else float64).
+
+    Raises:
+        ValueError: an unknown `init`, a tensor of the wrong shape or with non-finite energies,
+            `"prior"` on a target without a sampleable prior, `"flow"` without a flow; each
+            message says which `init` would work.
+    """
+    from boltzflow.sampling.starts import has_sampleable_prior, initial_points
+
     params = next(iter(flow.parameters()), None) if flow is not None else None
-    dtype = params.dtype if params is not None else torch.float64
+    if dtype is None:
+        dtype = params.dtype if params is not None else torch.float64
+    dim = int(target.dim)
+    if isinstance(init, torch.Tensor):
+        x = init.detach().to(dtype)
+        x = x.expand(n, dim).clone() if x.shape == (dim,) else x
+        if tuple(x.shape) != (n, dim):
+            raise ValueError(
+                f"init tensor must have shape [{n}, {dim}] or [{dim}], got {tuple(init.shape)}"
+            )
+        with torch.no_grad():
+            bad = ~torch.isfinite(target.energy(x))
+        if bool(bad.any()):
+            raise ValueError(
+                f"{int(bad.sum())} of the {n} given starting points have a non-finite energy: "
+                "give points inside the support (unconstrained coordinates, e.g. "
+                "target.unconstrain(theta)), or init='auto'"
+            )
+        return x
+    if init not in INIT_CHOICES:
+        raise ValueError(f"init must be one of {INIT_CHOICES} or a Tensor[n, dim], got {init!r}")
     with torch.no_grad():
-        if init == "prior":
-            try:
-                return target.sample_prior(n, generator=generator, dtype=dtype)
-            except NotImplementedError:  # Energy's default: no prior, start from the flow
-                pass
-        if flow is None:
-            raise ValueError("init='flow' needs a flow (or a target with sample_prior)")
-        return flow.sample(n, generator=generator).x.detach()
+        if init == "flow":
+            if flow is None:
+                raise ValueError(
+                    "init='flow' needs a flow: pass one, or use init='auto' (prior draws, or "
+                    "a Laplace approximation at the mode when the prior cannot be sampled)"
+                )
+            return flow.sample(n, generator=generator).x.detach().to(dtype)
+        if init == "prior" and not has_sampleable_prior(target):
+            raise ValueError(
+                "init='prior': this target has no sampleable prior (a Flat prior, or a "
+                "from_log_prob target without priors): use init='auto' or 'laplace' (draws "
+                "around the mode), init='flow', or init=Tensor[n, dim]"
+            )
+    use_prior = init != "laplace"
+    return initial_points(target, n, flow=flow, generator=generator, dtype=dtype, prior=use_prior)
 
 
 def importance_sampling(
