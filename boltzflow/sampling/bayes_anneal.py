@@ -53,6 +53,7 @@ from boltzflow.sampling.runners import (
     draw_with_log_weights,
     independence_chains,
 )
+from boltzflow.sampling.starts import reference_for
 from boltzflow.training.fit import fit_affine_to_data, fit_nll
 from boltzflow.weights import clean_log_weights, kish_ess
 
@@ -160,12 +161,16 @@ def annealed_training(
     defensive: float = DEFENSIVE,
     defensive_scale: float = DEFENSIVE_SCALE,
     defensive_prior: float = DEFENSIVE_PRIOR,
+    reference=None,
 ) -> dict:
     r"""Train `flow` in place from the prior to the posterior (see the module docstring).
 
     Args:
         flow: a [`Flow`][boltzflow.flows.base.Flow] over the target's unconstrained `y`.
-        target: a [`Posterior`][boltzflow.energies.posterior.Posterior] with `sample_prior`.
+        target: a [`Posterior`][boltzflow.energies.posterior.Posterior]; without a sampleable
+            prior (a `Flat` one, from `from_log_prob`) the path starts from the overdispersed
+            Laplace approximation instead
+            ([`reference_for`][boltzflow.sampling.starts.reference_for]).
         n_per_stage: flow draws (likelihood evaluations) per stage.
         ess_target, ess_min: the next $\beta$ keeps a Kish ESS fraction of
             `max(ess_target · f, ess_min)`, with `f` the fraction at the current
@@ -184,6 +189,8 @@ def annealed_training(
             `defensive_scale` times wider), which bounds the weights where the flow's tails
             are too light; 0 draws from the flow itself. `defensive_prior` mixes in the
             prior as well ([`PriorDefensive`][boltzflow.sampling.proposals.PriorDefensive]).
+        reference: the distribution annealed from (default
+            [`reference_for`][boltzflow.sampling.starts.reference_for]`(target)`).
 
     Returns:
         dict with the tempering ladder `betas`, `ess_fractions` (towards each new
@@ -193,11 +200,14 @@ def annealed_training(
     g = generator_for_module(flow, int(seed))
     dtype = next(flow.parameters()).dtype
     t0, n0 = time.perf_counter(), target.n_evaluations
-    prior = target.sample_prior(int(prior_samples), generator=g, dtype=dtype)
+    if reference is None:  # the prior, or a Laplace reference where it cannot be sampled
+        reference = reference_for(target, generator=g)
+    ref = reference
+    prior = ref.sample_prior(int(prior_samples), generator=g, dtype=dtype)
     fit_affine_to_data(flow, prior)
     fit_nll(flow, prior, prior_steps, batch_size, 1e-3, g)
     opt = torch.optim.Adam([p for p in flow.parameters() if p.requires_grad], lr=lr)
-    proposal = defensive_proposal(flow, defensive, defensive_scale, target, defensive_prior)
+    proposal = defensive_proposal(flow, defensive, defensive_scale, ref, defensive_prior)
     beta, betas, fracs, batches, final = 0.0, [0.0], [], [], []
     n_final = int(n_final or 2 * n_per_stage)
     stage, losses = 0, [math.nan]
@@ -211,7 +221,7 @@ def annealed_training(
         n = n_final if at_end else int(n_per_stage)
         flow.eval()
         x, _, u, log_q = draw_with_log_weights(proposal, target, n, g)
-        u0 = prior_energy(target, x)
+        u0 = prior_energy(ref, x)
         lw0, ll = -u0 - log_q, u0 - u  # log L = u0 - u  (-inf where u = inf)
         batch = (x, lw0, ll)
         if at_end:
@@ -287,12 +297,15 @@ def annealed_flow(
     defensive_settings = dict(
         defensive=defensive, defensive_scale=defensive_scale, defensive_prior=defensive_prior
     )
-    train_info = annealed_training(flow, target, seed=seed, **defensive_settings, **training)
+    ref = reference_for(target, generator=generator_for_module(flow, int(seed) + 3))
+    train_info = annealed_training(
+        flow, target, seed=seed, reference=ref, **defensive_settings, **training
+    )
     g = generator_for_module(flow, int(seed) + 7)
     t1 = time.perf_counter()
     n_draws = -(-int(n_samples) // int(chains))
     n = int(chains) * (n_draws + int(n_warmup) + 1) if sampler == "imh" else int(n_samples)
-    proposal = defensive_proposal(flow, defensive, defensive_scale, target, defensive_prior)
+    proposal = defensive_proposal(flow, defensive, defensive_scale, ref, defensive_prior)
     with frozen(flow):
         draws = draw_with_log_weights(proposal, target, n, g)
     info = {

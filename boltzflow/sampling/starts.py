@@ -31,7 +31,14 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["Laplace", "has_sampleable_prior", "laplace_approximation", "initial_points"]
+__all__ = [
+    "Laplace",
+    "LaplaceReference",
+    "has_sampleable_prior",
+    "laplace_approximation",
+    "initial_points",
+    "reference_for",
+]
 
 
 class Laplace(NamedTuple):
@@ -230,3 +237,45 @@ def initial_points(
             break
         x = torch.where(bad[:, None], 0.5 * (x + lap.mode), x)
     return x.to(dtype)
+
+
+class LaplaceReference:
+    r"""A proper reference distribution that stands in for the prior of a target without a
+    sampleable one: $\mathcal N(\hat y, c^2 H^{-1})$, the overdispersed Laplace approximation.
+
+    It has the prior hooks of a [`Posterior`][boltzflow.energies.posterior.Posterior]
+    (`sample_prior`, `constrain`, `log_prior`, `dim`), so tempering code that anneals from the
+    prior, $p_\beta \propto \pi\,L^\beta$, anneals from this reference instead: with
+    $u_0 = -\log\mathcal N$ and "$\log L$" $= u_0 - u$ the path
+    $p_\beta \propto \mathcal N^{1-\beta} e^{-\beta u}$ is the geometric path from the
+    reference to the posterior (Neal 2001, "Annealed importance sampling", Stat. Comput. 11,
+    125), and its end point is the posterior whatever the reference.
+
+    Args:
+        laplace: a [`Laplace`][boltzflow.sampling.starts.Laplace] approximation.
+        scale: $c$, the factor on its standard deviations.
+    """
+
+    def __init__(self, laplace: Laplace, scale: float = 2.0):
+        self.laplace, self.scale = laplace, float(scale)
+        self.dim = int(laplace.mode.shape[0])
+
+    def sample_prior(self, n: int, generator=None, dtype=torch.float64, device=None):
+        """`n` reference draws `[n, dim]`."""
+        return self.laplace.sample(int(n), generator=generator, scale=self.scale).to(dtype)
+
+    def constrain(self, y: torch.Tensor):
+        """The identity with a zero log-Jacobian (the reference lives on `y`)."""
+        return y, y.new_zeros(y.shape[0])
+
+    def log_prior(self, y: torch.Tensor) -> torch.Tensor:
+        """Normalized log density of the reference at `y [n, dim]`, `[n]`."""
+        return self.laplace.log_prob(y, scale=self.scale)
+
+
+def reference_for(target, *, flow=None, generator=None, scale: float = 2.0):
+    """The distribution to anneal from: `target` itself when its prior can be sampled, else a
+    [`LaplaceReference`][boltzflow.sampling.starts.LaplaceReference] around its mode."""
+    if has_sampleable_prior(target):
+        return target
+    return LaplaceReference(laplace_approximation(target, flow=flow, generator=generator), scale)
