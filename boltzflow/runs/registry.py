@@ -78,6 +78,7 @@ FLOWS = Registry(
         "phi4-checkerboard": "boltzflow.flows.lattice:phi4_flow",
         "u1-gauge": "boltzflow.flows.lattice_gauge:u1_gauge_flow",
         "tail-adaptive": "boltzflow.flows.tail_builders:tail_adaptive_flow",
+        "identity": "boltzflow.flows.sample_set:identity_flow",
     },
 )
 
@@ -110,6 +111,7 @@ LOSSES = Registry(
         "snf_layers_nll": "boltzflow.training.losses:snf_layers_nll",
         "force_matching": "boltzflow.training.force_matching:force_matching",
         "nll_force_matching": "boltzflow.training.force_matching:nll_force_matching",
+        "targeted_fep": "boltzflow.training.targeted:targeted_fep",
     },
 )
 
