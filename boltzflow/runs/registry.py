@@ -78,6 +78,7 @@ FLOWS = Registry(
         "phi4-checkerboard": "boltzflow.flows.lattice:phi4_flow",
         "u1-gauge": "boltzflow.flows.lattice_gauge:u1_gauge_flow",
         "tail-adaptive": "boltzflow.flows.tail_builders:tail_adaptive_flow",
+        "rigid-body": "boltzflow.flows.rigid.builder:rigid_body_flow",
         "identity": "boltzflow.flows.sample_set:identity_flow",
     },
 )
