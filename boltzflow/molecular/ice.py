@@ -160,6 +160,7 @@ class IceXITarget(Energy):
 
     Attributes:
         n_molecules: 16. box: `(Lx, Ly, Lz)` nm. body: body-frame sites `float64[4, 3]`.
+        reference_state: the ideal crystal, `float64[112]`.
     """
 
     def __init__(
@@ -255,6 +256,13 @@ class IceXITarget(Energy):
         """Shut down the worker pool, if any."""
         if self.pool is not None:
             self.pool.close()
+
+    @property
+    def reference_state(self) -> torch.Tensor:
+        """The ideal crystal as a rigid state `float64[112]` (the vendored structure fitted
+        onto the TIP4P-Ew geometry; quaternions with $w \\ge 0$), e.g. the reference about
+        which a rigid-body flow contracts (`reference = "target"`)."""
+        return self.ice.rigid[0].clone()
 
     # ------------------------------------------------------------------- data
     def md_settings(self, temperature: float, seed: int | None = None):

@@ -58,6 +58,7 @@ TARGETS = Registry(
         "phi4": "boltzflow.energies.lattice:Phi4",
         "u1": "boltzflow.energies.lattice:U1Wilson",
         "alanine-dipeptide": "boltzflow.molecular.target:AlanineDipeptideTarget",
+        "ice-xi-16": "boltzflow.molecular.ice:IceXITarget",
         "pta-sim": "boltzflow.energies.astro_pta:PTAPosterior",
         "rv-kepler": "boltzflow.energies.astro_rv:RVPosterior",
         "product-student-t": "boltzflow.energies.heavy_tails:ProductStudentT",
