@@ -48,9 +48,18 @@ class SampleSetBase(BaseDistribution):
         energy: the reduced energy of state $A$ (an
             [`Energy`][boltzflow.energies.base.Energy] or a callable `x -> Tensor[n]`), for
             points outside the set and for `energies = None`; `None` allows set rows only.
+        known: further configurations `[m, *event_shape]` and their energies `[m]` that
+            `log_prob` reads without evaluating but `sample` never draws (the training frames,
+            when the set itself holds the held-out ones).
     """
 
-    def __init__(self, samples: torch.Tensor, energies: torch.Tensor | None = None, energy=None):
+    def __init__(
+        self,
+        samples: torch.Tensor,
+        energies: torch.Tensor | None = None,
+        energy=None,
+        known: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
         samples = torch.as_tensor(samples)
         super().__init__(samples.shape[1:])
         if samples.shape[0] < 1:
@@ -67,6 +76,14 @@ class SampleSetBase(BaseDistribution):
         # not persistent: a saved flow holds its transform, not the data it started from
         self.register_buffer("samples", samples.clone(), persistent=False)
         self.register_buffer("energies", energies.clone(), persistent=False)
+        if known is not None:
+            known_x, known_u = torch.as_tensor(known[0]), torch.as_tensor(known[1]).reshape(-1)
+            if known_x.shape[1:] != samples.shape[1:] or known_x.shape[0] != known_u.shape[0]:
+                raise ValueError("known configurations and energies do not match the set")
+        else:
+            known_x, known_u = samples[:0], energies[:0]
+        self.register_buffer("known_samples", known_x.clone(), persistent=False)
+        self.register_buffer("known_energies", known_u.clone(), persistent=False)
         self._index: dict[bytes, int] | None = None
         self.n_evaluated = 0
         """Points whose $u_A$ was evaluated with `energy` (not found in the set)."""
@@ -96,10 +113,12 @@ class SampleSetBase(BaseDistribution):
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         r"""$-u_A(z)$ `[n]`: stored for rows of the set, evaluated with `energy` otherwise."""
         if self._index is None:
-            self._index = {k: i for i, k in enumerate(self._key(self.samples))}
+            rows = torch.cat([self.samples, self.known_samples.to(self.samples)])
+            self._index = {k: i for i, k in enumerate(self._key(rows))}
         found = [self._index.get(k, -1) for k in self._key(z)]
         index = torch.as_tensor(found, dtype=torch.long, device=self.energies.device)
-        u = self.energies[index.clamp(min=0)].to(z.dtype)
+        energies = torch.cat([self.energies, self.known_energies.to(self.energies)])
+        u = energies[index.clamp(min=0)].to(z.dtype)
         missing = index < 0
         if bool(missing.any()):
             if self.energy is None:

@@ -93,6 +93,12 @@ def write_report(summary: Mapping, figures: Mapping[str, str], out_dir) -> Path:
                 z = v.get("z_score")
                 z = "" if z is None else f"{z:+.2f}"
                 lines.append(f"| {name} | {_fmt(v)} | {v.get('unit', '')} | {r} | {z} |")
+            weighted = {k: v for k, v in s[group].items() if "ess_fraction" in v}
+            if weighted:  # perturbation estimates carry the ESS of their own weights
+                lines += ["", "| name | ESS fraction | PSIS k̂ | samples |", "|---|---|---|---|"]
+                for name, v in weighted.items():
+                    k = v.get("pareto_k", float("nan"))
+                    lines.append(f"| {name} | {v['ess_fraction']:.4f} | {k:.3f} | {v.get('n')} |")
     lines += [
         "",
         "## Cost",

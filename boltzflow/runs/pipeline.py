@@ -18,7 +18,7 @@ import torch
 
 import boltzflow
 from boltzflow.progress import logger as stage_log
-from boltzflow.runs import registry
+from boltzflow.runs import registry, targeted
 from boltzflow.runs.processes import (
     batch_size_for,
     describe_hardware,
@@ -83,8 +83,8 @@ def _device(recipe: Recipe, device: str | None) -> torch.device:
 
 def _stage_data(data, target, recipe: Recipe, dtype, device):
     """Resolve a stage's `data`: `"exact"`, a target-provided set, or a file in the system."""
-    if data is None or data == "exact":
-        return data
+    if data is None or isinstance(data, torch.Tensor) or data == "exact":
+        return data if data is None or isinstance(data, str) else data.to(device, dtype)
     try:
         tensor = target.training_data(data)
     except NotImplementedError:  # the target provides none: a file in the system folder
@@ -296,6 +296,7 @@ def run(
         target = build_target(recipe, **runtime)
         stack.callback(target.close)
         flow = build_flow(recipe, target, seed).to(device=dev, dtype=dtype)
+        recipe = targeted.attach_sample_base(stack, recipe, flow, target, runtime)
         tuner = set_run_threads(stack, threads, flow, recipe, target)
         out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -342,6 +343,7 @@ def _sample_and_summarise(recipe, flow, target, seed, train_summary) -> dict:
     rw = reweight(imp.log_weight, n_bootstrap=n_boot, seed=seed)
     observables, obs_values = _estimate_observables(target, result)
     free = _estimate_free_energies(target, result, n_boot, seed)
+    free.update(targeted.free_energies(flow, target, n_boot, seed))
     acc = None if result.accepted is None else float(result.accepted.double().mean())
     summary = {
         "system": recipe.name,

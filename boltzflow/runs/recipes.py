@@ -44,6 +44,7 @@ _SECTIONS = {
     "training": {"stages"},
     "sampling": None,  # method, n_samples, n_importance + runner kwargs
     "reweighting": {"n_bootstrap"},
+    "base": None,  # a sample set of state A (boltzflow.runs.targeted.BASE_KEYS)
 }
 _REQUIRED = {
     "system": ("name", "description"),
@@ -86,6 +87,7 @@ class Recipe:
     stages: list[dict]
     sampling: dict
     reweighting: dict = field(default_factory=dict)
+    base: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -270,6 +272,13 @@ def load_recipe(name_or_path: str | os.PathLike, budget: str = "default") -> Rec
     _check_kwargs(fn, flow_params, "flow", path, skip_first=True, reserved=("seed",))
     if "stochastic" in data["flow"]:
         _check_stochastic(data["flow"]["stochastic"], path)
+    if "base" in data:
+        from boltzflow.runs.targeted import check_base
+
+        try:
+            check_base(data["base"], path)
+        except ValueError as exc:
+            raise RecipeError(str(exc)) from None
     fn = _check_registry(registry.SAMPLERS, data["sampling"]["method"], "sampler", "sampling", path)
     skip = ("method", "n_samples", "n_importance")
     sampler_params = _params(data["sampling"], skip)
@@ -293,4 +302,5 @@ def load_recipe(name_or_path: str | os.PathLike, budget: str = "default") -> Rec
         stages=stages,
         sampling=data["sampling"],
         reweighting=data.get("reweighting", {}),
+        base=data.get("base", {}),
     )
