@@ -2,9 +2,15 @@
 transforms, couplings with a permutation-equivariant conditioner, and the builder."""
 
 from boltzflow.flows.rigid.builder import rigid_body_flow
+from boltzflow.flows.rigid.charts import mean_structure
 from boltzflow.flows.rigid.conditioner import SetConditioner
 from boltzflow.flows.rigid.contraction import OrientationContraction, PositionContraction
-from boltzflow.flows.rigid.couplings import OrientationCoupling, PositionCoupling, RigidLayer
+from boltzflow.flows.rigid.couplings import (
+    CentredPositionCoupling,
+    OrientationCoupling,
+    PositionCoupling,
+    RigidLayer,
+)
 from boltzflow.flows.rigid.distribution import RigidBodyBase
 
 __all__ = [
@@ -12,8 +18,10 @@ __all__ = [
     "RigidBodyBase",
     "RigidLayer",
     "PositionCoupling",
+    "CentredPositionCoupling",
     "OrientationCoupling",
     "PositionContraction",
     "OrientationContraction",
     "SetConditioner",
+    "mean_structure",
 ]

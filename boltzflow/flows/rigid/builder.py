@@ -13,10 +13,12 @@ perturbation), training starts from plain free-energy perturbation.
 
 Without a reference the flow treats all molecules alike (permutation-equivariant, circular
 splines over whole box edges, wide orientation splines): a liquid or a generic model. With a
-`reference` (the ideal crystal, or an MD mean), positions are splined in a `position_window`
-about each molecule's site and orientations in a chart about its reference rotation; molecules
-are then tied to their sites, and relabelling them together with the reference leaves the
-density unchanged.
+`reference` (the ideal crystal, or the mean structure of MD frames, `mean_structure`),
+positions move by centre-preserving affine couplings of the displacements from each molecule's
+site ([`CentredPositionCoupling`][boltzflow.flows.rigid.couplings.CentredPositionCoupling]: the
+flow commutes with translations of the whole crystal) and orientations by splines in a chart
+about each molecule's reference rotation; molecules are then tied to their sites, and
+relabelling them together with the reference leaves the density unchanged.
 
 Reference: Köhler et al. 2023, "Rigid body flows for sampling molecular crystal structures".
 """
@@ -26,8 +28,13 @@ from __future__ import annotations
 import torch
 
 from boltzflow.flows.base import Compose, Flow
+from boltzflow.flows.rigid.charts import mean_structure
 from boltzflow.flows.rigid.contraction import OrientationContraction, PositionContraction
-from boltzflow.flows.rigid.couplings import OrientationCoupling, PositionCoupling
+from boltzflow.flows.rigid.couplings import (
+    CentredPositionCoupling,
+    OrientationCoupling,
+    PositionCoupling,
+)
 from boltzflow.flows.rigid.distribution import RigidBodyBase
 
 __all__ = ["rigid_body_flow"]
@@ -45,14 +52,20 @@ def _system(n_molecules, box):
     return int(n), getattr(n_molecules, "box", None) if box is None else box
 
 
-def _reference(reference, target, n: int):
+def _reference(reference, target, n: int, box):
+    """Sites `(N, 3)` and rotations `(N, 4)` of the reference, or `(None, None)`."""
     if reference is None:
         return None, None
     if isinstance(reference, str):
         if reference != "target":
-            raise ValueError("reference must be a rigid state, None or 'target'")
-        reference = target.reference_state
-    state = torch.as_tensor(reference, dtype=torch.get_default_dtype()).reshape(n, 7)
+            raise ValueError("reference must be a rigid state, frames, None or 'target'")
+        reference = getattr(target, "reference_state", None)
+        if reference is None:  # an ice target: its start structure
+            reference = target.ice.rigid
+    reference = torch.as_tensor(reference, dtype=torch.float64)
+    if reference.ndim == 2 and reference.shape[0] > 1:  # frames: their mean structure
+        reference = mean_structure(reference, box)
+    state = reference.to(torch.get_default_dtype()).reshape(n, 7)
     return state[:, :3], state[:, 3:]
 
 
@@ -65,7 +78,7 @@ def rigid_body_flow(
     depth: int = 2,
     num_bins: int = 8,
     reference=None,
-    position_window: float | None = None,
+    position_scale: float = 0.05,
     orientation_bound: float | None = None,
     scale: float = 1.0,
     seed: int | None = None,
@@ -78,10 +91,11 @@ def rigid_body_flow(
         num_layers: blocks of six couplings (three position axes, three Rodrigues components).
         hidden, depth: width and hidden layers of each set conditioner's perceptrons.
         num_bins: spline bins $K$.
-        reference: a rigid state `(7 N,)` (sites and reference rotations), `"target"` for the
-            target's `reference_state`, or `None`.
-        position_window: half-width (nm) of the position splines about the sites (default
-            0.1 nm with a reference; without one, circular splines over the box).
+        reference: a rigid state `(7 N,)` (sites and reference rotations), frames
+            `(n, 7 N)` (their `mean_structure`), `"target"` for the target's `reference_state`
+            (or an ice target's start structure), or `None`.
+        position_scale: length scale (nm) of the displacement features and shifts of the
+            position couplings (with a reference).
         orientation_bound: half-width of the orientation splines in the Rodrigues chart
             (default 0.5 with a reference, 2.0 without).
         scale: initial factor of the contractions (with a reference; 1 = identity).
@@ -94,30 +108,30 @@ def rigid_body_flow(
     n, box = _system(n_molecules, box)
     if box is None:
         raise ValueError("rigid_body_flow needs the box edges (nm)")
-    sites, rotations = _reference(reference, target, n)
+    sites, rotations = _reference(reference, target, n, box)
     local = sites is not None
-    if local and position_window is None:
-        position_window = 0.1
     if orientation_bound is None:
         orientation_bound = 0.5 if local else 2.0
-    ref = {"sites": sites, "orientations": rotations}
     net = {"num_bins": num_bins, "hidden": hidden, "depth": depth}
+    centred = {"axis": 0, "scale": position_scale, "hidden": hidden, "depth": depth}
+    turn = {"bound": orientation_bound, "position_scale": position_scale, **net}
     with torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(int(seed))
         layers = []
         for _ in range(int(num_layers)):
             for axis in range(3):
-                layers.append(
-                    PositionCoupling(n, box, axis=axis, window=position_window, **ref, **net)
-                )
-            for component in range(3):
+                if local:
+                    centred["axis"] = axis
+                    layers.append(CentredPositionCoupling(n, box, sites, rotations, **centred))
+                else:
+                    layers.append(PositionCoupling(n, box, axis=axis, **net))
+            for c in range(3):
                 layers.append(
                     OrientationCoupling(
-                        n, box, components=(component,), bound=orientation_bound,
-                        position_window=position_window, **ref, **net,
+                        n, box, components=(c,), sites=sites, orientations=rotations, **turn
                     )
-                )  # fmt: skip
+                )
         if local:
             layers.append(PositionContraction(n, box, sites, rotations, scale=scale))
             layers.append(OrientationContraction(n, box, sites, rotations, scale=scale))

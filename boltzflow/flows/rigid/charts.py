@@ -23,6 +23,15 @@ $\log|\det \partial g/\partial\rho| + 2 \log(1+|\rho|^2) - 2\log(1+|g(\rho)|^2)$
 (the conditioners see orientations only through even features: rotation matrices and $\rho$),
 a density that is even, $p(q) = p(-q)$ (the Haar base), stays even through every layer.
 
+**A crystal that drifts.** The energy is invariant under translations and MD without a
+centre-of-mass remover lets the whole crystal wander, so layers tied to lattice sites work with
+displacements relative to the crystal's centre: with $\delta_i = \operatorname{mi}(r_i - c_i)$
+(site $c_i$), `cluster_centre` is $\bar c = c^* + \frac1N \sum_i \operatorname{mi}(\delta_i -
+c^*)$ with $c^*$ the circular mean of the $\delta_i$, and $\operatorname{mi}(\delta_i - \bar c)$
+sums to zero. For a compact cluster (every $|\delta_i - \bar c| < L/2$: a crystal, not a
+liquid) $\bar c$ moves with any translation and is unchanged by maps that keep the
+zero-sum displacements zero-sum.
+
 **Periodic positions.** `minimum_image(d, box)` $= d - L \operatorname{round}(d / L)$ per box
 edge; `periodic_features(d, box)` $= (\cos, \sin)(2\pi d / L)$ is the continuous embedding of a
 minimum-image displacement that the conditioners see.
@@ -51,6 +60,8 @@ __all__ = [
     "minimum_image",
     "periodic_features",
     "orientation_features",
+    "cluster_centre",
+    "mean_structure",
 ]
 
 
@@ -108,3 +119,34 @@ def orientation_features(q: torch.Tensor, q0: torch.Tensor) -> torch.Tensor:
     r"""The rotation matrix of $\bar q_0 q$, flattened `(..., 9)`: even in $q$, bounded, smooth."""
     p = quaternion_multiply(quaternion_conjugate(q0), q)
     return quaternion_to_matrix(p).flatten(-2)
+
+
+def cluster_centre(delta: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    r"""Centre `(batch, 1, 3)` of a compact periodic cluster of displacements `(batch, N, 3)`.
+
+    $\bar c = c^* + \operatorname{mean}_i \operatorname{mi}(\delta_i - c^*)$ with the circular
+    mean $c^* = \frac{L}{2\pi}\operatorname{atan2}(\sum_i \sin(2\pi\delta_i/L),
+    \sum_i \cos(2\pi\delta_i/L))$ per box axis.
+    """
+    angle = (2.0 * math.pi) * delta / box
+    circ = torch.atan2(torch.sin(angle).sum(1, keepdim=True), torch.cos(angle).sum(1, keepdim=True))
+    circ = circ * box / (2.0 * math.pi)
+    return circ + minimum_image(delta - circ, box).mean(1, keepdim=True)
+
+
+def mean_structure(states: torch.Tensor, box, sites: torch.Tensor | None = None) -> torch.Tensor:
+    r"""The mean rigid state `(7 N,)` of samples `(n, 7 N)` of a crystal (e.g. MD frames).
+
+    Positions: each frame's displacements from `sites` (default: the first frame's positions)
+    are taken relative to its `cluster_centre` and averaged, so a drifting crystal gives its
+    shape, not a blur. Orientations: per molecule the unit eigenvector of largest eigenvalue of
+    $\sum q q^\top$ (the mean rotation, insensitive to the sign of each $q$).
+    """
+    box = torch.as_tensor(box, dtype=states.dtype)
+    r, q = split_state(states)
+    sites = r[0] if sites is None else torch.as_tensor(sites, dtype=states.dtype).reshape(-1, 3)
+    delta = minimum_image(r - sites, box)
+    rel = minimum_image(delta - cluster_centre(delta, box), box)
+    mean_r = sites + rel.mean(0)
+    _, vectors = torch.linalg.eigh(torch.einsum("bni,bnj->nij", q, q))
+    return join_state(mean_r[None], vectors[..., -1][None])[0]

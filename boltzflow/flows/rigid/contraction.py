@@ -7,13 +7,13 @@ one learnable factor per axis (initialised to `scale`, $1$ = identity); spline c
 the anharmonic rest.
 
 * [`PositionContraction`][boltzflow.flows.rigid.contraction.PositionContraction]: with
-  $\delta_i = \operatorname{mi}(r_i - c_i)$ the minimum-image displacement from site $c_i$ and
-  $\bar\delta = \frac1N\sum_i \delta_i$,
-  $r_i' = r_i - (1 - s)\odot(\delta_i - \bar\delta)$. The centroid is kept (the energy is
-  invariant under translations, so the translation is not contracted) and the map contracts
-  the $3(N-1)$ relative displacements: $\mathrm{ladj} = (N-1)\sum_a \log s_a$. It is a
-  bijection as long as no displacement crosses the minimum-image cut $|\delta_{ia}| = L_a/2$
-  (a crystal, not a liquid).
+  $u_i = \operatorname{mi}(\delta_i - \bar c)$ the displacement of molecule $i$ from its site
+  relative to the crystal's centre $\bar c$ (`cluster_centre`; $\sum_i u_i = 0$),
+  $r_i' = r_i - (1 - s)\odot u_i$. The centre is kept (the energy is invariant under
+  translations, so the translation is not contracted, and a drifting crystal is handled) and
+  the $3(N-1)$ relative displacements are contracted: $\mathrm{ladj} = (N-1)\sum_a \log s_a$.
+  It is a bijection while the crystal stays compact (every $|u_{ia}| < L_a/2$). The sites are
+  learnable (the mean structure at $T_B$ need not be the reference given).
 * [`OrientationContraction`][boltzflow.flows.rigid.contraction.OrientationContraction]:
   $\rho_i' = s \odot \rho_i$ in the Rodrigues chart about the reference rotation $q_{0,i}$
   (a bijection of $S^3$, odd, so densities stay even), with
@@ -54,12 +54,12 @@ class PositionContraction(RigidLayer):
 
     def __init__(self, n_molecules, box, sites, orientations=None, scale: float = 1.0):
         super().__init__(n_molecules, box, sites, orientations)
+        self.sites = nn.Parameter(self.sites)  # replaces the buffer: a learnable fixed point
         self.log_scale = nn.Parameter(torch.full((3,), math.log(float(scale))))
 
     def _map(self, x: torch.Tensor, sign: float) -> TransformResult:
         r, q = split_state(x)
-        delta = self.displacements(r)
-        rel = delta - delta.mean(1, keepdim=True)
+        rel = self.relative_displacements(r)
         factor = torch.exp(sign * self.log_scale)
         ladj = sign * (self.n_molecules - 1) * self.log_scale.sum()
         return TransformResult(join_state(r - (1 - factor) * rel, q), ladj.expand(x.shape[0]))
@@ -90,9 +90,7 @@ class OrientationContraction(RigidLayer):
         new = rho * torch.exp(sign * self.log_scale)
         ladj = sign * self.n_molecules * self.log_scale.sum()
         ladj = ladj + (rodrigues_log_volume(new) - rodrigues_log_volume(rho)).sum(-1)
-        return TransformResult(
-            join_state(r, from_rodrigues(new, hemisphere, self.rotations)), ladj
-        )
+        return TransformResult(join_state(r, from_rodrigues(new, hemisphere, self.rotations)), ladj)
 
     def forward(self, z: torch.Tensor) -> TransformResult:
         return self._map(z, 1.0)

@@ -6,15 +6,20 @@ spline parameters from a permutation-equivariant
 [`SetConditioner`][boltzflow.flows.rigid.conditioner.SetConditioner] of the coordinates they
 keep fixed, so every molecule is conditioned on all the others.
 
-* [`PositionCoupling`][boltzflow.flows.rigid.couplings.PositionCoupling] moves one box axis
-  $a$ of every molecule, $d_{ia} = \operatorname{mi}(r_{ia} - c_{ia})$ (the minimum-image
-  displacement from a site $c_i$, zero without reference sites), given the other two axes and
-  all orientations. Without a `window`, $d_{ia}$ is mapped by a circular spline on
-  $2\pi d/L_a \in [-\pi, \pi)$ (Rezende et al. 2020), a diffeomorphism of the periodic box
-  coordinate; with a `window` $W < L_a/2$ (crystals: displacements about lattice sites), by a
-  rational-quadratic spline on $[-W, W]$ with identity tails, which is again a diffeomorphism
-  of the circle. $r_{ia} \mapsto r_{ia} + d'_{ia} - d_{ia}$, $\mathrm{ladj} = \sum_i \log
-  \partial d'_{ia}/\partial d_{ia}$.
+* [`PositionCoupling`][boltzflow.flows.rigid.couplings.PositionCoupling] (no lattice sites: a
+  liquid or a generic model) moves one box axis $a$ of every molecule given the other two axes
+  and all orientations with circular splines on $2\pi r_{ia}/L_a \in [-\pi, \pi)$ (Rezende et
+  al. 2020), diffeomorphisms of the periodic box coordinate; $\mathrm{ladj} = \sum_i \log
+  \partial r'_{ia}/\partial r_{ia}$.
+* [`CentredPositionCoupling`][boltzflow.flows.rigid.couplings.CentredPositionCoupling] (a
+  crystal with lattice sites) moves the displacements $u_i = \operatorname{mi}(\delta_{ia} -
+  \bar c_a)$ from the sites relative to the crystal's centre (see the charts module; they sum to
+  zero) by a conditioned affine map followed by the projection $P = I - \frac1N 11^\top$ that
+  keeps them zero-sum, $u' = P(s \odot u + t)$. The centre is unchanged, so the map commutes
+  with translations of the crystal (MD without a centre-of-mass remover drifts), and on the
+  zero-sum subspace $\det(P\,\mathrm{diag}(s)) = \prod_i s_i \cdot \frac1N \sum_i s_i^{-1}$:
+  $\mathrm{ladj} = \sum_i \log s_i + \log \frac1N\sum_i s_i^{-1}$. Affine conditionals are
+  exact for a harmonic crystal (Gaussian conditionals).
 * [`OrientationCoupling`][boltzflow.flows.rigid.couplings.OrientationCoupling] moves the
   Rodrigues components $\rho_{ib}$, $b \in S$, of every molecule (relative to reference
   rotations $q_{0,i}$, the identity by default) with rational-quadratic splines with identity
@@ -37,6 +42,7 @@ from nflows.transforms.splines.rational_quadratic import unconstrained_rational_
 from boltzflow.flows.base import Transform, TransformResult
 from boltzflow.flows.circular import IDENTITY_DERIVATIVE, circular_rq_spline
 from boltzflow.flows.rigid.charts import (
+    cluster_centre,
     from_rodrigues,
     join_state,
     minimum_image,
@@ -48,7 +54,7 @@ from boltzflow.flows.rigid.charts import (
 )
 from boltzflow.flows.rigid.conditioner import SetConditioner
 
-__all__ = ["RigidLayer", "PositionCoupling", "OrientationCoupling"]
+__all__ = ["RigidLayer", "PositionCoupling", "CentredPositionCoupling", "OrientationCoupling"]
 
 
 class RigidLayer(Transform):
@@ -88,6 +94,12 @@ class RigidLayer(Transform):
         """Minimum-image displacements `(batch, N, 3)` of positions from the sites."""
         return minimum_image(r - self.sites, self.box)
 
+    def relative_displacements(self, r: torch.Tensor) -> torch.Tensor:
+        """Displacements from the sites relative to the crystal's centre, `(batch, N, 3)`,
+        zero-sum over molecules (`cluster_centre`)."""
+        delta = self.displacements(r)
+        return minimum_image(delta - cluster_centre(delta, self.box), self.box)
+
     def pair_features(self, r: torch.Tensor, axes: list[int]) -> torch.Tensor:
         """$(\\cos, \\sin)(2\\pi (r_j - r_i)/L)$ on `axes`: `(batch, N, N, 2 len(axes))`."""
         ra = r[..., axes]
@@ -95,61 +107,91 @@ class RigidLayer(Transform):
 
 
 class PositionCoupling(RigidLayer):
-    """Splines of box axis `axis` of every molecule given the other axes and all orientations.
+    """Circular splines of box axis `axis` of every molecule given the other axes and all
+    orientations (no lattice sites).
 
     Args:
-        n_molecules, box, sites, orientations: as in `RigidLayer`.
+        n_molecules, box, orientations: as in `RigidLayer` (orientations enter the conditioner
+            relative to these reference rotations).
         axis: the box axis moved (0, 1 or 2).
-        window: half-width $W$ (nm) of the spline interval about each site, or `None` for a
-            circular spline over the whole box edge.
         num_bins, hidden, depth: spline bins $K$ and conditioner size.
     """
 
     def __init__(
-        self, n_molecules, box, *, axis: int, sites=None, orientations=None, window=None,
-        num_bins: int = 8, hidden: int = 64, depth: int = 2,
+        self, n_molecules, box, *, axis: int, orientations=None, num_bins: int = 8,
+        hidden: int = 64, depth: int = 2,
     ):  # fmt: skip
-        super().__init__(n_molecules, box, sites, orientations)
+        super().__init__(n_molecules, box, None, orientations)
         self.axis, self.others = int(axis), [b for b in range(3) if b != int(axis)]
-        self.window = None if window is None else float(window)
-        if self.window is not None and not 0 < self.window < 0.5 * float(self.box[axis]):
-            raise ValueError("the spline window must lie within half the box edge")
         self.num_bins = int(num_bins)
-        n_params = 3 * self.num_bins - (0 if self.window is None else 1)
-        n_node = 4 + 9 + (0 if self.window is None else 2)
-        self.net = SetConditioner(n_node, 4, n_params, hidden, depth)
-
-    def _params(self, r: torch.Tensor, q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        frozen = d[..., self.others]
-        node = [
-            periodic_features(frozen, self.box[self.others]),
-            orientation_features(q, self.rotations),
-        ]
-        if self.window is not None:
-            node.append(torch.tanh(frozen / self.window))
-        return self.net(torch.cat(node, dim=-1), self.pair_features(r, self.others))
+        self.net = SetConditioner(4 + 9, 4, 3 * self.num_bins, hidden, depth)
 
     def _map(self, x: torch.Tensor, inverse: bool) -> TransformResult:
         r, q = split_state(x)
-        d = self.displacements(r)
-        params = self._params(r, q, d)
+        d = minimum_image(r, self.box)
+        node = [periodic_features(d[..., self.others], self.box[self.others])]
+        node.append(orientation_features(q, self.rotations))
+        params = self.net(torch.cat(node, dim=-1), self.pair_features(r, self.others))
         k, active = self.num_bins, d[..., self.axis]
         w, h, s = (
             params[..., :k],
             params[..., k : 2 * k],
             params[..., 2 * k :] + IDENTITY_DERIVATIVE,
         )
-        if self.window is None:
-            scale = float(self.box[self.axis]) / (2 * math.pi)
-            moved, lad = circular_rq_spline(active / scale, w, h, s, inverse=inverse)
-            moved = moved * scale
-        else:
-            moved, lad = unconstrained_rational_quadratic_spline(
-                active, w, h, s, inverse=inverse, tails="linear", tail_bound=self.window
-            )
+        scale = float(self.box[self.axis]) / (2 * math.pi)
+        moved, lad = circular_rq_spline(active / scale, w, h, s, inverse=inverse)
         shift = torch.zeros_like(r)
-        shift[..., self.axis] = moved - active
+        shift[..., self.axis] = moved * scale - active
         return TransformResult(join_state(r + shift, q), lad.sum(-1))
+
+    def forward(self, z: torch.Tensor) -> TransformResult:
+        return self._map(z, inverse=False)
+
+    def inverse(self, x: torch.Tensor) -> TransformResult:
+        return self._map(x, inverse=True)
+
+
+class CentredPositionCoupling(RigidLayer):
+    """Centre-preserving affine map of the displacements along box axis `axis` from the sites,
+    conditioned on the other axes, all orientations and the sites (a crystal).
+
+    Args:
+        n_molecules, box, sites, orientations: as in `RigidLayer` (`sites` required).
+        axis: the box axis moved (0, 1 or 2).
+        scale: length scale (nm) of the displacement features and of the shifts $t$.
+        hidden, depth: conditioner size.
+    """
+
+    def __init__(
+        self, n_molecules, box, sites, orientations=None, *, axis: int, scale: float = 0.05,
+        hidden: int = 64, depth: int = 2,
+    ):  # fmt: skip
+        super().__init__(n_molecules, box, sites, orientations)
+        self.axis, self.others = int(axis), [b for b in range(3) if b != int(axis)]
+        self.scale = float(scale)
+        self.net = SetConditioner(2 + 9 + 6, 4, 2, hidden, depth)
+
+    def _map(self, x: torch.Tensor, inverse: bool) -> TransformResult:
+        r, q = split_state(x)
+        rel = self.relative_displacements(r)
+        node = [rel[..., self.others] / self.scale, orientation_features(q, self.rotations)]
+        node.append(periodic_features(self.sites, self.box).expand(r.shape[0], -1, -1))
+        params = self.net(torch.cat(node, dim=-1), self.pair_features(r, self.others))
+        log_s, t = 2.0 * torch.tanh(0.5 * params[..., 0]), self.scale * params[..., 1]
+        u = rel[..., self.axis]
+        ladj = log_s.sum(-1) + torch.logsumexp(-log_s, -1) - math.log(self.n_molecules)
+        if inverse:
+            v = (u - t) * torch.exp(-log_s)
+            moved = v - torch.exp(-log_s) * v.sum(-1, keepdim=True) / torch.exp(-log_s).sum(
+                -1, keepdim=True
+            )
+            ladj = -ladj
+        else:
+            v = torch.exp(log_s) * u + t
+            moved = v - v.mean(-1, keepdim=True)
+        shift = torch.zeros_like(r)
+        shift[..., self.axis] = moved - u
+        return TransformResult(join_state(r + shift, q), ladj)
 
     def forward(self, z: torch.Tensor) -> TransformResult:
         return self._map(z, inverse=False)
@@ -167,13 +209,17 @@ class OrientationCoupling(RigidLayer):
         components: the Rodrigues components moved (a subset of `(0, 1, 2)`).
         bound: half-width $B$ of the spline interval in the chart ($B = \\tan(\\phi/2)$ for a
             rotation by $\\phi$); identity outside.
-        position_window: scale (nm) of the local displacement features, or `None`.
+        position_scale: length scale (nm) of the displacement features when there are sites.
         num_bins, hidden, depth: spline bins $K$ and conditioner size.
+
+    Without sites the conditioner sees $(\\cos, \\sin)(2\\pi r_i/L)$ of each molecule; with sites
+    it sees the displacements relative to the crystal's centre (translation-invariant) and the
+    sites themselves.
     """
 
     def __init__(
         self, n_molecules, box, *, components=(0, 1, 2), sites=None, orientations=None,
-        bound: float = 2.0, position_window=None, num_bins: int = 8, hidden: int = 64,
+        bound: float = 2.0, position_scale: float = 0.05, num_bins: int = 8, hidden: int = 64,
         depth: int = 2,
     ):  # fmt: skip
         super().__init__(n_molecules, box, sites, orientations)
@@ -182,16 +228,18 @@ class OrientationCoupling(RigidLayer):
             raise ValueError("components must be a non-empty subset of (0, 1, 2)")
         self.rest = [b for b in range(3) if b not in self.components]
         self.bound, self.num_bins = float(bound), int(num_bins)
-        self.position_window = None if position_window is None else float(position_window)
-        n_node = 6 + len(self.rest) + (0 if self.position_window is None else 3)
+        self.has_sites, self.position_scale = sites is not None, float(position_scale)
+        n_node = 6 + len(self.rest) + (3 if self.has_sites else 0)
         n_params = len(self.components) * (3 * self.num_bins - 1)
         self.net = SetConditioner(n_node, 6, n_params, hidden, depth)
 
     def _params(self, r: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-        d = self.displacements(r)
-        node = [periodic_features(d, self.box), torch.atan(rho[..., self.rest])]
-        if self.position_window is not None:
-            node.append(torch.tanh(d / self.position_window))
+        if self.has_sites:
+            node = [self.relative_displacements(r) / self.position_scale]
+            node.append(periodic_features(self.sites, self.box).expand(r.shape[0], -1, -1))
+        else:
+            node = [periodic_features(r, self.box)]
+        node.append(torch.atan(rho[..., self.rest]))
         return self.net(torch.cat(node, dim=-1), self.pair_features(r, [0, 1, 2]))
 
     def _map(self, x: torch.Tensor, inverse: bool) -> TransformResult:
