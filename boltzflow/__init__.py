@@ -21,6 +21,7 @@ MCMC                           [`imh`][boltzflow.sampling.runners.flow_imh],
                                [`hmc`][boltzflow.sampling.lattice_hmc.hmc],
                                [`neutra`][boltzflow.sampling.neutra.neutra],
                                [`hybrid`][boltzflow.sampling.hybrid.hybrid],
+                               [`smc`][boltzflow.sampling.smc.smc] (gradient-free),
                                [`FlowMove`][boltzflow.sampling.emcee_move.FlowMove] (an emcee move)
 checkpoints                    [`load_checkpoint`][boltzflow.io.load_checkpoint]
 =============================  ===========================================================
@@ -52,6 +53,7 @@ _PUBLIC = {
     "hmc": "boltzflow.sampling.lattice_hmc:hmc",
     "neutra": "boltzflow.sampling.neutra:neutra",
     "hybrid": "boltzflow.sampling.hybrid:hybrid",
+    "smc": "boltzflow.sampling.smc:smc",
     "FlowMove": "boltzflow.sampling.emcee_move:FlowMove",
     "load_checkpoint": "boltzflow.io:load_checkpoint",
 }

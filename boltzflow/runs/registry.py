@@ -96,6 +96,7 @@ SAMPLERS = Registry(
         "emcee": "boltzflow.sampling.emcee_move:emcee_sampler",
         "flow-emcee": "boltzflow.sampling.emcee_move:flow_emcee",
         "annealed-flow": "boltzflow.sampling.bayes_anneal:annealed_flow",
+        "smc": "boltzflow.sampling.smc:smc",
     },
 )
 

@@ -21,7 +21,10 @@ Rooms, one idea each:
   importance sampling, flow IMH, and the plumbing the runners share;
 * runners by family: [`neutra`][boltzflow.sampling.neutra],
   [`lattice_hmc`][boltzflow.sampling.lattice_hmc], [`hybrid`][boltzflow.sampling.hybrid],
-  [`emcee_move`][boltzflow.sampling.emcee_move], [`bayes_anneal`][boltzflow.sampling.bayes_anneal].
+  [`emcee_move`][boltzflow.sampling.emcee_move], [`bayes_anneal`][boltzflow.sampling.bayes_anneal],
+  [`smc`][boltzflow.sampling.smc] (flow-preconditioned SMC, gradient-free; with
+  [`smc_moves`][boltzflow.sampling.smc_moves] and
+  [`smc_reference`][boltzflow.sampling.smc_reference]).
 """
 
 from boltzflow.sampling.chains import ChainResult, run_chain

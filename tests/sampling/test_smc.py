@@ -1,0 +1,173 @@
+"""Flow-preconditioned SMC against exact answers: calibrated z-scores with the islands' errors.
+
+One statistic serves every check: the largest `|estimate - exact| / error` over the posterior
+means (island MCSE), the mode weights and log Z (island standard error). A correct sampler keeps
+it below 3.5; each mutant of the algorithm (the flow's log-det dropped from the latent-space
+target, half the temperature step in the incremental weight) must push it
+above 5 with the same settings.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import boltzflow.sampling.smc as smc_module
+import boltzflow.sampling.smc_moves as moves_module
+from boltzflow.energies.gaussians import Funnel, GaussianMixture
+from boltzflow.energies.posterior import Parameter, from_log_prob
+from boltzflow.energies.priors import Normal
+from boltzflow.flows.builders import spline_coupling_flow
+from boltzflow.sampling.smc import (
+    conditional_ess,
+    island_mcse,
+    next_beta,
+    smc,
+    systematic_resample,
+)
+from boltzflow.sampling.smc_reference import GaussianReference
+
+pytestmark = pytest.mark.usefixtures("float64")
+Z_PASS, Z_FAIL = 3.5, 5.0
+PRIOR_SD, NOISE, DATA = 3.0, 0.5, (1.0, -0.5)
+FAST = dict(train_steps=20, prior_steps=60, batch_size=256, islands=16)
+
+
+def conjugate():
+    """Prior N(0, 3²) per coordinate, one observation N(theta_i, 0.5²) each: exact answers."""
+    d = torch.tensor(DATA)
+
+    def log_lik(theta):
+        r = (theta - d) / NOISE
+        return (-0.5 * r * r - math.log(NOISE) - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    post = from_log_prob(
+        log_lik, [Parameter("a", Normal(0, PRIOR_SD)), Parameter("b", Normal(0, PRIOR_SD))]
+    )
+    dd = np.array(DATA)
+    var = 1 / (1 / PRIOR_SD**2 + 1 / NOISE**2)
+    s2 = PRIOR_SD**2 + NOISE**2
+    log_z = float(np.sum(-0.5 * dd**2 / s2 - 0.5 * np.log(2 * np.pi * s2)))
+    return post, var * dd / NOISE**2, log_z
+
+
+def flow_for(target, seed=0):
+    return spline_coupling_flow(target, num_layers=2, hidden=16, seed=seed).double()
+
+
+def z_max(res, values, exact, log_z) -> float:
+    """Largest calibrated z over `values [islands, n, k]` against `exact [k]` and log Z."""
+    mean, se = island_mcse(values)
+    z = np.abs(mean - np.asarray(exact)) / se
+    lz = res.info["log_z"]
+    return float(max(z.max(), abs(lz["mean"] - log_z) / lz["stderr"]))
+
+
+def mixture():
+    return GaussianMixture([[-2.5, 0.0], [2.5, 0.0]], scales=0.6, weights=[0.3, 0.7])
+
+
+def mixture_z(res, target) -> float:
+    modes = target.mode_assignment(res.x.reshape(-1, 2)).reshape(res.x.shape[:2])
+    vals = torch.stack([res.x[..., 0], res.x[..., 1], (modes == 0).double()], -1)
+    exact_x = float(target.exact_mean()[0])
+    return z_max(res, vals, [exact_x, 0.0, 0.3], 0.0)
+
+
+def run_mixture(seed=0, **kw):
+    target = mixture()
+    ref = GaussianReference(0.0, 4.0, dim=2)
+    res = smc(
+        flow_for(target, seed), target, n_samples=1024, seed=seed, reference=ref, **FAST, **kw
+    )
+    return res, target
+
+
+# ----------------------------------------------------------------------------- pieces
+def test_systematic_resampling_counts_are_floor_or_ceil_of_n_w():
+    g = torch.Generator().manual_seed(0)
+    w = torch.softmax(torch.randn(64, generator=g, dtype=torch.float64), 0)
+    for _ in range(20):
+        counts = torch.bincount(systematic_resample(torch.log(w), g), minlength=64)
+        assert bool((counts >= torch.floor(64 * w)).all() & (counts <= torch.ceil(64 * w)).all())
+        assert int(counts.sum()) == 64
+
+
+def test_next_beta_hits_the_conditional_ess_target():
+    g = torch.Generator().manual_seed(1)
+    log_l = -5 * torch.randn(500, generator=g, dtype=torch.float64).square()
+    log_w = torch.full((500,), -math.log(500), dtype=torch.float64)
+    b = next_beta(log_w, log_l, 0.0, 0.9)
+    valid = torch.isfinite(log_l)
+    assert 0 < b < 1
+    assert conditional_ess(log_w, b * log_l, valid) == pytest.approx(0.9, abs=1e-3)
+    # particles with log L = -inf are excluded from the criterion (weight 0, no stall)
+    log_l[:100] = -math.inf
+    b2 = next_beta(log_w, log_l, 0.0, 0.9)
+    assert 0 < b2 < 1
+
+
+# ----------------------------------------------------------------- exact answers
+def test_conjugate_gaussian_means_and_evidence():
+    post, mean, log_z = conjugate()
+    res = smc(flow_for(post), post, n_samples=1024, seed=0, **FAST)
+    assert res.info["final_beta"] == 1.0 and res.info["betas"][0] == 0.0
+    assert res.x.shape == (16, 64, 2)
+    with torch.no_grad():
+        theta = post.constrain(res.x.reshape(-1, 2)).theta.reshape(res.x.shape)
+    assert z_max(res, theta, mean, log_z) < Z_PASS
+    assert res.energy_evaluations == post.n_evaluations
+    assert res.info["rhat_max"] < 1.05
+    assert 0 < res.info["acceptance_rate"] <= 1
+
+
+def test_funnel_means_and_log_z():
+    target = Funnel(dim=3, sigma=1.5)
+    ref = GaussianReference(0.0, [2.0, 3.0, 3.0])
+    res = smc(flow_for(target), target, n_samples=1024, seed=0, reference=ref, **FAST)
+    assert z_max(res, res.x, [0.0, 0.0, 0.0], 0.0) < Z_PASS
+
+
+def test_two_mode_mixture_weights_means_and_log_z():
+    res, target = run_mixture()
+    assert mixture_z(res, target) < Z_PASS
+
+
+# --------------------------------------------------------------- negative controls
+def test_missing_latent_jacobian_is_detected(monkeypatch):
+    monkeypatch.setattr(moves_module, "latent_energy", lambda u_beta, ladj: u_beta)
+    res, target = run_mixture()
+    assert mixture_z(res, target) > Z_FAIL
+
+
+def test_wrong_incremental_weight_is_detected(monkeypatch):
+    def wrong(log_l, beta, beta_new):  # a factor 1/2 lost from the temperature step
+        return smc_module.clean_log_weights(0.5 * (float(beta_new) - float(beta)) * log_l)
+
+    monkeypatch.setattr(smc_module, "incremental_log_weights", wrong)
+    res, target = run_mixture()
+    assert mixture_z(res, target) > Z_FAIL
+
+
+# ------------------------------------------------------------- a numpy likelihood
+def test_numpy_likelihood_that_raises_or_returns_nan_gets_weight_zero():
+    calls = {"n": 0}
+
+    def log_lik(theta):  # numpy, no gradient; NaN for theta_0 > 2, raises on theta_1 < -5
+        calls["n"] += 1
+        if np.any(theta[:, 1] < -5):
+            raise ValueError("outside the model's domain")
+        out = -0.5 * ((theta - 0.5) ** 2).sum(-1)
+        return np.where(theta[:, 0] > 2, np.nan, out)
+
+    post = from_log_prob(
+        log_lik, [Parameter("a", Normal(0, 2)), Parameter("b", Normal(0, 2))], numpy=True
+    )
+    res = smc(flow_for(post), post, n_samples=512, seed=1, **FAST)
+    assert res.info["final_beta"] == 1.0
+    assert res.info["n_nonfinite"] > 0
+    with torch.no_grad():
+        theta = post.constrain(res.x.reshape(-1, 2)).theta
+    assert bool((theta[:, 0] <= 2).all()) and bool((theta[:, 1] >= -5).all())
+    assert math.isfinite(res.info["log_z"]["mean"])
