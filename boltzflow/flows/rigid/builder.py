@@ -18,7 +18,10 @@ positions move by centre-preserving affine couplings of the displacements from e
 site ([`CentredPositionCoupling`][boltzflow.flows.rigid.couplings.CentredPositionCoupling]: the
 flow commutes with translations of the whole crystal) and orientations by splines in a chart
 about each molecule's reference rotation; molecules are then tied to their sites, and
-relabelling them together with the reference leaves the density unchanged.
+relabelling them together with the reference leaves the density unchanged. The crystal layers are
+bijections of compact crystals (no displacement from the centre beyond half a box edge), so a
+flow with a reference is meant as a map of crystal samples (a sample-set base, targeted
+free-energy perturbation), not as a sampler from the uniform base.
 
 Reference: Köhler et al. 2023, "Rigid body flows for sampling molecular crystal structures".
 """
@@ -97,7 +100,7 @@ def rigid_body_flow(
         position_scale: length scale (nm) of the displacement features and shifts of the
             position couplings (with a reference).
         orientation_bound: half-width of the orientation splines in the Rodrigues chart
-            (default 0.5 with a reference, 2.0 without).
+            (default 1.0, a 90° rotation, with a reference; 2.0 without).
         scale: initial factor of the contractions (with a reference; 1 = identity).
         seed: seeds the conditioners' initial weights (torch's global RNG is left alone).
 
@@ -111,7 +114,7 @@ def rigid_body_flow(
     sites, rotations = _reference(reference, target, n, box)
     local = sites is not None
     if orientation_bound is None:
-        orientation_bound = 0.5 if local else 2.0
+        orientation_bound = 1.0 if local else 2.0
     net = {"num_bins": num_bins, "hidden": hidden, "depth": depth}
     centred = {"axis": 0, "scale": position_scale, "hidden": hidden, "depth": depth}
     turn = {"bound": orientation_bound, "position_scale": position_scale, **net}
