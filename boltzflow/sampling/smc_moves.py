@@ -28,12 +28,14 @@ with preconditioned Monte Carlo", MNRAS 516, 1644). Two proposals, both gradient
 * **random-walk Metropolis**: $z' = z + s\,\xi$, $\log q_\text{ratio} = 0$.
 
 Every proposal is accepted or rejected by the one Metropolis–Hastings rule
-([`mh_select`][boltzflow.sampling.kernels.mh.mh_select]): a proposal whose energy is not finite
-(a likelihood that raised or returned NaN) is rejected and counted. The step $s$ is adapted
-after every step towards a target acceptance (Robbins–Monro on $\log s$; Andrieu & Thoms 2008,
-Stat. Comput. 18, 343), and the moves continue until the mean correlation between the latent
-coordinates at the start and now (over particles, averaged over coordinates) falls below
-`decorrelation` (the population-based stopping rule of pocoMC), within `[min_steps, max_steps]`.
+(`boltzflow.sampling.kernels.mh.mh_select`, over
+[`metropolis_hastings_accept`][boltzflow.metropolis.metropolis_hastings_accept]): a proposal
+whose energy is not finite (a likelihood that raised or returned NaN) is rejected and counted.
+The step $s$ is adapted after every step towards a target acceptance (Robbins–Monro on
+$\log s$; Andrieu & Thoms 2008, Stat. Comput. 18, 343), and the moves continue until the mean
+correlation between the latent coordinates at the start and now (over particles, averaged over
+coordinates) falls below `decorrelation` (the population-based stopping rule of pocoMC), within
+`[min_steps, max_steps]`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ the target $e^{-u}$ along $r\,e^{\beta\ell}$ with $\ell = -u - \log r$. The refe
   ([`GaussianReference`][boltzflow.sampling.smc_reference.GaussianReference]), for targets without
   a prior (analytic energies, posteriors with [`Flat`][boltzflow.energies.priors.Flat] priors);
 * by default for a target without a sampleable prior, the Laplace approximation at the mode widened
-  by a factor 2 ([`laplace_approximation`][boltzflow.sampling.starts.laplace_approximation]).
+  by a factor 2 (`boltzflow.sampling.starts.laplace_approximation`).
 
 Any reference must cover the target ($r > 0$ wherever $e^{-u} > 0$); a Gaussian that is much
 narrower than the target costs many stages, and one that misses a mode misses it for good.
