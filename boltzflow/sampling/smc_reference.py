@@ -90,7 +90,7 @@ class _Widened:
 
 
 def _has_prior(target) -> bool:
-    try:
+    try:  # deliberate CPU generator: a one-row probe of whether the prior can be sampled
         target.sample_prior(1, generator=torch.Generator().manual_seed(0))
         target.constrain(torch.zeros(1, target.dim, dtype=torch.float64))
     except NotImplementedError:
