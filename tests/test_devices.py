@@ -89,7 +89,7 @@ def test_the_audit_catches_a_cpu_generator_and_a_deviceless_draw():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("sampler", ["importance", "imh", "hybrid", "flow-emcee"])
+@pytest.mark.parametrize("sampler", ["importance", "imh", "hybrid", "flow-emcee", "smc"])
 def test_samplers_run_with_the_flow_on_device(device, sampler):
     """Each runner draws with generators on the flow's device (a CPU generator against a CUDA
     flow fails at the first draw). The annealed sampler runs in the rv-kepler smoke recipe."""
@@ -104,9 +104,14 @@ def test_samplers_run_with_the_flow_on_device(device, sampler):
         "imh": {"chains": 2, "n_warmup": 5},
         "hybrid": {"chains": 2, "warmup_rounds": 1, "local_steps": 4, "global_steps": 2},
         "flow-emcee": {"walkers": 8, "burn_steps": 4, "rounds": 1, "round_steps": 4},
+        "smc": {"islands": 4, "prior_steps": 2, "max_steps": 3},
     }[sampler]
-    if sampler in ("hybrid", "flow-emcee"):
+    if sampler in ("hybrid", "flow-emcee", "smc"):
         options.update(train_steps=2, batch_size=32)
+    if sampler == "smc":
+        from boltzflow.sampling.smc_reference import GaussianReference
+
+        options.update(reference=GaussianReference(0.0, 3.0, dim=2))
     run = resolve(SAMPLERS, sampler, "sampler")
     result = run(flow, target, n_samples=64, seed=0, **options)
     assert result.x.shape[-1] == 2
