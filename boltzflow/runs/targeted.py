@@ -141,11 +141,20 @@ def attach_sample_base(stack, recipe, flow, target, runtime: dict):
 
 
 def _reference(target, name: str):
-    """`(value, stderr or None)` of the target's reference for `name`, or `None`."""
+    """`(value, stderr or None)` of the target's reference for `name`, or `None`.
+
+    From `target.exact_free_energy(name)` and `target.reference_stderr(name)`; else from a
+    `target.reference()` dict with `name` and `stderr_<per-what>` keys (a system's
+    `reference.json`, e.g. `delta_f_per_molecule` and `stderr_per_molecule`).
+    """
     try:
         value = float(target.exact_free_energy(name))
     except (KeyError, ValueError, NotImplementedError, AttributeError):
-        return None
+        table = target.reference() if callable(getattr(target, "reference", None)) else {}
+        if not isinstance(table, dict) or table.get(name) is None:
+            return None
+        se = table.get("stderr" + name[len("delta_f") :])
+        return float(table[name]), None if se is None else float(se)
     try:
         return value, float(target.reference_stderr(name))
     except (KeyError, ValueError, NotImplementedError, AttributeError):

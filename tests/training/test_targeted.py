@@ -120,3 +120,14 @@ def test_sample_set_base_draws_each_row_once_and_evaluates_only_new_points():
     assert torch.allclose(base.log_prob(new), -U_A(new)) and base.n_evaluated == 3
     with pytest.raises(KeyError):
         SampleSetBase(x, energies=U_A(x)).log_prob(new)
+
+
+def test_known_rows_are_read_but_never_drawn():
+    held_out, train_x = _x(6, 8), _x(7, 12)
+    base = SampleSetBase(held_out, energy=U_A, known=(train_x, U_A(train_x)))
+    drawn = base.sample(40, generator=torch.Generator().manual_seed(0))
+    rows = {tuple(r) for r in held_out.tolist()}
+    assert all(tuple(r) in rows for r in drawn.tolist())
+    assert torch.equal(base.log_prob(train_x), -U_A(train_x)) and base.n_evaluated == 0
+    with pytest.raises(ValueError, match="do not match"):
+        SampleSetBase(held_out, energy=U_A, known=(train_x, U_A(train_x)[:3]))
