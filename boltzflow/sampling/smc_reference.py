@@ -26,7 +26,7 @@ import torch
 from boltzflow.sampling.proposals import prior_energy
 from boltzflow.weights import clean_log_weights
 
-__all__ = ["GaussianReference", "PriorReference", "reference_for", "make_scorer"]
+__all__ = ["GaussianReference", "PriorReference", "WidenedLaplace", "reference_for", "make_scorer"]
 
 
 class GaussianReference:
@@ -75,17 +75,19 @@ class PriorReference:
         return -prior_energy(self.target, x)
 
 
-class _Widened:
-    """A Laplace approximation (`sample(n, generator, scale)`, `log_prob(y, scale)`) at a
-    fixed widening `scale`."""
+class WidenedLaplace:
+    r"""A Laplace approximation $\mathcal N(\hat y, c^2 H^{-1})$ at a fixed widening $c$ =
+    `scale` (`laplace` has `sample(n, generator, scale)` and `log_prob(y, scale)`)."""
 
     def __init__(self, laplace, scale: float):
         self.laplace, self.scale = laplace, float(scale)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`n` draws `[n, dim]`."""
         return self.laplace.sample(n, generator=generator, scale=self.scale)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalized log density `[n]`."""
         return self.laplace.log_prob(x, scale=self.scale)
 
 
@@ -115,7 +117,7 @@ def reference_for(target, reference, *, flow=None, generator=None, dtype=torch.f
     if reference == "laplace":
         from boltzflow.sampling.starts import laplace_approximation
 
-        return _Widened(laplace_approximation(target, generator=generator), 2.0)
+        return WidenedLaplace(laplace_approximation(target, generator=generator), 2.0)
     raise ValueError(
         f"reference must be 'auto', 'prior', 'laplace' or an object, got {reference!r}"
     )

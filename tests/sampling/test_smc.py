@@ -182,6 +182,26 @@ def test_numpy_likelihood_that_raises_or_returns_nan_gets_weight_zero():
     assert posterior["a"].shape == (16, 32) and posterior.attrs["log_z"] == lz["mean"]
 
 
+def test_flat_prior_numpy_target_starts_from_a_laplace_reference():
+    """`from_log_prob` with flat priors has no prior to start from: the default reference is
+    the Laplace approximation at the mode, widened; the evidence of a normalized correlated
+    Gaussian times e^3 is 3."""
+    mu = np.array([1.0, -2.0])
+    cov = np.array([[1.0, 0.8], [0.8, 2.0]])
+    prec, logdet = np.linalg.inv(cov), np.linalg.slogdet(cov)[1]
+
+    def log_prob(theta):  # numpy, vectorised
+        d = theta - mu
+        return (
+            3.0 - 0.5 * np.einsum("ni,ij,nj->n", d, prec, d) - 0.5 * logdet - math.log(2 * math.pi)
+        )
+
+    post = from_log_prob(log_prob, 2, numpy=True)
+    res = smc(flow_for(post), post, n_samples=512, seed=0, **FAST)
+    assert res.info["reference"] == "WidenedLaplace"
+    assert z_max(res, res.x, mu, 3.0) < Z_PASS
+
+
 # ------------------------------------------------------------------ error calibration
 @pytest.mark.slow
 def test_island_errors_are_calibrated_over_independent_runs():
