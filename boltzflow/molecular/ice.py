@@ -151,8 +151,9 @@ class IceXITarget(Energy):
         md_ns: length of each MD trajectory (ns) after `md_equilibration_ps`.
         md_interval_ps: time between stored frames; md_timestep_fs: Langevin time step;
         md_friction_per_ps: Langevin friction; md_seed: seed of the trajectory at
-            `temperature` (the same settings as that temperature's rung of the reference
-            ladder, so the run and the reference share the MD cache).
+            `temperature` (with the settings and seed of a rung of the reference ladder the
+            run reads that rung's cached MD; the shipped recipe uses seed 1, so that its
+            estimate is independent of the reference, which uses seed 0).
         md_workers: local workers for missing MD when there is no energy pool.
         platform: OpenMM platform name instead of [`PLATFORM`][boltzflow.molecular.ice.PLATFORM]
             (e.g. `"Reference"`, double precision, for finite-difference checks).
@@ -321,8 +322,16 @@ class IceXITarget(Energy):
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def report_data(self, x: torch.Tensor, log_weight: torch.Tensor) -> dict:
-        """`ice.json`: the MBAR reference ΔF/N stored in the system folder."""
-        return {"ice.json": {"mbar_reference": self.reference().get("delta_f_per_molecule")}}
+        """`ice.json`: the MBAR reference ΔF/N stored in the system folder, its standard error
+        and the published values (Köhler et al. 2023)."""
+        ref = self.reference()
+        return {
+            "ice.json": {
+                "mbar_reference": ref.get("delta_f_per_molecule"),
+                "mbar_reference_stderr": ref.get("stderr_per_molecule"),
+                "published": ref.get("published"),
+            }
+        }
 
     def __repr__(self) -> str:
         return (

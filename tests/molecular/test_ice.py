@@ -176,3 +176,13 @@ def test_energies_through_the_energy_pool_equal_in_process(ice_target):
         torch.testing.assert_close(pooled.energy(x), ice_target.energy(x), rtol=1e-12, atol=0)
     finally:
         pooled.close()
+
+
+def test_the_report_carries_the_shipped_reference(ice_target):
+    import json
+
+    shipped = json.loads((ice_target.folder / "reference.json").read_text())
+    data = ice_target.report_data(ice_target.ice.rigid, torch.zeros(1))["ice.json"]
+    assert data["mbar_reference"] == shipped["delta_f_per_molecule"]
+    assert 0 < data["mbar_reference_stderr"] < 0.05
+    assert torch.equal(ice_target.reference_state, ice_target.ice.rigid[0])

@@ -55,19 +55,30 @@ def test_dropping_the_temperature_scaling_is_detected():
 
 
 @pytest.mark.slow
-def test_smoke_reference_is_reproducible_and_near_the_shipped_one(tmp_path, monkeypatch):
-    """`ice_reference("smoke")` twice from an empty MD cache gives the same number, and it
-    lies within 5 combined standard errors of `systems/ice-xi-16/reference.json` (the smoke
-    ladder is short: 5 ps per rung)."""
-    from boltzflow.molecular.ice import REFERENCE_FILE, _system_folder
+def test_smoke_reference_is_reproducible(tmp_path, monkeypatch):
+    """`ice_reference("smoke")` twice, each from an empty MD cache, gives the same result (to
+    MBAR's solver tolerance, far below its error)."""
     from boltzflow.molecular.ice_reference import ice_reference
 
     monkeypatch.setenv("BOLTZFLOW_CACHE", str(tmp_path / "a"))
     a = ice_reference("smoke", workers=2)
     monkeypatch.setenv("BOLTZFLOW_CACHE", str(tmp_path / "b"))
     b = ice_reference("smoke", workers=2)
-    assert a["delta_f_per_molecule"] == b["delta_f_per_molecule"]
+    assert a["n_uncorrelated"] == b["n_uncorrelated"]
+    assert abs(a["delta_f_per_molecule"] - b["delta_f_per_molecule"]) < 1e-6
+    assert a["min_neighbour_overlap"] > 0.05
+
+
+@pytest.mark.slow
+def test_an_independent_ladder_agrees_with_the_shipped_reference(tmp_path, monkeypatch):
+    """The `check` ladder (another MD seed, 50 ps per rung) lies within 3 combined standard
+    errors of `systems/ice-xi-16/reference.json`."""
+    from boltzflow.molecular.ice import REFERENCE_FILE, _system_folder
+    from boltzflow.molecular.ice_reference import ice_reference
+
+    monkeypatch.setenv("BOLTZFLOW_CACHE", str(tmp_path))
+    a = ice_reference("check", workers=2, seed=1)
     shipped = json.loads((_system_folder() / REFERENCE_FILE).read_text())
     err = np.hypot(a["stderr_per_molecule"], shipped["stderr_per_molecule"])
-    assert abs(a["delta_f_per_molecule"] - shipped["delta_f_per_molecule"]) < 5 * err
-    assert a["min_neighbour_overlap"] > 0.05
+    z = (a["delta_f_per_molecule"] - shipped["delta_f_per_molecule"]) / err
+    assert abs(z) < 3, (a["delta_f_per_molecule"], shipped["delta_f_per_molecule"], err)
