@@ -50,6 +50,22 @@ def _fmt(est: Mapping, digits: int = 4) -> str:
     return f"{m:.{digits}g} ± {s:.2g}"
 
 
+def _flag(ev: Mapping) -> str:
+    """A warning after a log Z whose proposal failed the coverage check."""
+    return " **flagged: the proposal misses target mass**" if ev.get("flagged") else ""
+
+
+def _coverage_rows(ev: Mapping, label: str) -> list[str]:
+    """The coverage check's row (`boltzflow.sampling.coverage`), where it was made."""
+    if "coverage" not in ev:
+        return []
+    return [
+        f"| {label} | {ev['coverage']:.3f} (log-error {ev['coverage_stderr']:.2g}), "
+        f"low-density fraction {ev['low_density_fraction']:.4f}, "
+        f"{'ok' if ev['coverage_ok'] else 'FAILED'} |"
+    ]
+
+
 def write_report(summary: Mapping, figures: Mapping[str, str], out_dir) -> Path:
     """Write `report.md`: the headline numbers, tables of estimates and the figures."""
     s = summary
@@ -65,12 +81,19 @@ def write_report(summary: Mapping, figures: Mapping[str, str], out_dir) -> Path:
         "|---|---|",
         f"| ESS | {rw['ess']:.1f} of {rw.get('n', '?')} |",
         f"| ESS fraction | {rw['ess_fraction']:.3f} |",
-        f"| log Z | {_fmt(rw['log_z'])} |",
+        f"| log Z | {_fmt(rw['log_z'])}{_flag(rw)} |",
         f"| PSIS k̂ | {rw['pareto_k']:.3f} |",
+        *_coverage_rows(rw, "coverage"),
         f"| non-finite energies | {rw['n_nonfinite']} |",
     ]
     if sa.get("log_q") == "path":  # a stochastic flow: the weights are path weights
         lines.append("| log-weights | path weights (stochastic flow: −u(x) − log q of the path) |")
+    ev = sa.get("evidence")
+    if isinstance(ev, Mapping) and "log_z" in ev:  # the sampler's own evidence draws
+        lines.append(
+            f"| sampler's log Z | {_fmt(ev['log_z'])}{_flag(ev)}, k̂ {ev['pareto_k']:.3f} |"
+        )
+        lines += _coverage_rows(ev, "sampler's coverage")
     ref = s.get("reference", {})
     if "log_z" in ref:
         lines.append(

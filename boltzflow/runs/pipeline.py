@@ -27,6 +27,7 @@ from boltzflow.runs.processes import (
     set_run_threads,
 )
 from boltzflow.runs.recipes import Recipe, load_recipe
+from boltzflow.sampling.coverage import with_coverage
 from boltzflow.sampling.reweighting import (
     expectation,
     free_energy_difference,
@@ -359,7 +360,7 @@ def _sample_and_summarise(recipe, flow, target, seed, train_summary) -> dict:
             "wall_seconds": wall,
             **{k: v for k, v in result.info.items() if k != "acceptance_rate"},
         },
-        "reweighting": rw.as_dict(),
+        "reweighting": with_coverage(flow, result, imp, rw.as_dict()),
         "observables": observables,
         "free_energies": free,
     }

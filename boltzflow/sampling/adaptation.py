@@ -22,10 +22,19 @@ parameters"), without dual averaging:
 * **Metric** ([`estimate_metric`][boltzflow.sampling.adaptation.estimate_metric]): the mass matrix
   from a window of draws, as inverse variances (diagonal) or as a dense inverse mass equal to the
   sample covariance shrunk towards $10^{-3} I$ with weight $5/(n+5)$, Stan's regularisation.
+  The window is the latest warm-up round, never the first (burn-in), and the step size is
+  adapted again after the last metric update, so production runs at the target acceptance
+  with the metric it uses (Stan's terminal fast window).
+
+* **Chain health** ([`unhealthy_chains`][boltzflow.sampling.adaptation.unhealthy_chains],
+  [`restart_from_healthy`][boltzflow.sampling.adaptation.restart_from_healthy]): after each
+  warm-up round, a chain whose step collapsed or that sits far above the others' energies is
+  moved to a healthy chain's point (warm-up only; production is untouched).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -39,6 +48,8 @@ __all__ = [
     "adaptation_blocks",
     "run_adapting_step_size",
     "estimate_metric",
+    "unhealthy_chains",
+    "restart_from_healthy",
 ]
 
 ADAPT_EVERY = 10
@@ -117,3 +128,51 @@ def estimate_metric(draws: torch.Tensor, kind: str) -> torch.Tensor | DenseMetri
         eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
         return DenseMetric((n * cov + 5e-3 * eye) / (n + 5.0))
     raise ValueError(f"metric must be 'diag' or 'dense', got {kind!r}")
+
+
+def unhealthy_chains(energy: torch.Tensor, step: torch.Tensor, dim: int) -> torch.Tensor:
+    r"""Chains that are stuck or whose step collapsed during a warm-up round, `[chains]` bool.
+
+    A chain is unhealthy when (a) its adapted step is below 1/20 of the median step (a step that
+    collapsed in a region the other chains left), or (b) its mean energy over the second half of
+    the round lies above the median chain's by more than
+    $\max(5\,s,\ 5\sqrt{d/2},\ 5)$ kT, with $s$ the median within-chain energy standard
+    deviation and $\sqrt{d/2}$ the standard deviation of $u$ under a $d$-dimensional Gaussian
+    posterior: a chain stuck far outside the typical set that the others found. Both tests are
+    relative to the other chains, so they need at least 4 chains (fewer: none flagged).
+
+    Args:
+        energy: `[chains, draws]` energies of the round (kT); non-finite counts as $+\infty$.
+        step: `[chains, 1]` adapted per-chain steps.
+        dim: the target's dimension $d$.
+    """
+    chains = energy.shape[0]
+    if chains < 4:
+        return torch.zeros(chains, dtype=torch.bool)
+    u = energy[:, energy.shape[1] // 2 :].double().cpu()
+    u = torch.where(torch.isfinite(u), u, torch.full_like(u, math.inf))
+    mean = u.mean(1)
+    spread = u.std(1).nan_to_num(math.inf).median() if u.shape[1] > 1 else torch.tensor(0.0)
+    width = max(5.0 * float(spread), 5.0 * math.sqrt(dim / 2.0), 5.0)
+    s = step.reshape(chains).double().cpu()
+    collapsed = s < s.median() / 20.0
+    stuck = ~(mean <= mean.median() + width)
+    return collapsed | stuck
+
+
+def restart_from_healthy(
+    x: torch.Tensor, step: torch.Tensor, bad: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move every `bad` chain to the current point of a randomly chosen healthy chain and give it
+    the healthy chains' median step. `x [chains, *event]`, `step [chains, 1]`; returns both, new.
+
+    The copies decorrelate from their donors within a few steps (their own random numbers);
+    as this happens in warm-up only, production is untouched MCMC.
+    """
+    good = torch.nonzero(~bad).reshape(-1)
+    pick = torch.randint(len(good), (int(bad.sum()),), generator=generator, device=generator.device)
+    donors = good[pick.cpu()]
+    x, step = x.clone(), step.clone()
+    x[bad.to(x.device)] = x[donors.to(x.device)]
+    step[bad.to(step.device)] = step[good.to(step.device)].median()
+    return x, step

@@ -32,7 +32,8 @@ from emcee.moves import MHMove
 from boltzflow.flows.base import frozen
 from boltzflow.rng import generator_for_module
 from boltzflow.sampling.proposals import DefensiveFlow
-from boltzflow.sampling.runners import RunCost, SamplingResult, flow_evidence, start_points
+from boltzflow.sampling.runners import RunCost, SamplingResult, flow_evidence
+from boltzflow.sampling.starts import match_flow_dtype, start_points
 from boltzflow.training.fit import fit_affine_to_data, fit_nll
 
 __all__ = ["EmceeLogProb", "FlowMove", "emcee_sampler", "flow_emcee"]
@@ -166,8 +167,9 @@ def emcee_sampler(
 
     The stretch move (Goodman & Weare 2010) alone is the usual baseline; `flow_weight > 0`
     mixes in flow independence moves with that probability. Walkers start from the target's
-    `sample_prior` (or the flow with `init="flow"`), the first `burn_fraction` of the steps
-    is discarded, and each walker is reported as one chain, `x [walkers, draws, dim]`.
+    `sample_prior`, or around the mode where it has none (`init`;
+    [`start_points`][boltzflow.sampling.starts.start_points]), the first `burn_fraction` of the
+    steps is discarded, and each walker is reported as one chain, `x [walkers, draws, dim]`.
     `accepted` marks the draws where the walker moved. Every log-probability call is counted
     in `energy_evaluations` (burn-in included).
 
@@ -178,6 +180,7 @@ def emcee_sampler(
     dim, walkers = int(target.dim), _walkers(target, walkers)
     rs = np.random.RandomState(int(seed))
     x0 = start_points(flow, target, walkers, init, generator_for_module(flow, int(seed)))
+    x0 = match_flow_dtype(flow, target, x0) if flow_weight > 0 else x0
     moves = emcee.moves.StretchMove()
     if flow_weight > 0:
         moves = [(moves, 1.0 - flow_weight), (FlowMove(flow), flow_weight)]
@@ -247,7 +250,8 @@ def flow_emcee(
     rs = np.random.RandomState(int(seed))
     g = generator_for_module(flow, int(seed))
     cost = RunCost(target)
-    x0 = start_points(flow, target, walkers, init, g).double().cpu().numpy()
+    x0 = match_flow_dtype(flow, target, start_points(flow, target, walkers, init, g))
+    x0 = x0.double().cpu().numpy()
     log_prob = EmceeLogProb(target)
 
     def ensemble(moves):

@@ -37,16 +37,17 @@ import torch
 
 from boltzflow.flows.base import frozen
 from boltzflow.rng import generator_for_module
-from boltzflow.sampling.adaptation import ADAPT_EVERY, estimate_metric, run_adapting_step_size
+from boltzflow.sampling.adaptation import (
+    ADAPT_EVERY,
+    estimate_metric,
+    restart_from_healthy,
+    run_adapting_step_size,
+    unhealthy_chains,
+)
 from boltzflow.sampling.chains import run_chain
 from boltzflow.sampling.kernels import HMC, MALA, IndependenceMH, Mixture
-from boltzflow.sampling.runners import (
-    INIT_CHOICES,
-    RunCost,
-    SamplingResult,
-    flow_evidence,
-    start_points,
-)
+from boltzflow.sampling.runners import RunCost, SamplingResult, flow_evidence
+from boltzflow.sampling.starts import INIT_CHOICES, descend, match_flow_dtype, start_points
 from boltzflow.training.fit import fit_affine_to_data, fit_nll
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Schedule:
         repeats: production cycle `(local, global)`: steps of each kind per kept draw.
         thin: keep every `thin`-th production cycle.
         init: where the chains start
-            ([`start_points`][boltzflow.sampling.runners.start_points]): `"auto"` (the prior
+            ([`start_points`][boltzflow.sampling.starts.start_points]): `"auto"` (the prior
             where it can be sampled, else overdispersed Laplace draws around the mode),
             `"prior"`, `"laplace"`, `"flow"`, or a `Tensor[chains, dim]`.
         init_steps: Adam steps (lr 0.05) on `u` from the starting points before the first
@@ -173,11 +174,15 @@ class Evidence:
     Attributes:
         samples: if > 0, draw this many i.i.d. flow samples and report $\log Z$
             (bootstrap error, PSIS k̂) as `info["evidence"]`
-            ([`flow_evidence`][boltzflow.sampling.runners.flow_evidence]).
-        train_steps: before those draws, train the flow this many more Adam steps on the last
-            warm-up window and all production draws. The chains have finished (the MCMC is
-            unaffected) and importance sampling is unbiased for any flow, so this only makes
-            the evidence's error smaller.
+            ([`flow_evidence`][boltzflow.sampling.runners.flow_evidence]), with the coverage
+            check of the flow against the finished chains
+            ([`boltzflow.sampling.coverage`][boltzflow.sampling.coverage]): `coverage`,
+            `low_density_fraction`, `coverage_ok` and `flagged`.
+        train_steps: before those draws, set the flow's affine layers to the moments of the
+            first three quarters of every finished chain and train it this many more Adam
+            steps on them; the last quarter is held out for the coverage check. The chains
+            have finished (the MCMC is unaffected) and importance sampling is unbiased for any
+            flow, so this only makes the evidence's error smaller.
     """
 
     samples: int = 0
@@ -225,21 +230,6 @@ def hybrid_settings(**flat) -> dict:
     return {group: cls(**fields[group]) for group, cls in _GROUPS.items()}
 
 
-def _descend(target, x: torch.Tensor, steps: int, lr: float = 0.05) -> torch.Tensor:
-    """`steps` Adam steps on `u` for every chain; non-finite chains keep their last point."""
-    if steps <= 0:
-        return x
-    x = x.detach().clone().requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=lr)
-    for _ in range(int(steps)):
-        u = target.energy(x)
-        opt.zero_grad()
-        u.masked_fill(~torch.isfinite(u), 0.0).sum().backward()
-        x.grad.nan_to_num_(0.0, 0.0, 0.0)
-        opt.step()
-    return x.detach()
-
-
 def hybrid(
     flow,
     target,
@@ -263,18 +253,19 @@ def hybrid(
     Returns:
         [`SamplingResult`][boltzflow.sampling.runners.SamplingResult] with `info`: `local`,
         `local_acceptance`, `global_acceptance`, `acceptance_rate`, `warmup_evaluations`,
-        `warmup_seconds`, `warmup_global_acceptance`, `step_size_median`,
+        `warmup_seconds`, `warmup_global_acceptance`, `warmup_restarts` (chains restarted from
+        healthy ones, per round), `production_stuck_chains`, `step_size_median`,
         `final_nll`, R-hat and ESS, and `evidence` (with `evidence_nll` when trained).
     """
     chains, progress, rounds = int(schedule.chains), schedule.progress, int(schedule.warmup_rounds)
     g = generator_for_module(flow, int(seed))
     cost = RunCost(target)
     x0 = start_points(flow, target, chains, schedule.init, g)
-    x0 = _descend(target, x0, schedule.init_steps)
+    x0 = match_flow_dtype(flow, target, descend(target, x0, schedule.init_steps))
     step = torch.full((chains, 1), float(local.step_size), dtype=x0.dtype)
     mass = 1.0
     state = local.kernel(target, step, mass).init(x0, seed=int(seed))
-    history, losses, global_acc = [], [], []
+    history, losses, global_acc, restarts = [], [], [], []
     for r in range(rounds):
         state = local.kernel(target, step, mass).adopt(state)
         res, step = run_adapting_step_size(
@@ -287,6 +278,13 @@ def hybrid(
             progress,
         )
         state = res.final_state
+        bad = unhealthy_chains(res.energy, step, int(target.dim))
+        restarts.append(int(bad.sum()))
+        if 0 < restarts[-1] < chains / 2:
+            logger.warning("warm-up round %d: %d stuck chain(s) restarted", r, restarts[-1])
+            x_new, step = restart_from_healthy(state.x, step, bad, g)
+            state = local.kernel(target, step, mass).init(x_new, seed=int(seed) + 1000 + r)
+        healthy = res.x[~bad.to(res.x.device)] if restarts[-1] < chains / 2 else res.x
         if r > 0 and global_moves.steps > 0:
             imh = IndependenceMH(flow, target)
             res_g = run_chain(imh, imh.adopt(state), global_moves.steps, progress=progress)
@@ -294,7 +292,7 @@ def hybrid(
             global_acc.append(float(res_g.accepted.double().mean()))
             history.append(res_g.x)
         if r > 0 or rounds == 1:
-            history.append(res.x)
+            history.append(healthy)
         if not history:
             continue
         keep = global_moves.history_rounds
@@ -305,8 +303,8 @@ def hybrid(
         losses += fit_nll(
             flow, data, global_moves.train_steps, global_moves.batch_size, global_moves.lr, g
         )
-        if local.kind == "hmc":
-            mass = estimate_metric(data, local.metric)
+        if local.kind == "hmc":  # this round's healthy draws only: burn-in never enters
+            mass = estimate_metric(healthy.reshape(-1, *healthy.shape[2:]), local.metric)
         logger.info(
             "warm-up round %d: local acceptance %.2f, global %s, NLL %.3f, %d evaluations",
             r,
@@ -315,6 +313,16 @@ def hybrid(
             losses[-1] if losses else math.nan,
             cost.evaluations,
         )
+    # the step size again, with the final metric (Stan's terminal window); not kept
+    state = local.kernel(target, step, mass).adopt(state)
+    n_final, kernel = (
+        max(local.steps // 2, 3 * ADAPT_EVERY),
+        functools.partial(local.kernel, mass=mass),
+    )
+    res_f, step = run_adapting_step_size(
+        functools.partial(kernel, target), state, n_final, step, local.accept, ADAPT_EVERY, progress
+    )
+    state = res_f.final_state
     warmup_evals, warmup_seconds = cost.evaluations, cost.seconds
     with frozen(flow):
         mix = Mixture(
@@ -324,6 +332,11 @@ def hybrid(
         n_steps = -(-int(n_samples) // chains) * schedule.thin
         res = run_chain(mix, mix.adopt(state), n_steps, thin=schedule.thin, progress=progress)
     rates = Mixture.acceptance_rates(res.stats["kernel_accepted"], res.stats["kernel_steps"])
+    stuck = unhealthy_chains(res.energy, step, int(target.dim))
+    if bool(stuck.any()):
+        logger.warning(
+            "%d chain(s) sit far above the others' energies in production", int(stuck.sum())
+        )
     info = {
         "local": local.kind,
         "local_acceptance": float(rates[0]),
@@ -331,17 +344,23 @@ def hybrid(
         "warmup_evaluations": int(warmup_evals),
         "warmup_seconds": warmup_seconds,
         "warmup_global_acceptance": global_acc,
+        "warmup_restarts": restarts,
+        "production_stuck_chains": int(stuck.sum()),
         "step_size_median": float(step.median()),
         "final_nll": float(np.mean(losses[-20:])) if losses else math.nan,
     }
     if evidence.samples > 0:
-        if evidence.train_steps > 0:
-            pooled = torch.cat([data, res.x.reshape(-1, *res.x.shape[2:]).to(data.dtype)])
+        chain_x, cut = res.x.to(x0.dtype), 3 * res.x.shape[1] // 4 * (evidence.train_steps > 0)
+        if cut > 0:  # refit on the chains' first 3/4, output affine included
+            pooled = chain_x[:, :cut].reshape(-1, *res.x.shape[2:])
+            fit_affine_to_data(flow, pooled)
             b, lr = global_moves.batch_size, global_moves.lr
             nll = fit_nll(flow, pooled, evidence.train_steps, b, lr, g)
             info["evidence_nll"] = float(np.mean(nll[-20:]))
-        with frozen(flow):
-            info["evidence"] = flow_evidence(flow, target, evidence.samples, seed=int(seed))
+        with frozen(flow):  # coverage on the held-out last quarter
+            info["evidence"] = flow_evidence(
+                flow, target, evidence.samples, int(seed), chain_x[:, cut:], res.energy[:, cut:]
+            )
     return SamplingResult.from_chain(
         res.x, res.energy, res.accepted, method="hybrid", cost=cost, info=info, diagnostics=True
     )

@@ -14,8 +14,8 @@ Also here, the plumbing the flow-based runners share: batched flow draws with th
 log-weights ([`draw_with_log_weights`][boltzflow.sampling.runners.draw_with_log_weights]), flow
 importance-sampling evidence ([`flow_evidence`][boltzflow.sampling.runners.flow_evidence]), batched
 independence MH over cached draws
-([`independence_chains`][boltzflow.sampling.runners.independence_chains]) and chain starting points
-([`start_points`][boltzflow.sampling.runners.start_points]).
+([`independence_chains`][boltzflow.sampling.runners.independence_chains]). Chain starting points
+are in [`boltzflow.sampling.starts`][boltzflow.sampling.starts].
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ __all__ = [
     "log_q_kind",
     "flow_evidence",
     "independence_chains",
-    "start_points",
+    "constrained_draws",
     "importance_sampling",
     "flow_imh",
 ]
@@ -120,7 +120,9 @@ class SamplingResult(NamedTuple):
     ) -> SamplingResult:
         """Exact MCMC draws `x [chains, draws, *event]`: zero log-weights, the cost so far,
         `info["acceptance_rate"]` from `accepted` unless `info` has one, and with
-        `diagnostics` the R-hat and ESS keys."""
+        `diagnostics` the R-hat and ESS keys; for a posterior also `theta_rhat_max`,
+        `theta_ess_bulk_min`, `theta_ess_tail_min` over its constrained parameters
+        ([`constrained_draws`][boltzflow.sampling.runners.constrained_draws])."""
         info = dict(info or {})
         if "acceptance_rate" not in info:
             info = {"acceptance_rate": float(accepted.double().mean()), **info}
@@ -128,6 +130,9 @@ class SamplingResult(NamedTuple):
             from boltzflow.sampling.diagnostics import chain_diagnostics
 
             info.update(chain_diagnostics(x))
+            theta = constrained_draws(cost.target, x)
+            if theta is not None:  # a posterior: the same diagnostics on the named parameters
+                info.update({f"theta_{k}": v for k, v in chain_diagnostics(theta).items()})
         zeros = torch.zeros_like(energy)
         return cls(x, zeros, energy, accepted, method, cost.evaluations, cost.seconds, info)
 
@@ -154,6 +159,18 @@ class SamplingResult(NamedTuple):
             cost.seconds,
             dict(info or {}),
         )
+
+
+@torch.no_grad()
+def constrained_draws(target, x: torch.Tensor) -> torch.Tensor | None:
+    """Draws `x [chains, draws, dim]` of a [`Posterior`][boltzflow.energies.posterior.Posterior]
+    in its constrained parameters, `[chains, draws, n_theta]` (ordered as `target.names`);
+    `None` for a target without named constrained parameters."""
+    if not (hasattr(target, "names") and hasattr(target, "n_theta")) or x.ndim != 3:
+        return None
+    chains, draws = x.shape[:2]
+    theta = target.constrain(x.reshape(chains * draws, -1)).theta
+    return theta.reshape(chains, draws, -1)
 
 
 class FlowDraws(NamedTuple):
@@ -198,14 +215,27 @@ def log_q_kind(flow) -> dict:
     return {"log_q": "path"} if getattr(flow, "is_stochastic", False) else {}
 
 
-def flow_evidence(flow, target, n: int, seed: int = 0) -> dict:
+def flow_evidence(
+    flow, target, n: int, seed: int = 0, chains: torch.Tensor | None = None, energy=None
+) -> dict:
     r"""Evidence $\log Z$ by flow importance sampling of `n` draws (generator seeded
-    `seed + 1`): [`reweight`][boltzflow.sampling.reweighting.reweight] as a dict."""
+    `seed + 1`): [`reweight`][boltzflow.sampling.reweighting.reweight] as a dict.
+
+    With the finished chains' draws `chains [chains, draws, *event]` and their energies
+    `energy [chains, draws]`, the dict also has the coverage check of
+    [`chain_coverage`][boltzflow.sampling.coverage.chain_coverage] (`coverage`,
+    `low_density_fraction`, `coverage_ok`, `flagged`): an evidence whose proposal misses
+    target mass is flagged, whatever its PSIS k̂ says.
+    """
+    from boltzflow.sampling.coverage import chain_coverage
     from boltzflow.sampling.reweighting import reweight
 
     g = generator_for_module(flow, int(seed) + 1)
     draws = draw_with_log_weights(flow, target, int(n), g)
-    return reweight(draws.log_weight, seed=int(seed)).as_dict()
+    out = reweight(draws.log_weight, seed=int(seed)).as_dict()
+    if chains is not None and energy is not None:
+        out.update(chain_coverage(flow, chains, energy, out, draws.log_q))
+    return out
 
 
 def independence_chains(
@@ -233,71 +263,6 @@ def independence_chains(
     return SamplingResult.from_chain(
         x, energy, sweep.accepted, method=method, cost=cost, info=info, diagnostics=diagnostics
     )
-
-
-INIT_CHOICES = ("auto", "prior", "laplace", "flow")
-"""String values of a runner's `init` (besides a `Tensor[n, dim]` of starting points)."""
-
-
-def start_points(
-    flow, target, n: int, init, generator: torch.Generator, dtype: torch.dtype | None = None
-) -> torch.Tensor:
-    """`n` starting points `[n, dim]` of a runner's chains or walkers.
-
-    Args:
-        init: `"auto"` (the documented default of
-            [`initial_points`][boltzflow.sampling.starts.initial_points]: prior draws where the
-            target has a sampleable prior, else overdispersed Laplace draws around the mode),
-            `"prior"` (prior draws only), `"laplace"` (Laplace draws even with a prior),
-            `"flow"` (flow samples), or a `Tensor` of starting points in the target's sampled
-            coordinates: `[n, dim]`, or `[dim]` (every chain starts there).
-        dtype: of the points (default: the flow's parameters' dtype, else float64).
-
-    Raises:
-        ValueError: an unknown `init`, a tensor of the wrong shape or with non-finite energies,
-            `"prior"` on a target without a sampleable prior, `"flow"` without a flow; each
-            message says which `init` would work.
-    """
-    from boltzflow.sampling.starts import has_sampleable_prior, initial_points
-
-    params = next(iter(flow.parameters()), None) if flow is not None else None
-    if dtype is None:
-        dtype = params.dtype if params is not None else torch.float64
-    dim = int(target.dim)
-    if isinstance(init, torch.Tensor):
-        x = init.detach().to(dtype)
-        x = x.expand(n, dim).clone() if x.shape == (dim,) else x
-        if tuple(x.shape) != (n, dim):
-            raise ValueError(
-                f"init tensor must have shape [{n}, {dim}] or [{dim}], got {tuple(init.shape)}"
-            )
-        with torch.no_grad():
-            bad = ~torch.isfinite(target.energy(x))
-        if bool(bad.any()):
-            raise ValueError(
-                f"{int(bad.sum())} of the {n} given starting points have a non-finite energy: "
-                "give points inside the support (unconstrained coordinates, e.g. "
-                "target.unconstrain(theta)), or init='auto'"
-            )
-        return x
-    if init not in INIT_CHOICES:
-        raise ValueError(f"init must be one of {INIT_CHOICES} or a Tensor[n, dim], got {init!r}")
-    with torch.no_grad():
-        if init == "flow":
-            if flow is None:
-                raise ValueError(
-                    "init='flow' needs a flow: pass one, or use init='auto' (prior draws, or "
-                    "a Laplace approximation at the mode when the prior cannot be sampled)"
-                )
-            return flow.sample(n, generator=generator).x.detach().to(dtype)
-        if init == "prior" and not has_sampleable_prior(target):
-            raise ValueError(
-                "init='prior': this target has no sampleable prior (a Flat prior, or a "
-                "from_log_prob target without priors): use init='auto' or 'laplace' (draws "
-                "around the mode), init='flow', or init=Tensor[n, dim]"
-            )
-    use_prior = init != "laplace"
-    return initial_points(target, n, flow=flow, generator=generator, dtype=dtype, prior=use_prior)
 
 
 def importance_sampling(

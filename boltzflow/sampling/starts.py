@@ -25,6 +25,7 @@ cover the others.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import NamedTuple
 
@@ -37,8 +38,15 @@ __all__ = [
     "has_sampleable_prior",
     "laplace_approximation",
     "initial_points",
+    "descend",
+    "INIT_CHOICES",
+    "start_points",
+    "match_flow_dtype",
     "reference_for",
 ]
+
+
+logger = logging.getLogger(__name__)
 
 
 class Laplace(NamedTuple):
@@ -194,6 +202,23 @@ def laplace_approximation(
     return Laplace(mode, cov, u_mode, target.n_evaluations - n0)
 
 
+def descend(target, x: torch.Tensor, steps: int, lr: float = 0.05) -> torch.Tensor:
+    """`steps` Adam steps (learning rate `lr`) on $u$ from every point of `x [n, dim]`, to leave
+    a prior's tails quickly before a chain starts; a point whose energy is not finite keeps its
+    place (its gradient is zeroed). Every evaluation is counted by `target.n_evaluations`."""
+    if steps <= 0:
+        return x
+    x = x.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=lr)
+    for _ in range(int(steps)):
+        u = target.energy(x)
+        opt.zero_grad()
+        u.masked_fill(~torch.isfinite(u), 0.0).sum().backward()
+        x.grad.nan_to_num_(0.0, 0.0, 0.0)
+        opt.step()
+    return x.detach()
+
+
 def initial_points(
     target,
     n: int,
@@ -279,3 +304,94 @@ def reference_for(target, *, flow=None, generator=None, scale: float = 2.0):
     if has_sampleable_prior(target):
         return target
     return LaplaceReference(laplace_approximation(target, flow=flow, generator=generator), scale)
+
+
+INIT_CHOICES = ("auto", "prior", "laplace", "flow")
+"""String values of a runner's `init` (besides a `Tensor[n, dim]` of starting points)."""
+
+
+def start_points(
+    flow, target, n: int, init, generator: torch.Generator, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """`n` starting points `[n, dim]` of a runner's chains or walkers.
+
+    Args:
+        init: `"auto"` (the documented default of
+            [`initial_points`][boltzflow.sampling.starts.initial_points]: prior draws where the
+            target has a sampleable prior, else overdispersed Laplace draws around the mode),
+            `"prior"` (prior draws only), `"laplace"` (Laplace draws even with a prior),
+            `"flow"` (flow samples), or a `Tensor` of starting points in the target's sampled
+            coordinates: `[n, dim]`, or `[dim]` (every chain starts there).
+        dtype: of the points (default: the flow's parameters' dtype, else float64).
+
+    Raises:
+        ValueError: an unknown `init`, a tensor of the wrong shape or with non-finite energies,
+            `"prior"` on a target without a sampleable prior, `"flow"` without a flow; each
+            message says which `init` would work.
+    """
+    params = next(iter(flow.parameters()), None) if flow is not None else None
+    if dtype is None:
+        dtype = params.dtype if params is not None else torch.float64
+    dim = int(target.dim)
+    if isinstance(init, torch.Tensor):
+        x = init.detach().to(dtype)
+        x = x.expand(n, dim).clone() if x.shape == (dim,) else x
+        if tuple(x.shape) != (n, dim):
+            raise ValueError(
+                f"init tensor must have shape [{n}, {dim}] or [{dim}], got {tuple(init.shape)}"
+            )
+        with torch.no_grad():
+            bad = ~torch.isfinite(target.energy(x))
+        if bool(bad.any()):
+            raise ValueError(
+                f"{int(bad.sum())} of the {n} given starting points have a non-finite energy: "
+                "give points inside the support (unconstrained coordinates, e.g. "
+                "target.unconstrain(theta)), or init='auto'"
+            )
+        return x
+    if init not in INIT_CHOICES:
+        raise ValueError(f"init must be one of {INIT_CHOICES} or a Tensor[n, dim], got {init!r}")
+    with torch.no_grad():
+        if init == "flow":
+            if flow is None:
+                raise ValueError(
+                    "init='flow' needs a flow: pass one, or use init='auto' (prior draws, or "
+                    "a Laplace approximation at the mode when the prior cannot be sampled)"
+                )
+            return flow.sample(n, generator=generator).x.detach().to(dtype)
+        if init == "prior" and not has_sampleable_prior(target):
+            raise ValueError(
+                "init='prior': this target has no sampleable prior (a Flat prior, or a "
+                "from_log_prob target without priors): use init='auto' or 'laplace' (draws "
+                "around the mode), init='flow', or init=Tensor[n, dim]"
+            )
+    use_prior = init != "laplace"
+    return initial_points(target, n, flow=flow, generator=generator, dtype=dtype, prior=use_prior)
+
+
+def match_flow_dtype(flow, target, x: torch.Tensor) -> torch.Tensor:
+    """Cast a flow that is narrower than the target's energies (a float32 flow on a float64
+    posterior) to the target's dtype, with a warning, and return the starting points `x` in
+    that dtype, so that chain states never run in float32 against float64 energies.
+
+    The target's dtype is its `dtype` attribute where it has one, else the dtype its energy
+    comes back in (one evaluation).
+    """
+    with torch.no_grad():
+        u = target.energy(x[:1])
+    want = torch.promote_types(u.dtype, x.dtype)
+    declared = getattr(target, "dtype", None)
+    if isinstance(declared, torch.dtype):
+        want = torch.promote_types(want, declared)
+    params = next(iter(flow.parameters()), None) if flow is not None else None
+    if params is not None and torch.promote_types(params.dtype, want) != params.dtype:
+        logger.warning(
+            "the flow is %s but the target's energies are %s: the flow is cast to %s "
+            "(build it in %s, e.g. dtype = 'float64' in system.toml, to avoid this)",
+            params.dtype,
+            want,
+            want,
+            want,
+        )
+        flow.to(want)
+    return x.to(want)
