@@ -5,13 +5,15 @@ Given per-molecule features $g_i$ `(batch, N, F)` and pair features $e_{ij}$
 $r_j - r_i$), the conditioner returns per-molecule parameters
 
 $$
-m_{ij} = \psi([g_i, g_j, e_{ij}]), \qquad
+m_{ij} = \sigma(A g_i + C g_j + W e_{ij} + b), \qquad
 h_i = \frac{1}{N-1}\sum_{j \ne i} m_{ij}, \qquad
 \theta_i = \varphi([g_i, h_i]),
 $$
 
-with multilayer perceptrons $\psi, \varphi$ shared by all molecules (Zaheer et al. 2017,
-"Deep sets"). Relabelling the molecules by a permutation $\pi$ permutes the outputs,
+with a one-layer message ($\sigma$ = SiLU; $A g_i$ and $C g_j$ are computed once per molecule,
+so a pair costs one small matrix product $W e_{ij}$) and a multilayer perceptron $\varphi$,
+all shared by all molecules (Zaheer et al. 2017, "Deep sets"). Relabelling the molecules by
+a permutation $\pi$ permutes the outputs,
 $\theta_{\pi(i)}(\pi \cdot g, \pi \cdot e) = \theta_i(g, e)$, so a coupling whose elementwise
 maps take $\theta_i$ is permutation-equivariant and its log-determinant (a sum over molecules)
 is permutation-invariant. The last layer of $\varphi$ starts at zero, so a fresh coupling is
@@ -40,8 +42,8 @@ class SetConditioner(nn.Module):
         node_features: $F$, the size of $g_i$.
         pair_features: $E$, the size of $e_{ij}$.
         out_features: parameters per molecule.
-        hidden: width of $\\psi$ and $\\varphi$.
-        depth: hidden layers of each perceptron.
+        hidden: width of the messages and of $\\varphi$.
+        depth: hidden layers of $\\varphi$.
     """
 
     def __init__(
@@ -53,7 +55,9 @@ class SetConditioner(nn.Module):
         depth: int = 2,
     ):
         super().__init__()
-        self.message = _mlp([2 * node_features + pair_features] + [hidden] * depth)
+        self.receiver = nn.Linear(node_features, hidden)
+        self.sender = nn.Linear(node_features, hidden, bias=False)
+        self.edge = nn.Linear(pair_features, hidden, bias=False)
         self.update = _mlp([node_features + hidden] + [hidden] * depth + [out_features])
         nn.init.zeros_(self.update[-1].weight)
         nn.init.zeros_(self.update[-1].bias)
@@ -68,8 +72,6 @@ class SetConditioner(nn.Module):
 
     def forward(self, nodes: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
         """Parameters `(batch, N, out)` of `nodes` `(batch, N, F)`, `pairs` `(batch, N, N, E)`."""
-        n = nodes.shape[1]
-        gi = nodes[:, :, None].expand(-1, -1, n, -1)
-        gj = nodes[:, None, :].expand(-1, n, -1, -1)
-        h = self.pool(self.message(torch.cat((gi, gj, pairs), dim=-1)))
+        pre = self.receiver(nodes)[:, :, None] + self.sender(nodes)[:, None, :] + self.edge(pairs)
+        h = self.pool(nn.functional.silu(pre))
         return self.update(torch.cat((nodes, h), dim=-1))
