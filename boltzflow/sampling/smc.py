@@ -218,6 +218,11 @@ def smc(
     with torch.no_grad():
         p = Particles(x, *score(x))
     n_nonfinite = int((~torch.isfinite(p.log_l)).sum())
+    if n_nonfinite == nb * m:
+        raise ValueError(
+            f"the target is not finite at any of the {nb * m} reference draws: check the "
+            "likelihood on a few of them, or give a reference that covers its support"
+        )
     fit_affine_to_data(flow, x)
     fit_nll(flow, x, int(prior_steps), int(batch_size), float(lr), g)
     opt = torch.optim.Adam([q for q in flow.parameters() if q.requires_grad], lr=float(lr))

@@ -182,6 +182,12 @@ def test_numpy_likelihood_that_raises_or_returns_nan_gets_weight_zero():
     assert posterior["a"].shape == (16, 32) and posterior.attrs["log_z"] == lz["mean"]
 
 
+def test_a_likelihood_that_is_nowhere_finite_is_refused_with_a_message():
+    post = from_log_prob(lambda t: np.full(len(t), np.nan), {"a": Normal(0, 2)}, numpy=True)
+    with pytest.raises(ValueError, match="not finite at any"):
+        smc(flow_for(post), post, n_samples=64, islands=4, train_steps=1, prior_steps=1)
+
+
 def test_flat_prior_numpy_target_starts_from_a_laplace_reference():
     """`from_log_prob` with flat priors has no prior to start from: the default reference is
     the Laplace approximation at the mode, widened; the evidence of a normalized correlated
