@@ -165,9 +165,10 @@ def smc(
     ess_target: float = 0.9,
     resample_threshold: float = 0.5,
     move: str = "pcn",
-    target_accept: float = 0.25,
+    target_accept: float | None = None,
     decorrelation: float = 0.3,
     max_steps: int = 50,
+    n_leapfrog: int = 5,
     train_steps: int = 100,
     prior_steps: int = 300,
     batch_size: int = 256,
@@ -190,8 +191,10 @@ def smc(
         islands: independent particle groups $B$ that give the errors (module docstring).
         ess_target: conditional ESS fraction kept per stage (0.9-0.95 typical).
         resample_threshold: resample an island when its Kish ESS fraction is below.
-        move, target_accept, decorrelation, max_steps: the latent moves
-            ([`MoveSettings`][boltzflow.sampling.smc_moves.MoveSettings]).
+        move, target_accept, decorrelation, max_steps, n_leapfrog: the latent moves
+            ([`MoveSettings`][boltzflow.sampling.smc_moves.MoveSettings]): `"pcn"` (default)
+            or `"rwm"`, gradient-free, or `"hmc"` for a differentiable target; the
+            acceptance target defaults to 0.25 (0.65 for HMC).
         train_steps, batch_size, lr: Adam steps per stage of the weighted NLL fit, one optimizer
             kept over all stages; `prior_steps` on the reference draws first.
         max_stages: cap on the number of stages (a warning if $\beta < 1$ then).
@@ -203,6 +206,8 @@ def smc(
         `stage_steps`, `stage_step_size`, `stage_correlation`, `resampled`, `n_nonfinite`,
         `islands`, `final_beta`, R-hat and ESS across islands, and the evaluation count.
     """
+    if move == "hmc" and not getattr(target, "differentiable", True):
+        raise ValueError("move='hmc' needs a differentiable target: use move='pcn' or 'rwm'")
     if flow is None:
         from boltzflow.flows.builders import spline_coupling_flow
 
@@ -226,8 +231,10 @@ def smc(
     fit_affine_to_data(flow, x)
     fit_nll(flow, x, int(prior_steps), int(batch_size), float(lr), g)
     opt = torch.optim.Adam([q for q in flow.parameters() if q.requires_grad], lr=float(lr))
-    settings = MoveSettings(move, float(target_accept), float(decorrelation), 2, int(max_steps))
-    step = 1.0 if move == "pcn" else 2.38 / math.sqrt(target.dim)
+    accept = (0.65 if move == "hmc" else 0.25) if target_accept is None else target_accept
+    settings = MoveSettings(move, float(accept), float(decorrelation), 2, int(max_steps))
+    settings = settings._replace(n_leapfrog=int(n_leapfrog))
+    step = {"pcn": 1.0, "hmc": 0.5}.get(move, 2.38 / math.sqrt(target.dim))
     log_w = torch.full((nb, m), -math.log(m), dtype=torch.float64, device=x.device)
     log_zb = torch.zeros(nb, dtype=torch.float64, device=x.device)
     beta, betas, stats_all, resampled = 0.0, [0.0], [], []

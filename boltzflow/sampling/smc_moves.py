@@ -25,7 +25,11 @@ with preconditioned Monte Carlo", MNRAS 516, 1644). Two proposals, both gradient
   424): $z' = \sqrt{1 - s^2}\,z + s\,\xi$, $\xi \sim \mathcal N(0, I)$, reversible with
   respect to $\mathcal N(0, I)$, so $\log q_\text{ratio} = \tfrac12(|z'|^2 - |z|^2)$; at
   $s = 1$ it is the flow's independence sampler;
-* **random-walk Metropolis**: $z' = z + s\,\xi$, $\log q_\text{ratio} = 0$.
+* **random-walk Metropolis**: $z' = z + s\,\xi$, $\log q_\text{ratio} = 0$;
+* **HMC** (`"hmc"`, only for differentiable targets and references): `n_leapfrog` leapfrog
+  steps of size $s$ on $U_\beta$ with unit mass (Neal 2011, "MCMC using Hamiltonian
+  dynamics"), $\log q_\text{ratio} = \tfrac12(|p|^2 - |p'|^2)$; each leapfrog step is one
+  evaluation of the target with its gradient.
 
 Every proposal is accepted or rejected by the one Metropolis–Hastings rule
 (`boltzflow.sampling.kernels.mh.mh_select`, over
@@ -57,7 +61,7 @@ __all__ = [
     "latent_moves",
 ]
 
-MOVES = ("pcn", "rwm")
+MOVES = ("pcn", "rwm", "hmc")
 
 
 class Particles(NamedTuple):
@@ -74,10 +78,11 @@ class MoveSettings(NamedTuple):
     """Settings of [`latent_moves`][boltzflow.sampling.smc_moves.latent_moves].
 
     Attributes:
-        kind: `"pcn"` or `"rwm"` (module docstring).
+        kind: `"pcn"`, `"rwm"` or `"hmc"` (module docstring).
         target_accept: acceptance rate the step size is adapted towards.
         decorrelation: stop once the mean latent correlation with the starting points is below.
         min_steps, max_steps: bounds on the number of moves per stage.
+        n_leapfrog: leapfrog steps per HMC move.
     """
 
     kind: str = "pcn"
@@ -85,6 +90,7 @@ class MoveSettings(NamedTuple):
     decorrelation: float = 0.3
     min_steps: int = 2
     max_steps: int = 50
+    n_leapfrog: int = 5
 
 
 class MoveStats(NamedTuple):
@@ -109,6 +115,32 @@ def tempered_energy(p: Particles, beta: float) -> torch.Tensor:
 def latent_energy(u_beta: torch.Tensor, ladj_forward: torch.Tensor) -> torch.Tensor:
     r"""Pulled-back energy $U_\beta(z) = u_\beta(f(z)) - \log|\det\partial f/\partial z|$, `[n]`."""
     return u_beta - ladj_forward
+
+
+def _energy_and_grad(flow, score, z: torch.Tensor, beta: float):
+    """`(Particles at f(z), U_beta(z), dU/dz)` with autograd through the flow and the score;
+    non-finite gradients are zeroed (their proposals are rejected)."""
+    with torch.enable_grad():
+        zr = z.detach().requires_grad_(True)
+        x, ladj = flow.forward(zr)
+        p = Particles(x, *score(x))
+        energy = latent_energy(tempered_energy(p, beta), ladj)
+        (g,) = torch.autograd.grad(energy.masked_fill(~torch.isfinite(energy), 0.0).sum(), zr)
+    p = Particles(p.x.detach(), p.log_ref.detach(), p.log_l.detach())
+    return p, energy.detach(), torch.nan_to_num(g, 0.0, 0.0, 0.0)
+
+
+def _leapfrog(flow, score, z, grad, beta, s, n, generator):
+    """`n` leapfrog steps from `z` with fresh momenta; returns the end point and
+    `log_q_ratio = K(p) - K(p')`."""
+    mom = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+    k0 = 0.5 * mom.square().sum(-1)
+    mom = mom - 0.5 * s * grad
+    for i in range(int(n)):
+        z = z + s * mom
+        p, energy, grad = _energy_and_grad(flow, score, z, beta)
+        mom = mom - (s if i < n - 1 else 0.5 * s) * grad
+    return z, p, energy, grad, k0 - 0.5 * mom.square().sum(-1)
 
 
 def _mean_correlation(z0: torch.Tensor, z: torch.Tensor) -> float:
@@ -145,28 +177,37 @@ def latent_moves(
     """
     if settings.kind not in MOVES:
         raise ValueError(f"move must be one of {MOVES}, got {settings.kind!r}")
-    pcn = settings.kind == "pcn"
+    pcn, hmc = settings.kind == "pcn", settings.kind == "hmc"
     x, log_ref, log_l = particles
     z, ladj_inv = flow.inverse(x)
     energy = latent_energy(tempered_energy(particles, beta), -ladj_inv)
+    grad = _energy_and_grad(flow, score, z, beta)[2] if hmc else None
     z0, moved = z.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     log_s = math.log(min(step_size, 1.0) if pcn else step_size)
     acc_sum, n_bad, corr, steps = 0.0, 0, 1.0, 0
     for t in range(int(settings.max_steps)):
         s = math.exp(log_s)
-        xi = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
-        if pcn:
-            z_new = math.sqrt(max(1.0 - s * s, 0.0)) * z + s * xi
-            log_q_ratio = 0.5 * (z_new.square().sum(-1) - z.square().sum(-1))
+        if hmc:
+            n_lf = settings.n_leapfrog
+            z_new, new, energy_new, grad_new, log_q_ratio = _leapfrog(
+                flow, score, z, grad, beta, s, n_lf, generator
+            )
+            x_new = new.x
         else:
-            z_new, log_q_ratio = z + s * xi, 0.0
-        x_new, ladj = flow.forward(z_new)
-        new = Particles(x_new, *score(x_new))
-        energy_new = latent_energy(tempered_energy(new, beta), ladj)
+            xi = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+            if pcn:
+                z_new = math.sqrt(max(1.0 - s * s, 0.0)) * z + s * xi
+                log_q_ratio = 0.5 * (z_new.square().sum(-1) - z.square().sum(-1))
+            else:
+                z_new, log_q_ratio = z + s * xi, 0.0
+            x_new, ladj = flow.forward(z_new)
+            new = Particles(x_new, *score(x_new))
+            energy_new = latent_energy(tempered_energy(new, beta), ladj)
         n_bad += int((~torch.isfinite(energy_new)).sum())
         acc, prob = mh_select(energy, energy_new, log_q_ratio, generator)
         z, x = where_chains(acc, z_new, z), where_chains(acc, x_new, x)
         energy = torch.where(acc, energy_new, energy)
+        grad = where_chains(acc, grad_new, grad) if hmc else None
         log_ref = torch.where(acc, new.log_ref, log_ref)
         log_l = torch.where(acc, new.log_l, log_l)
         moved |= acc

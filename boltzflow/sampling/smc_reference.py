@@ -71,8 +71,13 @@ class PriorReference:
         return self.target.sample_prior(n, generator=generator, dtype=self.dtype)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalized prior log density in the sampled coordinates, `[n]`."""
-        return -prior_energy(self.target, x)
+        """Normalized prior log density in the sampled coordinates, `[n]` (differentiable
+        when gradients are enabled, for HMC moves)."""
+        if not torch.is_grad_enabled():
+            return -prior_energy(self.target, x)
+        theta, ladj = self.target.constrain(x)
+        lp = self.target.log_prior(theta) + ladj
+        return torch.where(torch.isnan(lp), torch.full_like(lp, -math.inf), lp)
 
 
 class WidenedLaplace:
@@ -125,12 +130,12 @@ def reference_for(target, reference, *, flow=None, generator=None, dtype=torch.f
 
 def make_scorer(target, reference):
     r"""`score(x) -> (log_ref [n], log_l [n])` with $\ell = -u(x) - \log r(x)$ (one target
-    evaluation per row); $\ell = -\infty$ where either term is not finite (weight 0)."""
+    evaluation per row); $\ell = -\infty$ where either term is not finite (weight 0). Runs
+    under the caller's grad mode: differentiable for HMC moves, without gradients otherwise."""
 
     def score(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            u = target.energy(x)
-            log_ref = reference.log_prob(x).to(u)
+        u = target.energy(x)
+        log_ref = reference.log_prob(x).to(u)
         ok = torch.isfinite(log_ref) & torch.isfinite(u)
         log_l = torch.where(ok, -u - log_ref, torch.full_like(u, -math.inf))
         return log_ref, clean_log_weights(log_l)

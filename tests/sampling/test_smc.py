@@ -208,6 +208,22 @@ def test_flat_prior_numpy_target_starts_from_a_laplace_reference():
     assert z_max(res, res.x, mu, 3.0) < Z_PASS
 
 
+@pytest.mark.slow
+def test_latent_hmc_moves_on_a_differentiable_posterior():
+    post, mean, log_z = conjugate()
+    res = smc(flow_for(post), post, n_samples=1024, seed=0, move="hmc", **FAST)
+    with torch.no_grad():
+        theta = post.constrain(res.x.reshape(-1, 2)).theta.reshape(res.x.shape)
+    assert z_max(res, theta, mean, log_z) < Z_PASS
+    assert 0.3 < res.info["acceptance_rate"] <= 1
+
+
+def test_hmc_moves_refuse_a_numpy_likelihood():
+    post = from_log_prob(lambda t: -0.5 * (t**2).sum(-1), {"a": Normal(0, 2)}, numpy=True)
+    with pytest.raises(ValueError, match="differentiable"):
+        smc(flow_for(post), post, n_samples=64, islands=4, move="hmc")
+
+
 # ------------------------------------------------------------------ error calibration
 @pytest.mark.slow
 def test_island_errors_are_calibrated_over_independent_runs():
