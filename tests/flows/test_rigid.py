@@ -304,3 +304,14 @@ def test_mean_structure_of_drifting_frames():
     )
     overlap = (mq * rq).sum(-1).abs()
     assert (overlap > 1 - 1e-3).all()
+
+
+@pytest.mark.slow
+def test_deeper_flow_of_three_molecules_integrates_to_one():
+    """The normalisation test on two blocks over three molecules, with twice the draws."""
+    flow = rigid_body_flow(3, BOX, num_layers=2, seed=11, **SMALL)
+    flow = _perturb(flow.double(), 11, 0.08)
+    rotations = random_quaternion(3, generator=torch.Generator().manual_seed(12), dtype=D)
+    squeeze = OrientationContraction(3, BOX, orientations=rotations, scale=0.8).double()
+    flow = Flow(flow.base, Compose(*flow.transform.transforms, squeeze))
+    assert abs(_normalisation_z(flow, n=80_000, seed=13)) < 4.0
