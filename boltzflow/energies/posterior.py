@@ -100,6 +100,8 @@ class Posterior(Energy):
         log_z: the exact evidence $\log Z$, if known.
 
     Attributes:
+        dtype: `torch.float64`, the dtype posteriors are sampled in: samplers cast a narrower
+            flow to it (with a warning) rather than run float32 chains against float64 energies.
         names: constrained coordinate names (`n_theta` of them).
         unconstrained_names: names of the `dim` unconstrained coordinates.
         n_nonfinite: configurations whose energy was not finite.
@@ -141,6 +143,7 @@ class Posterior(Energy):
         self.numpy = bool(numpy)
         self.differentiable = not self.numpy
         self.log_z = log_z
+        self.dtype = torch.float64
         self.n_nonfinite = 0
         self._warn = [True]
 

@@ -87,7 +87,8 @@ def read_samples(path):
 
 
 def posterior_inference_data(posterior, result, attrs: Mapping | None = None):
-    """arviz data with one variable per named constrained parameter of a posterior.
+    """arviz data with one variable per named constrained parameter of a posterior, and the
+    unconstrained coordinates alongside as `y_<name>` (the layout of a run's `samples.nc`).
 
     Args:
         posterior: a [`Posterior`][boltzflow.energies.posterior.Posterior] (its `constrain` and
@@ -102,4 +103,7 @@ def posterior_inference_data(posterior, result, attrs: Mapping | None = None):
     with torch.no_grad():
         theta = posterior.constrain(x.reshape(chains * draws, -1)).theta
     theta = theta.reshape(chains, draws, -1)
-    return to_inference_data(result._replace(x=theta), names=posterior.names, attrs=attrs)
+    unconstrained = {n: x[..., i] for i, n in enumerate(posterior.parameter_names)}
+    return to_inference_data(
+        result._replace(x=theta), unconstrained, names=posterior.names, attrs=attrs
+    )
