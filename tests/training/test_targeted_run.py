@@ -61,10 +61,10 @@ N_FRAMES = 400
 
 @pytest.fixture(scope="module")
 def recipe_dir(tmp_path_factory):
-    from boltzflow.molecular.target import AlanineDipeptideTarget
+    from boltzflow.runs.recipes import systems_dir
 
     folder = tmp_path_factory.mktemp("alanine-targeted")
-    source = AlanineDipeptideTarget("vacuum").folder
+    source = systems_dir() / "alanine-dipeptide-vacuum"
     for name in ("alanine-dipeptide.prmtop", "alanine-dipeptide.crd"):
         shutil.copy(source / name, folder / name)
     # the β/αR trajectory of the shipped sample (the αL-seeded frames are not state A)
