@@ -290,7 +290,7 @@ def smc(
         "n_nonfinite": n_nonfinite,
         "islands": nb,
         "move": move,
-        "reference": type(ref).__name__,
+        "reference": getattr(ref, "name", type(ref).__name__),
     }
     if n_nonfinite:
         logger.warning("SMC: %d target values were not finite (weight 0)", n_nonfinite)

@@ -11,7 +11,8 @@ the target $e^{-u}$ along $r\,e^{\beta\ell}$ with $\ell = -u - \log r$. The refe
   ([`GaussianReference`][boltzflow.sampling.smc_reference.GaussianReference]), for targets without
   a prior (analytic energies, posteriors with [`Flat`][boltzflow.energies.priors.Flat] priors);
 * by default for a target without a sampleable prior, the Laplace approximation at the mode widened
-  by a factor 2 (`boltzflow.sampling.starts.laplace_approximation`).
+  by a factor 2 ([`LaplaceReference`][boltzflow.sampling.starts.LaplaceReference], which has a
+  prior's hooks, wrapped as a prior).
 
 Any reference must cover the target ($r > 0$ wherever $e^{-u} > 0$); a Gaussian that is much
 narrower than the target costs many stages, and one that misses a mode misses it for good.
@@ -26,7 +27,7 @@ import torch
 from boltzflow.sampling.proposals import prior_energy
 from boltzflow.weights import clean_log_weights
 
-__all__ = ["GaussianReference", "PriorReference", "WidenedLaplace", "reference_for", "make_scorer"]
+__all__ = ["GaussianReference", "PriorReference", "reference_for", "make_scorer"]
 
 
 class GaussianReference:
@@ -61,10 +62,16 @@ class GaussianReference:
 
 class PriorReference:
     r"""A posterior's prior in its unconstrained coordinates: `target.sample_prior` and
-    $\log r = -u_0$ ([`prior_energy`][boltzflow.sampling.proposals.prior_energy])."""
+    $\log r = -u_0$ ([`prior_energy`][boltzflow.sampling.proposals.prior_energy]).
 
-    def __init__(self, target, dtype: torch.dtype = torch.float64):
-        self.target, self.dtype = target, dtype
+    `target` is anything with a posterior's prior hooks (`sample_prior`, `constrain`,
+    `log_prior`): a [`Posterior`][boltzflow.energies.posterior.Posterior], or
+    [`LaplaceReference`][boltzflow.sampling.starts.LaplaceReference] for a target without a
+    proper prior; `name` is what the run reports (`info["reference"]`).
+    """
+
+    def __init__(self, target, dtype: torch.dtype = torch.float64, name: str = "prior"):
+        self.target, self.dtype, self.name = target, dtype, name
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """`n` prior draws `[n, dim]`."""
@@ -78,22 +85,6 @@ class PriorReference:
         theta, ladj = self.target.constrain(x)
         lp = self.target.log_prior(theta) + ladj
         return torch.where(torch.isnan(lp), torch.full_like(lp, -math.inf), lp)
-
-
-class WidenedLaplace:
-    r"""A Laplace approximation $\mathcal N(\hat y, c^2 H^{-1})$ at a fixed widening $c$ =
-    `scale` (`laplace` has `sample(n, generator, scale)` and `log_prob(y, scale)`)."""
-
-    def __init__(self, laplace, scale: float):
-        self.laplace, self.scale = laplace, float(scale)
-
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """`n` draws `[n, dim]`."""
-        return self.laplace.sample(n, generator=generator, scale=self.scale)
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalized log density `[n]`."""
-        return self.laplace.log_prob(x, scale=self.scale)
 
 
 def _has_prior(target) -> bool:
@@ -120,9 +111,10 @@ def reference_for(target, reference, *, flow=None, generator=None, dtype=torch.f
             )
         return PriorReference(target, dtype)
     if reference == "laplace":
-        from boltzflow.sampling.starts import laplace_approximation
+        from boltzflow.sampling.starts import LaplaceReference, laplace_approximation
 
-        return WidenedLaplace(laplace_approximation(target, generator=generator), 2.0)
+        laplace = laplace_approximation(target, generator=generator)
+        return PriorReference(LaplaceReference(laplace, 2.0), dtype, name="laplace")
     raise ValueError(
         f"reference must be 'auto', 'prior', 'laplace' or an object, got {reference!r}"
     )

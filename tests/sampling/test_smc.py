@@ -204,7 +204,7 @@ def test_flat_prior_numpy_target_starts_from_a_laplace_reference():
 
     post = from_log_prob(log_prob, 2, numpy=True)
     res = smc(flow_for(post), post, n_samples=512, seed=0, **FAST)
-    assert res.info["reference"] == "WidenedLaplace"
+    assert res.info["reference"] == "laplace"
     assert z_max(res, res.x, mu, 3.0) < Z_PASS
 
 
