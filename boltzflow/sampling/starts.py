@@ -370,16 +370,12 @@ def start_points(
 
 
 def match_flow_dtype(flow, target, x: torch.Tensor) -> torch.Tensor:
-    """Cast a flow that is narrower than the target's energies (a float32 flow on a float64
-    posterior) to the target's dtype, with a warning, and return the starting points `x` in
-    that dtype, so that chain states never run in float32 against float64 energies.
-
-    The target's dtype is its `dtype` attribute where it has one, else the dtype its energy
-    comes back in (one evaluation).
+    """Cast a flow that is narrower than the target's declared `dtype` (a float32 flow on a
+    float64 [`Posterior`][boltzflow.energies.posterior.Posterior]) to that dtype, with a
+    warning, and return the starting points `x` in it, so that chain states never run in float32
+    against float64 energies. A target without a `dtype` attribute keeps `x`'s dtype.
     """
-    with torch.no_grad():
-        u = target.energy(x[:1])
-    want = torch.promote_types(u.dtype, x.dtype)
+    want = x.dtype
     declared = getattr(target, "dtype", None)
     if isinstance(declared, torch.dtype):
         want = torch.promote_types(want, declared)
