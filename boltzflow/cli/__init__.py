@@ -70,7 +70,7 @@ def _cmd_run(args) -> int:
         f"{summary['system']}: ESS fraction {rw['ess_fraction']:.3f}, "
         f"log Z {lz['mean']:.4f} ± {lz['stderr']:.2g}, PSIS k {rw['pareto_k']:.2f}"
         + (f", coverage {rw['coverage']:.3f}" if "coverage" in rw else "")
-        + (" (FLAGGED: the flow misses target mass)" if rw.get("flagged") else "")
+        + (" (FLAGGED: the coverage check failed)" if rw.get("flagged") else "")
     )
     for group in ("observables", "free_energies"):
         for name, v in summary[group].items():

@@ -52,7 +52,7 @@ def _fmt(est: Mapping, digits: int = 4) -> str:
 
 def _flag(ev: Mapping) -> str:
     """A warning after a log Z whose proposal failed the coverage check."""
-    return " **flagged: the proposal misses target mass**" if ev.get("flagged") else ""
+    return " **flagged: the coverage check failed**" if ev.get("flagged") else ""
 
 
 def _coverage_rows(ev: Mapping, label: str) -> list[str]:
