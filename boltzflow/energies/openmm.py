@@ -224,3 +224,40 @@ class OpenMMEnergy(Energy):
             f"OpenMMEnergy(n_atoms={self.n_atoms}, T={self.temperature:g} K, "
             f"platform={self.platform!r}, pool={self.pool!r}{t})"
         )
+
+
+class OpenMMBacked:
+    """Mixin for targets whose energies come from an
+    [`OpenMMEnergy`][boltzflow.energies.openmm.OpenMMEnergy] `self.cartesian` of their own
+    system, evaluated in this process or on an [`EnergyPool`][boltzflow.parallel.EnergyPool]
+    `self.pool` (molecules in internal coordinates, rigid waters)."""
+
+    def _connect_openmm(
+        self, system, temperature: float, *, platform, platform_properties, workers, scheduler
+    ) -> None:
+        """Set `self.pool` (local `workers ≥ 1` or a dask `scheduler`; else `None`) and
+        `self.cartesian`, the reduced energy of `system` at `temperature` (K)."""
+        self.pool = None
+        if scheduler is not None or (workers is not None and int(workers) >= 1):
+            self.pool = EnergyPool(workers=workers, scheduler=scheduler)
+        self.cartesian = OpenMMEnergy(
+            system,
+            temperature,
+            platform=platform,
+            platform_properties=platform_properties,
+            pool=self.pool,
+        )
+
+    @property
+    def n_nonfinite(self) -> int:
+        """Configurations so far with a non-finite or absurd energy."""
+        return self.cartesian.n_nonfinite
+
+    def compute_resources(self) -> dict:
+        """Those of the wrapped [`OpenMMEnergy`][boltzflow.energies.openmm.OpenMMEnergy]."""
+        return self.cartesian.compute_resources()
+
+    def close(self) -> None:
+        """Shut down the worker pool, if any."""
+        if self.pool is not None:
+            self.pool.close()

@@ -47,6 +47,7 @@ from boltzflow.coordinates.rigid import (
     rigid_water_geometry,
 )
 from boltzflow.energies.base import Energy
+from boltzflow.energies.openmm import OpenMMBacked
 
 __all__ = ["IceSystem", "load_ice_xi", "IceXITarget", "SYSTEM_NAME", "PLATFORM"]
 
@@ -139,7 +140,7 @@ def load_ice_xi(folder: str | Path | None = None, cutoff_nm: float = 0.35) -> Ic
     return IceSystem(system, modeller.topology, geometry, positions, rigid, box, folder)
 
 
-class IceXITarget(Energy):
+class IceXITarget(OpenMMBacked, Energy):
     r"""Ice XI, 16 rigid TIP4P-Ew waters, on rigid states `(batch, 112)`: $u = E/k_BT$.
 
     Args:
@@ -181,8 +182,6 @@ class IceXITarget(Energy):
         platform: str | None = None,
         device=None,
     ):
-        from boltzflow.energies.openmm import OpenMMEnergy
-
         self.ice = load_ice_xi(system_dir)
         self.n_molecules = self.ice.geometry.n_molecules
         super().__init__(7 * self.n_molecules)
@@ -190,18 +189,14 @@ class IceXITarget(Energy):
         self.box = self.ice.box
         self.body = torch.as_tensor(self.ice.geometry.body)
         self.temperature = float(temperature)
-        self.pool = None
-        if scheduler is not None or (workers is not None and int(workers) >= 1):
-            from boltzflow.parallel import EnergyPool
-
-            self.pool = EnergyPool(workers=workers, scheduler=scheduler)
         platform, props = PLATFORM if platform is None else (platform, {})
-        self.cartesian = OpenMMEnergy(
+        self._connect_openmm(
             self.ice.system,
             temperature,
             platform=platform,
             platform_properties=props,
-            pool=self.pool,
+            workers=workers,
+            scheduler=scheduler,
         )
         self.md = dict(
             ns=float(md_ns),
@@ -244,19 +239,6 @@ class IceXITarget(Energy):
         """Potential energies `float64[batch]` in kJ/mol of rigid states (no autograd)."""
         e, _ = self.cartesian.evaluate_numpy(self.to_particles(x.detach()).cpu().numpy())
         return e
-
-    @property
-    def n_nonfinite(self) -> int:
-        return self.cartesian.n_nonfinite
-
-    def compute_resources(self) -> dict:
-        """Those of the wrapped [`OpenMMEnergy`][boltzflow.energies.openmm.OpenMMEnergy]."""
-        return self.cartesian.compute_resources()
-
-    def close(self) -> None:
-        """Shut down the worker pool, if any."""
-        if self.pool is not None:
-            self.pool.close()
 
     @property
     def reference_state(self) -> torch.Tensor:

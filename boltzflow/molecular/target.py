@@ -53,7 +53,7 @@ from boltzflow.coordinates.chirality import is_l_chirality
 from boltzflow.coordinates.transform import InternalCoordinateTransform
 from boltzflow.coordinates.zmatrix import zmatrix_from_topology
 from boltzflow.energies.base import Energy, EnergyTerms, FigureRequest, Observable, StateSets
-from boltzflow.energies.openmm import OpenMMEnergy
+from boltzflow.energies.openmm import OpenMMBacked
 from boltzflow.molecular import alanine as ala
 
 __all__ = ["AlanineDipeptideTarget", "force_field_normalization"]
@@ -90,7 +90,7 @@ def force_field_normalization(system, zmatrix, temperature: float):
     return loc, scale
 
 
-class AlanineDipeptideTarget(Energy):
+class AlanineDipeptideTarget(OpenMMBacked, Energy):
     """Alanine dipeptide (ff96, 300 K) on normalized internal coordinates `[batch, 60]`.
 
     Args:
@@ -143,18 +143,13 @@ class AlanineDipeptideTarget(Energy):
         self.folder = self.mol.folder
         self.zmatrix = zmatrix_from_topology(self.mol.topology)
         self.ict = InternalCoordinateTransform(self.zmatrix)
-        self.pool = None
-        if scheduler is not None or (workers is not None and int(workers) >= 1):
-            from boltzflow.parallel import EnergyPool
-
-            self.pool = EnergyPool(workers=workers, scheduler=scheduler)
-        props = None if platform is None else {}
-        self.cartesian = OpenMMEnergy(
+        self._connect_openmm(
             self.mol.system,
             temperature,
             platform=platform,
-            platform_properties=props,
-            pool=self.pool,
+            platform_properties=None if platform is None else {},
+            workers=workers,
+            scheduler=scheduler,
         )
         self.temperature = float(temperature)
         loc, scale = force_field_normalization(self.mol.system, self.zmatrix, temperature)
@@ -245,19 +240,6 @@ class AlanineDipeptideTarget(Energy):
         bad |= ~torch.isfinite(x.detach()).all(-1)
         u_x = self.cartesian.energy(torch.where(bad[:, None], math.nan, x))  # NaN: not sent
         return EnergyTerms(u_x, (ladj, self._log_scale), bad)
-
-    @property
-    def n_nonfinite(self) -> int:
-        return self.cartesian.n_nonfinite
-
-    def compute_resources(self) -> dict:
-        """Those of the wrapped [`OpenMMEnergy`][boltzflow.energies.openmm.OpenMMEnergy]."""
-        return self.cartesian.compute_resources()
-
-    def close(self) -> None:
-        """Shut down the worker pool, if any."""
-        if self.pool is not None:
-            self.pool.close()
 
     # -------------------------------------------------------------- reporting
     def observables(self):
