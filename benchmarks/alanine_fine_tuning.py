@@ -26,29 +26,16 @@ import json
 import time
 
 import torch
+from path_gradients import ess_fraction
 
 from boltzflow.io import load_checkpoint
 from boltzflow.runs.pipeline import _stage_data, build_flow, build_target
 from boltzflow.runs.recipes import load_recipe
 from boltzflow.training.trainer import Stage, Trainer
 from boltzflow.training.weighted import needs_data, resolve_loss
-from boltzflow.weights import kish_ess, log_weights
 
 SYSTEM = "alanine-dipeptide-vacuum"
-
-
-@torch.no_grad()
-def ess_fraction(flow, target, n: int, seed: int = 123) -> float:
-    """Kish ESS fraction of `n` flow samples drawn with a fixed seed."""
-    flow.eval()
-    g = torch.Generator().manual_seed(seed)
-    log_w = []
-    for chunk in torch.arange(n).split(5000):
-        s = flow.sample(len(chunk), generator=g)
-        log_w.append(log_weights(target, s.x, s.log_q))
-    flow.train()
-    log_w = torch.cat(log_w)
-    return float(kish_ess(log_w) / len(log_w))
+EVAL_SEED = 123  # every candidate is scored on the same base draws
 
 
 def maximum_likelihood_start(recipe, target, data, seed: int, start: str | None):
@@ -90,7 +77,7 @@ def main() -> None:
     flow = maximum_likelihood_start(recipe, target, data, args.seed, args.start)
     loss = json.loads(args.loss) if args.loss.startswith("{") else args.loss
     uses_data = needs_data(resolve_loss(loss))
-    print(f"start: ESS fraction {ess_fraction(flow, target, args.eval):.3f}", flush=True)
+    print(f"start: ESS fraction {ess_fraction(flow, target, args.eval, EVAL_SEED):.3f}", flush=True)
     t0, done = time.perf_counter(), 0
     while done < args.steps:  # a cosine schedule spans all steps: one stage then
         n = args.steps if args.schedule == "cosine" else min(args.every, args.steps - done)
@@ -107,7 +94,7 @@ def main() -> None:
         Trainer(flow, target, [stage], seed=args.seed + 1 + done, progress=False).fit()
         done += n
         elapsed = time.perf_counter() - t0
-        ess = ess_fraction(flow, target, args.eval)
+        ess = ess_fraction(flow, target, args.eval, EVAL_SEED)
         print(f"{done} steps, {elapsed:.0f} s: ESS fraction {ess:.3f}", flush=True)
     target.close()
 
