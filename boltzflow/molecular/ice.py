@@ -32,6 +32,7 @@ The MBAR reference of $\Delta F/N$ between 250 K and 100 K is in
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -304,15 +305,39 @@ class IceXITarget(OpenMMBacked, Energy):
         return json.loads(path.read_text()) if path.is_file() else {}
 
     def report_data(self, x: torch.Tensor, log_weight: torch.Tensor) -> dict:
-        """`ice.json`: the MBAR reference ΔF/N stored in the system folder, its standard error
-        and the published values (Köhler et al. 2023)."""
+        r"""`ice.json`: the MBAR reference ΔF/N stored in the system folder, its standard error
+        and the published values (Köhler et al. 2023); and a check of the reweighted samples
+        against MD of the target state: the mean potential energy per molecule (kJ/mol) of
+        MD at the target's temperature (generated and cached here; standard error from 10
+        blocks) beside its importance-weighted estimate from `x`, `log_weight` (standard error
+        $\sqrt{\sum_i \bar w_i^2 (E_i - \bar E)^2}$ with normalized weights $\bar w$)."""
         ref = self.reference()
         return {
             "ice.json": {
                 "mbar_reference": ref.get("delta_f_per_molecule"),
                 "mbar_reference_stderr": ref.get("stderr_per_molecule"),
                 "published": ref.get("published"),
+                "mean_potential_energy_per_molecule": self._energy_check(x, log_weight),
             }
+        }
+
+    def _energy_check(self, x: torch.Tensor, log_weight: torch.Tensor) -> dict:
+        n = self.n_molecules
+        md = self.potential_energy(self.training_data("md")) / n
+        blocks = np.array([b.mean() for b in np.array_split(md, 10)])
+        md_mean, md_se = float(md.mean()), float(blocks.std(ddof=1) / np.sqrt(len(blocks)))
+        lw = log_weight.detach().double().cpu()
+        keep = torch.isfinite(lw)
+        e = torch.as_tensor(self.potential_energy(x[keep]) / n)
+        w = torch.softmax(lw[keep], 0)
+        mean = float((w * e).sum())
+        se = float(torch.sqrt((w**2 * (e - mean) ** 2).sum()))
+        return {
+            "unit": "kJ/mol",
+            "temperature": self.temperature,
+            "md": {"mean": md_mean, "stderr": md_se, "n": len(md)},
+            "reweighted": {"mean": mean, "stderr": se, "n": int(keep.sum())},
+            "z_score": (mean - md_mean) / max(math.hypot(se, md_se), 1e-300),
         }
 
     def __repr__(self) -> str:
