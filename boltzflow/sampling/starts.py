@@ -68,7 +68,8 @@ class Laplace(NamedTuple):
     def sample(self, n: int, generator=None, scale: float = 1.0) -> torch.Tensor:
         r"""`n` draws `[n, dim]` of $\mathcal N(\text{mode}, \text{scale}^2\,\text{cov})$."""
         chol = torch.linalg.cholesky(self.cov)
-        xi = torch.randn(n, self.mode.shape[0], generator=generator, dtype=self.mode.dtype)
+        mode = self.mode
+        xi = torch.randn(n, mode.shape[0], generator=generator, dtype=mode.dtype, device=mode.device)
         return self.mode + float(scale) * xi @ chol.T
 
     def log_prob(self, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -81,7 +82,7 @@ class Laplace(NamedTuple):
 
 def has_sampleable_prior(target) -> bool:
     """Whether `target.sample_prior` works (a proper prior on every parameter block)."""
-    try:
+    try:  # deliberate CPU generator: a one-row probe of whether the prior can be sampled
         target.sample_prior(1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     except NotImplementedError:
         return False
@@ -161,7 +162,8 @@ def laplace_approximation(
         if flow is not None:
             probe = flow.sample(int(n_probe), generator=generator).x.detach().to(dtype)
         else:
-            probe = torch.randn(int(n_probe), d, generator=generator, dtype=dtype)
+            device = generator.device if generator is not None else None
+            probe = torch.randn(int(n_probe), d, generator=generator, dtype=dtype, device=device)
         u = target.energy(probe)
     finite = torch.isfinite(u)
     if not bool(finite.any()):
