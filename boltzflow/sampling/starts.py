@@ -68,9 +68,9 @@ class Laplace(NamedTuple):
     def sample(self, n: int, generator=None, scale: float = 1.0) -> torch.Tensor:
         r"""`n` draws `[n, dim]` of $\mathcal N(\text{mode}, \text{scale}^2\,\text{cov})$."""
         chol = torch.linalg.cholesky(self.cov)
-        mode = self.mode
-        xi = torch.randn(n, mode.shape[0], generator=generator, dtype=mode.dtype, device=mode.device)
-        return self.mode + float(scale) * xi @ chol.T
+        m = self.mode
+        xi = torch.randn(n, m.shape[0], generator=generator, dtype=m.dtype, device=m.device)
+        return m + float(scale) * xi @ chol.T
 
     def log_prob(self, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         r"""Normalized log density of $\mathcal N(\text{mode}, \text{scale}^2\,\text{cov})$ at
