@@ -202,6 +202,12 @@ class PTAPosterior(Posterior):
         self._const = -0.5 * rnr - 0.5 * logdet_n - 0.5 * n_tot * math.log(2 * math.pi)
         self._gamma = torch.as_tensor(hellings_downs(d.positions))
         self._freqs = torch.arange(1, d.n_freq + 1, dtype=torch.float64) / d.span
+        # flat positions in Σ [(a, j), (b, j)] of the Φ^-1 entries, j = 2·frequency + quadrature,
+        # ordered as phi_inv [K, P, P] repeated for both quadratures
+        j, a = torch.arange(2 * d.n_freq), torch.arange(d.n_pulsars)
+        rows = a[None, :, None] * m + j[:, None, None]
+        cols = a[None, None, :] * m + j[:, None, None]
+        self._phi_index = (rows * d.n_pulsars * m + cols).reshape(-1)
 
     chunk_size = 256
     """Likelihoods are evaluated this many at a time: one evaluation holds a few (2KP)² float64
@@ -227,16 +233,16 @@ class PTAPosterior(Posterior):
         chol_phi, info_phi = torch.linalg.cholesky_ex(phi)  # [B, K, P, P]
         logdet_phi = 2 * 2 * torch.log(torch.diagonal(chol_phi, dim1=-2, dim2=-1)).sum((-1, -2))
         phi_inv = torch.cholesky_inverse(chol_phi)
-        # Σ = F^T N^-1 F + Φ^-1, coefficients ordered (pulsar, frequency, sin/cos)
+        # Σ = F^T N^-1 F + Φ^-1, coefficients ordered (pulsar, frequency, sin/cos): the Φ^-1
+        # entries are added in place at their flat positions (no dense [B, 2KP, 2KP] scatter)
         batch = theta.shape[0]
-        idx = torch.arange(2 * k, device=dev)
-        full = theta.new_zeros(batch, p, 2 * k, p, 2 * k)
-        full[:, :, idx, :, idx] = phi_inv[:, idx // 2].permute(1, 0, 2, 3)
-        sigma = full.reshape(batch, 2 * k * p, 2 * k * p) + self._fnf.to(device=dev, dtype=dt)
+        sigma = self._fnf.to(device=dev, dtype=dt).repeat(batch, 1, 1)
+        vals = phi_inv.repeat_interleave(2, dim=1).reshape(batch, -1)
+        sigma.view(batch, -1).index_add_(1, self._phi_index.to(dev), vals)
         chol, info = torch.linalg.cholesky_ex(sigma)
         dv = self._d.to(device=dev, dtype=dt).expand(batch, -1)[..., None]
-        sol = torch.cholesky_solve(dv, chol)
+        y = torch.linalg.solve_triangular(chol, dv, upper=False)  # d^T Σ^-1 d = |L^-1 d|²
         logdet_sigma = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-        ll = self._const + 0.5 * (dv * sol).sum((-1, -2)) - 0.5 * logdet_phi - 0.5 * logdet_sigma
+        ll = self._const + 0.5 * (y * y).sum((-1, -2)) - 0.5 * logdet_phi - 0.5 * logdet_sigma
         failed = (info != 0) | (info_phi != 0).any(-1)
         return torch.where(failed, torch.full_like(ll, math.nan), ll)
