@@ -222,7 +222,7 @@ class PTAPosterior(Posterior):
 
     def _pta_log_likelihood_chunk(self, theta: torch.Tensor) -> torch.Tensor:
         d, dt, dev = self.data, theta.dtype, theta.device
-        p, k = d.n_pulsars, d.n_freq
+        p = d.n_pulsars
         freqs = self._freqs.to(device=dev, dtype=dt)
         log10_a, gam = theta[:, 0 : 2 * p : 2], theta[:, 1 : 2 * p : 2]
         log_rn = power_law_log_psd(log10_a[..., None], gam[..., None], freqs, d.span)  # [B, P, K]
