@@ -120,51 +120,93 @@ def fixed_bin_error(profiles, exact, keep) -> tuple[float, int]:
     return float(np.sqrt(bias**2 + std**2).mean()), int((~ok).sum())
 
 
-# ------------------------------------------------------------------------- published
-def published_histogram(x1, log_w=None, bins: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """Bin centres and $F = -\\ln(\\text{density})$ on `bins` bins over the samples' own
-    range, shifted by its mean over the finite bins (weighted when `log_w` is given)."""
+# ------------------------------------------------------------------ authors' estimator
+def authors_histogram(x1, log_w=None, bins: int = 30, interval=None) -> tuple:
+    """Bin centres and $F = -\\ln(\\text{density})$ of $x_1$ on `bins` equal bins, shifted by
+    its mean over the finite bins (weighted when `log_w` is given). `interval=None`: the bins
+    span the samples' own range (the authors' notebook); `(LO, HI)`: fixed bins."""
     w = None if log_w is None else _weights(log_w)
-    hist, edges = np.histogram(x1, bins=bins, density=True, weights=w)
-    with np.errstate(divide="ignore"):
+    hist, edges = np.histogram(x1, bins=bins, range=interval, density=True, weights=w)
+    with np.errstate(divide="ignore", invalid="ignore"):
         f = -np.log(hist)
-    return 0.5 * (edges[1:] + edges[:-1]), f - f[np.isfinite(f)].mean()
+    finite = np.isfinite(f)
+    return 0.5 * (edges[1:] + edges[:-1]), f - (f[finite].mean() if finite.any() else 0.0)
 
 
-def published_error(target: DoubleWell2D, centres, profiles) -> dict:
+def authors_error(target: DoubleWell2D, centres, profiles) -> dict:
     """The authors' bias, std and $\\sqrt{\\text{bias}^2 + \\text{std}^2}$ (kT) of repeats
     `profiles [repeats, bins]`, against $u_1$ at `centres` (see the module docstring)."""
-    f = np.array(profiles)
+    f = np.array(profiles, dtype=float)
+    centres = np.asarray(centres, dtype=float)
     exact = target.a * centres + target.b * centres**2 + target.c * centres**4
     exact = exact - exact.min()
     with np.errstate(invalid="ignore"):
         mean = f.mean(0)
-        mean = mean - mean.min()
+        mean = mean - mean[np.isfinite(mean)].min() if np.isfinite(mean).any() else mean
         diff = exact - mean
         keep = (centres > LO) & (centres < HI) & np.isfinite(diff)
-        bias = abs(float(diff[keep].mean()))
-        std = float(f[:, keep].std(0).mean())
+    if not keep.any():  # no bin to judge: an error, never a number to average
+        return {"bias": math.nan, "std": math.nan, "error": math.nan, "bins": 0}
+    bias = abs(float(diff[keep].mean()))
+    std = float(f[:, keep].std(0).mean())
     return {"bias": bias, "std": std, "error": math.hypot(bias, std), "bins": int(keep.sum())}
 
 
-def evaluate(flow, target, samples, repeats, seed, bins_fixed=50, bins_published=30) -> dict:
-    """Both metrics of one trained model from the same `repeats` x `samples` draws."""
-    g = make_generator(seed)
+# ------------------------------------------------------------------------- evaluation
+def histograms(x1, log_w, bins_fixed: int = 50, bins_authors: int = 30) -> dict:
+    """Everything the metrics need from one repeat of draws (weighted profiles; small, JSON)."""
+    nb_c, nb_f = authors_histogram(x1, log_w, bins_authors)
+    _, iv_f = authors_histogram(x1, log_w, bins_authors, (LO, HI))
+    return {
+        "fixed_bins": fixed_bin_profile(x1, log_w, bins_fixed).tolist(),
+        "interval": iv_f.tolist(),
+        "notebook": nb_f.tolist(),
+        "notebook_centres": nb_c.tolist(),
+        "x1_range": [float(x1.min()), float(x1.max())],
+    }
+
+
+def metrics(target, repeats: list[dict], samples: int, bins_fixed=50, bins_authors=30) -> dict:
+    """The three errors (kT) of one trained model from its repeats' `histograms`:
+
+    * `interval`: the authors' estimator on `bins_authors` fixed bins of (LO, HI) (headline);
+    * `notebook`: the same estimator with the bins over each repeat's sample range, as in the
+      authors' notebook (the last repeat's centres stand for all repeats, as there);
+    * `fixed_bins`: per-bin $\\sqrt{\\text{bias}^2 + \\text{std}^2}$ on the exactly-filled bins.
+    """
     exact, keep = exact_profile(target, bins_fixed), evaluation_bins(target, samples, bins_fixed)
-    fixed, pub, raw = [], [], []
+    err, empty = fixed_bin_error([r["fixed_bins"] for r in repeats], exact, keep)
+    edges = np.linspace(LO, HI, bins_authors + 1)
+    return {
+        "interval": authors_error(target, 0.5 * (edges[1:] + edges[:-1]),
+                                  [r["interval"] for r in repeats]),
+        "notebook": authors_error(target, repeats[-1]["notebook_centres"],
+                                  [r["notebook"] for r in repeats]),
+        "fixed_bins": {"error": err, "empty_bins": empty, "bins": int(keep.sum())},
+    }  # fmt: skip
+
+
+def evaluate(flow, target, samples, repeats, seed, bins_fixed=50, bins_authors=30) -> dict:
+    """`repeats` x `samples` path draws of one trained model: per-repeat `histograms`, the
+    `metrics`, and the non-finite log-weights met (which must be 0)."""
+    g = make_generator(seed)
+    rows, bad = [], 0
     for _ in range(repeats):
         x1, lw = draw(flow, target, samples, g)
-        fixed.append(fixed_bin_profile(x1, lw, bins_fixed))
-        centres, f = published_histogram(x1, lw, bins_published)
-        pub.append(f)
-        centres_raw, f_raw = published_histogram(x1, None, bins_published)
-        raw.append(f_raw)
-    err, empty = fixed_bin_error(fixed, exact, keep)
-    return {
-        "fixed_bins": {"error": err, "empty_bins": empty, "bins": int(keep.sum())},
-        "published": published_error(target, centres, pub),
-        "published_unweighted": published_error(target, centres_raw, raw),
-    }
+        bad += int((~np.isfinite(lw)).sum()) + int((~np.isfinite(x1)).sum())
+        rows.append(histograms(x1, lw, bins_fixed, bins_authors))
+    return {"metrics": metrics(target, rows, samples, bins_fixed, bins_authors),
+            "nonfinite": bad, "repeats": rows}  # fmt: skip
+
+
+def evaluate_exact(target, samples, repeats, seed, bins_fixed=50, bins_authors=30) -> dict:
+    """The same metrics for exact i.i.d. draws with equal weights: the floor of each metric."""
+    g = make_generator(seed)
+    rows = []
+    for _ in range(repeats):
+        x1 = target.sample(samples, generator=g)[:, 0].double().numpy()
+        rows.append(histograms(x1, np.zeros_like(x1), bins_fixed, bins_authors))
+    return {"metrics": metrics(target, rows, samples, bins_fixed, bins_authors)}
 
 
 # -------------------------------------------------------------------------- training
