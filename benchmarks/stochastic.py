@@ -25,8 +25,9 @@ Resumable: each training's result (metrics and the per-repeat histograms they co
 written to `--cache-dir` as `<protocol>-<model>-seed<k>.json` and reused when its settings
 match, so rerunning the same command continues where it stopped. Trainings run seed-major
 (seed 0 of every model, then seed 1, ...); the table uses the same number of trainings for
-every model, the smallest number cached. `--table-only` trains nothing and prints the table of
-what is cached. Processes with disjoint `--only` may share one cache.
+every model, the smallest number cached (the first ones in seed order). `--table-only` trains
+nothing and prints the table of what is cached. Processes with disjoint `--only` or
+`--first-seed` ranges may share one cache.
 
 `--protocol` chooses how the models are built and trained:
 
@@ -188,7 +189,7 @@ def double_well(args) -> dict:
     data = target.sample(10_000, generator=make_generator(args.data_seed))
     floor = _exact_floor(args, target)
     rows = {m: [] for m in models}
-    for seed in range(args.trainings):
+    for seed in range(args.first_seed, args.trainings):
         for model in models:
             path = Path(args.cache_dir) / f"{args.protocol}-{model}-seed{seed}.json"
             if args.table_only and not path.is_file():
@@ -241,6 +242,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--protocol", choices=("published", "package"), default="published")
     ap.add_argument("--trainings", type=int, default=10)
+    ap.add_argument(
+        "--first-seed", type=int, default=0, help="start at this seed (others may run the rest)"
+    )
     ap.add_argument("--samples", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--bins", type=int, default=50, help="bins of the fixed-bin metric")
