@@ -1,20 +1,27 @@
 """Bayesian benchmark: boltzflow vs emcee on the PTA and radial-velocity posteriors.
 
 pta-sim (22 parameters):
-  * likelihood evaluations per effective sample for emcee's stretch move and for boltzflow's
-    recipe sampler (``hybrid`` with dense-metric HMC, 32 leapfrog steps per trajectory, flow
-    moves off), and their ratio. Every evaluation counts (emcee burn-in; boltzflow's descent
-    from the prior and warm-up); a likelihood evaluation with its gradient counts as one. The
-    draws for the evidence come after the chains and are reported separately. Effective
-    sample = minimum bulk ESS over the 22 constrained parameters (arviz; walkers or chains as
-    chains);
+  * cost per effective sample for emcee's stretch move and for boltzflow's recipe sampler (and
+    for any other ``boltzflow run pta-sim`` output given with ``--from-run``), and the ratio,
+    in plain-likelihood-evaluation equivalents: a plain evaluation counts 1 and an evaluation
+    with its gradient counts the measured ratio of their CPU times at the sampler's batch size
+    (``gradient_cost``, measured in the same benchmark run; about 6-8 on one core). Gradient
+    evaluations are counted as they happen for an in-process run; for a run read from disk
+    every sampling evaluation of a gradient-based method (``hybrid``, ``neutra``, ``hmc``,
+    ``smc`` with ``move = "hmc"``) is counted as a gradient evaluation. Every evaluation counts
+    (emcee burn-in; boltzflow's descent from the prior, warm-up and flow fitting); the draws
+    for the evidence come after the sampler and are reported separately. Effective sample =
+    minimum bulk ESS over the 22 constrained parameters (arviz; walkers, chains or SMC islands
+    as chains);
   * the wall time of each run if it ends with R-hat < 1.01 and ESS >= 1000 (else null);
   * emcee's chain length in units of its integrated autocorrelation time (emcee's estimator,
     after burn-in), which should be >= 50 for its ESS to be trustworthy, and emcee's cost from
     that tau (walkers x kept steps / tau as its ESS); the ratio uses the more favourable of
     emcee's two figures;
   * posterior agreement: |mean_emcee - mean_boltzflow| / combined MCSE for every parameter;
-  * evidence log Z ± bootstrap error and PSIS k̂ from the flow's draws.
+  * evidence log Z ± bootstrap error and PSIS k̂ from the flow's draws, the sampler's own
+    log Z (SMC), and with ``--nested`` a nested-sampling log Z (dynesty, random-walk
+    proposals; ``pip install boltzflow[nested]``) with the combined-error z-scores.
 
 rv-kepler: period-mode weights from boltzflow (self-normalized importance sampling with the
 annealed flow on the recipe's marginal posterior, delta-method errors) and from emcee (one run
@@ -23,7 +30,8 @@ model and on the marginal model, whose spread measures emcee's error without tru
 autocorrelation estimate) against the quadrature reference in
 ``systems/rv-kepler/reference.json``.
 
-Usage: ``python benchmarks/bayes.py [--budget smoke|default] [--only pta|rv] [--out FILE]``.
+Usage: ``python benchmarks/bayes.py [--budget smoke|default] [--only pta|rv] [--nested]
+[--out FILE]``.
 The long emcee reference can be cached (``--emcee-cache FILE.npz``: written if absent, read if
 present); ``--from-run DIR`` reads boltzflow's samples from a ``boltzflow run pta-sim`` output
 instead of sampling again (``--rv-from-run DIR`` likewise for rv-kepler). The default emcee
@@ -33,8 +41,10 @@ reference, 46 walkers x 40,000 steps, takes about 35 min; run the benchmark with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -42,9 +52,10 @@ import emcee
 import numpy as np
 import torch
 
-from boltzflow import arviz_compat, registry
+from boltzflow import arviz_compat
 from boltzflow.energies.astro_pta import PTAPosterior
 from boltzflow.energies.astro_rv import RVPosterior
+from boltzflow.runs import registry
 from boltzflow.runs.pipeline import build_flow, build_target
 from boltzflow.runs.recipes import load_recipe
 from boltzflow.sampling import diagnostics
@@ -67,6 +78,87 @@ def constrained(post, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         t = post.constrain(torch.as_tensor(x).reshape(-1, x.shape[-1])).theta
     return t.reshape(*x.shape[:2], -1).numpy()
+
+
+GRADIENT_METHODS = ("hybrid", "neutra", "hmc", "mala")
+"""Samplers whose every sampling evaluation comes with a gradient (runs read from disk)."""
+
+
+def gradient_cost(post, batch: int, repeats: int = 5, seed: int = 0) -> dict:
+    """CPU seconds per point of ``post.energy`` and of ``post.force`` (energy and gradient) at
+    ``batch`` prior draws, alternated ``repeats`` times (median), and their ratio: the cost of
+    one gradient evaluation in plain evaluations. Its evaluations are not counted in any run."""
+    x = post.sample_prior(batch, torch.Generator().manual_seed(seed)).double()
+    n0 = post.n_evaluations
+    plain, grad = [], []
+    for _ in range(repeats):
+        c0 = time.process_time()
+        with torch.no_grad():
+            post.energy(x)
+        c1 = time.process_time()
+        post.force(x)
+        c2 = time.process_time()
+        plain.append((c1 - c0) / batch)
+        grad.append((c2 - c1) / batch)
+    post.n_evaluations = n0
+    p, g = float(np.median(plain)), float(np.median(grad))
+    return {"batch": batch, "plain_cpu_seconds": p, "gradient_cpu_seconds": g, "ratio": g / p}
+
+
+@contextlib.contextmanager
+def count_gradients(post):
+    """Counts the points that ``post.energy`` evaluates with autograd recording (``["n"]``)."""
+    plain = post.energy
+    counter = {"n": 0}
+
+    def energy(x):
+        if torch.is_grad_enabled() and x.requires_grad:
+            counter["n"] += int(x.shape[0])
+        return plain(x)
+
+    post.energy = energy
+    try:
+        yield counter
+    finally:
+        del post.energy
+
+
+def run_dynesty(post, nlive: int = 250, walks: int = 25, seed: int = 0) -> dict:
+    """log Z of a posterior with uniform priors by dynesty's nested sampling (Speagle 2020,
+    MNRAS 493, 3132): ``nlive`` live points, bounded random-walk proposals of ``walks`` steps,
+    multi-ellipsoid bounds, stopped at a remaining dlog Z of 0.5; its own error estimate."""
+    import dynesty
+
+    lows = np.array([p.prior.low for p in post.parameters], dtype=float)
+    widths = np.array([p.prior.high - p.prior.low for p in post.parameters], dtype=float)
+    like = post.log_likelihood
+
+    def loglike(theta):
+        with torch.no_grad():
+            v = float(like(torch.as_tensor(theta[None], dtype=torch.float64))[0])
+        return v if math.isfinite(v) else -1e300
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    sampler = dynesty.NestedSampler(
+        loglike,
+        lambda u: lows + widths * u,
+        len(lows),
+        nlive=nlive,
+        sample="rwalk",
+        walks=walks,
+        bound="multi",
+        rstate=np.random.default_rng(seed),
+    )
+    sampler.run_nested(dlogz=0.5, print_progress=False)
+    r = sampler.results
+    return {
+        "log_z": {"mean": float(r.logz[-1]), "stderr": float(r.logzerr[-1])},
+        "evaluations": int(np.sum(r.ncall)),
+        "nlive": nlive,
+        "walks": walks,
+        "wall_seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
+    }
 
 
 def run_emcee(post, walkers: int, steps: int, seed: int = 0, cache: str | None = None) -> dict:
@@ -110,12 +202,16 @@ def _read_run(post, run_dir: Path) -> dict:
     y = np.stack([posterior[n].values for n in post.parameter_names], -1)
     s = summary["sampling"]
     extra = s.get("evidence", {}).get("n", 0) + summary["reweighting"]["n"]  # not for samples
+    gradient = s["method"] in GRADIENT_METHODS or s.get("move") == "hmc"
     return {
+        "method": s["method"],
         "theta": constrained(post, y),
         "evaluations": s["energy_evaluations"],
         "evidence_evaluations": extra,
+        "gradient_evaluations": s["energy_evaluations"] - extra if gradient else 0,
         "wall_seconds": s["wall_seconds"],
         "info": s,
+        "evidence": s.get("evidence") or {"log_z": summary["reweighting"].get("log_z")},
     }
 
 
@@ -124,33 +220,45 @@ def run_boltzflow(post, system: str, budget: str, seed: int = 0, **override) -> 
     recipe = load_recipe(system, budget)
     sp = {k: v for k, v in recipe.sampling.items() if k not in ("method", "n_importance")}
     sp.update(override)
-    sampler = registry.resolve(registry.SAMPLERS, recipe.sampling["method"], "sampler")
+    method = sp.pop("method_override", recipe.sampling["method"])
+    sampler = registry.resolve(registry.SAMPLERS, method, "sampler")
     flow = build_flow(recipe, post, seed).double()
     t0, c0 = time.perf_counter(), time.process_time()
-    res = sampler(flow, post, seed=seed + 2, **sp)
+    with count_gradients(post) as grads:
+        res = sampler(flow, post, seed=seed + 2, **sp)
     return {
+        "method": method,
         "result": res,
         "theta": constrained(post, res.x.numpy()),
         "evaluations": res.energy_evaluations,
         "evidence_evaluations": int(sp.get("evidence_samples", 0)),
+        "gradient_evaluations": grads["n"],
         "wall_seconds": time.perf_counter() - t0,
         "cpu_seconds": time.process_time() - c0,
         "info": res.info,
+        "evidence": res.info.get("evidence", {}),
     }
 
 
-def efficiency(run: dict) -> dict:
+def efficiency(run: dict, gradient_ratio: float = 1.0) -> dict:
+    """R-hat, ESS and the cost per effective sample; ``gradient_ratio`` is the cost of one
+    evaluation with its gradient in plain evaluations (``gradient_cost``)."""
     ess = diagnostics.ess(run["theta"])
     evals = run["evaluations"] - run.get("evidence_evaluations", 0)  # sampling and training
+    n_grad = min(run.get("gradient_evaluations", 0), evals)
+    plain_equivalents = evals - n_grad + n_grad * gradient_ratio
     rhat = float(diagnostics.rhat(run["theta"]).max())
     converged = rhat < 1.01 and float(ess.min()) >= 1000
     out = {
         "evaluations": evals,
+        "gradient_evaluations": n_grad,
+        "plain_equivalents": plain_equivalents,
         "evidence_evaluations": run.get("evidence_evaluations", 0),
         "min_bulk_ess": float(ess.min()),
         "min_tail_ess": float(diagnostics.ess(run["theta"], "tail").min()),
         "max_rhat": rhat,
         "evaluations_per_ess": evals / float(ess.min()),
+        "cost_per_ess": plain_equivalents / float(ess.min()),
         "wall_seconds": run["wall_seconds"],
         # the whole run's wall time if it ends with R-hat < 1.01 and ESS >= 1000, else None
         "wall_seconds_to_rhat_1.01_ess_1000": run["wall_seconds"] if converged else None,
@@ -160,16 +268,32 @@ def efficiency(run: dict) -> dict:
     return out
 
 
-def pta_benchmark(cfg: dict, budget: str, cache=None, from_run=None) -> dict:
+def _z_pairs(estimates: dict) -> dict:
+    """|a - b| / combined stderr for every pair of ``{name: {"mean", "stderr"}}``."""
+    names = [n for n, e in estimates.items() if e and math.isfinite(e.get("mean", math.nan))]
+    out = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            ea, eb = estimates[a], estimates[b]
+            out[f"{a} vs {b}"] = abs(ea["mean"] - eb["mean"]) / math.hypot(
+                ea["stderr"], eb["stderr"]
+            )
+    return out
+
+
+def pta_benchmark(cfg: dict, budget: str, cache=None, from_runs=(), nested=False) -> dict:
     post = PTAPosterior(seed=0, **cfg["pta"])
     em = run_emcee(post, *cfg["emcee"], cache=cache)
-    if from_run:
-        bf = _read_run(post, Path(from_run))
+    if from_runs:
+        runs = [_read_run(post, Path(d)) for d in from_runs]
     elif cfg["pta"]:  # a smaller array than the recipe's: use the recipe's smoke settings
-        bf = run_boltzflow(post, "pta-sim", "smoke")
+        runs = [run_boltzflow(post, "pta-sim", "smoke")]
     else:
-        bf = run_boltzflow(post, "pta-sim", budget)
-    res = {"emcee": efficiency(em), "boltzflow": efficiency(bf)}
+        runs = [run_boltzflow(post, "pta-sim", budget)]
+    grad_runs = [r for r in runs if r["gradient_evaluations"]]
+    batch = grad_runs[0]["theta"].shape[0] if grad_runs else 8
+    cost = gradient_cost(post, batch)
+    res = {"gradient_cost": cost, "emcee": efficiency(em)}
     res["emcee"].update(
         acceptance=em["acceptance"],
         tau_max=em["tau_max"],
@@ -177,25 +301,46 @@ def pta_benchmark(cfg: dict, budget: str, cache=None, from_run=None) -> dict:
         ess_from_tau=em["ess_from_tau"],
         evaluations_per_ess_from_tau=em["evaluations"] / em["ess_from_tau"],
     )
-    info = bf["info"]
-    ev = info.get("evidence", {})
-    res["boltzflow"].update(
-        acceptance=info.get("acceptance_rate"),
-        training_evaluations=info.get("warmup_evaluations"),
-        training_seconds=info.get("warmup_seconds"),
-        local_acceptance=info.get("local_acceptance"),
-        importance_kish_ess=ev.get("ess"),
-    )
-    # A short emcee chain (< 50 tau) makes arviz's bulk ESS unreliable; the ratio uses the more
+    # A short emcee chain (< 50 tau) makes arviz's bulk ESS unreliable; the ratios use the more
     # favourable of the two emcee figures (arviz bulk ESS, or walkers x steps / tau_max).
     e = res["emcee"]
     emcee_cost = min(e["evaluations_per_ess"], e["evaluations_per_ess_from_tau"])
-    res["ratio_evaluations_per_ess"] = emcee_cost / res["boltzflow"]["evaluations_per_ess"]
-    mcse = np.hypot(diagnostics.mcse(em["theta"], "mean"), diagnostics.mcse(bf["theta"], "mean"))
-    z = np.abs(em["theta"].mean((0, 1)) - bf["theta"].mean((0, 1))) / mcse
-    res["agreement_z"] = dict(zip(post.names, map(float, z), strict=True))
-    res["agreement_max_z"] = float(z.max())
-    res["evidence"] = ev
+    log_z = {}
+    res["samplers"] = []
+    for i, run in enumerate(runs):
+        name = "boltzflow" if i == 0 else f"boltzflow_{i}"
+        q = efficiency(run, cost["ratio"])
+        info, ev = run["info"], run["evidence"] or {}
+        q.update(
+            method=run["method"],
+            acceptance=info.get("acceptance_rate"),
+            training_evaluations=info.get("warmup_evaluations"),
+            local_acceptance=info.get("local_acceptance"),
+            importance_kish_ess=ev.get("ess"),
+            evidence=ev,
+            ratio_cost_per_ess=emcee_cost / q["cost_per_ess"],
+        )
+        mcse = np.hypot(
+            diagnostics.mcse(em["theta"], "mean"), diagnostics.mcse(run["theta"], "mean")
+        )
+        z = np.abs(em["theta"].mean((0, 1)) - run["theta"].mean((0, 1))) / mcse
+        q["agreement_z"] = dict(zip(post.names, map(float, z), strict=True))
+        q["agreement_max_z"] = float(z.max())
+        res[name] = q
+        res["samplers"].append(name)
+        if ev.get("log_z"):
+            log_z[f"{run['method']} flow importance"] = ev["log_z"]
+        if isinstance(info.get("log_z"), dict):
+            log_z[f"{run['method']} sampler"] = info["log_z"]
+    # kept for readers of older outputs: the recipe sampler's figures
+    res["ratio_evaluations_per_ess"] = res["boltzflow"]["ratio_cost_per_ess"]
+    res["agreement_max_z"] = res["boltzflow"]["agreement_max_z"]
+    res["evidence"] = res["boltzflow"]["evidence"]
+    if nested:
+        res["nested"] = run_dynesty(post)
+        log_z["dynesty"] = res["nested"]["log_z"]
+    res["log_z"] = log_z
+    res["log_z_pairs_z"] = _z_pairs(log_z)
     return res
 
 
@@ -303,8 +448,15 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--only", choices=("pta", "rv"), default=None)
     parser.add_argument("--emcee-cache", default=None, help="npz of the pta-sim emcee run")
-    parser.add_argument("--from-run", default=None, help="a `boltzflow run pta-sim` directory")
+    parser.add_argument(
+        "--from-run",
+        action="append",
+        default=[],
+        help="a `boltzflow run pta-sim` directory (repeat for several samplers; the first is "
+        "reported as the recipe's)",
+    )
     parser.add_argument("--rv-from-run", default=None, help="a `boltzflow run rv-kepler` dir")
+    parser.add_argument("--nested", action="store_true", help="pta-sim log Z by dynesty too")
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -312,28 +464,40 @@ def main() -> None:
     t0 = time.perf_counter()
     results = {"budget": args.budget}
     if args.only in (None, "pta"):
-        p = pta_benchmark(cfg, args.budget, args.emcee_cache, args.from_run)
+        p = pta_benchmark(cfg, args.budget, args.emcee_cache, args.from_run, args.nested)
         results["pta-sim"] = p
-        e, b = p["emcee"], p["boltzflow"]
+        gc, e = p["gradient_cost"], p["emcee"]
         print(
-            f"pta-sim evaluations per effective sample: emcee {e['evaluations_per_ess']:.1f} "
+            f"pta-sim: a gradient costs {gc['ratio']:.1f} plain evaluations "
+            f"({1e3 * gc['gradient_cpu_seconds']:.2f} against {1e3 * gc['plain_cpu_seconds']:.2f}"
+            f" ms CPU per point at batch {gc['batch']})"
+        )
+        print(
+            f"  emcee: {e['evaluations_per_ess']:.1f} evaluations per effective sample "
             f"({e['evaluations']} evaluations, min bulk ESS {e['min_bulk_ess']:.0f}, "
             f"{e['kept_steps_over_tau']:.0f} tau; {e['evaluations_per_ess_from_tau']:.1f} from "
-            f"walkers x steps / tau), boltzflow {b['evaluations_per_ess']:.1f} "
-            f"({b['evaluations']} evaluations, min bulk ESS {b['min_bulk_ess']:.0f}), "
-            f"ratio {p['ratio_evaluations_per_ess']:.1f}x"
+            f"walkers x steps / tau)"
         )
-        print(f"pta-sim posterior agreement: max |z| = {p['agreement_max_z']:.2f}")
-        for name, q in (("emcee", e), ("boltzflow", b)):
+        for name in ["emcee", *p["samplers"]]:
+            q = p[name]
             t = q["wall_seconds_to_rhat_1.01_ess_1000"]
-            print(
-                f"  {name}: R-hat {q['max_rhat']:.3f}, min bulk ESS {q['min_bulk_ess']:.0f}, "
-                f"wall {q['wall_seconds']:.0f} s; R-hat < 1.01 with ESS >= 1000: "
-                + (f"{t:.0f} s" if t is not None else "not reached")
+            extra = (
+                f", {q['cost_per_ess']:.1f} plain-evaluation equivalents per effective sample "
+                f"({q['gradient_evaluations']} of {q['evaluations']} evaluations with a "
+                f"gradient), emcee's cost / this {q['ratio_cost_per_ess']:.1f}, posterior "
+                f"agreement max |z| {q['agreement_max_z']:.2f}"
+                if name != "emcee"
+                else ""
             )
-        if p["evidence"]:
-            lz = p["evidence"]["log_z"]
-            print(f"pta-sim log Z = {lz['mean']:.3f} ± {lz['stderr']:.3f}")
+            print(
+                f"  {q.get('method', name)}: R-hat {q['max_rhat']:.3f}, min bulk ESS "
+                f"{q['min_bulk_ess']:.0f}, wall {q['wall_seconds']:.0f} s; R-hat < 1.01 with "
+                "ESS >= 1000: " + (f"{t:.0f} s" if t is not None else "not reached") + extra
+            )
+        for name, lz in p["log_z"].items():
+            print(f"  log Z ({name}) = {lz['mean']:.3f} ± {lz['stderr']:.3f}")
+        for pair, z in p["log_z_pairs_z"].items():
+            print(f"  log Z {pair}: {z:.2f} combined errors")
     if args.only in (None, "rv"):
         r = rv_benchmark(cfg, args.budget, args.rv_from_run)
         results["rv-kepler"] = r
