@@ -21,7 +21,7 @@ pta-sim (22 parameters):
   * posterior agreement: |mean_emcee - mean_boltzflow| / combined MCSE for every parameter;
   * evidence log Z ± bootstrap error and PSIS k̂ from the flow's draws, the sampler's own
     log Z (SMC), and with ``--nested`` a nested-sampling log Z (dynesty, random-walk
-    proposals; ``pip install boltzflow[nested]``) with the combined-error z-scores.
+    proposals; ``pip install boltzflow[benchmarks]``) with the combined-error z-scores.
 
 rv-kepler: period-mode weights from boltzflow (self-normalized importance sampling with the
 annealed flow on the recipe's marginal posterior, delta-method errors) and from emcee (one run
