@@ -152,6 +152,19 @@ class Energy:
     parameter_names: Sequence[str] | None = None
     """One name per flattened coordinate of `x` for the samples file, or `None` (then
     `x_0, x_1, ...`)."""
+    differentiable: bool = True
+    """Whether `force` (autograd of `energy`) is available. `False` for likelihoods written in
+    numpy or C: gradient-based samplers and starts then refuse or fall back to gradient-free
+    moves."""
+    dtype: torch.dtype | None = None
+    """The dtype the target is evaluated in (samplers cast their states to it, e.g.
+    `torch.float64` for posteriors), or `None`: whatever dtype the input has."""
+    reference_state: torch.Tensor | None = None
+    """A reference configuration `Tensor[dim]` of the system (e.g. an ideal crystal), about
+    which flows can be built (`reference = "target"` of a rigid-body flow), or `None`."""
+    n_molecules: int | None = None
+    """Number of molecules of a molecular system; runs then also report free energies per
+    molecule. `None` for other targets."""
 
     def __init__(self, event_shape: int | tuple[int, ...], temperature_scale: float = 1.0):
         self.event_shape = as_event_shape(event_shape)

@@ -304,6 +304,24 @@ class IceXITarget(OpenMMBacked, Energy):
         path = self.folder / REFERENCE_FILE
         return json.loads(path.read_text()) if path.is_file() else {}
 
+    def exact_free_energy(self, name: str) -> float:
+        r"""The MBAR reference for `name = "delta_f_per_molecule"`: $\Delta F/N$ in kT per
+        molecule between the target and the start state (`reference.json`, written by
+        `python -m boltzflow.molecular.ice_reference`); `KeyError` for other names or without
+        a reference file."""
+        return self._reference_entry(name, name)
+
+    def reference_stderr(self, name: str) -> float:
+        """Standard error of the MBAR reference `exact_free_energy(name)` (kT per molecule,
+        MBAR's asymptotic error)."""
+        return self._reference_entry(name, "stderr_per_molecule")
+
+    def _reference_entry(self, name: str, key: str) -> float:
+        value = self.reference().get(key) if name == "delta_f_per_molecule" else None
+        if value is None:
+            raise KeyError(f"{type(self).__name__} has no reference for '{name}'")
+        return float(value)
+
     def report_data(self, x: torch.Tensor, log_weight: torch.Tensor) -> dict:
         r"""`ice.json`: the MBAR reference ΔF/N stored in the system folder, its standard error
         and the published values (Köhler et al. 2023); and a check of the reweighted samples

@@ -141,23 +141,15 @@ def attach_sample_base(stack, recipe, flow, target, runtime: dict):
 
 
 def _reference(target, name: str):
-    """`(value, stderr or None)` of the target's reference for `name`, or `None`.
-
-    From `target.exact_free_energy(name)` and `target.reference_stderr(name)`; else from a
-    `target.reference()` dict with `name` and `stderr_<per-what>` keys (a system's
-    `reference.json`, e.g. `delta_f_per_molecule` and `stderr_per_molecule`).
-    """
+    """`(value, stderr or None)` of the target's reference for `name`
+    (`target.exact_free_energy(name)`, `target.reference_stderr(name)`), or `None`."""
     try:
         value = float(target.exact_free_energy(name))
-    except (KeyError, ValueError, NotImplementedError, AttributeError):
-        table = target.reference() if callable(getattr(target, "reference", None)) else {}
-        if not isinstance(table, dict) or table.get(name) is None:
-            return None
-        se = table.get("stderr" + name[len("delta_f") :])
-        return float(table[name]), None if se is None else float(se)
+    except (KeyError, ValueError, NotImplementedError):
+        return None
     try:
         return value, float(target.reference_stderr(name))
-    except (KeyError, ValueError, NotImplementedError, AttributeError):
+    except (KeyError, ValueError, NotImplementedError):
         return value, None
 
 
@@ -188,7 +180,7 @@ def free_energies(flow, target, n_bootstrap: int, seed: int) -> dict:
     res = targeted_and_plain_fep(
         flow, target, flow.base.samples, n_bootstrap=n_bootstrap, seed=seed
     )
-    n_mol = getattr(target, "n_molecules", None)
+    n_mol = target.n_molecules
     out = {}
     for method, suffix in (("flow", ""), ("plain", "_plain_fep")):
         r = res[method]

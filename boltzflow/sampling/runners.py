@@ -164,12 +164,15 @@ class SamplingResult(NamedTuple):
 @torch.no_grad()
 def constrained_draws(target, x: torch.Tensor) -> torch.Tensor | None:
     """Draws `x [chains, draws, dim]` of a [`Posterior`][boltzflow.energies.posterior.Posterior]
-    in its constrained parameters, `[chains, draws, n_theta]` (ordered as `target.names`);
-    `None` for a target without named constrained parameters."""
-    if not (hasattr(target, "names") and hasattr(target, "n_theta")) or x.ndim != 3:
+    in its constrained parameters, `[chains, draws, n_theta]` (ordered as the posterior's `names`);
+    `None` for a target without constrained parameters."""
+    if x.ndim != 3:
         return None
     chains, draws = x.shape[:2]
-    theta = target.constrain(x.reshape(chains * draws, -1)).theta
+    try:
+        theta = target.constrain(x.reshape(chains * draws, -1)).theta
+    except NotImplementedError:
+        return None
     return theta.reshape(chains, draws, -1)
 
 

@@ -206,7 +206,7 @@ def smc(
         `stage_steps`, `stage_step_size`, `stage_correlation`, `resampled`, `n_nonfinite`,
         `islands`, `final_beta`, R-hat and ESS across islands, and the evaluation count.
     """
-    if move == "hmc" and not getattr(target, "differentiable", True):
+    if move == "hmc" and not target.differentiable:
         raise ValueError("move='hmc' needs a differentiable target: use move='pcn' or 'rwm'")
     if flow is None:
         from boltzflow.flows.builders import spline_coupling_flow

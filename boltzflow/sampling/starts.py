@@ -170,10 +170,10 @@ def laplace_approximation(
         raise ValueError(
             f"no finite energy at {n_probe} probe points around 0 in the unconstrained "
             "coordinates: pass starting points explicitly with init=Tensor[n, dim] "
-            "(unconstrained, e.g. target.unconstrain(theta)), or give the target a proper prior"
+            "(unconstrained, e.g. posterior.unconstrain(theta)), or give the target a proper prior"
         )
     y0 = probe[torch.where(finite, u, torch.full_like(u, math.inf)).argmin()]
-    differentiable = bool(getattr(target, "differentiable", True))
+    differentiable = bool(target.differentiable)
     if differentiable:
         res = minimize(
             _energy_and_grad_np(target, dtype),
@@ -348,7 +348,7 @@ def start_points(
             raise ValueError(
                 f"{int(bad.sum())} of the {n} given starting points have a non-finite energy: "
                 "give points inside the support (unconstrained coordinates, e.g. "
-                "target.unconstrain(theta)), or init='auto'"
+                "posterior.unconstrain(theta)), or init='auto'"
             )
         return x
     if init not in INIT_CHOICES:
@@ -375,10 +375,10 @@ def match_flow_dtype(flow, target, x: torch.Tensor) -> torch.Tensor:
     """Cast a flow that is narrower than the target's declared `dtype` (a float32 flow on a
     float64 [`Posterior`][boltzflow.energies.posterior.Posterior]) to that dtype, with a
     warning, and return the starting points `x` in it, so that chain states never run in float32
-    against float64 energies. A target without a `dtype` attribute keeps `x`'s dtype.
+    against float64 energies. A target whose `dtype` is `None` keeps `x`'s dtype.
     """
     want = x.dtype
-    declared = getattr(target, "dtype", None)
+    declared = target.dtype
     if isinstance(declared, torch.dtype):
         want = torch.promote_types(want, declared)
     params = next(iter(flow.parameters()), None) if flow is not None else None

@@ -28,6 +28,9 @@ SUBCLASS_READS = {
     ("molecular/umbrella.py", "pool"),
     ("molecular/umbrella.py", "temperature"),
     ("cli/md.py", "md_frames"),  # ``boltzflow md`` runs a molecular recipe's MD
+    ("molecular/ice_reference.py", "ice"),  # IceXITarget: its MBAR temperature ladder
+    ("molecular/ice_reference.py", "md_states"),
+    ("molecular/ice_reference.py", "potential_energy"),
 }
 
 # getattr/hasattr stays only where objects other than an Energy are accepted on purpose.

@@ -251,6 +251,12 @@ def test_registered_and_built_from_a_target():
     assert len(list(flow.transform.transforms)) == 6 + 2
     with pytest.raises(ValueError, match="box"):
         rigid_body_flow(2)
+
+    class NoReference(Ice):
+        reference_state = None
+
+    with pytest.raises(ValueError, match="NoReference has none"):
+        build(NoReference(), num_layers=1, reference="target", seed=0, **SMALL)
     a = rigid_body_flow(2, BOX, num_layers=1, seed=3, **SMALL)
     b = rigid_body_flow(2, BOX, num_layers=1, seed=3, **SMALL)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):

@@ -186,3 +186,8 @@ def test_the_report_carries_the_shipped_reference(ice_target):
     assert data["mbar_reference"] == shipped["delta_f_per_molecule"]
     assert 0 < data["mbar_reference_stderr"] < 0.05
     assert torch.equal(ice_target.reference_state, ice_target.ice.rigid[0])
+    # the same reference through the Energy hooks that runs read (targeted runs' z-scores)
+    assert ice_target.exact_free_energy("delta_f_per_molecule") == shipped["delta_f_per_molecule"]
+    assert ice_target.reference_stderr("delta_f_per_molecule") == shipped["stderr_per_molecule"]
+    with pytest.raises(KeyError, match="no reference for 'delta_f'"):
+        ice_target.exact_free_energy("delta_f")

@@ -62,9 +62,12 @@ def _reference(reference, target, n: int, box):
     if isinstance(reference, str):
         if reference != "target":
             raise ValueError("reference must be a rigid state, frames, None or 'target'")
-        reference = getattr(target, "reference_state", None)
-        if reference is None:  # an ice target: its start structure
-            reference = target.ice.rigid
+        reference = target.reference_state
+        if reference is None:
+            raise ValueError(
+                f"reference='target' needs a target with a reference_state; "
+                f"{type(target).__name__} has none: give the reference state or frames"
+            )
     reference = torch.as_tensor(reference, dtype=torch.float64)
     if reference.ndim == 2 and reference.shape[0] > 1:  # frames: their mean structure
         reference = mean_structure(reference, box)
