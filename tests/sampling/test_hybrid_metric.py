@@ -38,7 +38,7 @@ def _run(gaussian, local, **kw):
 @pytest.fixture(scope="module")
 def dense_run(gaussian):
     return _run(
-        gaussian, "hmc", metric="dense", global_steps=0, repeats=(1, 0), evidence_samples=4000,
+        gaussian, "hmc", metric="dense", global_steps=0, repeats=(1, 0), evidence_samples=16000,
         evidence_train_steps=300,
     )  # fmt: skip
 
