@@ -146,7 +146,9 @@ def simulate_pta(
 
 
 class PTAPosterior(Posterior):
-    r"""Posterior of the simulated PTA in the unconstrained (logit) coordinates, 22-D.
+    r"""Posterior of the simulated PTA in the unconstrained (probit) coordinates, 22-D: each
+    uniform prior is mapped by $\theta = a + (b - a)\,\Phi(y)$, so the prior of $y$ is standard
+    normal.
 
     Args:
         seed, n_pulsars, n_toas, span, n_freq, log10_a_gw, gamma_gw: passed to
