@@ -198,6 +198,8 @@ def double_well(args) -> dict:
             rows[model].append(row)
             print(_line(model, seed, row["metrics"], row), flush=True)
     n = min(len(r) for r in rows.values())
+    print("trainings cached per model: " + ", ".join(f"{m} {len(r)}" for m, r in rows.items())
+          + f"; the table uses the first {n} of each")  # fmt: skip
     out = {"trainings_per_model": n, "exact_sampling": floor}
     for model in models:
         runs = rows[model][:n]
