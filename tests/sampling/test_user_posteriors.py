@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from boltzflow.energies.posterior import from_log_prob
+from boltzflow.energies.standard_posteriors import regression
 from boltzflow.flows.builders import spline_coupling_flow
 from boltzflow.sampling.bayes_anneal import annealed_flow
 from boltzflow.sampling.coverage import coverage_check
@@ -20,37 +21,6 @@ from boltzflow.sampling.reweighting import reweight
 from boltzflow.sampling.starts import initial_points, laplace_approximation
 
 pytestmark = pytest.mark.usefixtures("float64_module")
-
-
-def regression(n=200, p=4, sigma=0.5, tau=2.0, seed=0, numpy=False):
-    """Bayesian linear regression, prior N(0, tau²) per coefficient inside `log_prob` (Flat
-    priors): posterior mean, covariance and log Z in closed form."""
-    rs = np.random.RandomState(seed)
-    X = rs.randn(n, p)
-    y = X @ rs.randn(p) + sigma * rs.randn(n)
-    Xt, yt = torch.tensor(X), torch.tensor(y)
-    norm = -math.log(sigma) - 0.5 * math.log(2 * math.pi)
-
-    def log_prob(t):
-        lp = (-0.5 * (t / tau) ** 2 - math.log(tau) - 0.5 * math.log(2 * math.pi)).sum(-1)
-        r = (yt - t @ Xt.T) / sigma
-        return lp + (-0.5 * r**2 + norm).sum(-1)
-
-    def log_prob_np(t):
-        lp = (-0.5 * (t / tau) ** 2 - math.log(tau) - 0.5 * math.log(2 * math.pi)).sum(-1)
-        r = (y - t @ X.T) / sigma
-        return lp + (-0.5 * r**2 + norm).sum(-1)
-
-    cov_y = sigma**2 * np.eye(n) + tau**2 * X @ X.T
-    log_z = float(
-        -0.5 * y @ np.linalg.solve(cov_y, y)
-        - 0.5 * np.linalg.slogdet(cov_y)[1]
-        - 0.5 * n * math.log(2 * math.pi)
-    )
-    cov = np.linalg.inv(X.T @ X / sigma**2 + np.eye(p) / tau**2)
-    mean = cov @ X.T @ y / sigma**2
-    post = from_log_prob(log_prob_np if numpy else log_prob, p, numpy=numpy, log_z=log_z)
-    return post, mean, cov, log_z
 
 
 def small_flow(target, seed=0):
