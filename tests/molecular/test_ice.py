@@ -178,16 +178,37 @@ def test_energies_through_the_energy_pool_equal_in_process(ice_target):
         pooled.close()
 
 
-def test_the_report_carries_the_shipped_reference(ice_target):
+def test_the_shipped_reference_is_read_through_the_energy_hooks(ice_target):
+    """The MBAR reference that targeted runs compare with (their z-scores), read from
+    `reference.json` through the Energy hooks."""
     import json
 
     shipped = json.loads((ice_target.folder / "reference.json").read_text())
-    data = ice_target.report_data(ice_target.ice.rigid, torch.zeros(1))["ice.json"]
-    assert data["mbar_reference"] == shipped["delta_f_per_molecule"]
-    assert 0 < data["mbar_reference_stderr"] < 0.05
-    assert torch.equal(ice_target.reference_state, ice_target.ice.rigid[0])
-    # the same reference through the Energy hooks that runs read (targeted runs' z-scores)
     assert ice_target.exact_free_energy("delta_f_per_molecule") == shipped["delta_f_per_molecule"]
     assert ice_target.reference_stderr("delta_f_per_molecule") == shipped["stderr_per_molecule"]
+    assert 0 < shipped["stderr_per_molecule"] < 0.05
     with pytest.raises(KeyError, match="no reference for 'delta_f'"):
         ice_target.exact_free_energy("delta_f")
+    assert torch.equal(ice_target.reference_state, ice_target.ice.rigid[0])
+
+
+@pytest.mark.slow
+@pytest.mark.long  # the MD alone takes about 6 minutes: `python -m pytest -m slow`
+def test_the_report_checks_reweighted_energies_against_md(ice_target):
+    """`ice.json` carries the reference and the MD check of the target state (0.5 ns of MD at
+    100 K, several minutes on one core): MD frames weighted uniformly reproduce MD's own mean
+    energy to rounding, while the same frames with log-weights tilted towards high energies
+    are rejected by more than 3 standard errors."""
+    import json
+
+    shipped = json.loads((ice_target.folder / "reference.json").read_text())
+    md = ice_target.training_data("md")
+    data = ice_target.report_data(md, torch.zeros(md.shape[0], dtype=torch.float64))["ice.json"]
+    assert data["mbar_reference"] == shipped["delta_f_per_molecule"]
+    check = data["mean_potential_energy_per_molecule"]
+    assert check["reweighted"]["mean"] == pytest.approx(check["md"]["mean"], abs=1e-9), check
+    assert abs(check["z_score"]) < 1e-6, check
+    energy = torch.as_tensor(ice_target.potential_energy(md) / ice_target.n_molecules)
+    tilt = 2.0 * (energy - energy.mean()) / energy.std()
+    tilted = ice_target.report_data(md, tilt)["ice.json"]["mean_potential_energy_per_molecule"]
+    assert tilted["z_score"] > 3, tilted
