@@ -50,9 +50,9 @@ Usage: `python benchmarks/stochastic.py [--protocol published|package] [--traini
 [--blocks JSON] [--flow JSON] [--out FILE] [--cache-dir DIR] [--table-only]`; the published
 sizes are the default. `--steps-scale` multiplies every training stage's steps; `--blocks`
 overrides keys of the `[flow.stochastic]` table, `--flow` keys of the flow. Cost (published
-protocol, one core to itself): about 20-30 s CPU per plain training and 2 min CPU per training
-with blocks, evaluation included; 40 trainings take hours on a shared machine: run it with
-`nohup nice -n 19` (the measured table is in `systems/double-well-snf/README.md`).
+protocol, CPU time per training, evaluation included): RealNVP 30 s, NSF 70 s, RealNVP + MC
+2 min, NSF + MC over 3 min, so 40 trainings need about 1.3 h of one core; on a shared machine
+run it with `nohup nice -n 19` (the measured table is in `systems/double-well-snf/README.md`).
 """
 
 from __future__ import annotations
