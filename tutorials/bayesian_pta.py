@@ -109,7 +109,11 @@ print(f"HMC acceptance {res_bf.info['local_acceptance']:.2f}, R-hat {res_bf.info
 # emcee the walkers × steps / τ figure (emcee's own autocorrelation time) is computed too,
 # and the more favourable of the two is used. A run shorter than about 50 τ underestimates
 # τ and flatters emcee: at 15,000 steps its τ estimate was 700 steps, at 40,000 steps 1,075.
-# The evidence draws are not counted: they are not needed for the samples.
+# The evidence draws are not counted: they are not needed for the samples. An evaluation with
+# its gradient counts as one here; on the 22-parameter array a gradient costs about 7.6 plain
+# evaluations (`python benchmarks/bayes.py --only pta` measures the ratio and charges it), so
+# counted at cost HMC's advantage over emcee there is about 1.6x, not the 12x of this count
+# (`systems/pta-sim/README.md`).
 
 
 # %%
@@ -162,13 +166,16 @@ fig.tight_layout()
 # %% [markdown]
 # ## Evidence
 # Importance sampling with the flow gives log Z with a bootstrap standard error; the
-# PSIS k̂ diagnostic (arviz) flags an unreliable estimate above 0.7.
+# PSIS k̂ diagnostic (arviz) flags an unreliable estimate above 0.7. k̂ sees only the
+# proposal's tails: the coverage check scores held-out chain draws under the flow and flags
+# an evidence whose proposal misses posterior mass (`boltzflow.sampling.coverage`).
 
 # %%
 ev = res_bf.info["evidence"]
 log_z, k_hat = ev["log_z"], ev["pareto_k"]
 print(f"log Z = {log_z['mean']:.3f} ± {log_z['stderr']:.3f}  (PSIS k̂ = {k_hat:.2f})")
 print(f"importance ESS fraction {ev['ess_fraction']:.2f}")
+print(f"coverage {ev['coverage']:.2f}, flagged: {ev['flagged']}")
 
 # %% [markdown]
 # ## Checks
