@@ -56,6 +56,8 @@ logger = logging.getLogger(__name__)
 
 LOW_QUANTILE = 1e-3
 """Quantile of the proposal's own $\\log q$ below which a chain draw counts as low-density."""
+EXP_MAX = math.log(np.finfo(np.float64).max)
+r"""Largest $\log c$ whose coverage $c = e^{\log c}$ is a finite float64 (above: `inf`)."""
 
 
 @torch.no_grad()
@@ -114,7 +116,7 @@ def coverage_check(
     k_fwd = float(pareto_k(ell.reshape(-1)))
     ok = bool(abs(log_c) <= 3.0 * se_log + 0.005) and not (low > 0.05) and k_fwd <= 0.7
     out = {
-        "coverage": math.exp(log_c) if math.isfinite(log_c) else 0.0,
+        "coverage": math.exp(log_c) if log_c < EXP_MAX else math.inf,  # -inf -> 0
         "coverage_stderr": se_log,
         "low_density_fraction": low,
         "forward_pareto_k": k_fwd,

@@ -217,3 +217,6 @@ def test_coverage_flags_a_proposal_that_misses_a_mode(seed):
     # mutant: the forward ratio with the energy's sign flipped no longer recognises it
     mutant = coverage_check(lq_mix(chains), -u(chains), rw.log_z.mean, rw.log_z.stderr, lq_mix(xq))
     assert not mutant["coverage_ok"]
+    # chains far from the proposal's normalizer: a coverage beyond float64 is inf, not a crash
+    far = coverage_check(lq_mix(chains), u(chains) + 1e4, rw.log_z.mean, rw.log_z.stderr)
+    assert far["coverage"] == math.inf and not far["coverage_ok"]
