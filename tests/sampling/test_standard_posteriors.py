@@ -63,6 +63,7 @@ def test_suite_names_and_shapes(float64):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 5.6 min on one core: `python -m pytest -m slow`
 def test_benchmark_smoke_run(tmp_path):
     out = tmp_path / "posteriors.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "posteriors.py"), "--budget", "smoke"]
