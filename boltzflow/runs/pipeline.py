@@ -204,14 +204,6 @@ def _estimate_free_energies(target, result: SamplingResult, n_bootstrap, seed) -
     return out
 
 
-def _reference_stderr(target, name: str) -> float | None:
-    """Standard error of a target's estimated (not exact) reference value, if it has one."""
-    try:
-        return float(target.reference_stderr(name))
-    except (KeyError, ValueError, NotImplementedError):
-        return None
-
-
 def _references(target, summary: dict) -> dict:
     """Exact or reference values beside the estimates; `z_score` = difference over the
     combined standard error (the estimate's, plus the reference's where it has one)."""
@@ -227,18 +219,7 @@ def _references(target, summary: dict) -> dict:
         ("free_energies", target.exact_free_energy),
     ):
         for name, est in summary[group].items():
-            try:
-                val = float(exact(name))
-            except (KeyError, ValueError, NotImplementedError):
-                continue
-            est["reference"] = val
-            var = est["stderr"] ** 2 if math.isfinite(est["stderr"]) else math.nan
-            ref_se = _reference_stderr(target, name)
-            if ref_se is not None:
-                est["reference_stderr"] = ref_se
-                var += ref_se**2
-            if var > 0 and math.isfinite(var):
-                est["z_score"] = round((est["mean"] - val) / math.sqrt(var), 3)
+            targeted.compare_with_reference(est, target, name, exact)
     return ref
 
 

@@ -140,25 +140,22 @@ def attach_sample_base(stack, recipe, flow, target, runtime: dict):
     return dataclasses.replace(recipe, stages=stages)
 
 
-def _reference(target, name: str):
-    """`(value, stderr or None)` of the target's reference for `name`
-    (`target.exact_free_energy(name)`, `target.reference_stderr(name)`), or `None`."""
+def compare_with_reference(entry: dict, target, name: str, exact=None) -> dict:
+    """Add the target's reference for `name` to an estimate `entry` (`mean`, `stderr`):
+    `reference` from `exact(name)` (default `target.exact_free_energy`; runs pass
+    `target.exact_observable` for observables), `reference_stderr` from
+    `target.reference_stderr(name)` where it has one, and `z_score`, the difference over the
+    combined standard error. `entry` is returned unchanged when the target has no reference."""
     try:
-        value = float(target.exact_free_energy(name))
+        value = float((exact or target.exact_free_energy)(name))
     except (KeyError, ValueError, NotImplementedError):
-        return None
-    try:
-        return value, float(target.reference_stderr(name))
-    except (KeyError, ValueError, NotImplementedError):
-        return value, None
-
-
-def _with_reference(entry: dict, ref) -> dict:
-    if ref is None:
         return entry
-    value, se = ref
     entry["reference"] = value
     var = entry["stderr"] ** 2 if math.isfinite(entry["stderr"]) else math.nan
+    try:
+        se = float(target.reference_stderr(name))
+    except (KeyError, ValueError, NotImplementedError):
+        se = None
     if se is not None:
         entry["reference_stderr"] = se
         var += se**2
@@ -186,10 +183,10 @@ def free_energies(flow, target, n_bootstrap: int, seed: int) -> dict:
         r = res[method]
         stats = {"ess": r.ess, "ess_fraction": r.ess_fraction, "pareto_k": r.pareto_k, "n": r.n}
         total = {"mean": r.delta_f.mean, "stderr": r.delta_f.stderr, "unit": "kT", **stats}
-        out[f"delta_f{suffix}"] = _with_reference(total, _reference(target, "delta_f"))
+        out[f"delta_f{suffix}"] = compare_with_reference(total, target, "delta_f")
         if n_mol:
             per = r.per_molecule(int(n_mol))
             entry = {"mean": per.mean, "stderr": per.stderr, "unit": "kT", **stats}
-            ref = _reference(target, "delta_f_per_molecule")
-            out[f"delta_f_per_molecule{suffix}"] = _with_reference(entry, ref)
+            name = "delta_f_per_molecule"
+            out[f"{name}{suffix}"] = compare_with_reference(entry, target, name)
     return out
