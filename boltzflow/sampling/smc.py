@@ -24,11 +24,21 @@ Carlo*, ch. 17). Each stage:
 3. **Resample** (systematic; Carpenter, Clifford & Fearnhead 1999) when the Kish ESS falls below
    `resample_threshold` ([`systematic_resample`][boltzflow.sampling.smc.systematic_resample]),
    and always at $\beta = 1$, so that the final particles are equally weighted.
-4. **Fit the flow** to the weighted particles by maximum likelihood, warm-started from the previous
-   stage with a few Adam steps ([`fit_nll`][boltzflow.training.fit.fit_nll]).
-5. **Move** the particles by MCMC in the flow's latent space, pCN or random walk, with the
+4. **Fit two flows**, one to the weighted particles of each half of the islands (even and odd
+   index), by maximum likelihood, warm-started from the previous stage with a few Adam steps
+   ([`fit_nll`][boltzflow.training.fit.fit_nll]).
+5. **Move** the particles by MCMC in a flow's latent space, pCN or random walk, with the
    number of steps adapted to a target decorrelation
-   ([`boltzflow.sampling.smc_moves`][boltzflow.sampling.smc_moves]).
+   ([`boltzflow.sampling.smc_moves`][boltzflow.sampling.smc_moves]). Each half is moved with
+   the flow fitted to the *other* half (cross-fitting).
+
+**Why cross-fitting.** A Metropolis kernel leaves $\pi_\beta$ invariant for any fixed flow,
+but not a kernel built from the very points it moves: a flow fitted by maximum likelihood to
+$N$ particles puts excess density on them, so an independence-type proposal accepts moves
+*away* from them too often and the population drifts. On the eight schools posterior (2,048
+particles, 10 parameters) fitting and moving the same particles shrank the sds of $\eta$ by
+15 % and moved $\log Z$ by 0.13 (7 errors). A flow fitted to the other half is independent of
+the particles it moves, so the kernel is exact for them.
 
 Every step needs target values only, never gradients, so a numpy likelihood wrapped with
 [`from_log_prob`][boltzflow.energies.posterior.from_log_prob] works. A particle whose target value
@@ -55,6 +65,7 @@ across islands compares independent populations.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 
@@ -63,7 +74,7 @@ import torch
 
 from boltzflow.rng import generator_for_module
 from boltzflow.sampling.runners import RunCost, SamplingResult
-from boltzflow.sampling.smc_moves import MoveSettings, Particles, latent_moves
+from boltzflow.sampling.smc_moves import MoveSettings, MoveStats, Particles, latent_moves
 from boltzflow.sampling.smc_reference import make_scorer, reference_for
 from boltzflow.training.fit import fit_affine_to_data, fit_nll
 from boltzflow.weights import clean_log_weights, kish_ess
@@ -154,6 +165,47 @@ def _fit(flow, x, log_w, steps, batch_size, opt, g) -> None:
     fit_nll(flow, x.reshape(-1, x.shape[-1]), steps, batch_size, 0.0, g, probs=probs, optimizer=opt)
 
 
+def _halves(islands: int, m: int, device) -> list[torch.Tensor]:
+    """Particle rows `[n_h]` of the two halves of the islands (even and odd island index)."""
+    rows = torch.arange(islands * m, device=device).reshape(islands, m)
+    return [rows[h::2].reshape(-1) for h in (0, 1)]
+
+
+def mover_of(half: int) -> int:
+    """Which half's flow moves the particles of `half`: the other one (cross-fitting)."""
+    return 1 - half
+
+
+def _subset(p: Particles, rows: torch.Tensor) -> Particles:
+    return Particles(p.x[rows], p.log_ref[rows], p.log_l[rows])
+
+
+def _cross_fitted_moves(flows, score, p, rows, beta, steps, settings, g):
+    """Move each half with the flow fitted to the other half; returns `(particles, moved,
+    [stats of half 0, stats of half 1])`."""
+    x, log_ref, log_l = (t.clone() for t in p)
+    moved = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    stats = []
+    for h, r in enumerate(rows):
+        q, mv, st = latent_moves(
+            flows[mover_of(h)], score, _subset(p, r), beta, steps[h], settings, g
+        )
+        x[r], log_ref[r], log_l[r], moved[r] = q.x, q.log_ref, q.log_l, mv
+        stats.append(st)
+    return Particles(x, log_ref, log_l), moved, stats
+
+
+def _merged(stats: list[MoveStats]) -> MoveStats:
+    """One record of a stage's moves over both halves (mean acceptance, most steps)."""
+    return MoveStats(
+        max(s.steps for s in stats),
+        sum(s.acceptance for s in stats) / len(stats),
+        math.exp(sum(math.log(s.step_size) for s in stats) / len(stats)),
+        max(s.correlation for s in stats),
+        sum(s.n_nonfinite for s in stats),
+    )
+
+
 def smc(
     flow,
     target,
@@ -228,13 +280,24 @@ def smc(
             f"the target is not finite at any of the {nb * m} reference draws: check the "
             "likelihood on a few of them, or give a reference that covers its support"
         )
-    fit_affine_to_data(flow, x)
-    fit_nll(flow, x, int(prior_steps), int(batch_size), float(lr), g)
-    opt = torch.optim.Adam([q for q in flow.parameters() if q.requires_grad], lr=float(lr))
+    if nb < 2:
+        raise ValueError(
+            f"islands must be at least 2 (got {islands}): the errors come from their spread, "
+            "and the flows are fitted on one half of them and move the other"
+        )
+    rows = _halves(nb, m, x.device)
+    flows = [flow, copy.deepcopy(flow)]
+    for f, r in zip(flows, rows, strict=True):
+        fit_affine_to_data(f, x[r])
+        fit_nll(f, x[r], int(prior_steps), int(batch_size), float(lr), g)
+    opts = [
+        torch.optim.Adam([q for q in f.parameters() if q.requires_grad], lr=float(lr))
+        for f in flows
+    ]
     accept = (0.65 if move == "hmc" else 0.25) if target_accept is None else target_accept
     settings = MoveSettings(move, float(accept), float(decorrelation), 2, int(max_steps))
     settings = settings._replace(n_leapfrog=int(n_leapfrog))
-    step = {"pcn": 1.0, "hmc": 0.5}.get(move, 2.38 / math.sqrt(target.dim))
+    steps = [{"pcn": 1.0, "hmc": 0.5}.get(move, 2.38 / math.sqrt(target.dim))] * 2
     log_w = torch.full((nb, m), -math.log(m), dtype=torch.float64, device=x.device)
     log_zb = torch.zeros(nb, dtype=torch.float64, device=x.device)
     beta, betas, stats_all, resampled = 0.0, [0.0], [], []
@@ -261,9 +324,11 @@ def smc(
         flat = idx.reshape(-1)
         p = Particles(p.x[flat], p.log_ref[flat], p.log_l[flat])
         resampled.append(n_res)
-        _fit(flow, p.x, log_w, int(train_steps), int(batch_size), opt, g)
-        p, moved, st = latent_moves(flow, score, p, beta, step, settings, g)
-        step = st.step_size
+        for f, o, h in zip(flows, opts, (0, 1), strict=True):
+            _fit(f, p.x[rows[h]], log_w[h::2], int(train_steps), int(batch_size), o, g)
+        p, moved, halves = _cross_fitted_moves(flows, score, p, rows, beta, steps, settings, g)
+        steps = [s.step_size for s in halves]
+        st = _merged(halves)
         n_nonfinite += st.n_nonfinite
         stats_all.append(st)
         logger.info(
@@ -274,7 +339,7 @@ def smc(
             st.steps,
             st.acceptance,
         )
-    _fit(flow, p.x, log_w, int(train_steps), int(batch_size), opt, g)
+    _fit(flow, p.x, log_w, int(train_steps), int(batch_size), opts[0], g)
     flow.eval()
     info = {
         "acceptance_rate": stats_all[-1].acceptance if stats_all else math.nan,

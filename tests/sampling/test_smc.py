@@ -3,8 +3,8 @@
 One statistic serves every check: the largest `|estimate - exact| / error` over the posterior
 means (island MCSE), the mode weights and log Z (island standard error). A correct sampler keeps
 it below 3.5; each mutant of the algorithm (the flow's log-det dropped from the latent-space
-target, half the temperature step in the incremental weight) must push it
-above 5 with the same settings.
+target, half the temperature step in the incremental weight, particles moved with a flow fitted
+to those same particles) must push it above 5 with the same settings.
 """
 
 import math
@@ -151,6 +151,32 @@ def test_wrong_incremental_weight_is_detected(monkeypatch):
     monkeypatch.setattr(smc_module, "incremental_log_weights", wrong)
     res, target = run_mixture()
     assert mixture_z(res, target) > Z_FAIL
+
+
+def flat_likelihood_population(seed):
+    """SMC on a likelihood that is 0 everywhere: the target is the prior N(0, I_6), so the
+    final particles are prior draws moved by the kernel; a flow fitted to 256 particles per half
+    overfits them. Returns the z-score of the mean variance against 1 (sd sqrt(2 / (n d)))."""
+    d = 6
+    prior = [Parameter(f"a{i}", Normal(0, 1)) for i in range(d)]
+    post = from_log_prob(lambda t: torch.zeros(t.shape[0], dtype=t.dtype), prior)
+    flow = spline_coupling_flow(post, num_layers=2, hidden=32, seed=seed).double()
+    res = smc(flow, post, n_samples=512, seed=seed, islands=8, prior_steps=200, train_steps=20,
+              max_steps=5)  # fmt: skip
+    x = res.x.reshape(-1, d)
+    return float((x.var(0).mean() - 1) / math.sqrt(2 / (x.shape[0] * d)))
+
+
+def test_moves_leave_the_target_invariant_when_the_flow_overfits():
+    assert abs(flat_likelihood_population(0)) < Z_PASS
+
+
+def test_moving_particles_with_a_flow_fitted_to_them_is_detected(monkeypatch):
+    """Mutant: each half moved by its own flow (no cross-fitting); the overfitted flow's
+    independence-type proposals pull the particles off their own points and the population
+    shrinks (z about -6)."""
+    monkeypatch.setattr(smc_module, "mover_of", lambda half: half)
+    assert flat_likelihood_population(0) < -Z_FAIL
 
 
 # ------------------------------------------------------------- a numpy likelihood
