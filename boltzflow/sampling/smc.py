@@ -72,6 +72,7 @@ import math
 import numpy as np
 import torch
 
+from boltzflow.progress import progress_bar
 from boltzflow.rng import generator_for_module
 from boltzflow.sampling.runners import RunCost, SamplingResult
 from boltzflow.sampling.smc_moves import MoveSettings, MoveStats, Particles, latent_moves
@@ -302,6 +303,7 @@ def smc(
     log_zb = torch.zeros(nb, dtype=torch.float64, device=x.device)
     beta, betas, stats_all, resampled = 0.0, [0.0], [], []
     moved = torch.zeros(nb * m, dtype=torch.bool, device=x.device)
+    bar = progress_bar(1000, "smc (1000 beta)")
     while beta < 1.0:
         if len(betas) > int(max_stages):
             logger.warning("SMC stopped at beta = %.4g after %d stages", beta, max_stages)
@@ -331,6 +333,8 @@ def smc(
         st = _merged(halves)
         n_nonfinite += st.n_nonfinite
         stats_all.append(st)
+        bar.update(int(1000 * beta) - bar.n)
+        bar.set_postfix(stage=len(betas) - 1, moves=st.steps, acceptance=f"{st.acceptance:.2f}")
         logger.info(
             "SMC stage %d: beta %.4g, %d islands resampled, %d moves, acceptance %.2f",
             len(betas) - 1,
@@ -339,6 +343,7 @@ def smc(
             st.steps,
             st.acceptance,
         )
+    bar.close()
     _fit(flow, p.x, log_w, int(train_steps), int(batch_size), opts[0], g)
     flow.eval()
     info = {
