@@ -241,7 +241,8 @@ def smc(
         reference: `"auto"` (the prior when `target.sample_prior` works, else a Laplace
             approximation widened 2×), `"prior"`, `"laplace"`, or an object with
             `sample(n, generator) -> [n, dim]` and normalized `log_prob(x) -> [n]`.
-        islands: independent particle groups $B$ that give the errors (module docstring).
+        islands: independent particle groups $B \ge 2$ that give the errors; the even and
+            the odd ones form the two halves of the cross-fitting (module docstring).
         ess_target: conditional ESS fraction kept per stage (0.9-0.95 typical).
         resample_threshold: resample an island when its Kish ESS fraction is below.
         move, target_accept, decorrelation, max_steps, n_leapfrog: the latent moves
@@ -259,6 +260,11 @@ def smc(
         `stage_steps`, `stage_step_size`, `stage_correlation`, `resampled`, `n_nonfinite`,
         `islands`, `final_beta`, R-hat and ESS across islands, and the evaluation count.
     """
+    if int(islands) < 2:
+        raise ValueError(
+            f"islands must be at least 2 (got {islands}): the errors come from their spread, "
+            "and the flows are fitted on one half of them and move the other"
+        )
     if move == "hmc" and not target.differentiable:
         raise ValueError("move='hmc' needs a differentiable target: use move='pcn' or 'rwm'")
     if flow is None:
@@ -280,11 +286,6 @@ def smc(
         raise ValueError(
             f"the target is not finite at any of the {nb * m} reference draws: check the "
             "likelihood on a few of them, or give a reference that covers its support"
-        )
-    if nb < 2:
-        raise ValueError(
-            f"islands must be at least 2 (got {islands}): the errors come from their spread, "
-            "and the flows are fitted on one half of them and move the other"
         )
     rows = _halves(nb, m, x.device)
     flows = [flow, copy.deepcopy(flow)]

@@ -244,6 +244,13 @@ def test_latent_hmc_moves_on_a_differentiable_posterior():
     assert 0.3 < res.info["acceptance_rate"] <= 1
 
 
+def test_a_single_island_is_refused_before_any_work():
+    post, _, _ = conjugate()
+    with pytest.raises(ValueError, match="islands must be at least 2"):
+        smc(flow_for(post), post, n_samples=64, islands=1)
+    assert post.n_evaluations == 0
+
+
 def test_hmc_moves_refuse_a_numpy_likelihood():
     post = from_log_prob(lambda t: -0.5 * (t**2).sum(-1), {"a": Normal(0, 2)}, numpy=True)
     with pytest.raises(ValueError, match="differentiable"):
