@@ -178,6 +178,7 @@ def mover_of(half: int) -> int:
 
 
 def _subset(p: Particles, rows: torch.Tensor) -> Particles:
+    """The particles at `rows [k]` (a half, or the resampled indices)."""
     return Particles(p.x[rows], p.log_ref[rows], p.log_l[rows])
 
 
@@ -325,10 +326,10 @@ def smc(
                 log_w[b] = -math.log(m)
                 n_res += 1
         flat = idx.reshape(-1)
-        p = Particles(p.x[flat], p.log_ref[flat], p.log_l[flat])
+        p = _subset(p, flat)
         resampled.append(n_res)
-        for f, o, h in zip(flows, opts, (0, 1), strict=True):
-            _fit(f, p.x[rows[h]], log_w[h::2], int(train_steps), int(batch_size), o, g)
+        for f, o, r in zip(flows, opts, rows, strict=True):
+            _fit(f, p.x[r], log_w.reshape(-1)[r], int(train_steps), int(batch_size), o, g)
         p, moved, halves = _cross_fitted_moves(flows, score, p, rows, beta, steps, settings, g)
         steps = [s.step_size for s in halves]
         st = _merged(halves)
