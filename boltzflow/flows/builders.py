@@ -181,6 +181,7 @@ def spline_coupling_flow(
     affine: bool = True,
     tails: str | None = None,
     seed: int | None = None,
+    identity_init: bool = False,
 ) -> Flow:
     r"""Rational-quadratic spline coupling flow (Durkan et al. 2019), circular where periodic.
 
@@ -202,6 +203,9 @@ def spline_coupling_flow(
             [`tail_adaptive_flow`][boltzflow.flows.tail_builders.tail_adaptive_flow]
             (tail index read from the target's energy; Euclidean events only).
         seed: makes the flow deterministic.
+        identity_init: Euclidean couplings start at the identity map (so the flow starts as the
+            output affine layer; circular couplings always do). Recommended when the flow is
+            fitted to a few thousand draws with early stopping, as inside samplers.
 
     Examples:
         >>> flow = spline_coupling_flow(2, seed=0)
@@ -214,6 +218,9 @@ def spline_coupling_flow(
     num_layers, hidden = _defaults(dim, num_layers, hidden, deep=8)
     if tails is not None:
         from boltzflow.flows.tail_builders import tail_adaptive_flow
+
+        if identity_init:
+            raise ValueError("identity_init is not available with tails=...")
 
         _reject_periodic(per, None, shape, "spline_coupling_flow(tails=...)")
         return tail_adaptive_flow(
@@ -234,7 +241,7 @@ def spline_coupling_flow(
             layers = _elementwise_splines(num_layers, num_bins, tail_bound, per, gen)
         elif per is None:
             layers = [
-                nfa.rq_coupling(m, hidden, num_blocks, num_bins, tail_bound)
+                nfa.rq_coupling(m, hidden, num_blocks, num_bins, tail_bound, identity_init)
                 for m in coupling_masks(dim, num_layers, gen)
             ]
         else:

@@ -75,9 +75,17 @@ import torch
 from boltzflow.progress import progress_bar
 from boltzflow.rng import generator_for_module
 from boltzflow.sampling.runners import RunCost, SamplingResult
-from boltzflow.sampling.smc_moves import MoveSettings, MoveStats, Particles, latent_moves
+from boltzflow.sampling.smc_crossfit import (
+    cross_fitted_moves,
+    fit_rows,
+    fit_weighted,
+    halves,
+    merged,
+    subset,
+)
+from boltzflow.sampling.smc_moves import MoveSettings, Particles
 from boltzflow.sampling.smc_reference import make_scorer, reference_for
-from boltzflow.training.fit import fit_affine_to_data, fit_nll
+from boltzflow.training.fit import fit_affine_to_data
 from boltzflow.weights import clean_log_weights, kish_ess
 
 __all__ = [
@@ -161,53 +169,6 @@ def _log_z(log_zb: torch.Tensor) -> dict:
     return {"mean": mean, "stderr": float(ratios.std(unbiased=True)) / math.sqrt(b)}
 
 
-def _fit(flow, x, log_w, steps, batch_size, opt, g) -> None:
-    probs = torch.softmax(log_w.reshape(-1).double(), 0).to(x.dtype)
-    fit_nll(flow, x.reshape(-1, x.shape[-1]), steps, batch_size, 0.0, g, probs=probs, optimizer=opt)
-
-
-def _halves(islands: int, m: int, device) -> list[torch.Tensor]:
-    """Particle rows `[n_h]` of the two halves of the islands (even and odd island index)."""
-    rows = torch.arange(islands * m, device=device).reshape(islands, m)
-    return [rows[h::2].reshape(-1) for h in (0, 1)]
-
-
-def mover_of(half: int) -> int:
-    """Which half's flow moves the particles of `half`: the other one (cross-fitting)."""
-    return 1 - half
-
-
-def _subset(p: Particles, rows: torch.Tensor) -> Particles:
-    """The particles at `rows [k]` (a half, or the resampled indices)."""
-    return Particles(p.x[rows], p.log_ref[rows], p.log_l[rows])
-
-
-def _cross_fitted_moves(flows, score, p, rows, beta, steps, settings, g):
-    """Move each half with the flow fitted to the other half; returns `(particles, moved,
-    [stats of half 0, stats of half 1])`."""
-    x, log_ref, log_l = (t.clone() for t in p)
-    moved = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    stats = []
-    for h, r in enumerate(rows):
-        q, mv, st = latent_moves(
-            flows[mover_of(h)], score, _subset(p, r), beta, steps[h], settings, g
-        )
-        x[r], log_ref[r], log_l[r], moved[r] = q.x, q.log_ref, q.log_l, mv
-        stats.append(st)
-    return Particles(x, log_ref, log_l), moved, stats
-
-
-def _merged(stats: list[MoveStats]) -> MoveStats:
-    """One record of a stage's moves over both halves (mean acceptance, most steps)."""
-    return MoveStats(
-        max(s.steps for s in stats),
-        sum(s.acceptance for s in stats) / len(stats),
-        math.exp(sum(math.log(s.step_size) for s in stats) / len(stats)),
-        max(s.correlation for s in stats),
-        sum(s.n_nonfinite for s in stats),
-    )
-
-
 def smc(
     flow,
     target,
@@ -228,6 +189,7 @@ def smc(
     batch_size: int = 256,
     lr: float = 1e-3,
     max_stages: int = 500,
+    early_stopping: bool = True,
 ) -> SamplingResult:
     r"""Flow-preconditioned SMC from a reference to `target` (module docstring); a runner
     (registered as `"smc"`) and the public `boltzflow.smc`.
@@ -253,6 +215,10 @@ def smc(
         train_steps, batch_size, lr: Adam steps per stage of the weighted NLL fit, one optimizer
             kept over all stages; `prior_steps` on the reference draws first.
         max_stages: cap on the number of stages (a warning if $\beta < 1$ then).
+        early_stopping: hold out a quarter of each half's islands and keep each fit's
+            parameters of lowest held-out NLL
+            ([`boltzflow.sampling.smc_crossfit`][boltzflow.sampling.smc_crossfit]); `False`
+            runs all `train_steps` on all of the half's particles.
 
     Returns:
         [`SamplingResult`][boltzflow.sampling.runners.SamplingResult] with
@@ -271,7 +237,7 @@ def smc(
     if flow is None:
         from boltzflow.flows.builders import spline_coupling_flow
 
-        flow = spline_coupling_flow(target, seed=int(seed)).double()
+        flow = spline_coupling_flow(target, seed=int(seed), identity_init=True).double()
     cost = RunCost(target)
     g = generator_for_module(flow, int(seed))
     dtype = next(flow.parameters()).dtype
@@ -288,15 +254,25 @@ def smc(
             f"the target is not finite at any of the {nb * m} reference draws: check the "
             "likelihood on a few of them, or give a reference that covers its support"
         )
-    rows = _halves(nb, m, x.device)
+    rows = halves(nb, m, x.device)
     flows = [flow, copy.deepcopy(flow)]
-    for f, r in zip(flows, rows, strict=True):
-        fit_affine_to_data(f, x[r])
-        fit_nll(f, x[r], int(prior_steps), int(batch_size), float(lr), g)
     opts = [
         torch.optim.Adam([q for q in f.parameters() if q.requires_grad], lr=float(lr))
         for f in flows
     ]
+    uniform = torch.zeros(nb * m, dtype=torch.float64, device=x.device)
+    for h, (f, o) in enumerate(zip(flows, opts, strict=True)):
+        fit_affine_to_data(f, x[rows[h]])
+        fit_weighted(
+            f,
+            x,
+            uniform,
+            fit_rows(nb, m, h, 0, x.device, early_stopping),
+            int(prior_steps),
+            batch_size,
+            o,
+            g,
+        )
     accept = (0.65 if move == "hmc" else 0.25) if target_accept is None else target_accept
     settings = MoveSettings(move, float(accept), float(decorrelation), 2, int(max_steps))
     settings = settings._replace(n_leapfrog=int(n_leapfrog))
@@ -326,13 +302,15 @@ def smc(
                 log_w[b] = -math.log(m)
                 n_res += 1
         flat = idx.reshape(-1)
-        p = _subset(p, flat)
+        p = subset(p, flat)
         resampled.append(n_res)
-        for f, o, r in zip(flows, opts, rows, strict=True):
-            _fit(f, p.x[r], log_w.reshape(-1)[r], int(train_steps), int(batch_size), o, g)
-        p, moved, halves = _cross_fitted_moves(flows, score, p, rows, beta, steps, settings, g)
-        steps = [s.step_size for s in halves]
-        st = _merged(halves)
+        stage = len(betas) - 1
+        for h, (f, o) in enumerate(zip(flows, opts, strict=True)):
+            fr = fit_rows(nb, m, h, stage, x.device, early_stopping)
+            fit_weighted(f, p.x, log_w, fr, int(train_steps), int(batch_size), o, g)
+        p, moved, per_half = cross_fitted_moves(flows, score, p, rows, beta, steps, settings, g)
+        steps = [s.step_size for s in per_half]
+        st = merged(per_half)
         n_nonfinite += st.n_nonfinite
         stats_all.append(st)
         bar.update(int(1000 * beta) - bar.n)
@@ -346,7 +324,8 @@ def smc(
             st.acceptance,
         )
     bar.close()
-    _fit(flow, p.x, log_w, int(train_steps), int(batch_size), opts[0], g)
+    final_rows = fit_rows(nb, m, None, len(betas), x.device, early_stopping)
+    fit_weighted(flow, p.x, log_w, final_rows, int(train_steps), int(batch_size), opts[0], g)
     flow.eval()
     info = {
         "acceptance_rate": stats_all[-1].acceptance if stats_all else math.nan,

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import boltzflow.sampling.smc as smc_module
+import boltzflow.sampling.smc_crossfit as crossfit_module
 import boltzflow.sampling.smc_moves as moves_module
 from boltzflow import arviz_compat
 from boltzflow.energies.gaussians import Funnel, GaussianMixture
@@ -153,16 +154,17 @@ def test_wrong_incremental_weight_is_detected(monkeypatch):
     assert mixture_z(res, target) > Z_FAIL
 
 
-def flat_likelihood_population(seed):
+def flat_likelihood_population(seed, early_stopping=False):
     """SMC on a likelihood that is 0 everywhere: the target is the prior N(0, I_6), so the
-    final particles are prior draws moved by the kernel; a flow fitted to 256 particles per half
-    overfits them. Returns the z-score of the mean variance against 1 (sd sqrt(2 / (n d)))."""
+    final particles are prior draws moved by the kernel; without early stopping a flow fitted to
+    256 particles per half overfits them. Returns the z-score of the mean variance against 1
+    (sd sqrt(2 / (n d)))."""
     d = 6
     prior = [Parameter(f"a{i}", Normal(0, 1)) for i in range(d)]
     post = from_log_prob(lambda t: torch.zeros(t.shape[0], dtype=t.dtype), prior)
     flow = spline_coupling_flow(post, num_layers=2, hidden=32, seed=seed).double()
     res = smc(flow, post, n_samples=512, seed=seed, islands=8, prior_steps=200, train_steps=20,
-              max_steps=5)  # fmt: skip
+              max_steps=5, early_stopping=early_stopping)  # fmt: skip
     x = res.x.reshape(-1, d)
     return float((x.var(0).mean() - 1) / math.sqrt(2 / (x.shape[0] * d)))
 
@@ -171,11 +173,15 @@ def test_moves_leave_the_target_invariant_when_the_flow_overfits():
     assert abs(flat_likelihood_population(0)) < Z_PASS
 
 
+def test_moves_leave_the_target_invariant_with_early_stopping():
+    assert abs(flat_likelihood_population(0, early_stopping=True)) < Z_PASS
+
+
 def test_moving_particles_with_a_flow_fitted_to_them_is_detected(monkeypatch):
     """Mutant: each half moved by its own flow (no cross-fitting); the overfitted flow's
     independence-type proposals pull the particles off their own points and the population
     shrinks (z about -6)."""
-    monkeypatch.setattr(smc_module, "mover_of", lambda half: half)
+    monkeypatch.setattr(crossfit_module, "mover_of", lambda half: half)
     assert flat_likelihood_population(0) < -Z_FAIL
 
 
