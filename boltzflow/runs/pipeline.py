@@ -318,6 +318,8 @@ def _sample_and_summarise(recipe, flow, target, seed, train_summary) -> dict:
     result = None
     if method != "importance":  # run first: some samplers (hybrid, flow-emcee) train the flow
         sampler = registry.resolve(registry.SAMPLERS, method, "sampler")
+        if "progress" in inspect.signature(sampler).parameters:
+            sp.setdefault("progress", None)  # a bar on a terminal, log lines otherwise
         result = sampler(flow, target, n_samples=n_samples, seed=seed + 2, **sp)
     imp = importance_sampling(flow, target, n_samples=n_importance, seed=seed + 1)
     result = imp if result is None else result
