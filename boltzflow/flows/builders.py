@@ -29,7 +29,7 @@ import torch
 
 from boltzflow.energies.base import as_event_shape
 from boltzflow.flows import nflows_adapter as nfa
-from boltzflow.flows.affine import ElementwiseAffine
+from boltzflow.flows.affine import DenseAffine, ElementwiseAffine
 from boltzflow.flows.base import Compose, Flow, InverseTransform, Transform
 from boltzflow.flows.circular import CircularShift, CircularSpline, CircularSplineCoupling
 from boltzflow.flows.distributions import MixedNormalTorus, StandardNormal, UniformTorus
@@ -150,7 +150,15 @@ def structured_masks(periodic: torch.Tensor, num_blocks: int, generator: torch.G
     return masks
 
 
-def _output_affine(shape, periodic, loc, scale, affine: bool) -> list[Transform]:
+def _output_affine(shape, periodic, loc, scale, affine: bool | str) -> list[Transform]:
+    """The output affine layer: `True`/`"diagonal"` elementwise, `"dense"` full covariance
+    (Euclidean features only), `False` none."""
+    if affine not in (True, False, "diagonal", "dense"):
+        raise ValueError(f"affine must be True, False, 'diagonal' or 'dense' (got {affine!r})")
+    if affine == "dense":
+        if periodic is not None and bool(periodic.any()):
+            raise ValueError("affine='dense' would mix periodic coordinates: use 'diagonal'")
+        return [DenseAffine(int(math.prod(shape)), loc=loc, scale=scale)]
     if not affine or (periodic is not None and bool(periodic.all())):
         return []
     active = None if periodic is None else ~periodic
@@ -178,7 +186,7 @@ def spline_coupling_flow(
     periodic=None,
     loc=0.0,
     scale=1.0,
-    affine: bool = True,
+    affine: bool | str = True,
     tails: str | None = None,
     seed: int | None = None,
     identity_init: bool = False,
@@ -198,7 +206,10 @@ def spline_coupling_flow(
         periodic: bool mask over the event (or `True` = all periodic) of coordinates on
             $[-\pi, \pi)$; default: the target's `periodic_mask` attribute if any.
         loc, scale: initial output affine `x = loc + scale ⊙ y` on Euclidean features.
-        affine: include the learnable output affine layer.
+        affine: the learnable output affine layer: `True` (or `"diagonal"`) elementwise,
+            `"dense"` a full lower-triangular map
+            ([`DenseAffine`][boltzflow.flows.affine.DenseAffine]; Euclidean targets), `False`
+            none.
         tails: `"mtaf"` or `"ttf"` for heavy tails: the same coupling layers in
             [`tail_adaptive_flow`][boltzflow.flows.tail_builders.tail_adaptive_flow]
             (tail index read from the target's energy; Euclidean events only).

@@ -85,7 +85,6 @@ from boltzflow.sampling.smc_crossfit import (
 )
 from boltzflow.sampling.smc_moves import MoveSettings, Particles
 from boltzflow.sampling.smc_reference import make_scorer, reference_for
-from boltzflow.training.fit import fit_affine_to_data
 from boltzflow.weights import clean_log_weights, kish_ess
 
 __all__ = [
@@ -196,7 +195,8 @@ def smc(
 
     Args:
         flow: a [`Flow`][boltzflow.flows.base.Flow] over the target's coordinates (trained in
-            place, warm-started stage to stage), or `None` for a spline coupling flow.
+            place, warm-started stage to stage), or `None` for a spline coupling flow that starts
+            at the identity, with a dense output affine layer.
         target: the [`Energy`][boltzflow.energies.base.Energy]; only `energy` is called.
         n_samples: particles $N$ (rounded up to a multiple of `islands`); the result has
             `N` equally weighted draws.
@@ -237,7 +237,9 @@ def smc(
     if flow is None:
         from boltzflow.flows.builders import spline_coupling_flow
 
-        flow = spline_coupling_flow(target, seed=int(seed), identity_init=True).double()
+        flow = spline_coupling_flow(
+            target, seed=int(seed), identity_init=True, affine="dense"
+        ).double()
     cost = RunCost(target)
     g = generator_for_module(flow, int(seed))
     dtype = next(flow.parameters()).dtype
@@ -262,7 +264,6 @@ def smc(
     ]
     uniform = torch.zeros(nb * m, dtype=torch.float64, device=x.device)
     for h, (f, o) in enumerate(zip(flows, opts, strict=True)):
-        fit_affine_to_data(f, x[rows[h]])
         fit_weighted(
             f,
             x,

@@ -6,7 +6,8 @@ by weighted maximum likelihood to that half's particles, and the particles of ea
 moved in the latent space of the *other* half's flow, so that no kernel depends on the points it
 moves (a Metropolis kernel is invariant only for a proposal fixed before the move).
 
-Each fit holds out a quarter of its half's islands, rotating with the stage, and keeps the
+Each fit first sets the flow's output affine layer to the weighted moments of its particles,
+then holds out a quarter of its half's islands, rotating with the stage, and keeps the
 parameters with the lowest held-out weighted NLL ([`fit_nll`][boltzflow.training.fit.fit_nll]
 with a [`Validation`][boltzflow.training.fit.Validation]). The held-out islands belong to the
 same half, so the flow still depends on nothing of the particles it moves; islands are resampled
@@ -15,28 +16,37 @@ separately, so no particle has a copy on the other side of the split.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 
 from boltzflow.sampling.smc_moves import MoveStats, Particles, latent_moves
-from boltzflow.training.fit import Validation, fit_nll
+from boltzflow.training.fit import Validation, fit_affine_to_data, fit_nll, weighted_nll
 
 __all__ = ["mover_of", "VALIDATE_EVERY"]
 
 
 def fit_weighted(flow, x, log_w, rows, steps, batch_size, opt, g) -> None:
     """Weighted NLL fit of `flow` to the particles `x [n, dim]` with log-weights `log_w [n]`
-    (normalized per island), continuing the Adam optimizer `opt`: on the training rows of
-    `rows = (train, validation)`, stopped early on the validation rows (none: no early
-    stopping)."""
+    (normalized per island), continuing the Adam optimizer `opt`, on the training rows of
+    `rows = (train, validation)`.
+
+    The output affine layer is first set to the weighted moments of the training particles
+    (the tempered target narrows by orders of magnitude from the prior, faster than a few Adam
+    steps per stage can follow), then Adam runs, stopped early on the validation rows. With
+    validation rows, the flow of the previous stage is kept if neither does better there."""
     train, val = rows
     lw = log_w.reshape(-1).double()
     probs = torch.softmax(lw[train], 0).to(x.dtype)
-    check = None
+    check, kept, before = None, None, math.inf
     if val is not None:
         check = Validation(x[val], torch.softmax(lw[val], 0).to(x.dtype), VALIDATE_EVERY)
+        kept, before = copy.deepcopy(flow.state_dict()), weighted_nll(flow, *check[:2])
+    fit_affine_to_data(flow, x[train], probs)
     fit_nll(flow, x[train], steps, batch_size, 0.0, g, probs=probs, optimizer=opt, validation=check)
+    if check is not None and weighted_nll(flow, *check[:2]) > before:
+        flow.load_state_dict(kept)
 
 
 VALIDATE_EVERY = 5

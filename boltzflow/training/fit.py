@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from boltzflow.flows.affine import ElementwiseAffine
+from boltzflow.flows.affine import DenseAffine, ElementwiseAffine
 from boltzflow.training.losses import nll
 
 __all__ = ["fit_nll", "fit_affine_to_data", "Validation", "weighted_nll"]
@@ -163,10 +163,12 @@ class _EarlyStopping:
         logger.debug("early stopping: best held-out NLL %.4g", self.best)
 
 
-def fit_affine_to_data(flow, data: torch.Tensor) -> None:
+def fit_affine_to_data(flow, data: torch.Tensor, probs: torch.Tensor | None = None) -> None:
     """Set every [`ElementwiseAffine`][boltzflow.flows.affine.ElementwiseAffine] layer of `flow` to
-    the per-coordinate mean and standard deviation of `data [n, *event]` (a data-dependent
-    initialisation before [`fit_nll`][boltzflow.training.fit.fit_nll])."""
+    the per-coordinate mean and standard deviation of `data [n, *event]`, and every
+    [`DenseAffine`][boltzflow.flows.affine.DenseAffine] to its mean and covariance (a
+    data-dependent initialisation before [`fit_nll`][boltzflow.training.fit.fit_nll]), with
+    optional normalized weights `probs [n]`."""
     for m in flow.modules():
-        if isinstance(m, ElementwiseAffine):
-            m.set_from_data(data)
+        if isinstance(m, ElementwiseAffine | DenseAffine):
+            m.set_from_data(data, probs=probs)
