@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from boltzflow.flows import nflows_adapter as nfa
-from boltzflow.flows.affine import ElementwiseAffine
+from boltzflow.flows.affine import DenseAffine, ElementwiseAffine
 from boltzflow.flows.base import Compose, Flow, InverseTransform
 from boltzflow.flows.builders import (
     circular_spline_flow,
@@ -97,6 +97,18 @@ _builder(
     **SMALL,
     **SPLINE,
 )
+_builder(
+    "spline-coupling-dense-3d",
+    spline_coupling_flow,
+    3,
+    num_layers=2,
+    identity_init=True,
+    affine="dense",
+    loc=0.5,
+    scale=1.5,
+    **SMALL,
+    **SPLINE,
+)
 _builder("maf-3d", maf_flow, 3, num_layers=2, **SMALL)
 _builder("maf-1d", maf_flow, 1, loc=1.0, scale=2.0)
 _builder("circular-spline-1d", circular_spline_flow, 1, num_bins=4)
@@ -125,6 +137,7 @@ _layer(
     lambda: StandardNormal(4),
     lambda: nfa.random_permutation(4, torch.Generator().manual_seed(3)),
 )
+_layer("dense-affine", lambda: StandardNormal(4), lambda: DenseAffine(4, loc=1.0, scale=0.5))
 _layer(
     "elementwise-affine",
     lambda: StandardNormal((2, 2)),
