@@ -31,7 +31,8 @@ proposal's 0.1% low-density tail, or when the forward ratios' own PSIS $\hat k$
 heavy-tailed ($r$ has infinite variance when $q^2/p$ is not integrable), and $\hat c$ cannot
 be trusted. Chain draws that the proposal was trained on make $\hat c$ come out high (the flow
 is denser at its training points); [`with_coverage`][boltzflow.sampling.coverage.with_coverage]
-therefore uses the last quarter of each chain, which `hybrid`'s evidence refit holds out.
+therefore uses the last quarter of each chain, which `hybrid`'s evidence refit holds out, or,
+after SMC, the islands that the final flow fit held out (`info["flow_holdout_islands"]`).
 """
 
 from __future__ import annotations
@@ -164,6 +165,10 @@ def with_coverage(flow, result, importance, evidence: dict) -> dict:
     if result.accepted is None:
         return evidence
     own_log_q = -(importance.energy + importance.log_weight).reshape(-1)
-    cut = 3 * result.x.shape[1] // 4  # the held-out last quarter (hybrid's evidence refit)
-    x, u = result.x[:, cut:], result.energy[:, cut:]
+    held = (result.info or {}).get("flow_holdout_islands")
+    if held:  # SMC: the islands that the final flow fit held out
+        x, u = result.x[held], result.energy[held]
+    else:
+        cut = 3 * result.x.shape[1] // 4  # the held-out last quarter (hybrid's evidence refit)
+        x, u = result.x[:, cut:], result.energy[:, cut:]
     return {**evidence, **chain_coverage(flow, x, u, evidence, own_log_q)}

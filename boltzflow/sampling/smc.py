@@ -77,9 +77,11 @@ from boltzflow.rng import generator_for_module
 from boltzflow.sampling.runners import RunCost, SamplingResult
 from boltzflow.sampling.smc_crossfit import (
     cross_fitted_moves,
+    final_held_out_islands,
     fit_rows,
     fit_weighted,
     halves,
+    held_out_islands,
     merged,
     subset,
 )
@@ -225,7 +227,8 @@ def smc(
         `x [islands, N/islands, dim]`, zero log-weights, `accepted` (moved in the last stage)
         and `info`: `log_z` (mean, stderr), `betas`, per-stage `stage_acceptance`,
         `stage_steps`, `stage_step_size`, `stage_correlation`, `resampled`, `n_nonfinite`,
-        `islands`, `final_beta`, R-hat and ESS across islands, and the evaluation count.
+        `islands`, `flow_holdout_islands` (not used by the final fit of `flow`), `final_beta`,
+        R-hat and ESS across islands, and the evaluation count.
     """
     if int(islands) < 2:
         raise ValueError(
@@ -268,7 +271,7 @@ def smc(
             f,
             x,
             uniform,
-            fit_rows(nb, m, h, 0, x.device, early_stopping),
+            fit_rows(nb, m, h, held_out_islands(nb, h, 0, early_stopping), x.device),
             int(prior_steps),
             batch_size,
             o,
@@ -307,7 +310,7 @@ def smc(
         resampled.append(n_res)
         stage = len(betas) - 1
         for h, (f, o) in enumerate(zip(flows, opts, strict=True)):
-            fr = fit_rows(nb, m, h, stage, x.device, early_stopping)
+            fr = fit_rows(nb, m, h, held_out_islands(nb, h, stage, early_stopping), x.device)
             fit_weighted(f, p.x, log_w, fr, int(train_steps), int(batch_size), o, g)
         p, moved, per_half = cross_fitted_moves(flows, score, p, rows, beta, steps, settings, g)
         steps = [s.step_size for s in per_half]
@@ -325,7 +328,8 @@ def smc(
             st.acceptance,
         )
     bar.close()
-    final_rows = fit_rows(nb, m, None, len(betas), x.device, early_stopping)
+    holdout = final_held_out_islands(nb, early_stopping)
+    final_rows = fit_rows(nb, m, None, holdout, x.device)
     fit_weighted(flow, p.x, log_w, final_rows, int(train_steps), int(batch_size), opts[0], g)
     flow.eval()
     info = {
@@ -341,6 +345,7 @@ def smc(
         "resampled": resampled,
         "n_nonfinite": n_nonfinite,
         "islands": nb,
+        "flow_holdout_islands": holdout,
         "move": move,
         "reference": getattr(ref, "name", type(ref).__name__),
     }

@@ -63,17 +63,29 @@ def island_rows(ids, m: int, device) -> torch.Tensor:
     return torch.cat([torch.arange(i * m, (i + 1) * m, device=device) for i in ids])
 
 
-def fit_rows(islands: int, m: int, half: int | None, stage: int, device, hold_out: bool = True):
-    """`(train rows, validation rows or None)` of a flow fit: a quarter of the half's islands
-    (at least one, none if the half has a single island or `hold_out` is false) hold out,
-    rotating with the stage. `half=None` splits all islands (the final fit)."""
+def held_out_islands(islands: int, half: int, stage: int, hold_out: bool = True) -> list[int]:
+    """The islands a stage's fit of `half`'s flow holds out: a quarter of the half's islands (at
+    least one, none if the half has a single island or `hold_out` is false), rotating with the
+    stage."""
     own = islands_of(islands, half)
     k = len(own) // 4 if len(own) >= 4 else (1 if len(own) >= 2 else 0)
     k = k if hold_out else 0
     start = (stage * k) % len(own) if k else 0
-    held = {own[(start + j) % len(own)] for j in range(k)}
-    train = island_rows([i for i in own if i not in held], m, device)
-    return train, (island_rows(sorted(held), m, device) if held else None)
+    return sorted({own[(start + j) % len(own)] for j in range(k)})
+
+
+def final_held_out_islands(islands: int, hold_out: bool = True) -> list[int]:
+    """The islands the final fit of the returned flow holds out: every other odd island (half
+    0's flow, which becomes the returned one, has never been fitted to an odd island), so
+    they also serve as independent target draws for the evidence's coverage check."""
+    return islands_of(islands, 1)[::2] if hold_out else []
+
+
+def fit_rows(islands: int, m: int, half: int | None, held: list[int], device):
+    """`(train rows, validation rows or None)` of a fit to the islands of `half` (all for
+    `None`): the `held` islands validate, the others train."""
+    train = island_rows([i for i in islands_of(islands, half) if i not in held], m, device)
+    return train, (island_rows(held, m, device) if held else None)
 
 
 def halves(islands: int, m: int, device) -> list[torch.Tensor]:
