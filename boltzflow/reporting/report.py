@@ -94,6 +94,11 @@ def write_report(summary: Mapping, figures: Mapping[str, str], out_dir) -> Path:
             f"| sampler's log Z | {_fmt(ev['log_z'])}{_flag(ev)}, k̂ {ev['pareto_k']:.3f} |"
         )
         lines += _coverage_rows(ev, "sampler's coverage")
+    lz = sa.get("log_z")
+    if isinstance(lz, Mapping) and "mean" in lz:  # SMC's own evidence (islands)
+        flag = " (FLAGGED: the islands' log Z spread too widely)" if lz.get("flagged") else ""
+        spread = f", islands' sd {lz['islands_sd']:.2f}" if "islands_sd" in lz else ""
+        lines.append(f"| sampler's log Z (SMC) | {_fmt(lz)}{flag}{spread} |")
     ref = s.get("reference", {})
     if "log_z" in ref:
         lines.append(
