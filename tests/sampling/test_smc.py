@@ -285,3 +285,17 @@ def test_island_errors_are_calibrated_over_independent_runs():
         chi2 = float((((est - exact) / err) ** 2).sum())
         assert 1.5 < chi2 < 32.0, chi2
         assert 0.5 < est.std(ddof=1) / np.sqrt((err**2).mean()) < 2.0
+
+
+def test_island_log_z_spread_flags_an_unreliable_evidence(caplog):
+    """Islands whose log Z spread by more than ISLAND_LOG_Z_SD_MAX are flagged with a warning
+    (the mean of skewed island evidences is biased low); a narrow spread is not."""
+    g = torch.Generator().manual_seed(0)
+    narrow = -10 + 0.1 * torch.randn(16, generator=g, dtype=torch.float64)
+    wide = -10 + 2.0 * torch.randn(16, generator=g, dtype=torch.float64)
+    assert not smc_module._log_z(narrow)["flagged"]
+    with caplog.at_level("WARNING", logger="boltzflow.sampling.smc"):
+        out = smc_module._log_z(wide)
+    assert out["flagged"] and out["islands_sd"] > smc_module.ISLAND_LOG_Z_SD_MAX
+    assert "unreliable" in caplog.text
+    assert len(out["islands"]) == 16
