@@ -28,6 +28,8 @@ logger = logging.getLogger("boltzflow.progress")
 """The logger that carries progress lines and run stages."""
 
 _LOG_FORMAT = "{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%){postfix} [{elapsed}<{remaining}]"
+_LOG_FORMAT_NO_ETA = "{desc}: {n_fmt}/{total_fmt} ({percentage:.0f}%){postfix} [{elapsed}]"
+_BAR_FORMAT_NO_ETA = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
 
 
 def log_interval() -> float:
@@ -56,7 +58,13 @@ def _on_terminal() -> bool:
 
 
 def progress_bar(
-    total: int, desc: str, *, enabled: bool | None = None, leave: bool = True, initial: int = 0
+    total: int,
+    desc: str,
+    *,
+    enabled: bool | None = None,
+    leave: bool = True,
+    initial: int = 0,
+    eta: bool = True,
 ) -> tqdm:
     """A progress bar for `total` steps named `desc`.
 
@@ -67,6 +75,8 @@ def progress_bar(
             periodic log lines otherwise.
         leave: keep the final state (a bar) or log a final line (off a terminal).
         initial: steps already done (a resumed run).
+        eta: show the estimated time left; `False` where progress is not uniform in time (an
+            SMC temperature, whose last stretch takes most of the time).
 
     Returns:
         a `tqdm.tqdm`; use `update`, `set_postfix` and `close` (or `with`).
@@ -74,7 +84,15 @@ def progress_bar(
     if enabled is False:
         return tqdm(total=total, initial=initial, disable=True)
     if _on_terminal():
-        return tqdm(total=total, initial=initial, desc=desc, leave=leave, dynamic_ncols=True)
+        fmt = None if eta else _BAR_FORMAT_NO_ETA
+        return tqdm(
+            total=total,
+            initial=initial,
+            desc=desc,
+            leave=leave,
+            dynamic_ncols=True,
+            bar_format=fmt,
+        )
     return tqdm(
         total=total,
         initial=initial,
@@ -83,5 +101,5 @@ def progress_bar(
         file=_LogLines(),
         mininterval=log_interval(),
         miniters=1,
-        bar_format=_LOG_FORMAT,
+        bar_format=_LOG_FORMAT if eta else _LOG_FORMAT_NO_ETA,
     )

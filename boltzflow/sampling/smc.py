@@ -307,7 +307,7 @@ def smc(
     log_zb = torch.zeros(nb, dtype=torch.float64, device=x.device)
     beta, betas, stats_all, resampled = 0.0, [0.0], [], []
     moved = torch.zeros(nb * m, dtype=torch.bool, device=x.device)
-    bar = progress_bar(1000, "smc (1000 beta)")
+    bar = progress_bar(1000, "smc (1000 beta)", eta=False)
     while beta < 1.0:
         if len(betas) > int(max_stages):
             logger.warning("SMC stopped at beta = %.4g after %d stages", beta, max_stages)
