@@ -123,10 +123,14 @@ def count_gradients(post):
         del post.energy
 
 
-def run_dynesty(post, nlive: int = 250, walks: int = 25, seed: int = 0) -> dict:
+def run_dynesty(post, nlive: int = 250, walks: int = 100, seed: int = 0) -> dict:
     """log Z of a posterior with uniform priors by dynesty's nested sampling (Speagle 2020,
     MNRAS 493, 3132): ``nlive`` live points, bounded random-walk proposals of ``walks`` steps,
-    multi-ellipsoid bounds, stopped at a remaining dlog Z of 0.5; its own error estimate."""
+    multi-ellipsoid bounds, stopped at a remaining dlog Z of 0.5; its own error estimate.
+
+    On pta-sim 25 walks (dynesty's default) left new live points correlated with their seeds
+    and gave log Z -470.55 +- 0.57, 3 nats above flow importance sampling (-473.76 +- 0.02);
+    100 walks give -473.78 +- 0.48 (569k calls, 10 CPU min)."""
     import dynesty
 
     lows = np.array([p.prior.low for p in post.parameters], dtype=float)
