@@ -24,7 +24,20 @@ import torch
 from boltzflow.sampling.smc_moves import MoveStats, Particles, latent_moves
 from boltzflow.training.fit import Validation, fit_affine_to_data, fit_nll, weighted_nll
 
-__all__ = ["mover_of", "VALIDATE_EVERY"]
+__all__ = [
+    "VALIDATE_EVERY",
+    "fit_weighted",
+    "islands_of",
+    "island_rows",
+    "held_out_islands",
+    "final_held_out_islands",
+    "fit_rows",
+    "halves",
+    "mover_of",
+    "subset",
+    "cross_fitted_moves",
+    "merged",
+]
 
 
 def fit_weighted(flow, x, log_w, rows, steps, batch_size, opt, g) -> None:
