@@ -83,23 +83,9 @@ def progress_bar(
     """
     if enabled is False:
         return tqdm(total=total, initial=initial, disable=True)
+    common = {"total": total, "initial": initial, "desc": desc, "leave": leave}
     if _on_terminal():
         fmt = None if eta else _BAR_FORMAT_NO_ETA
-        return tqdm(
-            total=total,
-            initial=initial,
-            desc=desc,
-            leave=leave,
-            dynamic_ncols=True,
-            bar_format=fmt,
-        )
-    return tqdm(
-        total=total,
-        initial=initial,
-        desc=desc,
-        leave=leave,
-        file=_LogLines(),
-        mininterval=log_interval(),
-        miniters=1,
-        bar_format=_LOG_FORMAT if eta else _LOG_FORMAT_NO_ETA,
-    )
+        return tqdm(**common, dynamic_ncols=True, bar_format=fmt)
+    fmt = _LOG_FORMAT if eta else _LOG_FORMAT_NO_ETA
+    return tqdm(**common, file=_LogLines(), mininterval=log_interval(), miniters=1, bar_format=fmt)
