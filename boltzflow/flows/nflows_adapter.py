@@ -56,6 +56,7 @@ from boltzflow.flows.base import (
     coupling_score,
     scored_input,
 )
+from boltzflow.flows.circular import IDENTITY_DERIVATIVE
 
 __all__ = [
     "NflowsTransform",
@@ -187,14 +188,16 @@ def rq_coupling(
 
 
 def _spline_identity(layer) -> None:
-    """Zero the conditioner's output layer of an nflows RQ coupling with linear tails, with
-    derivative biases $u$ such that `min_derivative + softplus(u) = 1`: equal bins, unit slopes."""
+    """Zero the conditioner's output layer of an nflows RQ coupling with linear tails (built
+    with nflows' default `min_derivative`), with derivative biases
+    `circular.IDENTITY_DERIVATIVE`: equal bins, unit
+    slopes."""
     out, k = layer.transform_net.final_layer, layer.num_bins
     with torch.no_grad():
         out.weight.zero_()
         bias = out.bias.view(-1, 3 * k - 1)
         bias.zero_()
-        bias[:, 2 * k :] = math.log(math.expm1(1.0 - layer.min_derivative))
+        bias[:, 2 * k :] = IDENTITY_DERIVATIVE
 
 
 def affine_coupling(mask, hidden_features: int = 64, num_blocks: int = 2) -> NflowsTransform:
