@@ -59,6 +59,7 @@ __all__ = [
     "sample_and_score",
     "path_reverse_kl",
     "path_nll",
+    "ForceCache",
     "naive_detached_logdet_kl",
 ]
 
@@ -202,52 +203,121 @@ path_reverse_kl.path_gradient = "reverse"
 
 
 def path_nll(
-    flow, target, data: torch.Tensor, generator: torch.Generator | None = None
+    flow,
+    target,
+    data: torch.Tensor,
+    generator: torch.Generator | None = None,
+    estimator: str = "auto",
+    forces: torch.Tensor | None = None,
 ) -> LossOutput:
     r"""Negative log-likelihood of target samples with the forward-KL path gradient.
 
-    With $z_i = T_\theta^{-1}(x_i)$, $x_i \sim p$, and detached parameters $\bar\theta$ in the
-    second pass $\tilde x_i = T_{\bar\theta}(z_i)$ (equal to $x_i$ in value):
+    With $z_i = T_\theta^{-1}(x_i)$, $x_i \sim p$ and $F = -\nabla u$ (detached), the path
+    gradient of $\mathrm{KL}(p^z_\theta\|p_z) = \mathrm{KL}(p\|q_\theta)$ (module docstring;
+    Vaitl et al. 2024) is computed by one of two surrogates with the same gradient:
 
-    $$
-    L = \frac1N \sum_i \Big[F(x_i)\cdot \tilde x_i + \log|\det\partial_z T_{\bar\theta}(z_i)|
-    - \log p_z(z_i)\Big], \qquad F = -\nabla u \ \text{(detached)},
-    $$
+    * `"dropin"`: $L = \frac1N \sum_i \big[F(x_i)\cdot \tilde x_i
+      + \log|\det\partial_z T_{\bar\theta}(z_i)| - \log p_z(z_i)\big]$, with $z_i$ carrying the
+      parameters' graph and a second pass $\tilde x_i = T_{\bar\theta}(z_i)$ with detached
+      parameters $\bar\theta$;
+    * `"fast"`: $L = \frac1N \sum_i T_\theta(\bar z_i)\cdot\big(\bar G_i - F(x_i)\big)$, with
+      $\bar z_i$ the inverse computed without a graph and $\bar G_i = \nabla_x\log q(x_i)$
+      carried forward by the layers' score rules. Because $T_\theta(z_\theta) = x$ is fixed,
+      $J\,\partial_\theta z = -\partial_\theta T_\theta(z)|_z$, and the latent-space path gradient
+      $-\big(J^\top(\nabla u + G)\big)^\top\partial_\theta z$ equals
+      $(\nabla u + G)^\top\partial_\theta T_\theta(z)|_z$: the reverse-KL rule evaluated at the
+      data. One inverse pass without a graph replaces the drop-in's inverse pass with a graph.
+      A base distribution with parameters of its own gets its ordinary gradient
+      $-\nabla_\phi \log p_z(z_i)$ from both (it does not enter $p^z_\theta$).
 
-    whose gradient is the path gradient of $\mathrm{KL}(p^z_\theta\|p_z) = \mathrm{KL}(p\|q_\theta)$
-    (module docstring; Vaitl et al. 2024). The returned value is the ordinary NLL
-    $-\frac1N\sum_i \log q_\theta(x_i)$. Costs one force evaluation per data point.
+    The returned value is the ordinary NLL $-\frac1N\sum_i \log q_\theta(x_i)$.
 
     Args:
         flow: a deterministic [`Flow`][boltzflow.flows.base.Flow] (inverse and forward).
         target: an [`Energy`][boltzflow.energies.base.Energy] with `force(x)` ($-\nabla u$, kT).
         data: target samples `[N, *event_shape]`.
         generator: unused (uniform signature).
+        estimator: `"auto"`, `"fast"` or `"dropin"`
+            ([`path_estimator`][boltzflow.training.path_gradients.path_estimator]).
+        forces: $-\nabla u$ at `data` when already known (the trainer's
+            [`ForceCache`][boltzflow.training.path_gradients.ForceCache]); otherwise one force
+            evaluation per data point.
 
     Returns:
-        [`LossOutput`][boltzflow.training.losses.LossOutput] with `n_evaluations = N`; rows with a
-        non-finite force or density are dropped and counted.
+        [`LossOutput`][boltzflow.training.losses.LossOutput] with `n_evaluations` the number of
+        force evaluations made (`N`, or 0 with `forces`); rows with a non-finite force, density
+        or score are dropped and counted.
     """
     del generator
-    path_estimator(flow, "dropin")
-    force = target.force(data.detach()).detach()
+    kind = path_estimator(flow, estimator)
+    n_evaluations = 0 if forces is not None else int(data.shape[0])
+    force = target.force(data.detach()) if forces is None else forces
+    force = force.detach().to(data)
     finite_force = _row_finite(force)
     force = torch.where(finite_force.reshape(-1, *[1] * (force.dim() - 1)), force, 0.0)
-    z, ladj_inv = flow.transform.inverse(data)
     keep: list = [None]
-    z = _mask_grad_rows(z, keep)
-    x_tilde, ladj = with_fixed_parameters(flow.transform, "forward", z)
-    log_pz = flow.base.log_prob(z)
-    pulled = (force * x_tilde).reshape(z.shape[0], -1).sum(-1) + ladj - log_pz
-    value = -(log_pz + ladj_inv)
+    if kind == "fast":
+        with torch.no_grad():
+            z, _ = flow.transform.inverse(data)
+        x, ladj, score = flow.transform.forward_and_score(z, _base_score(flow.base, z))
+        finite_force = finite_force & _row_finite(score)
+        score = torch.where(_row_finite(score).reshape(-1, *[1] * (score.dim() - 1)), score, 0.0)
+        x = _mask_grad_rows(x, keep)
+        log_pz = flow.base.log_prob(z)  # z has no graph: only a learnable base's own parameters
+        value = -(log_pz - ladj)
+        pulled = (x * (score - force)).reshape(x.shape[0], -1).sum(-1) - log_pz
+    else:
+        z, ladj_inv = flow.transform.inverse(data)
+        z = _mask_grad_rows(z, keep)
+        x_tilde, ladj = with_fixed_parameters(flow.transform, "forward", z)
+        log_pz = flow.base.log_prob(z)
+        pulled = (force * x_tilde).reshape(z.shape[0], -1).sum(-1) + ladj - log_pz
+        value = -(log_pz + ladj_inv)
     per_sample = value.detach() + pulled - pulled.detach()
     finite = torch.isfinite(per_sample) & finite_force
     keep[0] = finite
-    return LossOutput(_masked_mean(per_sample, finite), int(data.shape[0]), (~finite).sum())
+    return LossOutput(_masked_mean(per_sample, finite), n_evaluations, (~finite).sum())
 
 
 path_nll.path_gradient = "forward"
 path_nll.needs_data = True
+path_nll.takes_forces = True
+
+
+class ForceCache:
+    r"""The target's forces $-\nabla u$ at the rows of a fixed data set, each row evaluated at
+    most once.
+
+    A `path_nll` stage revisits every data point once per epoch, and the forces at a data point
+    never change: the [`Trainer`][boltzflow.training.trainer.Trainer] keeps one cache per such
+    stage and passes `forces=cache(rows)` to the loss, so a stage costs at most `len(data)`
+    force evaluations instead of `steps × batch_size`.
+
+    Args:
+        target: an [`Energy`][boltzflow.energies.base.Energy] with `force(x)` (kT per unit of x).
+        data: the stage's data `[N, *event_shape]`.
+
+    Attributes:
+        n_evaluations: force evaluations made so far.
+    """
+
+    def __init__(self, target, data: torch.Tensor):
+        self.target, self.data = target, data
+        self.forces = torch.full_like(data, float("nan"))
+        self.known = torch.zeros(data.shape[0], dtype=torch.bool, device=data.device)
+        self.n_evaluations = 0
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        """Forces at `data[rows]`, `[len(rows), *event_shape]` (non-finite ones stay so)."""
+        rows = rows.to(self.known.device)
+        missing = torch.unique(rows[~self.known[rows]])
+        if len(missing):
+            with torch.no_grad():
+                force = self.target.force(self.data[missing]).detach()
+            self.forces[missing] = force.to(self.forces)
+            self.known[missing] = True
+            self.n_evaluations += int(len(missing))
+        return self.forces[rows]
 
 
 def naive_detached_logdet_kl(

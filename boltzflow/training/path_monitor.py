@@ -257,8 +257,7 @@ def path_gradient_summary(result, flow, stages) -> dict:
         loss, kwargs = _stage_loss(stage)
         kind = path_kind(loss)
         if kind is not None:
-            wanted = "dropin" if kind == "forward" else kwargs.get("estimator", "auto")
-            name = path_estimator(flow, wanted)
+            name = path_estimator(flow, kwargs.get("estimator", "auto"))
             dropin = layers_without_score_rule(flow) if name == "fast" else []
             estimators[str(i)] = {"estimator": name, "per_layer_dropin": dropin}
     if not estimators or result is None:

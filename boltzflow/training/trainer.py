@@ -33,6 +33,7 @@ from boltzflow.rng import make_generator
 from boltzflow.training.callbacks import Callback
 from boltzflow.training.distributed import all_reduce_step, broadcast_parameters, share, world
 from boltzflow.training.losses import LossOutput
+from boltzflow.training.path_gradients import ForceCache
 from boltzflow.training.stages import EpochSampler, Stage, TrainingResult, cosine_warmup, seed_for
 from boltzflow.training.weighted import needs_data, resolve_loss
 from boltzflow.weights import count_nonfinite, kish_ess, log_weights
@@ -116,6 +117,8 @@ class Trainer:
         self.sync_every = int(sync_every or (1 if self.device.type == "cpu" else 64))
         self.compile = bool(compile)
         self._sampler: EpochSampler | None = None
+        self._forces: ForceCache | None = None  # forces at a data stage's rows, for path_nll
+        self._rows: torch.Tensor | None = None  # the data rows of the current step
 
     # ----------------------------------------------------------------- stages
     def _begin_stage(self) -> None:
@@ -123,6 +126,9 @@ class Trainer:
         self._loss_fn = resolve_loss(stage.loss)
         if stage.data is None and needs_data(self._loss_fn):
             raise ValueError(f"stage {self.stage_index}: loss {stage.loss!r} needs data")
+        self._forces = None
+        if getattr(self._loss_fn, "takes_forces", False) and isinstance(stage.data, torch.Tensor):
+            self._forces = ForceCache(self.target, stage.data)
         if self.compile:
             self._loss_fn = torch.compile(self._loss_fn)
         params = [p for p in self.flow.parameters() if p.requires_grad]
@@ -147,7 +153,8 @@ class Trainer:
             key = (self.seed, 3, self.stage_index)
             if self._sampler is None or self._sampler.key != key:
                 self._sampler = EpochSampler(len(stage.data), key)
-            x = stage.data[self._sampler.indices(self.stage_step, n)[lo:hi]]
+            self._rows = self._sampler.indices(self.stage_step, n)[lo:hi]
+            x = stage.data[self._rows]
         else:
             fn = self.target.sample if stage.data == "exact" else stage.data
             x = fn(hi - lo, generator=self.generators["data"])
@@ -158,12 +165,13 @@ class Trainer:
         self.flow.train()
         before = getattr(self.target, "n_evaluations", 0)
         self.optimizer.zero_grad(set_to_none=True)
+        batch, kwargs = self._batch(stage), dict(stage.loss_kwargs)
+        if self._forces is not None:  # each data point's force is evaluated once per stage
+            known = self._forces.n_evaluations
+            kwargs["forces"] = self._forces(self._rows).to(device=self.device, dtype=self.dtype)
+            self.energy_evaluations += self._forces.n_evaluations - known
         out = self._loss_fn(
-            self.flow,
-            self.target,
-            self._batch(stage),
-            generator=self.generators["sample"],
-            **stage.loss_kwargs,
+            self.flow, self.target, batch, generator=self.generators["sample"], **kwargs
         )
         if not isinstance(out, LossOutput):
             out = LossOutput(out, getattr(self.target, "n_evaluations", 0) - before, 0)

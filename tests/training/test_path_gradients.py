@@ -23,6 +23,7 @@ from boltzflow.energies.base import CallableEnergy
 from boltzflow.molecular.flows import internal_coordinate_flow
 from boltzflow.training.losses import nll, reverse_kl
 from boltzflow.training.path_gradients import (
+    ForceCache,
     layers_without_score_rule,
     naive_detached_logdet_kl,
     path_estimator,
@@ -140,6 +141,22 @@ def test_fast_and_dropin_estimators_agree(name, training, float64):
     torch.testing.assert_close(values[0], values[1], atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_fast_and_dropin_forward_kl_estimators_agree(name, float64):
+    flow = FLOW_FACTORIES[name](0)
+    target = _gaussian(flow)
+    data = flow.sample(8, generator=torch.Generator().manual_seed(3)).x.detach()
+    data = data + 0.05 * torch.randn(data.shape, generator=torch.Generator().manual_seed(4))
+    outs = {e: path_nll(flow, target, data, estimator=e) for e in ("fast", "dropin")}
+    grads = {e: _grad(flow, out.loss) for e, out in outs.items()}
+    assert grads["dropin"].abs().max() > 1e-4  # not trivially zero
+    torch.testing.assert_close(grads["fast"], grads["dropin"], atol=1e-10, rtol=0)
+    torch.testing.assert_close(outs["fast"].loss, outs["dropin"].loss, atol=1e-10, rtol=0)
+    given = path_nll(flow, target, data, forces=target.force(data))
+    torch.testing.assert_close(_grad(flow, given.loss), grads["fast"], atol=1e-12, rtol=0)
+    assert (outs["fast"].n_evaluations, given.n_evaluations) == (8, 0)
+
+
 def test_auto_picks_the_fast_estimator_when_some_layer_has_a_rule(float64):
     assert path_estimator(FLOW_FACTORIES["maf-layer"](0)) == "dropin"
     assert path_estimator(FLOW_FACTORIES["maf-3d"](0)) == "fast"  # its permutations have rules
@@ -200,18 +217,20 @@ class _WrongSignForce(CallableEnergy):
         return -super().force(x)
 
 
-@pytest.mark.parametrize("family", ["spline-coupling", "affine-coupling"])
-def test_path_nll_is_unbiased_and_wrong_sign_force_is_detected(family, float64):
+@pytest.mark.parametrize(
+    "family, estimator", [("spline-coupling", "fast"), ("affine-coupling", "dropin")]
+)
+def test_path_nll_is_unbiased_and_wrong_sign_force_is_detected(family, estimator, float64):
     flow, target, data = _nll_setup(family)
     mutant = _WrongSignForce(target._fn, flow.event_shape)
-    diff = _paired(
-        flow, lambda g: path_nll(flow, target, data(g)), lambda g: nll(flow, None, data(g)), 60
-    )
+
+    def path(energy):
+        return lambda g: path_nll(flow, energy, data(g), estimator=estimator)
+
+    diff = _paired(flow, path(target), lambda g: nll(flow, None, data(g)), 60)
     z, threshold = _max_z(diff)
     assert z < threshold, f"path_nll biased, max |z| = {z:.2f}"
-    diff = _paired(
-        flow, lambda g: path_nll(flow, mutant, data(g)), lambda g: nll(flow, None, data(g)), 60
-    )
+    diff = _paired(flow, path(mutant), lambda g: nll(flow, None, data(g)), 60)
     z, threshold = _max_z(diff)
     assert z > threshold, f"wrong-sign force passed (max |z| = {z:.2f})"
 
@@ -254,3 +273,40 @@ def test_trainer_runs_both_path_losses_by_name(float64):
     assert result.steps == 6
     assert result.energy_evaluations == 6 * 16
     assert all(math.isfinite(r["loss"]) for r in result.history)
+
+
+class _CountingGaussian(CallableEnergy):
+    """A Gaussian energy that counts its force evaluations (data points)."""
+
+    n_forces = 0
+
+    def force(self, x):
+        self.n_forces += x.shape[0]
+        return super().force(x)
+
+
+def test_a_path_nll_stage_evaluates_each_data_point_once(float64):
+    """Four epochs of 32 data points cost 32 force evaluations, and the cached forces give the
+    same parameters as evaluating them at every step."""
+    data = 0.3 + torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+    fn = _gaussian(FAMILIES["spline-coupling"](0))._fn
+    flows, targets = [], []
+    for loss in ("path_nll", lambda *a, **k: path_nll(*a, **{**k, "forces": None})):
+        flow, target = FAMILIES["spline-coupling"](0), _CountingGaussian(fn, (2,))
+        stage = {"loss": loss, "steps": 8, "batch_size": 16, "data": data}
+        result = train(flow, target, [stage], seed=0, progress=False)
+        flows.append(flow)
+        targets.append((target.n_forces, result.energy_evaluations))
+    assert targets == [(32, 32), (8 * 16, 8 * 16)]
+    for a, b in zip(flows[0].parameters(), flows[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_force_cache_returns_the_target_forces_of_repeated_rows(float64):
+    target = _CountingGaussian(_gaussian(FAMILIES["spline-coupling"](0))._fn, (2,))
+    data = torch.randn(10, 2, generator=torch.Generator().manual_seed(1))
+    cache = ForceCache(target, data)
+    rows = torch.tensor([3, 3, 7, 0, 7])
+    torch.testing.assert_close(cache(rows), target.force(data[rows]), atol=0, rtol=0)
+    torch.testing.assert_close(cache(torch.tensor([0, 9])), target.force(data[[0, 9]]))
+    assert cache.n_evaluations == 4
