@@ -107,6 +107,13 @@ class ElementwiseAffine(Transform):
         new = score.reshape(score.shape[0], -1) * torch.exp(-log_scale)
         return ScoredResult(x, ladj, new.reshape(score.shape))
 
+    def inverse_and_score(self, x: torch.Tensor, score: torch.Tensor) -> ScoredResult:
+        r"""Inverse score rule: $\nabla_z \log r_z = e^{s} \odot \nabla_x \log r_x$."""
+        z, ladj_inv = self.inverse(x)
+        log_scale = self.full_loc_and_log_scale()[1].detach()
+        new = score.reshape(score.shape[0], -1) * torch.exp(log_scale)
+        return ScoredResult(z, ladj_inv, new.reshape(score.shape))
+
     def inverse(self, x: torch.Tensor) -> TransformResult:
         loc, log_scale = self.full_loc_and_log_scale()
         z = (x.reshape(x.shape[0], -1) - loc) * torch.exp(-log_scale)
@@ -197,6 +204,12 @@ class DenseAffine(Transform):
         s = score.reshape(score.shape[0], -1).T
         new = torch.linalg.solve_triangular(chol.T, s, upper=True).T
         return ScoredResult(x, ladj, new.reshape(score.shape))
+
+    def inverse_and_score(self, x: torch.Tensor, score: torch.Tensor) -> ScoredResult:
+        r"""Inverse score rule: $\nabla_z \log r_z = L^{\top} \nabla_x \log r_x$."""
+        z, ladj_inv = self.inverse(x)
+        new = score.reshape(score.shape[0], -1) @ self.cholesky().detach()
+        return ScoredResult(z, ladj_inv, new.reshape(score.shape))
 
     @torch.no_grad()
     def set_from_data(

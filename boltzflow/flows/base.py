@@ -134,6 +134,45 @@ class Transform(nn.Module):
             (new,) = torch.autograd.grad((score * back).sum() + ladj_inv.sum(), leaf)
         return ScoredResult(y, ladj, new)
 
+    @property
+    def has_inverse_score_rule(self) -> bool:
+        """True when the layer implements `inverse_and_score` (a fast forward-KL path rule)."""
+        return type(self).inverse_and_score is not Transform.inverse_and_score
+
+    def inverse_and_score(self, x: torch.Tensor, score: torch.Tensor) -> ScoredResult:
+        r"""Map `x` back to `z` and carry a score backwards: the score rule of the inverse map.
+
+        A density $r_x$ on $x = f(z)$ pulls back to $r_z(z) = r_x(f(z))\,e^{l(z)}$, whose score
+        is
+
+        $$
+        \nabla_z \log r_z = J^{\top}\nabla_x \log r_x + \nabla_z l
+        = \nabla_z\big[G_x \cdot f(z) + l(z)\big]_{G_x\ \text{fixed}},
+        $$
+
+        computed with the parameters held fixed. Carried from the target's score
+        $-\nabla u$ at data $x$ down to the latent space it gives the score of the pulled-back
+        target $p^z_\theta$, which the forward-KL path gradient needs
+        ([`path_nll`][boltzflow.training.path_gradients.path_nll]; Vaitl et al. 2024).
+        Layers with a fast rule override this method (`has_inverse_score_rule`); this default
+        is the layer's drop-in: one pass of `forward` with the parameters detached and one
+        vector-Jacobian product.
+
+        Args:
+            x: input `[batch, *event_shape]` (may carry the parameters' graph).
+            score: $\nabla_x \log r_x(x)$, detached, same shape as `x`.
+
+        Returns:
+            [`ScoredResult`][boltzflow.flows.base.ScoredResult] `(z, ladj_inv, score_z)`, with
+            `ladj_inv` $= \log|\det \partial z/\partial x|$.
+        """
+        z, ladj_inv = self.inverse(x)
+        with torch.enable_grad():
+            leaf = z.detach().requires_grad_(True)
+            fwd, ladj = with_fixed_parameters(self, "forward", leaf)
+            (new,) = torch.autograd.grad((score * fwd).sum() + ladj.sum(), leaf)
+        return ScoredResult(z, ladj_inv, new)
+
     def forward(self, z: torch.Tensor) -> TransformResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -195,6 +234,19 @@ class Compose(Transform):
             z, l, score = t.forward_and_score(z, score)
             ladj = ladj + l
         return ScoredResult(z, ladj, score)
+
+    @property
+    def has_inverse_score_rule(self) -> bool:
+        """True when every member has a fast `inverse_and_score` rule."""
+        return all(t.has_inverse_score_rule for t in self.transforms)
+
+    def inverse_and_score(self, x, score) -> ScoredResult:
+        """Chain the members' inverse score rules (see `Transform.inverse_and_score`)."""
+        ladj = x.new_zeros(x.shape[0])
+        for t in reversed(self.transforms):
+            x, l, score = t.inverse_and_score(x, score)
+            ladj = ladj + l
+        return ScoredResult(x, ladj, score)
 
     def inverse(self, x, generator: torch.Generator | None = None):
         ladj = x.new_zeros(x.shape[0])
@@ -349,7 +401,8 @@ def with_fixed_parameters(module: nn.Module, method: str, *args):
 
 def coupling_rule(z, score, run, gather, scatter) -> ScoredResult:
     """A coupling layer's `forward_and_score` from its parts, with
-    [`coupling_score`][boltzflow.flows.base.coupling_score].
+    [`coupling_score`][boltzflow.flows.base.coupling_score]. With `run` the layer's inverse
+    map, the same rule is its `inverse_and_score` (the inverse is a coupling layer too).
 
     Args:
         z, score: as in `Transform.forward_and_score`.

@@ -178,6 +178,11 @@ class CircularShift(Transform):
         x, ladj = self._map(z, 1.0)
         return ScoredResult(x, ladj, score)
 
+    def inverse_and_score(self, x: torch.Tensor, score: torch.Tensor) -> ScoredResult:
+        """Inverse score rule: the score is carried unchanged ($J = I$)."""
+        z, ladj = self._map(x, -1.0)
+        return ScoredResult(z, ladj, score)
+
     def inverse(self, x: torch.Tensor) -> TransformResult:
         return self._map(x, -1.0)
 
@@ -300,6 +305,12 @@ class CircularSplineCoupling(Transform):
         features (circular and Euclidean splines alike)."""
         run = functools.partial(self._map, inverse=False, scored=True)
         return coupling_rule(z, score, run, self._gather, self._scatter)
+
+    def inverse_and_score(self, x: torch.Tensor, score: torch.Tensor) -> ScoredResult:
+        """Inverse score rule: [`coupling_rule`][boltzflow.flows.base.coupling_rule] on the
+        inverse splines."""
+        run = functools.partial(self._map, inverse=True, scored=True)
+        return coupling_rule(x, score, run, self._gather, self._scatter)
 
     def forward(self, z: torch.Tensor) -> TransformResult:
         return self._map(z, inverse=False)

@@ -104,40 +104,60 @@ class NflowsTransform(Transform):
         coupling = (nt.AffineCouplingTransform, PiecewiseCouplingTransform)
         return isinstance(t, coupling) and t.unconditional_transform is None
 
+    @property
+    def has_inverse_score_rule(self) -> bool:
+        """The same layers have an inverse rule (`inverse_and_score`)."""
+        return self.has_score_rule
+
     def forward_and_score(self, z: torch.Tensor, score: torch.Tensor) -> ScoredResult:
         r"""Score rule (Vaitl et al. 2024): a permutation permutes the score like the
         coordinates; a coupling applies
         [`coupling_score`][boltzflow.flows.base.coupling_score], with the elementwise
         log-derivatives $-\log s$ (affine: $x_a = (z_a - t)/s$ in nflows' inverse direction) or
         those of the spline."""
-        t = self.nflows_transform
         if not self.has_score_rule:  # the drop-in of Transform.forward_and_score
             return super().forward_and_score(z, score)
+        return self._scored(z, score, inverse=False)
+
+    def inverse_and_score(self, x: torch.Tensor, score: torch.Tensor) -> ScoredResult:
+        r"""Inverse score rule: the same rules with nflows' forward direction (affine:
+        $z_a = s\,x_a + t$, log-derivatives $\log s$)."""
+        if not self.has_inverse_score_rule:  # the drop-in of Transform.inverse_and_score
+            return super().inverse_and_score(x, score)
+        return self._scored(x, score, inverse=True)
+
+    def _scored(self, v: torch.Tensor, score: torch.Tensor, inverse: bool) -> ScoredResult:
+        """`forward_and_score` (`inverse=False`, nflows' inverse map) or `inverse_and_score`."""
+        t = self.nflows_transform
         flat = score.reshape(score.shape[0], -1)
         if isinstance(t, nt.Permutation):
-            x, ladj = self.forward(z)
-            return ScoredResult(x, ladj, t.inverse(flat)[0].reshape(score.shape))
+            out, ladj = self.inverse(v) if inverse else self.forward(v)
+            carried = t.forward(flat)[0] if inverse else t.inverse(flat)[0]
+            return ScoredResult(out, ladj, carried.reshape(score.shape))
         with torch.enable_grad():
-            zf = scored_input(z.reshape(z.shape[0], -1))
+            vf = scored_input(v.reshape(v.shape[0], -1))
             ident, active = t.identity_features, t.transform_features
-            za = zf[:, active]
-            params = t.transform_net(zf[:, ident], None)
+            va = vf[:, active]
+            params = t.transform_net(vf[:, ident], None)
             if isinstance(t, nt.AffineCouplingTransform):
                 scale, shift = t._scale_and_shift(params)
-                ya, lad = (za - shift) / scale, -torch.log(scale)
+                if inverse:
+                    out_a, lad = va * scale + shift, torch.log(scale)
+                else:
+                    out_a, lad = (va - shift) / scale, -torch.log(scale)
             else:
-                params = params.reshape(za.shape[0], za.shape[1], -1)
-                ya, lad = t._piecewise_cdf(za, params, inverse=True)
-            x = torch.empty_like(zf)
-            x[:, ident], x[:, active] = zf[:, ident], ya
+                params = params.reshape(va.shape[0], va.shape[1], -1)
+                out_a, lad = t._piecewise_cdf(va, params, inverse=not inverse)
+            out = torch.empty_like(vf)
+            out[:, ident], out[:, active] = vf[:, ident], out_a
 
             def scatter(full, values):
-                out = full.clone()
-                out[:, active] = values
-                return out
+                new = full.clone()
+                new[:, active] = values
+                return new
 
-            new = coupling_score(zf, za, ya, lad, flat, lambda s: s[:, active], scatter)
-        return ScoredResult(x.reshape(z.shape), lad.sum(-1), new.reshape(score.shape))
+            new = coupling_score(vf, va, out_a, lad, flat, lambda s: s[:, active], scatter)
+        return ScoredResult(out.reshape(v.shape), lad.sum(-1), new.reshape(score.shape))
 
 
 def _as_mask(mask) -> torch.Tensor:

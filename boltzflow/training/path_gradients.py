@@ -68,25 +68,27 @@ logger = logging.getLogger(__name__)
 ESTIMATORS = ("auto", "fast", "dropin")
 
 
-def layers_without_score_rule(flow, every: bool = False) -> list[str]:
+def layers_without_score_rule(flow, every: bool = False, inverse: bool = False) -> list[str]:
     """Names of the transforms of `flow` (members of compositions, recursively) without a fast
     score rule (all of them with `every`): those the fast estimator covers with their own
-    drop-in."""
+    drop-in. `inverse` asks about the inverse rule (`inverse_and_score`, used by `path_nll`)
+    instead of `forward_and_score`."""
     found: list[str] = []
+    rule = "has_inverse_score_rule" if inverse else "has_score_rule"
 
     def walk(t, name):
         members = getattr(t, "transforms", None)
         if isinstance(members, nn.ModuleList):
             for i, member in enumerate(members):
                 walk(member, f"{name}.{i}")
-        elif every or not getattr(t, "has_score_rule", False):
+        elif every or not getattr(t, rule, False):
             found.append(f"{name} ({type(t).__name__})")
 
     walk(flow.transform, "transform")
     return found
 
 
-def path_estimator(flow, estimator: str = "auto") -> str:
+def path_estimator(flow, estimator: str = "auto", inverse: bool = False) -> str:
     """The estimator a path loss uses on `flow`: `"fast"` or `"dropin"`.
 
     `"fast"` carries the score through every layer: with the layer's fast rule where it has one,
@@ -100,6 +102,8 @@ def path_estimator(flow, estimator: str = "auto") -> str:
         flow: a deterministic [`Flow`][boltzflow.flows.base.Flow].
         estimator: `"auto"` (`"fast"` when some layer has a fast rule, else `"dropin"`),
             `"fast"` or `"dropin"`.
+        inverse: decide for the inverse rules (`inverse_and_score`, the forward-KL path
+            gradient of `path_nll`).
 
     Raises:
         ValueError: an unknown name, or a stochastic flow (it has no density to differentiate).
@@ -111,7 +115,8 @@ def path_estimator(flow, estimator: str = "auto") -> str:
     if estimator != "auto":
         return estimator
     n_layers = len(layers_without_score_rule(flow, every=True))
-    return "fast" if len(layers_without_score_rule(flow)) < n_layers else "dropin"
+    missing = layers_without_score_rule(flow, inverse=inverse)
+    return "fast" if len(missing) < n_layers else "dropin"
 
 
 def _base_score(base, z: torch.Tensor) -> torch.Tensor:
@@ -220,15 +225,16 @@ def path_nll(
       + \log|\det\partial_z T_{\bar\theta}(z_i)| - \log p_z(z_i)\big]$, with $z_i$ carrying the
       parameters' graph and a second pass $\tilde x_i = T_{\bar\theta}(z_i)$ with detached
       parameters $\bar\theta$;
-    * `"fast"`: $L = \frac1N \sum_i T_\theta(\bar z_i)\cdot\big(\bar G_i - F(x_i)\big)$, with
-      $\bar z_i$ the inverse computed without a graph and $\bar G_i = \nabla_x\log q(x_i)$
-      carried forward by the layers' score rules. Because $T_\theta(z_\theta) = x$ is fixed,
-      $J\,\partial_\theta z = -\partial_\theta T_\theta(z)|_z$, and the latent-space path gradient
-      $-\big(J^\top(\nabla u + G)\big)^\top\partial_\theta z$ equals
-      $(\nabla u + G)^\top\partial_\theta T_\theta(z)|_z$: the reverse-KL rule evaluated at the
-      data. One inverse pass without a graph replaces the drop-in's inverse pass with a graph.
-      A base distribution with parameters of its own gets its ordinary gradient
-      $-\nabla_\phi \log p_z(z_i)$ from both (it does not enter $p^z_\theta$).
+    * `"fast"`: $L = \frac1N \sum_i \big(\bar s_i - \nabla\log p_z(\bar z_i)\big)\cdot z_i$,
+      with $z_i$ from the one inverse pass (carrying the parameters' graph) and
+      $\bar s_i = \nabla_z \log p^z_\theta(z_i)$, the score of the pulled-back target, carried
+      from $F(x_i)$ down to the latent space by the layers' inverse score rules
+      ([`Transform.inverse_and_score`][boltzflow.flows.base.Transform.inverse_and_score]) in
+      the same pass. It costs one vector-Jacobian product per layer beyond maximum likelihood
+      instead of a second flow pass.
+
+    A base distribution with parameters of its own gets its ordinary gradient
+    $-\nabla_\phi \log p_z(z_i)$ from both (it does not enter $p^z_\theta$).
 
     The returned value is the ordinary NLL $-\frac1N\sum_i \log q_\theta(x_i)$.
 
@@ -249,7 +255,7 @@ def path_nll(
         or score are dropped and counted.
     """
     del generator
-    kind = path_estimator(flow, estimator)
+    kind = path_estimator(flow, estimator, inverse=True)
     n_evaluations = 0 if forces is not None else int(data.shape[0])
     force = target.force(data.detach()) if forces is None else forces
     force = force.detach().to(data)
@@ -257,15 +263,17 @@ def path_nll(
     force = torch.where(finite_force.reshape(-1, *[1] * (force.dim() - 1)), force, 0.0)
     keep: list = [None]
     if kind == "fast":
-        with torch.no_grad():
-            z, _ = flow.transform.inverse(data)
-        x, ladj, score = flow.transform.forward_and_score(z, _base_score(flow.base, z))
-        finite_force = finite_force & _row_finite(score)
-        score = torch.where(_row_finite(score).reshape(-1, *[1] * (score.dim() - 1)), score, 0.0)
-        x = _mask_grad_rows(x, keep)
-        log_pz = flow.base.log_prob(z)  # z has no graph: only a learnable base's own parameters
-        value = -(log_pz - ladj)
-        pulled = (x * (score - force)).reshape(x.shape[0], -1).sum(-1) - log_pz
+        z, ladj_inv, pulled_score = flow.transform.inverse_and_score(data, force)
+        finite_force = finite_force & _row_finite(pulled_score)
+        direction = pulled_score - _base_score(flow.base, z)
+        direction = torch.where(
+            _row_finite(direction).reshape(-1, *[1] * (z.dim() - 1)), direction, 0.0
+        )
+        z = _mask_grad_rows(z, keep)
+        log_pz = flow.base.log_prob(z)
+        value = -(log_pz + ladj_inv)
+        # a learnable base's own parameters keep their ordinary gradient (z enters detached)
+        pulled = (direction * z).reshape(z.shape[0], -1).sum(-1) - flow.base.log_prob(z.detach())
     else:
         z, ladj_inv = flow.transform.inverse(data)
         z = _mask_grad_rows(z, keep)
