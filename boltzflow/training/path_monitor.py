@@ -143,11 +143,10 @@ class GradientVariance(Callback):
         if path_kind(stage.loss) is None:
             return
         estimator = stage.loss_kwargs.get("estimator", "auto")
-        if path_kind(stage.loss) == "forward":
-            estimator = "dropin"
-        name = path_estimator(trainer.flow, estimator)
+        inverse = path_kind(stage.loss) == "forward"  # path_nll: the inverse score rules
+        name = path_estimator(trainer.flow, estimator, inverse=inverse)
         self.estimators[trainer.stage_index] = name
-        dropin = layers_without_score_rule(trainer.flow) if name == "fast" else []
+        dropin = layers_without_score_rule(trainer.flow, inverse=inverse) if name == "fast" else []
         note = (
             f" (per-layer drop-in for {len(dropin)} layers without a fast rule)" if dropin else ""
         )
@@ -178,7 +177,9 @@ class GradientVariance(Callback):
         else:
             losses = {
                 "standard": lambda x, g: nll(trainer.flow, target, x),
-                "path": lambda x, g: path_nll(trainer.flow, target, x),
+                "path": lambda x, g: path_nll(
+                    trainer.flow, target, x, estimator=kwargs.get("estimator", "auto")
+                ),
             }
             batch_of = _data_source(trainer, stage)
             spent = 1
@@ -257,8 +258,9 @@ def path_gradient_summary(result, flow, stages) -> dict:
         loss, kwargs = _stage_loss(stage)
         kind = path_kind(loss)
         if kind is not None:
-            name = path_estimator(flow, kwargs.get("estimator", "auto"))
-            dropin = layers_without_score_rule(flow) if name == "fast" else []
+            inverse = kind == "forward"
+            name = path_estimator(flow, kwargs.get("estimator", "auto"), inverse=inverse)
+            dropin = layers_without_score_rule(flow, inverse=inverse) if name == "fast" else []
             estimators[str(i)] = {"estimator": name, "per_layer_dropin": dropin}
     if not estimators or result is None:
         return {}
