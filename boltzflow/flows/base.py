@@ -37,9 +37,6 @@ __all__ = [
     "Flow",
     "InverseTransform",
     "ScoredResult",
-    "coupling_score",
-    "coupling_rule",
-    "scored_input",
     "with_fixed_parameters",
     "frozen",
 ]
@@ -193,6 +190,22 @@ class InverseTransform(Transform):
     def inverse(self, x):
         return self.transform.forward(x)
 
+    @property
+    def has_score_rule(self) -> bool:
+        return self.transform.has_inverse_score_rule
+
+    @property
+    def has_inverse_score_rule(self) -> bool:
+        return self.transform.has_score_rule
+
+    def forward_and_score(self, z, score) -> ScoredResult:
+        """The wrapped transform's inverse score rule."""
+        return self.transform.inverse_and_score(z, score)
+
+    def inverse_and_score(self, x, score) -> ScoredResult:
+        """The wrapped transform's score rule."""
+        return self.transform.forward_and_score(x, score)
+
 
 class Compose(Transform):
     """Composition `f = f_n ∘ … ∘ f_1`: `forward` applies `transforms` in order.
@@ -339,48 +352,6 @@ class Flow(nn.Module):
         return self.base.log_prob(z) + ladj_inv
 
 
-def coupling_score(z, z_active, y_active, log_deriv, score, gather, scatter) -> torch.Tensor:
-    r"""Score rule of a coupling layer that maps the active coordinates elementwise.
-
-    The layer sends $z = (z_f, z_a)$ to $y = (z_f, h(z_a; \theta(z_f)))$, $h$ acting elementwise
-    with log-derivatives $\lambda = \log h'(z_a)$ and $l = \sum \lambda$. Solving
-    $G_y J = G_z - \nabla_z l$ block by block (the Jacobian is triangular):
-
-    $$
-    G_{y,a} = \big(G_{z,a} - \partial_{z_a} l\big)\,e^{-\lambda}, \qquad
-    G_{y,f} = G_{z,f} - \partial_{z_f}\big[l + G_{y,a}\cdot h\big]_{G_{y,a}\ \text{fixed}},
-    $$
-
-    one local derivative of the elementwise map and one vector-Jacobian product through the
-    conditioner (Vaitl et al. 2024, Sec. 3). Derivatives are taken with respect to the inputs
-    only, so nothing accumulates in the parameters' gradients.
-
-    Args:
-        z: the layer input `[batch, ...]`, requiring grad, from which `z_active` was taken and
-            the conditioner was evaluated.
-        z_active: the active coordinates that entered $h$ (a tensor derived from `z`).
-        y_active: $h(z_a)$, same shape as `z_active`.
-        log_deriv: $\lambda$, same shape as `y_active`.
-        score: $G_z$, detached, shape of `z`.
-        gather: `gather(t)` takes the active coordinates of a tensor shaped like `z`.
-        scatter: `scatter(t, values)` returns `t` with its active coordinates replaced.
-
-    Returns:
-        $G_y$, detached, shape of `z`.
-    """
-    total = log_deriv.sum()
-    local = None
-    if total.requires_grad:
-        (local,) = torch.autograd.grad(total, z_active, retain_graph=True, allow_unused=True)
-    g_active = gather(score) if local is None else gather(score) - local
-    g_active = g_active * torch.exp(-log_deriv.detach())
-    (through,) = torch.autograd.grad(
-        total + (g_active * y_active).sum(), z, retain_graph=True, allow_unused=True
-    )
-    g_frozen = score if through is None else score - through
-    return scatter(g_frozen, g_active).detach()
-
-
 class _Method(nn.Module):
     """Calls `getattr(module, method)` as its forward (for `torch.func.functional_call`)."""
 
@@ -397,31 +368,6 @@ def with_fixed_parameters(module: nn.Module, method: str, *args):
     (`torch.func.functional_call`), so gradients reach the parameters only through `args`."""
     params = {f"module.{k}": p.detach() for k, p in module.named_parameters()}
     return torch.func.functional_call(_Method(module, method), params, args, strict=False)
-
-
-def coupling_rule(z, score, run, gather, scatter) -> ScoredResult:
-    """A coupling layer's `forward_and_score` from its parts, with
-    [`coupling_score`][boltzflow.flows.base.coupling_score]. With `run` the layer's inverse
-    map, the same rule is its `inverse_and_score` (the inverse is a coupling layer too).
-
-    Args:
-        z, score: as in `Transform.forward_and_score`.
-        run: `run(z) -> (z_active, y, y_active, log_deriv)`: the layer's forward map of `z`
-            (requiring grad), with the active coordinates `z_active` taken from `z` before they
-            enter the elementwise map, the output `y`, its active part and the elementwise
-            log-derivatives.
-        gather, scatter: as in `coupling_score`.
-    """
-    with torch.enable_grad():
-        z = scored_input(z)
-        z_active, y, y_active, log_deriv = run(z)
-        new = coupling_score(z, z_active, y_active, log_deriv, score, gather, scatter)
-    return ScoredResult(y, log_deriv.reshape(log_deriv.shape[0], -1).sum(-1), new)
-
-
-def scored_input(z: torch.Tensor) -> torch.Tensor:
-    """`z` itself when it carries a graph, else a leaf copy requiring grad (for input VJPs)."""
-    return z if z.requires_grad else z.detach().requires_grad_(True)
 
 
 @contextlib.contextmanager

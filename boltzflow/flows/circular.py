@@ -42,7 +42,8 @@ from nflows.transforms.splines.rational_quadratic import (
 )
 from torch import nn
 
-from boltzflow.flows.base import ScoredResult, Transform, TransformResult, coupling_rule
+from boltzflow.flows.base import ScoredResult, Transform, TransformResult
+from boltzflow.flows.score_rules import coupling_rule
 
 __all__ = [
     "wrap_angle",
@@ -301,13 +302,13 @@ class CircularSplineCoupling(Transform):
         return flat.reshape(t.shape)
 
     def forward_and_score(self, z: torch.Tensor, score: torch.Tensor) -> ScoredResult:
-        """Score rule: [`coupling_rule`][boltzflow.flows.base.coupling_rule] on the transformed
-        features (circular and Euclidean splines alike)."""
+        """Score rule: [`coupling_rule`][boltzflow.flows.score_rules.coupling_rule] on the
+        transformed features (circular and Euclidean splines alike)."""
         run = functools.partial(self._map, inverse=False, scored=True)
         return coupling_rule(z, score, run, self._gather, self._scatter)
 
     def inverse_and_score(self, x: torch.Tensor, score: torch.Tensor) -> ScoredResult:
-        """Inverse score rule: [`coupling_rule`][boltzflow.flows.base.coupling_rule] on the
+        """Inverse score rule: [`coupling_rule`][boltzflow.flows.score_rules.coupling_rule] on the
         inverse splines."""
         run = functools.partial(self._map, inverse=True, scored=True)
         return coupling_rule(x, score, run, self._gather, self._scatter)

@@ -29,11 +29,10 @@ from boltzflow.flows.base import (
     ScoredResult,
     Transform,
     TransformResult,
-    coupling_score,
-    scored_input,
 )
 from boltzflow.flows.circular import IDENTITY_DERIVATIVE
 from boltzflow.flows.distributions import StandardNormal
+from boltzflow.flows.score_rules import coupling_score, scored_input
 
 __all__ = [
     "GlobalScale",
@@ -153,7 +152,7 @@ class _Checkerboard(Transform):
 
     def forward_and_score(self, z, score):
         """Score rule of a checkerboard coupling
-        ([`coupling_score`][boltzflow.flows.base.coupling_score])."""
+        ([`coupling_score`][boltzflow.flows.score_rules.coupling_score])."""
         with torch.enable_grad():
             z = scored_input(z)
             za, ya, lad = self._transform(z, inverse=False, log_derivs=True)

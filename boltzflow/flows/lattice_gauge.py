@@ -58,10 +58,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from boltzflow.energies.lattice import plaquettes, wrap_angle
-from boltzflow.flows.base import Compose, Flow, Transform, TransformResult, coupling_rule
+from boltzflow.flows.base import Compose, Flow, Transform, TransformResult
 from boltzflow.flows.circular import IDENTITY_DERIVATIVE, circular_rq_spline
 from boltzflow.flows.distributions import UniformTorus
 from boltzflow.flows.lattice import CircularConvNet
+from boltzflow.flows.score_rules import coupling_rule
 
 __all__ = [
     "plaquette_masks",
@@ -170,7 +171,8 @@ class GaugeEquivariantCoupling(Transform):
         return torch.stack([links[:, 0], moved] if self.mu else [moved, links[:, 1]], dim=1)
 
     def forward_and_score(self, z, score):
-        """Score rule: [`coupling_rule`][boltzflow.flows.base.coupling_rule] on the active links."""
+        """Score rule: [`coupling_rule`][boltzflow.flows.score_rules.coupling_rule] on the
+        active links."""
         return coupling_rule(z, score, self._scored, self._take, self._put)
 
     def _scored(self, z):  # the active links enter as their own tensor za

@@ -53,10 +53,9 @@ from boltzflow.flows.base import (
     ScoredResult,
     Transform,
     TransformResult,
-    coupling_score,
-    scored_input,
 )
 from boltzflow.flows.circular import IDENTITY_DERIVATIVE
+from boltzflow.flows.score_rules import coupling_score, scored_input
 
 __all__ = [
     "NflowsTransform",
@@ -112,7 +111,7 @@ class NflowsTransform(Transform):
     def forward_and_score(self, z: torch.Tensor, score: torch.Tensor) -> ScoredResult:
         r"""Score rule (Vaitl et al. 2024): a permutation permutes the score like the
         coordinates; a coupling applies
-        [`coupling_score`][boltzflow.flows.base.coupling_score], with the elementwise
+        [`coupling_score`][boltzflow.flows.score_rules.coupling_score], with the elementwise
         log-derivatives $-\log s$ (affine: $x_a = (z_a - t)/s$ in nflows' inverse direction) or
         those of the spline."""
         if not self.has_score_rule:  # the drop-in of Transform.forward_and_score
