@@ -67,6 +67,11 @@ class Trainer:
         progress: `False` shows nothing; otherwise a tqdm bar on a terminal and a log line
             every ~30 s elsewhere
             ([`boltzflow.progress.progress_bar`][boltzflow.progress.progress_bar]).
+
+    A stage whose loss takes the target's forces at its data (`path_nll`) on a data tensor
+    evaluates each row's force once, when the row is first drawn, and reuses it in later
+    epochs ([`ForceCache`][boltzflow.training.path_gradients.ForceCache]); the evaluations are
+    counted in `energy_evaluations`.
     """
 
     def __init__(
