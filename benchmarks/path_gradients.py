@@ -16,9 +16,9 @@ energies included, stand for wall-clock seconds on an idle one; `--clock wall` f
 with the same optimizer settings (Adam, the recipe's batch, the recipe's learning rate or the
 fine-tuning one, 2e-4 for alanine as in its recipe's `path_nll` stage; the recipe's
 `energy_cap`). With `--schedule cosine` (the default) each arm first times `--probe` steps on a
-copy (not counted), and its number of steps is set so that the cosine decay ends at the budget: fine-tuning at a
-constant learning rate (`--schedule constant`) adds optimizer noise that lowers the ESS of both
-arms. The pairs compared:
+copy (not counted), and its number of steps is set so that the cosine decay ends at the
+budget: fine-tuning at a constant learning rate (`--schedule constant`) adds optimizer noise
+that lowers the ESS of both arms. The pairs compared:
 
 * U(1), φ⁴ (recipes trained by reverse KL): `reverse_kl` (reparametrized, path + score) against
   `path_reverse_kl` (estimator `auto`: fast where a layer has a score rule, drop-in otherwise);
