@@ -264,11 +264,10 @@ def path_nll(
     keep: list = [None]
     if kind == "fast":
         z, ladj_inv, pulled_score = flow.transform.inverse_and_score(data, force)
-        finite_force = finite_force & _row_finite(pulled_score)
         direction = pulled_score - _base_score(flow.base, z)
-        direction = torch.where(
-            _row_finite(direction).reshape(-1, *[1] * (z.dim() - 1)), direction, 0.0
-        )
+        finite_score = _row_finite(direction)
+        finite_force = finite_force & finite_score
+        direction = torch.where(finite_score.reshape(-1, *[1] * (z.dim() - 1)), direction, 0.0)
         z = _mask_grad_rows(z, keep)
         log_pz = flow.base.log_prob(z)
         value = -(log_pz + ladj_inv)
