@@ -44,6 +44,11 @@ from torch import nn
 
 from boltzflow.flows.base import ScoredResult, Transform, TransformResult
 from boltzflow.flows.score_rules import coupling_rule
+from boltzflow.flows.spline_slope import (
+    circular_rq_log_slope,
+    inverse_local,
+    unconstrained_rq_log_slope,
+)
 
 __all__ = [
     "wrap_angle",
@@ -267,12 +272,15 @@ class CircularSplineCoupling(Transform):
         n_per, n_euc, k = len(self.transform_periodic), len(self.transform_euclidean), self.num_bins
         # Periodic pass-through features leave wrapped too, so every output angle is in [-π, π].
         cond = torch.where(self.cond_is_periodic, _wrap_outside(cond), cond)
-        pieces, lads = [cond], []
+        pieces, lads, slopes = [cond], [], []
         if n_per:
             spline = self._split(params[:, : n_per * 3 * k], n_per, k)
             y, lad = circular_rq_spline(active[:, :n_per], *spline, inverse=inverse)
             pieces.append(y)
             lads.append(lad)
+            if scored:  # d log s'/dx at the spline's forward-direction input
+                x = y if inverse else _wrap_outside(active[:, :n_per])
+                slopes.append(circular_rq_log_slope(x, *spline))
         if n_euc:
             spline = self._split(params[:, n_per * 3 * k :], n_euc, k - 1)
             y, lad = unconstrained_rational_quadratic_spline(
@@ -284,10 +292,15 @@ class CircularSplineCoupling(Transform):
             )
             pieces.append(y)
             lads.append(lad)
+            if scored:
+                x = y if inverse else active[:, n_per:]
+                slopes.append(unconstrained_rq_log_slope(x, *spline, self.tail_bound))
         out = torch.cat(pieces, 1)[:, self.inverse_order].reshape(z.shape)
         lad = torch.cat(lads, 1)
         if scored:
-            return active, out, torch.cat(pieces[1:], 1), lad
+            slope = torch.cat(slopes, 1)
+            local = inverse_local(slope, lad) if inverse else slope
+            return active, out, torch.cat(pieces[1:], 1), lad, local
         return TransformResult(out, lad.sum(-1))
 
     def _active(self) -> torch.Tensor:

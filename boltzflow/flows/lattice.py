@@ -33,6 +33,7 @@ from boltzflow.flows.base import (
 from boltzflow.flows.circular import IDENTITY_DERIVATIVE
 from boltzflow.flows.distributions import StandardNormal
 from boltzflow.flows.score_rules import coupling_score, scored_input
+from boltzflow.flows.spline_slope import unconstrained_rq_log_slope
 
 __all__ = [
     "GlobalScale",
@@ -155,12 +156,15 @@ class _Checkerboard(Transform):
         ([`coupling_score`][boltzflow.flows.score_rules.coupling_score])."""
         with torch.enable_grad():
             z = scored_input(z)
-            za, ya, lad = self._transform(z, inverse=False, log_derivs=True)
-            new = coupling_score(z, za, ya, lad, score, lambda t: t[:, self.active], self._scatter)
+            za, ya, lad, local = self._transform(z, inverse=False, log_derivs=True)
+            new = coupling_score(z, za, ya, lad, score, self._gather, self._scatter, local)
         return ScoredResult(self._scatter(z, ya), lad.sum(-1), new)
 
     def inverse(self, x):
         return self._transform(x, inverse=True)
+
+    def _gather(self, z):
+        return z[:, self.active]
 
     def _scatter(self, z, values):
         out = z.clone()
@@ -182,8 +186,8 @@ class CheckerboardAffineCoupling(_Checkerboard):
         s, t = c * torch.tanh(p[..., 0] / c), p[..., 1]
         za = z[:, self.active]
         ya = (za - t) * torch.exp(-s) if inverse else za * torch.exp(s) + t
-        if log_derivs:
-            return za, ya, -s if inverse else s
+        if log_derivs:  # (with ∂λ/∂z_a = 0: the log-derivative s does not depend on z_a)
+            return za, ya, -s if inverse else s, torch.zeros_like(za)
         ladj = -s.sum(-1) if inverse else s.sum(-1)
         return TransformResult(self._scatter(z, ya), ladj)
 
@@ -212,8 +216,9 @@ class CheckerboardSplineCoupling(_Checkerboard):
             tails="linear",
             tail_bound=self.tail_bound,
         )
-        if log_derivs:
-            return za, ya, lad
+        if log_derivs:  # (with ∂λ/∂z_a in closed form, forward direction)
+            spline = (p[..., :K], p[..., K : 2 * K], p[..., 2 * K :])
+            return za, ya, lad, unconstrained_rq_log_slope(za, *spline, self.tail_bound)
         return TransformResult(self._scatter(z, ya), lad.sum(-1))
 
 

@@ -63,6 +63,7 @@ from boltzflow.flows.circular import IDENTITY_DERIVATIVE, circular_rq_spline
 from boltzflow.flows.distributions import UniformTorus
 from boltzflow.flows.lattice import CircularConvNet
 from boltzflow.flows.score_rules import coupling_rule
+from boltzflow.flows.spline_slope import circular_rq_log_slope
 
 __all__ = [
     "plaquette_masks",
@@ -143,7 +144,7 @@ class GaugeEquivariantCoupling(Transform):
         p = F.conv2d(F.pad(h, (r, r, r, r), mode="circular"), last.weight, last.bias, stride)
         return p.permute(0, 2, 3, 1)
 
-    def _transform(self, links, inverse, per_site=False):
+    def _transform(self, links, inverse, per_site=False, slope=False):
         plaq = wrap_angle(plaquettes(links))
         feats = torch.stack([torch.cos(plaq), torch.sin(plaq)], dim=1) * self.frozen_plaq
         if self.loops:  # R(x) = θ_P(x) + θ_P(x - ν̂) at the active plaquettes
@@ -158,7 +159,10 @@ class GaugeEquivariantCoupling(Transform):
         )
         moved = links[:, self.mu].index_add(1 + self.nu, self.rows, self.sign * (new - pa))
         out = [links[:, 0], wrap_angle(moved)] if self.mu == 1 else [wrap_angle(moved), links[:, 1]]
-        return TransformResult(torch.stack(out, dim=1), lad if per_site else lad.sum(dim=(1, 2)))
+        result = TransformResult(torch.stack(out, dim=1), lad if per_site else lad.sum(dim=(1, 2)))
+        if slope:  # d log h'/dθ_P at the active plaquettes (forward direction)
+            return result, circular_rq_log_slope(pa, p[..., :K], p[..., K : 2 * K], p[..., 2 * K :])
+        return result
 
     def forward(self, z):
         return self._transform(z, inverse=False)
@@ -176,8 +180,9 @@ class GaugeEquivariantCoupling(Transform):
         return coupling_rule(z, score, self._scored, self._take, self._put)
 
     def _scored(self, z):  # the active links enter as their own tensor za
-        y, lad = self._transform(self._put(z, za := self._take(z)), inverse=False, per_site=True)
-        return za, y, self._take(y), lad
+        za = self._take(z)
+        (y, lad), slope = self._transform(self._put(z, za), False, per_site=True, slope=True)
+        return za, y, self._take(y), lad, self.sign * slope  # θ_P moves by σ per unit of za
 
     def inverse(self, x):
         return self._transform(x, inverse=True)

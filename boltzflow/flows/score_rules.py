@@ -18,7 +18,9 @@ from boltzflow.flows.base import ScoredResult
 __all__ = ["coupling_score", "coupling_rule", "scored_input"]
 
 
-def coupling_score(z, z_active, y_active, log_deriv, score, gather, scatter) -> torch.Tensor:
+def coupling_score(
+    z, z_active, y_active, log_deriv, score, gather, scatter, local=None
+) -> torch.Tensor:
     r"""Score rule of a coupling layer that maps the active coordinates elementwise.
 
     The layer sends $z = (z_f, z_a)$ to $y = (z_f, h(z_a; \theta(z_f)))$, $h$ acting elementwise
@@ -43,13 +45,15 @@ def coupling_score(z, z_active, y_active, log_deriv, score, gather, scatter) -> 
         score: $G_z$, detached, shape of `z`.
         gather: `gather(t)` takes the active coordinates of a tensor shaped like `z`.
         scatter: `scatter(t, values)` returns `t` with its active coordinates replaced.
+        local: $\partial_{z_a} l$ when the layer has it in closed form
+            ([`boltzflow.flows.spline_slope`][boltzflow.flows.spline_slope]), same shape as
+            `z_active`; otherwise autograd computes it (one backward pass through $h$).
 
     Returns:
         $G_y$, detached, shape of `z`.
     """
     total = log_deriv.sum()
-    local = None
-    if total.requires_grad:
+    if local is None and total.requires_grad:
         (local,) = torch.autograd.grad(total, z_active, retain_graph=True, allow_unused=True)
     g_active = gather(score) if local is None else gather(score) - local
     g_active = g_active * torch.exp(-log_deriv.detach())
@@ -67,16 +71,17 @@ def coupling_rule(z, score, run, gather, scatter) -> ScoredResult:
 
     Args:
         z, score: as in `Transform.forward_and_score`.
-        run: `run(z) -> (z_active, y, y_active, log_deriv)`: the layer's forward map of `z`
-            (requiring grad), with the active coordinates `z_active` taken from `z` before they
-            enter the elementwise map, the output `y`, its active part and the elementwise
-            log-derivatives.
+        run: `run(z) -> (z_active, y, y_active, log_deriv[, local])`: the layer's forward map
+            of `z` (requiring grad), with the active coordinates `z_active` taken from `z` before
+            they enter the elementwise map, the output `y`, its active part, the elementwise
+            log-derivatives and, optionally, their closed-form derivative `local` (see
+            `coupling_score`).
         gather, scatter: as in `coupling_score`.
     """
     with torch.enable_grad():
         z = scored_input(z)
-        z_active, y, y_active, log_deriv = run(z)
-        new = coupling_score(z, z_active, y_active, log_deriv, score, gather, scatter)
+        z_active, y, y_active, log_deriv, *local = run(z)
+        new = coupling_score(z, z_active, y_active, log_deriv, score, gather, scatter, *local)
     return ScoredResult(y, log_deriv.reshape(log_deriv.shape[0], -1).sum(-1), new)
 
 
