@@ -125,11 +125,7 @@ class Transform(nn.Module):
             [`ScoredResult`][boltzflow.flows.base.ScoredResult] `(y, ladj, score_y)`.
         """
         y, ladj = self.forward(z)
-        with torch.enable_grad():
-            leaf = y.detach().requires_grad_(True)
-            back, ladj_inv = with_fixed_parameters(self, "inverse", leaf)
-            (new,) = torch.autograd.grad((score * back).sum() + ladj_inv.sum(), leaf)
-        return ScoredResult(y, ladj, new)
+        return ScoredResult(y, ladj, self._dropin_score("inverse", y, score))
 
     @property
     def has_inverse_score_rule(self) -> bool:
@@ -164,11 +160,16 @@ class Transform(nn.Module):
             `ladj_inv` $= \log|\det \partial z/\partial x|$.
         """
         z, ladj_inv = self.inverse(x)
+        return ScoredResult(z, ladj_inv, self._dropin_score("forward", z, score))
+
+    def _dropin_score(self, back: str, out: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        r"""$\nabla_{o}[G \cdot b(o) + \mathrm{ladj}_b(o)]$ at the output $o$ of a map, with
+        $b$ the map back (`back`: `"inverse"` or `"forward"`) and the parameters detached."""
         with torch.enable_grad():
-            leaf = z.detach().requires_grad_(True)
-            fwd, ladj = with_fixed_parameters(self, "forward", leaf)
-            (new,) = torch.autograd.grad((score * fwd).sum() + ladj.sum(), leaf)
-        return ScoredResult(z, ladj_inv, new)
+            leaf = out.detach().requires_grad_(True)
+            mapped, ladj = with_fixed_parameters(self, back, leaf)
+            (new,) = torch.autograd.grad((score * mapped).sum() + ladj.sum(), leaf)
+        return new
 
     def forward(self, z: torch.Tensor) -> TransformResult:  # pragma: no cover - abstract
         raise NotImplementedError
