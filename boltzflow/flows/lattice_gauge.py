@@ -96,7 +96,17 @@ def plaquette_masks(L: int, mu: int, offset: int) -> tuple[torch.Tensor, ...]:
     return links, active_plaq, frozen_plaq
 
 
-class GaugeEquivariantCoupling(Transform):
+class _ByTransform(Transform):
+    """`forward` and `inverse` through the subclass's `_transform(links, inverse)`."""
+
+    def forward(self, z):
+        return self._transform(z, inverse=False)
+
+    def inverse(self, x):
+        return self._transform(x, inverse=True)
+
+
+class GaugeEquivariantCoupling(_ByTransform):
     """One masked plaquette coupling (module docstring) with a circular RQ spline.
 
     Args:
@@ -151,21 +161,15 @@ class GaugeEquivariantCoupling(Transform):
             loop = plaq + torch.roll(plaq, 1, 1 + self.nu)
             loop = torch.stack([torch.cos(loop), torch.sin(loop)], dim=1) * self.active_plaq
             feats = torch.cat([feats, loop], dim=1)
-        p = self._spline_params(feats)
-        K = self.num_bins
+        p, K = self._spline_params(feats), self.num_bins
+        spline = (p[..., :K], p[..., K : 2 * K], p[..., 2 * K :])
         pa = plaq.index_select(1 + self.nu, self.rows)  # [B, L/4, L] or [B, L, L/4]
-        new, lad = circular_rq_spline(
-            pa, p[..., :K], p[..., K : 2 * K], p[..., 2 * K :], inverse=inverse
-        )
+        new, lad = circular_rq_spline(pa, *spline, inverse=inverse)
         moved = links[:, self.mu].index_add(1 + self.nu, self.rows, self.sign * (new - pa))
         out = [links[:, 0], wrap_angle(moved)] if self.mu == 1 else [wrap_angle(moved), links[:, 1]]
         result = TransformResult(torch.stack(out, dim=1), lad if per_site else lad.sum(dim=(1, 2)))
-        if slope:  # d log h'/dθ_P at the active plaquettes (forward direction)
-            return result, circular_rq_log_slope(pa, p[..., :K], p[..., K : 2 * K], p[..., 2 * K :])
-        return result
-
-    def forward(self, z):
-        return self._transform(z, inverse=False)
+        # with `slope`: d log h'/dθ_P at the active plaquettes too (forward direction)
+        return (result, circular_rq_log_slope(pa, *spline)) if slope else result
 
     def _take(self, links):
         return links[:, self.mu].index_select(1 + self.nu, self.rows)
@@ -183,9 +187,6 @@ class GaugeEquivariantCoupling(Transform):
         za = self._take(z)
         (y, lad), slope = self._transform(self._put(z, za), False, per_site=True, slope=True)
         return za, y, self._take(y), lad, self.sign * slope  # θ_P moves by σ per unit of za
-
-    def inverse(self, x):
-        return self._transform(x, inverse=True)
 
 
 def tree_link_shift(delta: torch.Tensor) -> torch.Tensor:
@@ -269,7 +270,7 @@ class SharedCircularSplines(nn.Module):
         return theta, lad
 
 
-class PlaquetteTreeSpline(Transform):
+class PlaquetteTreeSpline(_ByTransform):
     """All plaquettes but the sink `(L-1, L-1)` through shared circular splines, links moved
     along a maximal tree (module docstring). Starts as the identity.
 
@@ -294,14 +295,8 @@ class PlaquetteTreeSpline(Transform):
         out = wrap_angle(links + tree_link_shift(delta))
         return TransformResult(out, (lad * self.keep).sum(dim=(1, 2)))
 
-    def forward(self, z):
-        return self._transform(z, inverse=False)
 
-    def inverse(self, x):
-        return self._transform(x, inverse=True)
-
-
-class SinkSpline(Transform):
+class SinkSpline(_ByTransform):
     r"""The sink plaquette through shared circular splines, its change spread over all others.
 
     $\theta_s \to h(\theta_s)$ and every other plaquette moves by $-[h(\theta_s) - \theta_s]/(V-1)$
@@ -324,12 +319,6 @@ class SinkSpline(Transform):
         sink = torch.zeros_like(delta)
         sink[:, -1, -1] = d * V / (V - 1)  # Σ delta = 0 to rounding, in the input's dtype
         return TransformResult(wrap_angle(links + tree_link_shift(delta + sink)), lad)
-
-    def forward(self, z):
-        return self._transform(z, inverse=False)
-
-    def inverse(self, x):
-        return self._transform(x, inverse=True)
 
 
 @functools.lru_cache(maxsize=16)
