@@ -149,6 +149,12 @@ def _row_finite(t: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(t.reshape(t.shape[0], -1)).all(-1)
 
 
+def _finite_rows(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(t with its non-finite rows set to 0, which rows were finite)`."""
+    ok = _row_finite(t)
+    return torch.where(ok.reshape(-1, *[1] * (t.dim() - 1)), t, 0.0), ok
+
+
 def path_reverse_kl(
     flow,
     target,
@@ -183,8 +189,7 @@ def path_reverse_kl(
     kind = path_estimator(flow, estimator)
     if kind == "fast":
         x, log_q, score = sample_and_score(flow, int(batch_size), generator)
-        finite_score = _row_finite(score)
-        score = torch.where(finite_score.reshape(-1, *[1] * (score.dim() - 1)), score, 0.0)
+        score, finite_score = _finite_rows(score)
         keep: list = [None]
         x = _mask_grad_rows(x, keep)
         surrogate = (x * score).reshape(x.shape[0], -1).sum(-1)
@@ -259,15 +264,12 @@ def path_nll(
     n_evaluations = 0 if forces is not None else int(data.shape[0])
     force = target.force(data.detach()) if forces is None else forces
     force = force.detach().to(data)
-    finite_force = _row_finite(force)
-    force = torch.where(finite_force.reshape(-1, *[1] * (force.dim() - 1)), force, 0.0)
+    force, usable = _finite_rows(force)
     keep: list = [None]
     if kind == "fast":
         z, ladj_inv, pulled_score = flow.transform.inverse_and_score(data, force)
-        direction = pulled_score - _base_score(flow.base, z)
-        finite_score = _row_finite(direction)
-        finite_force = finite_force & finite_score
-        direction = torch.where(finite_score.reshape(-1, *[1] * (z.dim() - 1)), direction, 0.0)
+        direction, finite_score = _finite_rows(pulled_score - _base_score(flow.base, z))
+        usable = usable & finite_score
         z = _mask_grad_rows(z, keep)
         log_pz = flow.base.log_prob(z)
         value = -(log_pz + ladj_inv)
@@ -281,7 +283,7 @@ def path_nll(
         pulled = (force * x_tilde).reshape(z.shape[0], -1).sum(-1) + ladj - log_pz
         value = -(log_pz + ladj_inv)
     per_sample = value.detach() + pulled - pulled.detach()
-    finite = torch.isfinite(per_sample) & finite_force
+    finite = torch.isfinite(per_sample) & usable
     keep[0] = finite
     return LossOutput(_masked_mean(per_sample, finite), n_evaluations, (~finite).sum())
 
