@@ -271,7 +271,8 @@ def efficiency(run: dict, gradient_ratio: float = 1.0) -> dict:
     }
     if "cpu_seconds" in run:
         out["cpu_seconds"] = run["cpu_seconds"]
-    if run.get("method") == "smc":  # cross-check: the spread of the independent islands' means
+    smc_particles = run.get("method") == "smc" and "imh_acceptance" not in run.get("info", {})
+    if smc_particles:  # cross-check: the spread of the independent islands' means
         out["min_island_ess"] = island_ess(run["theta"])
     return out
 
@@ -334,6 +335,7 @@ def pta_benchmark(cfg: dict, budget: str, cache=None, from_runs=(), nested=False
             training_evaluations=info.get("warmup_evaluations"),
             local_acceptance=info.get("local_acceptance"),
             importance_kish_ess=ev.get("ess"),
+            smc_particles=info.get("smc"),
             evidence=ev,
             ratio_cost_per_ess=emcee_cost / q["cost_per_ess"],
         )
@@ -514,6 +516,13 @@ def main() -> None:
                 + f", wall {q['wall_seconds']:.0f} s; R-hat < 1.01 with "
                 "ESS >= 1000: " + (f"{t:.0f} s" if t is not None else "not reached") + extra
             )
+            if isinstance(q.get("smc_particles"), dict):  # SMC alone, before its production
+                sp = q["smc_particles"]
+                print(
+                    f"    its SMC particles alone: R-hat {sp.get('rhat_max', math.nan):.3f}, min "
+                    f"bulk ESS {sp.get('ess_bulk_min', math.nan):.0f}, {sp['evaluations']} "
+                    f"evaluations, {sp.get('wall_seconds', math.nan):.0f} s"
+                )
         for name, lz in p["log_z"].items():
             print(f"  log Z ({name}) = {lz['mean']:.3f} ± {lz['stderr']:.3f}")
         for pair, z in p["log_z_pairs_z"].items():

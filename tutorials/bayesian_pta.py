@@ -17,11 +17,15 @@
 # the background, 22 parameters for 10 pulsars. With emcee this takes hundreds of likelihood
 # evaluations per effective sample.
 #
-# boltzflow's sampler for this posterior (the `pta-sim` recipe) is Hamiltonian Monte Carlo
-# with a dense mass matrix and long trajectories. The posterior is a curved ridge, 45–75×
-# narrower locally than its global spread: emcee's stretch move and short HMC trajectories
-# both crawl along it by a random walk, whereas 32 leapfrog steps, with the step size and the
-# mass matrix adapted in warm-up from the chains' own history, cross it in a few trajectories.
+# This tutorial samples it with Hamiltonian Monte Carlo with a dense mass matrix and long
+# trajectories, the gradient-based route. (The `pta-sim` recipe itself uses the gradient-free
+# route, flow-preconditioned SMC followed by independence-MH draws from its final flow, which
+# costs fewer plain-likelihood evaluations per effective sample than either emcee or HMC
+# once a gradient is counted at its price: `systems/pta-sim/README.md` has the table.)
+# The posterior is a curved ridge, 45–75× narrower locally than its global spread: emcee's
+# stretch move and short HMC trajectories both crawl along it by a random walk, whereas 32
+# leapfrog steps, with the step size and the mass matrix adapted in warm-up from the chains'
+# own history, cross it in a few trajectories.
 # A likelihood evaluation with its gradient counts as one evaluation here (it costs about six
 # plain evaluations of wall time for this likelihood). After the chains have finished, a
 # normalizing flow is trained on their draws and gives the evidence by importance sampling;

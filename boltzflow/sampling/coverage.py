@@ -32,7 +32,8 @@ heavy-tailed ($r$ has infinite variance when $q^2/p$ is not integrable), and $\h
 be trusted. Chain draws that the proposal was trained on make $\hat c$ come out high (the flow
 is denser at its training points); [`with_coverage`][boltzflow.sampling.coverage.with_coverage]
 therefore uses the last quarter of each chain, which `hybrid`'s evidence refit holds out, or,
-after SMC, the islands that the final flow fit held out (`info["flow_holdout_islands"]`).
+after SMC, the islands that the final flow fit held out (`info["flow_holdout_islands"]`; every
+chain of SMC's independence-MH production, whose draws no fit saw).
 """
 
 from __future__ import annotations

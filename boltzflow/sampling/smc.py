@@ -86,6 +86,7 @@ from boltzflow.sampling.smc_crossfit import (
     subset,
 )
 from boltzflow.sampling.smc_moves import MoveSettings, Particles
+from boltzflow.sampling.smc_production import imh_production
 from boltzflow.sampling.smc_reference import make_scorer, reference_for
 from boltzflow.weights import clean_log_weights, kish_ess
 
@@ -213,6 +214,7 @@ def smc(
     lr: float = 1e-3,
     max_stages: int = 500,
     early_stopping: bool = True,
+    imh_draws: int = 0,
 ) -> SamplingResult:
     r"""Flow-preconditioned SMC from a reference to `target` (module docstring); a runner
     (registered as `"smc"`) and the public `boltzflow.smc`.
@@ -243,6 +245,11 @@ def smc(
             parameters of lowest held-out NLL
             ([`boltzflow.sampling.smc_crossfit`][boltzflow.sampling.smc_crossfit]); `False`
             runs all `train_steps` on all of the half's particles.
+        imh_draws: when positive, after the last stage `islands` independence-MH chains with
+            the final flow, started at final particles of held-out islands, make about this many
+            draws, and the result holds those chains instead of the particles
+            ([`boltzflow.sampling.smc_production`][boltzflow.sampling.smc_production]): many more
+            effective samples for few more evaluations once the flow fits the posterior.
 
     Returns:
         [`SamplingResult`][boltzflow.sampling.runners.SamplingResult] with
@@ -250,7 +257,10 @@ def smc(
         and `info`: `log_z` (mean, stderr), `betas`, per-stage `stage_acceptance`,
         `stage_steps`, `stage_step_size`, `stage_correlation`, `resampled`, `n_nonfinite`,
         `islands`, `flow_holdout_islands` (not used by the final fit of `flow`), `final_beta`,
-        R-hat and ESS across islands, and the evaluation count.
+        R-hat and ESS across islands, and the evaluation count. With `imh_draws`, `x [islands,
+        ceil(imh_draws / islands), dim]` are the chains, `accepted` their acceptances, and
+        `info` adds `imh_acceptance`, and `smc` with the stages' evaluation count and the
+        particles' R-hat and ESS (over their constrained parameters for a posterior).
     """
     if int(islands) < 2:
         raise ValueError(
@@ -375,10 +385,13 @@ def smc(
         logger.warning("SMC: %d target values were not finite (weight 0)", n_nonfinite)
     with torch.no_grad():
         energy = -(p.log_ref + p.log_l)  # u = -log r - l
+    x, accepted = p.x.reshape(nb, m, -1), moved.reshape(nb, m)
+    if int(imh_draws) > 0:
+        x, energy, accepted = imh_production(flow, cost, x, energy, holdout, imh_draws, g, info)
     return SamplingResult.from_chain(
-        p.x.reshape(nb, m, -1),
-        energy.reshape(nb, m),
-        moved.reshape(nb, m),
+        x,
+        energy.reshape(x.shape[:2]),
+        accepted,
         method="smc",
         cost=cost,
         info=info,

@@ -16,12 +16,14 @@ import torch
 import boltzflow.sampling.smc as smc_module
 import boltzflow.sampling.smc_crossfit as crossfit_module
 import boltzflow.sampling.smc_moves as moves_module
+import boltzflow.sampling.smc_production as production_module
 from boltzflow import arviz_compat
 from boltzflow.energies.gaussians import Funnel, GaussianMixture
 from boltzflow.energies.posterior import Parameter, from_log_prob
 from boltzflow.energies.priors import Normal
 from boltzflow.flows.builders import spline_coupling_flow
 from boltzflow.reporting.idata import posterior_inference_data
+from boltzflow.sampling.diagnostics import calibrated_z
 from boltzflow.sampling.smc import (
     conditional_ess,
     island_mcse,
@@ -136,6 +138,35 @@ def test_funnel_means_and_log_z():
 def test_two_mode_mixture_weights_means_and_log_z():
     res, target = run_mixture()
     assert mixture_z(res, target) < Z_PASS
+
+
+def imh_mixture_z(**kw) -> float:
+    """Largest calibrated z (chains' MCSE) of x, y and the mode-0 indicator after SMC with
+    independence-MH production on the two-mode mixture (exact mean, 0, weight 0.3)."""
+    res, target = run_mixture(imh_draws=4096, **kw)
+    modes = target.mode_assignment(res.x.reshape(-1, 2)).reshape(res.x.shape[:2])
+    vals = torch.stack([res.x[..., 0], res.x[..., 1], (modes == 0).double()], -1)
+    assert res.x.shape == (16, 256, 2) and res.info["smc"]["evaluations"] < res.energy_evaluations
+    exact = [float(target.exact_mean()[0]), 0.0, 0.3]
+    return float(calibrated_z(vals, exact).max())
+
+
+def test_imh_production_after_smc_keeps_the_mode_weights():
+    assert imh_mixture_z() < Z_PASS
+
+
+def test_imh_production_without_the_flow_density_ratio_is_detected(monkeypatch):
+    """Mutant: the production chains accept on the target ratio alone (the q-ratio dropped);
+    they then sample p q, not p, which squares the mode weights (0.3 -> 0.16)."""
+    monkeypatch.setattr(production_module, "importance_log_weights", lambda u, log_q: -u)
+    real = production_module.draw_with_log_weights
+
+    def dropped(flow, target, n, g, batch_size=8192):
+        d = real(flow, target, n, g, batch_size)
+        return d._replace(log_weight=-d.energy)
+
+    monkeypatch.setattr(production_module, "draw_with_log_weights", dropped)
+    assert imh_mixture_z() > Z_FAIL
 
 
 # --------------------------------------------------------------- negative controls

@@ -1,0 +1,105 @@
+r"""Production after flow-preconditioned SMC: independence Metropolis–Hastings chains with the
+final flow ([`boltzflow.sampling.smc`][boltzflow.sampling.smc], `imh_draws`).
+
+SMC's cost is in reaching $\beta = 1$: its tempering stages evaluate the likelihood at every
+particle many times. Once there, its final flow is a proposal fitted to the posterior, and
+further draws are cheap: one flow sample and one likelihood evaluation each. The chains
+
+$$
+x_{t+1} = \begin{cases} x' \sim q & \text{with probability }
+\min\big(1, w(x')/w(x_t)\big),\ w = e^{-u}/q \\ x_t & \text{otherwise}\end{cases}
+$$
+
+(Tierney 1994, Ann. Stat. 22, 1701) leave the posterior invariant for any fixed flow $q$, so
+their draws are exact whatever the flow learned; a poor flow shows up as low acceptance and
+a low ESS, never as a bias. Each chain starts at a final SMC particle of an island that the
+final flow was not fitted to (the held-out islands of
+[`final_held_out_islands`][boltzflow.sampling.smc_crossfit.final_held_out_islands]): it is then
+a posterior draw independent of the kernel, so the chains need no warm-up.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from boltzflow.sampling.kernels.imh import imh_sweep
+from boltzflow.sampling.runners import FlowDraws, draw_with_log_weights
+from boltzflow.sampling.smc_crossfit import island_rows
+from boltzflow.weights import importance_log_weights
+
+__all__ = ["imh_starts", "imh_proposals", "imh_chains", "imh_production"]
+
+
+def imh_starts(
+    x: torch.Tensor, energy: torch.Tensor, islands: int, held: list[int], chains: int, g
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`chains` starting points (`x [chains, dim]`, `energy [chains]`) drawn without
+    replacement from the final particles `x [islands * m, dim]` of the `held` islands (all
+    islands if none is held out), with the generator `g`."""
+    m = x.shape[0] // int(islands)
+    rows = island_rows(held or list(range(int(islands))), m, x.device)
+    pick = rows[torch.randperm(rows.numel(), generator=g, device=x.device)[: int(chains)]]
+    if pick.numel() < int(chains):
+        raise ValueError(f"{pick.numel()} particles cannot start {chains} chains")
+    return x[pick], energy[pick]
+
+
+@torch.no_grad()
+def imh_proposals(flow, target, x0, energy0, steps: int, g, batch_size: int = 8192) -> FlowDraws:
+    """The starts `x0 [chains, dim]` (energies `energy0 [chains]`, kT) followed by
+    `steps · chains` fresh flow draws, step-major, with their importance log-weights: the input
+    of [`independence_chains`][boltzflow.sampling.runners.independence_chains]."""
+    log_q0 = flow.log_prob(x0)
+    start = FlowDraws(x0, importance_log_weights(energy0, log_q0), energy0, log_q0)
+    fresh = draw_with_log_weights(flow, target, int(steps) * x0.shape[0], g, batch_size)
+    return FlowDraws(*(torch.cat([a, b.to(a.dtype)]) for a, b in zip(start, fresh, strict=True)))
+
+
+def imh_chains(flow, target, x, energy, islands: int, held: list[int], n: int, g):
+    """`islands` independence-MH chains of `ceil(n / islands)` draws with the proposal `flow`,
+    started by [`imh_starts`][boltzflow.sampling.smc_production.imh_starts] from the final
+    particles `x [islands * m, dim]` (energies `energy [islands * m]`, kT).
+
+    Returns:
+        `(x [chains, draws, dim], energy [chains, draws], accepted [chains, draws])`.
+    """
+    chains = int(islands)
+    x0, u0 = imh_starts(x, energy, chains, held, chains, g)
+    draws = imh_proposals(flow, target, x0, u0, -(-int(n) // chains), g)
+    sweep = imh_sweep(draws.log_weight.reshape(-1, chains), 0, g)
+    flat = sweep.index.reshape(-1)
+    shape = sweep.index.shape
+    return draws.x[flat].reshape(*shape, -1), draws.energy[flat].reshape(shape), sweep.accepted
+
+
+def imh_production(flow, cost, x, energy, held: list[int], n: int, g, info: dict):
+    """The `imh_draws` step of [`smc`][boltzflow.sampling.smc.smc]: the chains of
+    [`imh_chains`][boltzflow.sampling.smc_production.imh_chains] from the final particles
+    `x [islands, m, dim]` (energies `[islands, m]`), one chain per island; `cost` is the run's
+    [`RunCost`][boltzflow.sampling.runners.RunCost] (its target is the one sampled).
+
+    `info` gains `smc` (the stages' `evaluations`, `wall_seconds` and the particles' `rhat_max`,
+    `ess_bulk_min`, `ess_tail_min`, over the constrained parameters for a posterior) and
+    `imh_acceptance` (also the new `acceptance_rate`); `flow_holdout_islands` becomes every
+    chain, since the flow was fitted to none of their draws (the coverage check of
+    [`with_coverage`][boltzflow.sampling.coverage.with_coverage] uses them all).
+
+    Returns:
+        `(x [islands, ceil(n / islands), dim], energy, accepted)` of the chains.
+    """
+    from boltzflow.sampling.diagnostics import chain_diagnostics
+    from boltzflow.sampling.runners import constrained_draws
+
+    target = cost.target
+    theta = constrained_draws(target, x)
+    info["smc"] = {
+        "evaluations": int(cost.evaluations),
+        "wall_seconds": cost.seconds,
+        **chain_diagnostics(x if theta is None else theta),
+    }
+    islands = x.shape[0]
+    flat_x, flat_u = x.reshape(-1, x.shape[-1]), energy.reshape(-1)
+    out = imh_chains(flow, target, flat_x, flat_u, islands, held, n, g)
+    info["acceptance_rate"] = info["imh_acceptance"] = float(out[2].double().mean())
+    info["flow_holdout_islands"] = list(range(islands))
+    return out
