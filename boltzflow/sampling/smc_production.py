@@ -20,6 +20,8 @@ a posterior draw independent of the kernel, so the chains need no warm-up.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from boltzflow.sampling.kernels.imh import imh_sweep
@@ -27,7 +29,12 @@ from boltzflow.sampling.runners import FlowDraws, draw_with_log_weights
 from boltzflow.sampling.smc_crossfit import island_rows
 from boltzflow.weights import importance_log_weights
 
-__all__ = ["imh_starts", "imh_proposals", "imh_chains", "imh_production"]
+__all__ = ["LOW_ACCEPTANCE", "imh_starts", "imh_proposals", "imh_chains", "imh_production"]
+
+logger = logging.getLogger(__name__)
+
+LOW_ACCEPTANCE = 0.01
+"""Acceptance rate of the production chains below which a warning says the flow is too poor."""
 
 
 def imh_starts(
@@ -102,4 +109,11 @@ def imh_production(flow, cost, x, energy, held: list[int], n: int, g, info: dict
     out = imh_chains(flow, target, flat_x, flat_u, islands, held, n, g)
     info["acceptance_rate"] = info["imh_acceptance"] = float(out[2].double().mean())
     info["flow_holdout_islands"] = list(range(islands))
+    if info["imh_acceptance"] < LOW_ACCEPTANCE:
+        logger.warning(
+            "SMC production: the final flow's proposals were accepted %.2g%% of the time, so the "
+            "chains barely move (exact, but with few effective draws): fit the flow to more "
+            "particles (n_samples, train_steps) or use the particles (imh_draws = 0)",
+            100 * info["imh_acceptance"],
+        )
     return out

@@ -169,6 +169,25 @@ def test_imh_production_without_the_flow_density_ratio_is_detected(monkeypatch):
     assert imh_mixture_z() > Z_FAIL
 
 
+def test_production_with_a_flow_that_misses_the_target_warns(caplog):
+    """Chains whose proposals are never accepted are exact but useless: the user is told."""
+    from boltzflow.sampling.runners import RunCost
+
+    target = GaussianMixture([[6.0] * 8], scales=0.05)  # far from the flow's N(0, I)
+    flow = flow_for(target)
+    g = torch.Generator().manual_seed(0)
+    x = target.sample(64, generator=g).reshape(4, 16, 8)
+    with torch.no_grad():
+        u = target.energy(x.reshape(-1, 8)).reshape(4, 16)
+    info = {}
+    with caplog.at_level("WARNING"):
+        xs, us, acc = production_module.imh_production(
+            flow, RunCost(target), x, u, [1], 400, g, info
+        )
+    assert xs.shape == (4, 100, 8) and info["imh_acceptance"] < production_module.LOW_ACCEPTANCE
+    assert info["flow_holdout_islands"] == [0, 1, 2, 3] and "barely move" in caplog.text
+
+
 # --------------------------------------------------------------- negative controls
 def test_missing_latent_jacobian_is_detected(monkeypatch):
     monkeypatch.setattr(moves_module, "latent_energy", lambda u_beta, ladj: u_beta)
