@@ -58,8 +58,13 @@ class _Problems(list):
 def asked_samples(recipe: Recipe) -> int:
     """The number of draws a recipe asks for: ``n_samples``, rounded up to whole draws per
     chain when it runs ``chains`` chains (MCMC runners keep ``ceil(n_samples / chains)`` draws
-    per chain)."""
-    n, chains = int(recipe.sampling["n_samples"]), int(recipe.sampling.get("chains", 1))
+    per chain); for SMC with production chains (``imh_draws``), ``imh_draws`` rounded up to
+    whole draws of its one chain per island (``n_samples`` is then the number of particles)."""
+    sampling = recipe.sampling
+    if sampling["method"] == "smc" and int(sampling.get("imh_draws", 0)) > 0:
+        n, chains = int(sampling["imh_draws"]), int(sampling.get("islands", 16))
+    else:
+        n, chains = int(sampling["n_samples"]), int(sampling.get("chains", 1))
     return chains * -(-n // chains)
 
 

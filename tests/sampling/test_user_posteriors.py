@@ -94,7 +94,7 @@ PTA_LIKE = dict(
     local_steps=30, init_steps=100, global_steps=0, train_steps=0, repeats=[1, 0],
     evidence_samples=4000, evidence_train_steps=300, lr=3e-4,
 )  # fmt: skip
-"""The pta-sim recipe's sampler settings (shorter trajectories)."""
+"""The dense-HMC settings of `benchmarks/pta_sim_hmc.toml` (shorter trajectories)."""
 
 
 @pytest.fixture(scope="module")
