@@ -385,13 +385,13 @@ def smc(
         logger.warning("SMC: %d target values were not finite (weight 0)", n_nonfinite)
     with torch.no_grad():
         energy = -(p.log_ref + p.log_l)  # u = -log r - l
-    x, accepted = p.x.reshape(nb, m, -1), moved.reshape(nb, m)
     if int(imh_draws) > 0:
-        x, energy, accepted = imh_production(flow, cost, x, energy, holdout, imh_draws, g, info)
+        x = p.x.reshape(nb, m, -1)
+        return imh_production(flow, cost, x, energy, holdout, imh_draws, g, info)
     return SamplingResult.from_chain(
-        x,
-        energy.reshape(x.shape[:2]),
-        accepted,
+        p.x.reshape(nb, m, -1),
+        energy.reshape(nb, m),
+        moved.reshape(nb, m),
         method="smc",
         cost=cost,
         info=info,

@@ -24,12 +24,17 @@ import logging
 
 import torch
 
-from boltzflow.sampling.kernels.imh import imh_sweep
-from boltzflow.sampling.runners import FlowDraws, draw_with_log_weights
+from boltzflow.sampling.runners import (
+    FlowDraws,
+    SamplingResult,
+    constrained_draws,
+    draw_with_log_weights,
+    independence_chains,
+)
 from boltzflow.sampling.smc_crossfit import island_rows
 from boltzflow.weights import importance_log_weights
 
-__all__ = ["LOW_ACCEPTANCE", "imh_starts", "imh_proposals", "imh_chains", "imh_production"]
+__all__ = ["LOW_ACCEPTANCE", "imh_starts", "imh_proposals", "imh_production"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,65 +60,55 @@ def imh_starts(
 def imh_proposals(flow, target, x0, energy0, steps: int, g, batch_size: int = 8192) -> FlowDraws:
     """The starts `x0 [chains, dim]` (energies `energy0 [chains]`, kT) followed by
     `steps · chains` fresh flow draws, step-major, with their importance log-weights: the input
-    of [`independence_chains`][boltzflow.sampling.runners.independence_chains]."""
+    of [`independence_chains`][boltzflow.sampling.runners.independence_chains], whose row 0
+    holds the chains' starting points."""
     log_q0 = flow.log_prob(x0)
     start = FlowDraws(x0, importance_log_weights(energy0, log_q0), energy0, log_q0)
     fresh = draw_with_log_weights(flow, target, int(steps) * x0.shape[0], g, batch_size)
     return FlowDraws(*(torch.cat([a, b.to(a.dtype)]) for a, b in zip(start, fresh, strict=True)))
 
 
-def imh_chains(flow, target, x, energy, islands: int, held: list[int], n: int, g):
-    """`islands` independence-MH chains of `ceil(n / islands)` draws with the proposal `flow`,
-    started by [`imh_starts`][boltzflow.sampling.smc_production.imh_starts] from the final
-    particles `x [islands * m, dim]` (energies `energy [islands * m]`, kT).
+def imh_production(flow, cost, x, energy, held: list[int], n: int, g, info: dict) -> SamplingResult:
+    """The `imh_draws` step of [`smc`][boltzflow.sampling.smc.smc]: one independence-MH chain
+    per island, `ceil(n / islands)` draws each with the proposal `flow`, started by
+    [`imh_starts`][boltzflow.sampling.smc_production.imh_starts] from the final particles
+    `x [islands, m, dim]` (energies `[islands, m]`, kT) of the `held` islands, and run by
+    [`independence_chains`][boltzflow.sampling.runners.independence_chains]. `cost` is the run's
+    [`RunCost`][boltzflow.sampling.runners.RunCost] (its target is the one sampled), `info` the
+    SMC stages' own.
 
     Returns:
-        `(x [chains, draws, dim], energy [chains, draws], accepted [chains, draws])`.
-    """
-    chains = int(islands)
-    x0, u0 = imh_starts(x, energy, chains, held, chains, g)
-    draws = imh_proposals(flow, target, x0, u0, -(-int(n) // chains), g)
-    sweep = imh_sweep(draws.log_weight.reshape(-1, chains), 0, g)
-    flat = sweep.index.reshape(-1)
-    shape = sweep.index.shape
-    return draws.x[flat].reshape(*shape, -1), draws.energy[flat].reshape(shape), sweep.accepted
-
-
-def imh_production(flow, cost, x, energy, held: list[int], n: int, g, info: dict):
-    """The `imh_draws` step of [`smc`][boltzflow.sampling.smc.smc]: the chains of
-    [`imh_chains`][boltzflow.sampling.smc_production.imh_chains] from the final particles
-    `x [islands, m, dim]` (energies `[islands, m]`), one chain per island; `cost` is the run's
-    [`RunCost`][boltzflow.sampling.runners.RunCost] (its target is the one sampled).
-
-    `info` gains `smc` (the stages' `evaluations`, `wall_seconds` and the particles' `rhat_max`,
-    `ess_bulk_min`, `ess_tail_min`, over the constrained parameters for a posterior) and
-    `imh_acceptance` (also the new `acceptance_rate`); `flow_holdout_islands` becomes every
-    chain, since the flow was fitted to none of their draws (the coverage check of
-    [`with_coverage`][boltzflow.sampling.coverage.with_coverage] uses them all).
-
-    Returns:
-        `(x [islands, ceil(n / islands), dim], energy, accepted)` of the chains.
+        the chains as SMC's [`SamplingResult`][boltzflow.sampling.runners.SamplingResult]:
+        `x [islands, ceil(n / islands), dim]`; `info` adds `smc` (the stages' `evaluations`,
+        `wall_seconds` and the particles' `rhat_max`, `ess_bulk_min`, `ess_tail_min`, over the
+        constrained parameters for a posterior) and `imh_acceptance` (also `acceptance_rate`),
+        and `flow_holdout_islands` becomes every chain, since the flow was fitted to none of
+        their draws (the coverage check of
+        [`with_coverage`][boltzflow.sampling.coverage.with_coverage] uses them all).
     """
     from boltzflow.sampling.diagnostics import chain_diagnostics
-    from boltzflow.sampling.runners import constrained_draws
 
-    target = cost.target
+    target, chains = cost.target, x.shape[0]
     theta = constrained_draws(target, x)
+    info = {k: v for k, v in info.items() if k != "acceptance_rate"}  # the chains' own, below
     info["smc"] = {
         "evaluations": int(cost.evaluations),
         "wall_seconds": cost.seconds,
         **chain_diagnostics(x if theta is None else theta),
     }
-    islands = x.shape[0]
+    info["flow_holdout_islands"] = list(range(chains))
     flat_x, flat_u = x.reshape(-1, x.shape[-1]), energy.reshape(-1)
-    out = imh_chains(flow, target, flat_x, flat_u, islands, held, n, g)
-    info["acceptance_rate"] = info["imh_acceptance"] = float(out[2].double().mean())
-    info["flow_holdout_islands"] = list(range(islands))
-    if info["imh_acceptance"] < LOW_ACCEPTANCE:
+    x0, u0 = imh_starts(flat_x, flat_u, chains, held, chains, g)
+    draws = imh_proposals(flow, target, x0, u0, -(-int(n) // chains), g)
+    res = independence_chains(
+        draws, chains, 0, g, method="smc", cost=cost, info=info, diagnostics=True
+    )
+    res.info["imh_acceptance"] = acceptance = res.info["acceptance_rate"]
+    if acceptance < LOW_ACCEPTANCE:
         logger.warning(
             "SMC production: the final flow's proposals were accepted %.2g%% of the time, so the "
             "chains barely move (exact, but with few effective draws): fit the flow to more "
             "particles (n_samples, train_steps) or use the particles (imh_draws = 0)",
-            100 * info["imh_acceptance"],
+            100 * acceptance,
         )
-    return out
+    return res

@@ -179,12 +179,10 @@ def test_production_with_a_flow_that_misses_the_target_warns(caplog):
     x = target.sample(64, generator=g).reshape(4, 16, 8)
     with torch.no_grad():
         u = target.energy(x.reshape(-1, 8)).reshape(4, 16)
-    info = {}
     with caplog.at_level("WARNING"):
-        xs, us, acc = production_module.imh_production(
-            flow, RunCost(target), x, u, [1], 400, g, info
-        )
-    assert xs.shape == (4, 100, 8) and info["imh_acceptance"] < production_module.LOW_ACCEPTANCE
+        res = production_module.imh_production(flow, RunCost(target), x, u, [1], 400, g, {})
+    info = res.info
+    assert res.x.shape == (4, 100, 8) and info["imh_acceptance"] < production_module.LOW_ACCEPTANCE
     assert info["flow_holdout_islands"] == [0, 1, 2, 3] and "barely move" in caplog.text
 
 
