@@ -518,10 +518,11 @@ def main() -> None:
             )
             if isinstance(q.get("smc_particles"), dict):  # SMC alone, before its production
                 sp = q["smc_particles"]
+                key = "theta_" if "theta_rhat_max" in sp else ""  # the constrained parameters
                 print(
-                    f"    its SMC particles alone: R-hat {sp.get('rhat_max', math.nan):.3f}, min "
-                    f"bulk ESS {sp.get('ess_bulk_min', math.nan):.0f}, {sp['evaluations']} "
-                    f"evaluations, {sp.get('wall_seconds', math.nan):.0f} s"
+                    f"    its SMC particles alone: R-hat {sp.get(key + 'rhat_max', math.nan):.3f}, "
+                    f"min bulk ESS {sp.get(key + 'ess_bulk_min', math.nan):.0f}, "
+                    f"{sp['evaluations']} evaluations, {sp.get('wall_seconds', math.nan):.0f} s"
                 )
         for name, lz in p["log_z"].items():
             print(f"  log Z ({name}) = {lz['mean']:.3f} ± {lz['stderr']:.3f}")

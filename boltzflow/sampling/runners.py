@@ -33,6 +33,7 @@ __all__ = [
     "SamplingResult",
     "RunCost",
     "FlowDraws",
+    "draw_diagnostics",
     "draw_with_log_weights",
     "log_q_kind",
     "flow_evidence",
@@ -127,12 +128,7 @@ class SamplingResult(NamedTuple):
         if "acceptance_rate" not in info:
             info = {"acceptance_rate": float(accepted.double().mean()), **info}
         if diagnostics:
-            from boltzflow.sampling.diagnostics import chain_diagnostics
-
-            info.update(chain_diagnostics(x))
-            theta = constrained_draws(cost.target, x)
-            if theta is not None:  # a posterior: the same diagnostics on the named parameters
-                info.update({f"theta_{k}": v for k, v in chain_diagnostics(theta).items()})
+            info.update(draw_diagnostics(cost.target, x))
         zeros = torch.zeros_like(energy)
         return cls(x, zeros, energy, accepted, method, cost.evaluations, cost.seconds, info)
 
@@ -174,6 +170,20 @@ def constrained_draws(target, x: torch.Tensor) -> torch.Tensor | None:
     except NotImplementedError:
         return None
     return theta.reshape(chains, draws, -1)
+
+
+def draw_diagnostics(target, x: torch.Tensor) -> dict:
+    """R-hat and ESS of draws `x [chains, draws, *event]` of `target`
+    ([`chain_diagnostics`][boltzflow.sampling.diagnostics.chain_diagnostics]); for a posterior
+    also `theta_rhat_max`, `theta_ess_bulk_min`, `theta_ess_tail_min` over its constrained
+    parameters ([`constrained_draws`][boltzflow.sampling.runners.constrained_draws])."""
+    from boltzflow.sampling.diagnostics import chain_diagnostics
+
+    out = chain_diagnostics(x)
+    theta = constrained_draws(target, x)
+    if theta is not None:  # a posterior: the same diagnostics on the named parameters
+        out.update({f"theta_{k}": v for k, v in chain_diagnostics(theta).items()})
+    return out
 
 
 class FlowDraws(NamedTuple):

@@ -260,7 +260,7 @@ def smc(
         R-hat and ESS across islands, and the evaluation count. With `imh_draws`, `x [islands,
         ceil(imh_draws / islands), dim]` are the chains, `accepted` their acceptances, and
         `info` adds `imh_acceptance`, and `smc` with the stages' evaluation count and the
-        particles' R-hat and ESS (over their constrained parameters for a posterior).
+        particles' R-hat and ESS (also over the constrained parameters for a posterior).
     """
     if int(islands) < 2:
         raise ValueError(
@@ -385,11 +385,11 @@ def smc(
         logger.warning("SMC: %d target values were not finite (weight 0)", n_nonfinite)
     with torch.no_grad():
         energy = -(p.log_ref + p.log_l)  # u = -log r - l
+    x = p.x.reshape(nb, m, -1)
     if int(imh_draws) > 0:
-        x = p.x.reshape(nb, m, -1)
         return imh_production(flow, cost, x, energy, holdout, imh_draws, g, info)
     return SamplingResult.from_chain(
-        p.x.reshape(nb, m, -1),
+        x,
         energy.reshape(nb, m),
         moved.reshape(nb, m),
         method="smc",

@@ -27,7 +27,7 @@ import torch
 from boltzflow.sampling.runners import (
     FlowDraws,
     SamplingResult,
-    constrained_draws,
+    draw_diagnostics,
     draw_with_log_weights,
     independence_chains,
 )
@@ -80,21 +80,19 @@ def imh_production(flow, cost, x, energy, held: list[int], n: int, g, info: dict
     Returns:
         the chains as SMC's [`SamplingResult`][boltzflow.sampling.runners.SamplingResult]:
         `x [islands, ceil(n / islands), dim]`; `info` adds `smc` (the stages' `evaluations`,
-        `wall_seconds` and the particles' `rhat_max`, `ess_bulk_min`, `ess_tail_min`, over the
-        constrained parameters for a posterior) and `imh_acceptance` (also `acceptance_rate`),
+        `wall_seconds` and the particles' R-hat and ESS keys of
+        [`draw_diagnostics`][boltzflow.sampling.runners.draw_diagnostics]) and
+        `imh_acceptance` (also `acceptance_rate`),
         and `flow_holdout_islands` becomes every chain, since the flow was fitted to none of
         their draws (the coverage check of
         [`with_coverage`][boltzflow.sampling.coverage.with_coverage] uses them all).
     """
-    from boltzflow.sampling.diagnostics import chain_diagnostics
-
     target, chains = cost.target, x.shape[0]
-    theta = constrained_draws(target, x)
     info = {k: v for k, v in info.items() if k != "acceptance_rate"}  # the chains' own, below
     info["smc"] = {
         "evaluations": int(cost.evaluations),
         "wall_seconds": cost.seconds,
-        **chain_diagnostics(x if theta is None else theta),
+        **draw_diagnostics(target, x),
     }
     info["flow_holdout_islands"] = list(range(chains))
     flat_x, flat_u = x.reshape(-1, x.shape[-1]), energy.reshape(-1)

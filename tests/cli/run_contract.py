@@ -6,6 +6,7 @@ honours the contract for the recipe, budget and seed that were asked for).
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import boltzflow
 from boltzflow.reporting.idata import read_samples
 from boltzflow.runs.recipes import Recipe
+from boltzflow.sampling.smc import smc
 
 SECTIONS = ("training", "sampling", "reweighting", "observables", "free_energies")
 FILES = ("summary.json", "samples.nc", "flow.pt", "flow.json", "report.md")
@@ -62,7 +64,8 @@ def asked_samples(recipe: Recipe) -> int:
     whole draws of its one chain per island (``n_samples`` is then the number of particles)."""
     sampling = recipe.sampling
     if sampling["method"] == "smc" and int(sampling.get("imh_draws", 0)) > 0:
-        n, chains = int(sampling["imh_draws"]), int(sampling.get("islands", 16))
+        default = inspect.signature(smc).parameters["islands"].default
+        n, chains = int(sampling["imh_draws"]), int(sampling.get("islands", default))
     else:
         n, chains = int(sampling["n_samples"]), int(sampling.get("chains", 1))
     return chains * -(-n // chains)
