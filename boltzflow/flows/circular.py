@@ -33,22 +33,12 @@ import math
 import numpy as np
 import torch
 from nflows.nn.nets import ResidualNet
-from nflows.transforms.splines.rational_quadratic import (
-    DEFAULT_MIN_BIN_HEIGHT,
-    DEFAULT_MIN_BIN_WIDTH,
-    DEFAULT_MIN_DERIVATIVE,
-    rational_quadratic_spline,
-    unconstrained_rational_quadratic_spline,
-)
+from nflows.transforms.splines.rational_quadratic import DEFAULT_MIN_DERIVATIVE
 from torch import nn
 
 from boltzflow.flows.base import ScoredResult, Transform, TransformResult
 from boltzflow.flows.score_rules import coupling_rule
-from boltzflow.flows.spline_slope import (
-    circular_rq_log_slope,
-    inverse_local,
-    unconstrained_rq_log_slope,
-)
+from boltzflow.flows.spline_slope import inverse_local, rq_spline, unconstrained_rq_spline
 
 __all__ = [
     "wrap_angle",
@@ -79,7 +69,8 @@ def circular_rq_spline(
     unnormalized_heights: torch.Tensor,
     unnormalized_derivatives: torch.Tensor,
     inverse: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    slope: bool = False,
+) -> tuple[torch.Tensor, ...]:
     r"""Circular RQ spline on $[-\pi, \pi]$ with tied boundary derivatives.
 
     Args:
@@ -87,12 +78,15 @@ def circular_rq_spline(
         unnormalized_widths, unnormalized_heights: `[..., K]` (softmax-normalised).
         unnormalized_derivatives: `[..., K]` for knots `0..K-1`; knot `K` reuses knot 0.
         inverse: evaluate $s^{-1}$ instead of $s$.
+        slope: also return $\frac{d}{d\theta}\log s'(\theta)$ at the forward map's input
+            ([`rq_spline`][boltzflow.flows.spline_slope.rq_spline]).
 
     Returns:
-        `(outputs, logabsdet)`, both `[...]`; `logabsdet = log|ds/dθ|` (or of the inverse).
+        `(outputs, logabsdet)`, both `[...]`; `logabsdet = log|ds/dθ|` (or of the inverse);
+        with `slope`, the slope third.
     """
     derivatives = torch.cat([unnormalized_derivatives, unnormalized_derivatives[..., :1]], -1)
-    return rational_quadratic_spline(
+    return rq_spline(
         _wrap_outside(inputs),
         unnormalized_widths,
         unnormalized_heights,
@@ -102,9 +96,7 @@ def circular_rq_spline(
         right=math.pi,
         bottom=-math.pi,
         top=math.pi,
-        min_bin_width=DEFAULT_MIN_BIN_WIDTH,
-        min_bin_height=DEFAULT_MIN_BIN_HEIGHT,
-        min_derivative=DEFAULT_MIN_DERIVATIVE,
+        slope=slope,
     )
 
 
@@ -275,26 +267,21 @@ class CircularSplineCoupling(Transform):
         pieces, lads, slopes = [cond], [], []
         if n_per:
             spline = self._split(params[:, : n_per * 3 * k], n_per, k)
-            y, lad = circular_rq_spline(active[:, :n_per], *spline, inverse=inverse)
+            # with `scored`, d log s'/dx at the spline's forward-direction input too
+            y, lad, *slope = circular_rq_spline(
+                active[:, :n_per], *spline, inverse=inverse, slope=scored
+            )
+            slopes += slope
             pieces.append(y)
             lads.append(lad)
-            if scored:  # d log s'/dx at the spline's forward-direction input
-                x = y if inverse else _wrap_outside(active[:, :n_per])
-                slopes.append(circular_rq_log_slope(x, *spline))
         if n_euc:
             spline = self._split(params[:, n_per * 3 * k :], n_euc, k - 1)
-            y, lad = unconstrained_rational_quadratic_spline(
-                active[:, n_per:],
-                *spline,
-                inverse=inverse,
-                tails="linear",
-                tail_bound=self.tail_bound,
+            y, lad, *slope = unconstrained_rq_spline(
+                active[:, n_per:], *spline, inverse, self.tail_bound, slope=scored
             )
+            slopes += slope
             pieces.append(y)
             lads.append(lad)
-            if scored:
-                x = y if inverse else active[:, n_per:]
-                slopes.append(unconstrained_rq_log_slope(x, *spline, self.tail_bound))
         out = torch.cat(pieces, 1)[:, self.inverse_order].reshape(z.shape)
         lad = torch.cat(lads, 1)
         if scored:

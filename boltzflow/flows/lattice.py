@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 
 import torch
-from nflows.transforms.splines.rational_quadratic import unconstrained_rational_quadratic_spline
 from torch import nn
 
 from boltzflow.flows.base import (
@@ -33,7 +32,7 @@ from boltzflow.flows.base import (
 from boltzflow.flows.circular import IDENTITY_DERIVATIVE
 from boltzflow.flows.distributions import StandardNormal
 from boltzflow.flows.score_rules import coupling_score, scored_input
-from boltzflow.flows.spline_slope import unconstrained_rq_log_slope
+from boltzflow.flows.spline_slope import unconstrained_rq_spline
 
 __all__ = [
     "GlobalScale",
@@ -207,18 +206,13 @@ class CheckerboardSplineCoupling(_Checkerboard):
         p = self._params(z)
         K = self.num_bins
         za = z[:, self.active]
-        ya, lad = unconstrained_rational_quadratic_spline(
-            za,
-            p[..., :K],
-            p[..., K : 2 * K],
-            p[..., 2 * K :],
-            inverse=inverse,
-            tails="linear",
-            tail_bound=self.tail_bound,
+        spline = (p[..., :K], p[..., K : 2 * K], p[..., 2 * K :])
+        # with `log_derivs`, ∂λ/∂z_a in closed form (forward direction) too
+        ya, lad, *slope = unconstrained_rq_spline(
+            za, *spline, inverse, self.tail_bound, slope=log_derivs
         )
-        if log_derivs:  # (with ∂λ/∂z_a in closed form, forward direction)
-            spline = (p[..., :K], p[..., K : 2 * K], p[..., 2 * K :])
-            return za, ya, lad, unconstrained_rq_log_slope(za, *spline, self.tail_bound)
+        if log_derivs:
+            return za, ya, lad, slope[0]
         return TransformResult(self._scatter(z, ya), lad.sum(-1))
 
 

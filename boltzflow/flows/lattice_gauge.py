@@ -63,7 +63,6 @@ from boltzflow.flows.circular import IDENTITY_DERIVATIVE, circular_rq_spline
 from boltzflow.flows.distributions import UniformTorus
 from boltzflow.flows.lattice import CircularConvNet
 from boltzflow.flows.score_rules import coupling_rule
-from boltzflow.flows.spline_slope import circular_rq_log_slope
 
 __all__ = [
     "plaquette_masks",
@@ -164,12 +163,12 @@ class GaugeEquivariantCoupling(_ByTransform):
         p, K = self._spline_params(feats), self.num_bins
         spline = (p[..., :K], p[..., K : 2 * K], p[..., 2 * K :])
         pa = plaq.index_select(1 + self.nu, self.rows)  # [B, L/4, L] or [B, L, L/4]
-        new, lad = circular_rq_spline(pa, *spline, inverse=inverse)
+        # with `slope`, d log h'/dθ_P at the active plaquettes too (forward direction)
+        new, lad, *slopes = circular_rq_spline(pa, *spline, inverse=inverse, slope=slope)
         moved = links[:, self.mu].index_add(1 + self.nu, self.rows, self.sign * (new - pa))
         out = [links[:, 0], wrap_angle(moved)] if self.mu == 1 else [wrap_angle(moved), links[:, 1]]
         result = TransformResult(torch.stack(out, dim=1), lad if per_site else lad.sum(dim=(1, 2)))
-        # with `slope`: d log h'/dθ_P at the active plaquettes too (forward direction)
-        return (result, circular_rq_log_slope(pa, *spline)) if slope else result
+        return (result, slopes[0]) if slope else result
 
     def _take(self, links):
         return links[:, self.mu].index_select(1 + self.nu, self.rows)

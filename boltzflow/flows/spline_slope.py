@@ -1,10 +1,15 @@
-r"""The slope of a rational-quadratic spline's log-derivative, in closed form.
+r"""Rational-quadratic splines that also return the slope of their log-derivative.
 
-A coupling layer's score rule needs $\partial_{z_a} \log h'(z_a)$, the derivative of the
+A coupling layer's score rule needs $\partial_{x} \log h'(x)$, the derivative of the
 elementwise map's log-derivative with respect to its own input
 ([`coupling_score`][boltzflow.flows.score_rules.coupling_score]). Autograd gets it by a backward
 pass through the spline's graph; for the rational-quadratic splines of nflows (Durkan et al. 2019,
-"Neural Spline Flows", Eq. 4–5) it has a closed form that costs less than one spline evaluation.
+"Neural Spline Flows", Eq. 4–5) it has a closed form. The functions here evaluate the spline
+as nflows does (same knots, bin search and formulas, with the parameters' graph; the linear
+tails without masked copies) and, when asked, return that slope from the same knots, so the
+score rule costs no second softmax, cumulative sum or bin search. Every spline layer of the
+package evaluates its splines here, with or without the slope, so the standard and the
+path-gradient losses run the same spline.
 
 In bin $k$ (left knot $x_k$, width $w_k$, slope $\delta_k = h_k / w_k$, knot derivatives
 $d_k, d_{k+1}$) with $\xi = (x - x_k)/w_k$,
@@ -23,16 +28,13 @@ $$
 \qquad D' = (d_k + d_{k+1} - 2\delta_k)(1 - 2\xi).
 $$
 
-For the inverse map, $\lambda^{-1}(y) = -\log h'(h^{-1}(y))$ and
-$d\lambda^{-1}/dy = -(\log h')'(x)\, e^{\lambda^{-1}(y)}$ at $x = h^{-1}(y)$
+The slope is always that of the forward map at its input $x$ (for an inverse evaluation,
+$x = h^{-1}(y)$, the output). For the inverse map, $\lambda^{-1}(y) = -\log h'(h^{-1}(y))$ and
+$d\lambda^{-1}/dy = -(\log h')'(x)\, e^{\lambda^{-1}(y)}$
 ([`inverse_local`][boltzflow.flows.spline_slope.inverse_local]).
-The knots, bin search and parameter transforms are those of nflows, so the bin of every input
-is the one nflows evaluated.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
@@ -44,7 +46,10 @@ from nflows.transforms.splines.rational_quadratic import (
 from nflows.utils import torchutils
 from torch.nn import functional as F
 
-__all__ = ["rq_log_slope", "circular_rq_log_slope", "unconstrained_rq_log_slope", "inverse_local"]
+__all__ = ["rq_spline", "unconstrained_rq_spline", "inverse_local"]
+
+LINEAR_TAIL_DERIVATIVE = float(np.log(np.exp(1 - DEFAULT_MIN_DERIVATIVE) - 1))
+"""Unnormalised boundary derivative of nflows' linear tails (slope 1 at ±B)."""
 
 
 def _knots(unnormalized: torch.Tensor, low: float, high: float, minimum: float) -> torch.Tensor:
@@ -57,92 +62,114 @@ def _knots(unnormalized: torch.Tensor, low: float, high: float, minimum: float) 
     return knots
 
 
-@torch.no_grad()
-def rq_log_slope(
-    x: torch.Tensor,
+def rq_spline(
+    inputs: torch.Tensor,
     unnormalized_widths: torch.Tensor,
     unnormalized_heights: torch.Tensor,
     unnormalized_derivatives: torch.Tensor,
-    left: float,
-    right: float,
-    bottom: float,
-    top: float,
+    inverse: bool = False,
+    left: float = 0.0,
+    right: float = 1.0,
+    bottom: float = 0.0,
+    top: float = 1.0,
     min_bin_width: float = DEFAULT_MIN_BIN_WIDTH,
     min_bin_height: float = DEFAULT_MIN_BIN_HEIGHT,
     min_derivative: float = DEFAULT_MIN_DERIVATIVE,
-) -> torch.Tensor:
-    r"""$\frac{d}{dx}\log h'(x)$ of nflows' `rational_quadratic_spline` on
-    $[\text{left}, \text{right}] \to [\text{bottom}, \text{top}]$, detached.
+    slope: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    r"""nflows' `rational_quadratic_spline` on $[\text{left}, \text{right}] \to
+    [\text{bottom}, \text{top}]$, with `slope` also $\frac{d}{dx}\log h'(x)$ (module
+    docstring).
 
     Args:
-        x: forward-direction inputs `[...]` inside the interval.
+        inputs: `[...]` inside the interval (of $x$, or of $y$ with `inverse`).
         unnormalized_widths, unnormalized_heights: `[..., K]`.
         unnormalized_derivatives: `[..., K + 1]`.
+        inverse: evaluate $h^{-1}$.
         left, right, bottom, top, min_bin_width, min_bin_height, min_derivative: as in nflows.
+        slope: also return the slope.
 
     Returns:
-        `[...]`, same shape as `x`.
+        `(outputs, logabsdet)`, each `[...]`: the map and its log-derivative as nflows returns
+        them (differentiable in the inputs and parameters); with `slope`, third, the forward
+        map's slope $(\log h')'(x)$ at $x$ = the input (or, with `inverse`, the output),
+        detached.
     """
-    cumwidths = _knots(unnormalized_widths.detach(), left, right, min_bin_width)
-    cumheights = _knots(unnormalized_heights.detach(), bottom, top, min_bin_height)
-    derivatives = min_derivative + F.softplus(unnormalized_derivatives.detach())
-    widths, heights = cumwidths.diff(dim=-1), cumheights.diff(dim=-1)
-    x = x.detach()
-    idx = torchutils.searchsorted(cumwidths.clone(), x)[..., None]  # it shifts the last knot
+    if torch.min(inputs) < left or torch.max(inputs) > right:
+        raise ValueError(f"spline inputs outside [{left}, {right}]")
+    cumwidths = _knots(unnormalized_widths, left, right, min_bin_width)
+    cumheights = _knots(unnormalized_heights, bottom, top, min_bin_height)
+    widths, heights = cumwidths[..., 1:] - cumwidths[..., :-1], cumheights.diff(dim=-1)
+    derivatives = min_derivative + F.softplus(unnormalized_derivatives)
+    knots = cumheights if inverse else cumwidths
+    idx = torchutils.searchsorted(knots.detach().clone(), inputs.detach())[..., None]
 
     def at(t: torch.Tensor, shift: int = 0) -> torch.Tensor:
         return t[..., shift:].gather(-1, idx)[..., 0]
 
-    width = at(widths)
-    delta = at(heights) / width
+    x_k, width, y_k, height = at(cumwidths), at(widths), at(cumheights), at(heights)
+    delta = height / width
     d0, d1 = at(derivatives), at(derivatives, 1)
-    xi = (x - at(cumwidths)) / width
     curvature = d0 + d1 - 2 * delta
-    numerator = d1 * xi**2 + 2 * delta * xi * (1 - xi) + d0 * (1 - xi) ** 2
-    denominator = delta + curvature * xi * (1 - xi)
-    d_numerator = 2 * (d1 * xi + delta * (1 - 2 * xi) - d0 * (1 - xi))
-    d_denominator = curvature * (1 - 2 * xi)
-    return (d_numerator / numerator - 2 * d_denominator / denominator) / width
+    if inverse:
+        dy = inputs - y_k
+        a = dy * curvature + height * (delta - d0)
+        b = height * d0 - dy * curvature
+        c = -delta * dy
+        xi = (2 * c) / (-b - torch.sqrt(b.pow(2) - 4 * a * c))
+        outputs = xi * width + x_k
+    else:
+        xi = (inputs - x_k) / width
+        xi_1m = xi * (1 - xi)
+        outputs = y_k + height * (delta * xi.pow(2) + d0 * xi_1m) / (delta + curvature * xi_1m)
+    xi_1m = xi * (1 - xi)
+    numerator = d1 * xi.pow(2) + 2 * delta * xi_1m + d0 * (1 - xi).pow(2)
+    denominator = delta + curvature * xi_1m
+    logabsdet = torch.log(delta.pow(2) * numerator) - 2 * torch.log(denominator)
+    logabsdet = -logabsdet if inverse else logabsdet
+    if not slope:
+        return outputs, logabsdet
+    with torch.no_grad():
+        d_numerator = 2 * (d1 * xi + delta * (1 - 2 * xi) - d0 * (1 - xi))
+        d_denominator = curvature * (1 - 2 * xi)
+        log_slope = (d_numerator / numerator - 2 * d_denominator / denominator) / width
+    return outputs, logabsdet, log_slope
 
 
-def circular_rq_log_slope(x, unnormalized_widths, unnormalized_heights, unnormalized_derivatives):
-    r"""The slope for [`circular_rq_spline`][boltzflow.flows.circular.circular_rq_spline]:
-    $[-\pi, \pi]$ onto itself with $d_K = d_0$; `x` already wrapped into $[-\pi, \pi]$."""
-    d = unnormalized_derivatives
-    return rq_log_slope(
-        x,
-        unnormalized_widths,
-        unnormalized_heights,
-        torch.cat([d, d[..., :1]], -1),
-        -math.pi,
-        math.pi,
-        -math.pi,
-        math.pi,
-    )
-
-
-def unconstrained_rq_log_slope(
-    x, unnormalized_widths, unnormalized_heights, unnormalized_derivatives, tail_bound: float
+def unconstrained_rq_spline(
+    inputs,
+    unnormalized_widths,
+    unnormalized_heights,
+    unnormalized_derivatives,
+    inverse: bool = False,
+    tail_bound: float = 1.0,
+    slope: bool = False,
 ):
-    r"""The slope for nflows' `unconstrained_rational_quadratic_spline` with linear tails:
-    0 outside $[-B, B]$ (the identity), the spline's slope inside (boundary derivatives 1).
+    r"""nflows' `unconstrained_rational_quadratic_spline` with linear tails: the identity
+    (log-derivative 0, slope 0) outside $[-B, B]$,
+    [`rq_spline`][boltzflow.flows.spline_slope.rq_spline] inside.
 
-    `unnormalized_derivatives` is `[..., K - 1]` (the inner knots), as nflows takes it."""
-    constant = float(np.log(np.exp(1 - DEFAULT_MIN_DERIVATIVE) - 1))
-    d = F.pad(unnormalized_derivatives.detach(), pad=(1, 1), value=constant)
+    `unnormalized_derivatives` is `[..., K - 1]` (the inner knots), as nflows takes it. Every
+    input is evaluated (those outside at the clamped value, then replaced), so no masked
+    copies are made."""
     bound = float(tail_bound)
-    inside = (x >= -bound) & (x <= bound)
-    slope = rq_log_slope(
-        x.detach().clamp(-bound, bound),
+    d = F.pad(unnormalized_derivatives, pad=(1, 1), value=LINEAR_TAIL_DERIVATIVE)
+    inside = (inputs >= -bound) & (inputs <= bound)
+    out, lad, *log_slope = rq_spline(
+        inputs.clamp(-bound, bound),
         unnormalized_widths,
         unnormalized_heights,
         d,
-        -bound,
-        bound,
-        -bound,
-        bound,
+        inverse=inverse,
+        left=-bound,
+        right=bound,
+        bottom=-bound,
+        top=bound,
+        slope=slope,
     )
-    return torch.where(inside, slope, torch.zeros_like(slope))
+    zero = torch.zeros((), dtype=lad.dtype, device=lad.device)
+    result = (torch.where(inside, out, inputs), torch.where(inside, lad, zero))
+    return result + (log_slope[0] * inside,) if slope else result
 
 
 def inverse_local(slope: torch.Tensor, log_deriv_inverse: torch.Tensor) -> torch.Tensor:

@@ -1,20 +1,22 @@
-"""The closed-form slope of a rational-quadratic spline's log-derivative against autograd, in
-float64: circular and linear-tailed splines, forward and inverse."""
+"""The fused rational-quadratic splines of `boltzflow.flows.spline_slope` against nflows and
+autograd, in float64: the map, its log-derivative and their parameter gradients equal nflows',
+and the closed-form slope of the log-derivative equals autograd's; circular and linear-tailed
+splines, forward and inverse."""
 
 import math
 
 import pytest
 import torch
-from nflows.transforms.splines.rational_quadratic import unconstrained_rational_quadratic_spline
-
-from boltzflow.flows.circular import circular_rq_spline
-from boltzflow.flows.spline_slope import (
-    circular_rq_log_slope,
-    inverse_local,
-    unconstrained_rq_log_slope,
+from nflows.transforms.splines.rational_quadratic import (
+    rational_quadratic_spline,
+    unconstrained_rational_quadratic_spline,
 )
 
+from boltzflow.flows.circular import circular_rq_spline
+from boltzflow.flows.spline_slope import inverse_local, rq_spline, unconstrained_rq_spline
+
 K = 6
+TAIL = 3.0
 
 
 def _params(n: int, n_derivatives: int, seed: int = 0):
@@ -29,36 +31,79 @@ def _autograd_local(spline, inputs):
     return out.detach(), lad.detach(), local
 
 
+def _angles(n: int) -> torch.Tensor:
+    x = torch.rand(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1
+    return x * math.pi
+
+
+def _wide(n: int) -> torch.Tensor:  # a third of the points fall in the linear tails
+    return 4.0 * torch.randn(n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+
+def _nflows_circular(x, params, inverse):
+    w, h, d = params
+    d = torch.cat([d, d[..., :1]], -1)  # the circular spline's tied boundary derivative
+    bounds = {"left": -math.pi, "right": math.pi, "bottom": -math.pi, "top": math.pi}
+    return rational_quadratic_spline(x, w, h, d, inverse=inverse, **bounds)
+
+
+def _nflows_linear(x, params, inverse):
+    return unconstrained_rational_quadratic_spline(
+        x, *params, inverse=inverse, tails="linear", tail_bound=TAIL
+    )
+
+
+CASES = {  # name: (inputs, parameters, nflows' spline, the fused spline)
+    "circular": (
+        _angles,
+        lambda n: _params(n, K),
+        _nflows_circular,
+        lambda x, p, inv: circular_rq_spline(x, *p, inverse=inv, slope=True),
+    ),
+    "linear tails": (
+        _wide,
+        lambda n: _params(n, K - 1, seed=2),
+        _nflows_linear,
+        lambda x, p, inv: unconstrained_rq_spline(x, *p, inv, TAIL, slope=True),
+    ),
+}
+
+
 @pytest.mark.parametrize("inverse", [False, True])
-def test_circular_slope_matches_autograd(inverse):
-    params = _params(200, K)
-    x = torch.rand(200, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1
-    x = x * math.pi
-
-    def spline(t):
-        return circular_rq_spline(t[:, None], *(p[:, None] for p in params), inverse=inverse)
-
-    out, lad, reference = _autograd_local(spline, x)
-    forward_input = out[:, 0] if inverse else x
-    slope = circular_rq_log_slope(forward_input, *params)
-    local = inverse_local(slope, lad[:, 0]) if inverse else slope
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fused_slope_matches_autograd(case, inverse):
+    inputs, make_params, nflows_spline, fused = CASES[case]
+    x, params = inputs(300), make_params(300)
+    out, lad, reference = _autograd_local(lambda t: nflows_spline(t, params, inverse), x)
+    _, lad_fused, slope = fused(x, params, inverse)
+    local = inverse_local(slope, lad_fused) if inverse else slope
     torch.testing.assert_close(local, reference, atol=1e-9, rtol=1e-9)
     assert reference.abs().max() > 0.1  # a curved spline: the check can fail
+    if case == "linear tails":
+        outside = x.abs() > TAIL
+        assert outside.any() and (local[outside] == 0).all()
 
 
 @pytest.mark.parametrize("inverse", [False, True])
-def test_linear_tail_slope_matches_autograd_inside_and_zero_outside(inverse):
-    params = _params(300, K - 1, seed=2)
-    x = 4.0 * torch.randn(300, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fused_spline_equals_nflows_with_its_gradients(case, inverse):
+    inputs, make_params, nflows_spline, fused = CASES[case]
+    x = inputs(300)
+    grads = []
+    for spline in (nflows_spline, lambda t, p, inv: fused(t, p, inv)[:2]):
+        leaf = x.clone().requires_grad_(True)
+        params = tuple(p.requires_grad_(True) for p in make_params(300))
+        out, lad = spline(leaf, params, inverse)
+        weights = torch.linspace(0.5, 1.5, len(x), dtype=x.dtype)
+        torch.autograd.backward([(weights * out).sum() + (weights.flip(0) * lad).sum()])
+        grads.append([out.detach(), lad.detach(), leaf.grad] + [p.grad for p in params])
+    for mine, theirs in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(mine, theirs, atol=1e-12, rtol=1e-10)
+    assert grads[0][3].abs().max() > 0.01  # the parameters' gradient is there to compare
 
-    def spline(t):
-        return unconstrained_rational_quadratic_spline(
-            t, *params, inverse=inverse, tails="linear", tail_bound=3.0
-        )
 
-    out, lad, reference = _autograd_local(spline, x)
-    slope = unconstrained_rq_log_slope(out if inverse else x, *params, 3.0)
-    local = inverse_local(slope, lad) if inverse else slope
-    torch.testing.assert_close(local, reference, atol=1e-9, rtol=1e-9)
-    assert (x.abs() > 3.0).any() and (local[x.abs() > 3.0] == 0).all()
-    assert reference.abs().max() > 0.1
+def test_spline_rejects_inputs_outside_its_interval():
+    params = _params(2, K)
+    with pytest.raises(ValueError, match="outside"):
+        x = torch.tensor([0.0, 4.0], dtype=torch.float64)
+        rq_spline(x, *params[:2], torch.zeros(2, K + 1, dtype=torch.float64))

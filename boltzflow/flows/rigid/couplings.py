@@ -37,7 +37,6 @@ from __future__ import annotations
 import math
 
 import torch
-from nflows.transforms.splines.rational_quadratic import unconstrained_rational_quadratic_spline
 
 from boltzflow.flows.base import Transform, TransformResult
 from boltzflow.flows.circular import IDENTITY_DERIVATIVE, circular_rq_spline
@@ -53,6 +52,7 @@ from boltzflow.flows.rigid.charts import (
     to_rodrigues,
 )
 from boltzflow.flows.rigid.conditioner import SetConditioner
+from boltzflow.flows.spline_slope import unconstrained_rq_spline
 
 __all__ = ["RigidLayer", "PositionCoupling", "CentredPositionCoupling", "OrientationCoupling"]
 
@@ -253,9 +253,7 @@ class OrientationCoupling(RigidLayer):
             params[..., 2 * k :] + IDENTITY_DERIVATIVE,
         )
         active = rho[..., self.components]
-        moved, lad = unconstrained_rational_quadratic_spline(
-            active, w, h, s, inverse=inverse, tails="linear", tail_bound=self.bound
-        )
+        moved, lad = unconstrained_rq_spline(active, w, h, s, inverse, self.bound)
         new = rho.clone()
         new[..., self.components] = moved
         ladj = lad.sum((-1, -2)) + (rodrigues_log_volume(new) - rodrigues_log_volume(rho)).sum(-1)
