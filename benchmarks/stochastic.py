@@ -42,19 +42,19 @@ nothing and prints the table of what is cached. Processes with disjoint `--only`
   `snf_nll` and `snf_reverse_kl` are the ordinary NLL and reverse KL), what
   `boltzflow run double-well-snf` trains.
 
-Measured (`nohup nice -n 19 python benchmarks/stochastic.py`, then `--table-only`; 2 shared
-CPU cores, stopped at 2 trainings per model of the 10, seeds 0 and 1 for RealNVP, 0 and 5 for
-the others; kT, mean ± population std over trainings):
+Measured (`nohup nice -n 19 python benchmarks/stochastic.py`; 2 CPU cores, 26 min wall; all
+10 trainings per model, seeds 0-9; kT, mean ± population std over trainings):
 
-    model        interval      notebook      fixed bins     paper
-    exact        0.19          0.29          0.071
-    RealNVP      0.10 ± 0.00   1.88 ± 1.16   0.047 ± 0.003  1.15 ± 0.41
-    RealNVP+MC   0.43 ± 0.02   0.50 ± 0.00   0.172 ± 0.004  0.63 ± 0.11
-    NSF          0.14 ± 0.01   8.00 ± 0.44   0.083 ± 0.007  2.24 ± 0.47
-    NSF+MC       0.34 ± 0.04   0.63 ± 0.28   0.069 ± 0.000  0.60 ± 0.16
+    model        interval      notebook                 fixed bins      paper
+    exact        0.19          0.29                     0.071
+    RealNVP      0.10 ± 0.03   3.16 ± 3.41              0.045 ± 0.009   1.15 ± 0.41
+    RealNVP+MC   0.46 ± 0.04   NaN (seed 2; median 0.56) 0.166 ± 0.018  0.63 ± 0.11
+    NSF          0.18 ± 0.05   8.74 ± 1.70              0.090 ± 0.035   2.24 ± 0.47
+    NSF+MC       0.25 ± 0.03   0.85 ± 0.90              0.069 ± 0.004   0.60 ± 0.16
 
-On the interval metric the blocks raise the error for both flows; only the notebook metric
-shows the published gain (see the system README for why).
+On the interval metric the blocks raise the error for both flows (for NSF they lower it on the
+fixed bins); only the notebook metric shows the published gain (see the system README for
+why).
 
 The alanine-dipeptide comparison (torsion KLs and ESS per energy evaluation, with and without
 blocks) is `benchmarks/stochastic_alanine.py`.
@@ -64,8 +64,9 @@ Usage: `python benchmarks/stochastic.py [--protocol published|package] [--traini
 [--blocks JSON] [--flow JSON] [--out FILE] [--cache-dir DIR] [--table-only]`; the published
 sizes are the default. `--steps-scale` multiplies every training stage's steps; `--blocks`
 overrides keys of the `[flow.stochastic]` table, `--flow` keys of the flow. Cost (published
-protocol, CPU time per training, evaluation included): RealNVP 30 s, NSF 70 s, RealNVP + MC
-2 min, NSF + MC over 3 min, so 40 trainings need about 1.3 h of one core; on a shared machine
+protocol, CPU time per training, evaluation included, on the 2026-12-07 machine): RealNVP
+7-13 s, NSF 21-26 s, RealNVP + MC 26-36 s, NSF + MC 42-52 s, so 40 trainings need about
+20 min of one core (2-3x that on the slower machine of earlier measurements); on a shared machine
 run it with `nohup nice -n 19` (the measured table is in `systems/double-well-snf/README.md`).
 """
 
