@@ -56,9 +56,11 @@ from boltzflow.flows.base import (
 )
 from boltzflow.flows.circular import IDENTITY_DERIVATIVE
 from boltzflow.flows.score_rules import coupling_score, scored_input
+from boltzflow.flows.spline_slope import inverse_local, unconstrained_rq_spline
 
 __all__ = [
     "NflowsTransform",
+    "RQCoupling",
     "rq_coupling",
     "affine_coupling",
     "rq_elementwise",
@@ -136,6 +138,7 @@ class NflowsTransform(Transform):
         with torch.enable_grad():
             vf = scored_input(v.reshape(v.shape[0], -1))
             ident, active = t.identity_features, t.transform_features
+            local = None  # autograd differentiates the log-derivatives unless set below
             va = vf[:, active]
             params = t.transform_net(vf[:, ident], None)
             if isinstance(t, nt.AffineCouplingTransform):
@@ -144,6 +147,10 @@ class NflowsTransform(Transform):
                     out_a, lad = va * scale + shift, torch.log(scale)
                 else:
                     out_a, lad = (va - shift) / scale, -torch.log(scale)
+            elif isinstance(t, RQCoupling):  # the spline's own slope: no autograd pass
+                params = params.reshape(va.shape[0], va.shape[1], -1)
+                out_a, lad, slope = t._piecewise_cdf(va, params, not inverse, slope=True)
+                local = slope if inverse else inverse_local(slope, lad)
             else:
                 params = params.reshape(va.shape[0], va.shape[1], -1)
                 out_a, lad = t._piecewise_cdf(va, params, inverse=not inverse)
@@ -155,7 +162,7 @@ class NflowsTransform(Transform):
                 new[:, active] = values
                 return new
 
-            new = coupling_score(vf, va, out_a, lad, flat, lambda s: s[:, active], scatter)
+            new = coupling_score(vf, va, out_a, lad, flat, lambda s: s[:, active], scatter, local)
         return ScoredResult(out.reshape(v.shape), lad.sum(-1), new.reshape(score.shape))
 
 
@@ -194,7 +201,7 @@ def rq_coupling(
     def make_net(in_features: int, out_features: int) -> ResidualNet:
         return ResidualNet(in_features, out_features, hidden_features, num_blocks=num_blocks)
 
-    layer = nt.PiecewiseRationalQuadraticCouplingTransform(
+    layer = RQCoupling(
         mask=_as_mask(mask),
         transform_net_create_fn=make_net,
         num_bins=num_bins,
@@ -204,6 +211,22 @@ def rq_coupling(
     if identity_init:
         _spline_identity(layer)
     return NflowsTransform(layer)
+
+
+class RQCoupling(nt.PiecewiseRationalQuadraticCouplingTransform):
+    """nflows' RQ coupling with linear tails whose splines are evaluated by
+    [`unconstrained_rq_spline`][boltzflow.flows.spline_slope.unconstrained_rq_spline] (the same
+    map, without masked copies), which also gives the score rule the log-derivative's slope.
+    The conditioner's width and height outputs are scaled by `1/sqrt(hidden_features)`, as in
+    nflows."""
+
+    def _piecewise_cdf(self, inputs, transform_params, inverse=False, slope=False):
+        k, norm = self.num_bins, math.sqrt(self.transform_net.hidden_features)
+        widths, heights = transform_params[..., :k] / norm, transform_params[..., k : 2 * k] / norm
+        derivatives = transform_params[..., 2 * k :]
+        return unconstrained_rq_spline(
+            inputs, widths, heights, derivatives, inverse, self.tail_bound, slope=slope
+        )
 
 
 def _spline_identity(layer) -> None:

@@ -107,3 +107,26 @@ def test_spline_rejects_inputs_outside_its_interval():
     with pytest.raises(ValueError, match="outside"):
         x = torch.tensor([0.0, 4.0], dtype=torch.float64)
         rq_spline(x, *params[:2], torch.zeros(2, K + 1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_rq_coupling_equals_nflows_coupling(inverse):
+    from nflows.transforms import PiecewiseRationalQuadraticCouplingTransform
+
+    from boltzflow.flows.nflows_adapter import rq_coupling
+
+    torch.manual_seed(0)
+    ours = rq_coupling([True, False, True, False], hidden_features=16, tail_bound=TAIL).double()
+    theirs = PiecewiseRationalQuadraticCouplingTransform(
+        mask=torch.tensor([1, 0, 1, 0], dtype=torch.uint8),
+        transform_net_create_fn=lambda i, o: ours.nflows_transform.transform_net,
+        num_bins=ours.nflows_transform.num_bins,
+        tails="linear",
+        tail_bound=TAIL,
+    )
+    x = _wide(400).reshape(100, 4)
+    mine = ours.nflows_transform.inverse(x) if inverse else ours.nflows_transform(x)
+    ref = theirs.inverse(x) if inverse else theirs(x)
+    assert (x.abs() > TAIL).any()
+    for a, b in zip(mine, ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
