@@ -53,13 +53,13 @@ LINEAR_TAIL_DERIVATIVE = float(np.log(np.exp(1 - DEFAULT_MIN_DERIVATIVE) - 1))
 
 
 def _knots(unnormalized: torch.Tensor, low: float, high: float, minimum: float) -> torch.Tensor:
-    """Knot positions `[..., K + 1]` from unnormalised bin sizes, as nflows computes them."""
+    """Knot positions `[..., K + 1]` from unnormalised bin sizes, as nflows computes them (the
+    end knots exactly `low` and `high`), built without in-place writes."""
     k = unnormalized.shape[-1]
     sizes = minimum + (1 - minimum * k) * F.softmax(unnormalized, dim=-1)
-    knots = F.pad(torch.cumsum(sizes, dim=-1), pad=(1, 0), value=0.0)
-    knots = (high - low) * knots + low
-    knots[..., 0], knots[..., -1] = low, high
-    return knots
+    inner = (high - low) * torch.cumsum(sizes[..., :-1], dim=-1) + low
+    ends = inner.new_tensor([low, high]).expand(*inner.shape[:-1], 2)
+    return torch.cat([ends[..., :1], inner, ends[..., 1:]], dim=-1)
 
 
 def rq_spline(
@@ -99,17 +99,15 @@ def rq_spline(
         raise ValueError(f"spline inputs outside [{left}, {right}]")
     cumwidths = _knots(unnormalized_widths, left, right, min_bin_width)
     cumheights = _knots(unnormalized_heights, bottom, top, min_bin_height)
-    widths, heights = cumwidths[..., 1:] - cumwidths[..., :-1], cumheights.diff(dim=-1)
     derivatives = min_derivative + F.softplus(unnormalized_derivatives)
     knots = cumheights if inverse else cumwidths
     idx = torchutils.searchsorted(knots.detach().clone(), inputs.detach())[..., None]
-
-    def at(t: torch.Tensor, shift: int = 0) -> torch.Tensor:
-        return t[..., shift:].gather(-1, idx)[..., 0]
-
-    x_k, width, y_k, height = at(cumwidths), at(widths), at(cumheights), at(heights)
+    ends = torch.cat([idx, idx + 1], dim=-1)  # each input's bin edges, one gather per tensor
+    x_k, x_k1 = cumwidths.gather(-1, ends).unbind(-1)
+    y_k, y_k1 = cumheights.gather(-1, ends).unbind(-1)
+    d0, d1 = derivatives.gather(-1, ends).unbind(-1)
+    width, height = x_k1 - x_k, y_k1 - y_k
     delta = height / width
-    d0, d1 = at(derivatives), at(derivatives, 1)
     curvature = d0 + d1 - 2 * delta
     if inverse:
         dy = inputs - y_k
@@ -150,13 +148,13 @@ def unconstrained_rq_spline(
     [`rq_spline`][boltzflow.flows.spline_slope.rq_spline] inside.
 
     `unnormalized_derivatives` is `[..., K - 1]` (the inner knots), as nflows takes it. Every
-    input is evaluated (those outside at the clamped value, then replaced), so no masked
-    copies are made."""
+    input is evaluated (those outside at the clamped value, NaN at 0, then replaced), so no
+    masked copies are made."""
     bound = float(tail_bound)
     d = F.pad(unnormalized_derivatives, pad=(1, 1), value=LINEAR_TAIL_DERIVATIVE)
     inside = (inputs >= -bound) & (inputs <= bound)
-    out, lad, *log_slope = rq_spline(
-        inputs.clamp(-bound, bound),
+    out, lad, *log_slope = rq_spline(  # non-finite inputs pass through, as in nflows
+        torch.nan_to_num(inputs, nan=0.0).clamp(-bound, bound),
         unnormalized_widths,
         unnormalized_heights,
         d,

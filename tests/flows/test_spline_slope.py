@@ -130,3 +130,14 @@ def test_rq_coupling_equals_nflows_coupling(inverse):
     assert (x.abs() > TAIL).any()
     for a, b in zip(mine, ref, strict=True):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_non_finite_inputs_pass_through_the_linear_tails_as_in_nflows():
+    params = _params(4, K - 1)
+    x = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.5], dtype=torch.float64)
+    out, lad = unconstrained_rq_spline(x, *params, False, TAIL)
+    ref_out, ref_lad = unconstrained_rational_quadratic_spline(
+        x, *params, tails="linear", tail_bound=TAIL
+    )
+    torch.testing.assert_close(out, ref_out, equal_nan=True)
+    torch.testing.assert_close(lad, ref_lad)
