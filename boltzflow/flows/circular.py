@@ -30,15 +30,18 @@ from __future__ import annotations
 import functools
 import math
 
-import numpy as np
 import torch
 from nflows.nn.nets import ResidualNet
-from nflows.transforms.splines.rational_quadratic import DEFAULT_MIN_DERIVATIVE
 from torch import nn
 
 from boltzflow.flows.base import ScoredResult, Transform, TransformResult
 from boltzflow.flows.score_rules import coupling_rule
-from boltzflow.flows.spline_slope import inverse_local, rq_spline, unconstrained_rq_spline
+from boltzflow.flows.spline_slope import (
+    IDENTITY_DERIVATIVE,
+    inverse_local,
+    rq_spline,
+    unconstrained_rq_spline,
+)
 
 __all__ = [
     "wrap_angle",
@@ -47,9 +50,6 @@ __all__ = [
     "CircularShift",
     "CircularSplineCoupling",
 ]
-
-IDENTITY_DERIVATIVE = float(np.log(np.expm1(1.0 - DEFAULT_MIN_DERIVATIVE)))
-"""Unnormalised derivative ``u`` with ``min_derivative + softplus(u) = 1`` (identity slope)."""
 
 
 def wrap_angle(theta: torch.Tensor) -> torch.Tensor:

@@ -147,13 +147,13 @@ class NflowsTransform(Transform):
                     out_a, lad = va * scale + shift, torch.log(scale)
                 else:
                     out_a, lad = (va - shift) / scale, -torch.log(scale)
-            elif isinstance(t, RQCoupling):  # the spline's own slope: no autograd pass
-                params = params.reshape(va.shape[0], va.shape[1], -1)
-                out_a, lad, slope = t._piecewise_cdf(va, params, not inverse, slope=True)
-                local = slope if inverse else inverse_local(slope, lad)
             else:
                 params = params.reshape(va.shape[0], va.shape[1], -1)
-                out_a, lad = t._piecewise_cdf(va, params, inverse=not inverse)
+                if isinstance(t, RQCoupling):  # the spline's own slope: no autograd pass
+                    out_a, lad, slope = t._piecewise_cdf(va, params, not inverse, slope=True)
+                    local = slope if inverse else inverse_local(slope, lad)
+                else:
+                    out_a, lad = t._piecewise_cdf(va, params, inverse=not inverse)
             out = torch.empty_like(vf)
             out[:, ident], out[:, active] = vf[:, ident], out_a
 

@@ -46,10 +46,11 @@ from nflows.transforms.splines.rational_quadratic import (
 from nflows.utils import torchutils
 from torch.nn import functional as F
 
-__all__ = ["rq_spline", "unconstrained_rq_spline", "inverse_local"]
+__all__ = ["IDENTITY_DERIVATIVE", "rq_spline", "unconstrained_rq_spline", "inverse_local"]
 
-LINEAR_TAIL_DERIVATIVE = float(np.log(np.exp(1 - DEFAULT_MIN_DERIVATIVE) - 1))
-"""Unnormalised boundary derivative of nflows' linear tails (slope 1 at ±B)."""
+IDENTITY_DERIVATIVE = float(np.log(np.expm1(1.0 - DEFAULT_MIN_DERIVATIVE)))
+"""Unnormalised derivative ``u`` with ``min_derivative + softplus(u) = 1`` (unit slope): the
+boundary knots of the linear tails, and the identity start of the package's spline layers."""
 
 
 def _knots(unnormalized: torch.Tensor, low: float, high: float, minimum: float) -> torch.Tensor:
@@ -58,8 +59,7 @@ def _knots(unnormalized: torch.Tensor, low: float, high: float, minimum: float) 
     k = unnormalized.shape[-1]
     sizes = minimum + (1 - minimum * k) * F.softmax(unnormalized, dim=-1)
     inner = (high - low) * torch.cumsum(sizes[..., :-1], dim=-1) + low
-    ends = inner.new_tensor([low, high]).expand(*inner.shape[:-1], 2)
-    return torch.cat([ends[..., :1], inner, ends[..., 1:]], dim=-1)
+    return F.pad(F.pad(inner, (1, 0), value=low), (0, 1), value=high)
 
 
 def rq_spline(
@@ -95,7 +95,7 @@ def rq_spline(
         map's slope $(\log h')'(x)$ at $x$ = the input (or, with `inverse`, the output),
         detached.
     """
-    if torch.min(inputs) < left or torch.max(inputs) > right:
+    if ((inputs < left) | (inputs > right)).any():  # one host read
         raise ValueError(f"spline inputs outside [{left}, {right}]")
     cumwidths = _knots(unnormalized_widths, left, right, min_bin_width)
     cumheights = _knots(unnormalized_heights, bottom, top, min_bin_height)
@@ -118,7 +118,8 @@ def rq_spline(
         outputs = xi * width + x_k
     else:
         xi = (inputs - x_k) / width
-        xi_1m = xi * (1 - xi)
+        xi_1m = xi * (1 - xi)  # the map and its log-derivative each build their own terms, as
+        # nflows writes them, so that gradients sum in nflows' order (training is chaotic)
         outputs = y_k + height * (delta * xi.pow(2) + d0 * xi_1m) / (delta + curvature * xi_1m)
     xi_1m = xi * (1 - xi)
     numerator = d1 * xi.pow(2) + 2 * delta * xi_1m + d0 * (1 - xi).pow(2)
@@ -151,7 +152,7 @@ def unconstrained_rq_spline(
     input is evaluated (those outside at the clamped value, NaN at 0, then replaced), so no
     masked copies are made."""
     bound = float(tail_bound)
-    d = F.pad(unnormalized_derivatives, pad=(1, 1), value=LINEAR_TAIL_DERIVATIVE)
+    d = F.pad(unnormalized_derivatives, pad=(1, 1), value=IDENTITY_DERIVATIVE)
     inside = (inputs >= -bound) & (inputs <= bound)
     out, lad, *log_slope = rq_spline(  # non-finite inputs pass through, as in nflows
         torch.nan_to_num(inputs, nan=0.0).clamp(-bound, bound),
