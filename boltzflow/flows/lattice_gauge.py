@@ -23,21 +23,8 @@ the change, i.e. move the pair along $\theta_a + \theta_p = R$ towards the targe
 $\propto e^{\beta\cos\theta_a + \beta\cos(R-\theta_a)}$ (frozen 1×2 loops as extra conditioner
 inputs are also used by Boyda et al. 2021, Phys. Rev. D 103, 074504).
 
-**Plaquette-tree layer** (`PlaquetteTreeSpline`, specific to two dimensions, where the plaquettes
-are independent coordinates up to $\sum_P \theta_P = 0$): every plaquette but one *sink* $s$ is
-mapped by one shared circular spline, $\theta_P \to h(\theta_P)$, and the changes
-$\delta_P = h(\theta_P) - \theta_P$ are carried to the links along the strings of a maximal tree
-(axial gauge): $\delta\theta_0(x) = -\sum_{k<x_1}\delta(x_0, k)$,
-$\delta\theta_1(x_0, L-1) = \sum_{j<x_0}\sum_k \delta(j, k)$, all other links fixed. Then every
-non-sink plaquette becomes $h(\theta_P)$ and the sink absorbs $-\sum_P\delta_P$. By Sylvester's
-determinant identity $\log|\det| = \sum_{P\ne s}\log h'(\theta_P)$; the update depends on plaquettes
-only, so the layer is gauge equivariant. Under the uniform base the non-sink plaquettes are i.i.d.
-uniform, so one spline brings them to the single-plaquette marginal of the target, leaving only the
-sink's weight $e^{\beta\cos\theta_s}$ (ESS ≈ $I_0(\beta)^2/I_0(2\beta)$ for large V). `SinkSpline`
-then gives the sink the same marginal at the cost of shifts of order $\pi/V$ elsewhere, so with the
-spline fitted to $e^{\beta\cos\theta}$ (`SharedCircularSplines.fit_von_mises`) the two layers are
-close to exact for any V; masked couplings can follow. It breaks translation invariance (the sink
-and the tree are fixed), which the target does not need.
+The plaquette-tree and sink layers that can start the flow live in
+[`boltzflow.flows.lattice_tree`][boltzflow.flows.lattice_tree].
 
 Because the active links sit in distinct active plaquettes and the conditioner sees only frozen
 (unchanged) plaquettes, the Jacobian is triangular with
@@ -50,27 +37,24 @@ outputs are wrapped to $[-\pi, \pi)$ and every map is periodic in its inputs.
 
 from __future__ import annotations
 
-import functools
-import math
-
 import torch
-from torch import nn
-from torch.nn import functional as F
 
 from boltzflow.energies.lattice import plaquettes, wrap_angle
-from boltzflow.flows.base import Compose, Flow, Transform, TransformResult
+from boltzflow.flows.base import Compose, Flow, TransformResult
 from boltzflow.flows.circular import IDENTITY_DERIVATIVE, circular_rq_spline
 from boltzflow.flows.distributions import UniformTorus
-from boltzflow.flows.lattice import CircularConvNet
+from boltzflow.flows.lattice import CircularConvNet, circular_conv2d
+from boltzflow.flows.lattice_tree import (  # the tree layers, also importable from here
+    PlaquetteTreeSpline,
+    SinkSpline,
+    _ByTransform,
+    _von_mises_splines,
+)
 from boltzflow.flows.score_rules import coupling_rule
 
 __all__ = [
     "plaquette_masks",
     "GaugeEquivariantCoupling",
-    "tree_link_shift",
-    "SharedCircularSplines",
-    "PlaquetteTreeSpline",
-    "SinkSpline",
     "u1_gauge_flow",
 ]
 
@@ -93,16 +77,6 @@ def plaquette_masks(L: int, mu: int, offset: int) -> tuple[torch.Tensor, ...]:
     links = torch.zeros(2, L, L, dtype=torch.bool)
     links[mu] = active_plaq
     return links, active_plaq, frozen_plaq
-
-
-class _ByTransform(Transform):
-    """`forward` and `inverse` through the subclass's `_transform(links, inverse)`."""
-
-    def forward(self, z):
-        return self._transform(z, inverse=False)
-
-    def inverse(self, x):
-        return self._transform(x, inverse=True)
 
 
 class GaugeEquivariantCoupling(_ByTransform):
@@ -146,12 +120,9 @@ class GaugeEquivariantCoupling(_ByTransform):
     def _spline_params(self, feats):
         """Conditioner output at the active stripes, `[B, *stripe_shape, 3K]`."""
         h = self.net.features(feats)
-        last = self.net.net[-1]
-        r = last.kernel_size[0] // 2
         h = torch.roll(h, -self.offset, 2 + self.nu)  # active stripes to x_ν ≡ 0 (mod 4)
         stride = (4, 1) if self.nu == 0 else (1, 4)
-        p = F.conv2d(F.pad(h, (r, r, r, r), mode="circular"), last.weight, last.bias, stride)
-        return p.permute(0, 2, 3, 1)
+        return circular_conv2d(h, self.net.net[-1], stride).permute(0, 2, 3, 1)
 
     def _transform(self, links, inverse, per_site=False, slope=False):
         plaq = wrap_angle(plaquettes(links))
@@ -186,146 +157,6 @@ class GaugeEquivariantCoupling(_ByTransform):
         za = self._take(z)
         (y, lad), slope = self._transform(self._put(z, za), False, per_site=True, slope=True)
         return za, y, self._take(y), lad, self.sign * slope  # θ_P moves by σ per unit of za
-
-
-def tree_link_shift(delta: torch.Tensor) -> torch.Tensor:
-    r"""Link changes `[B, 2, L, L]` whose plaquette changes are `delta [B, L, L]`.
-
-    `delta` must sum to zero over the lattice (the sink carries the balance). Only the links
-    of the maximal tree change: $\delta\theta_0(x) = -\sum_{k<x_1}\delta(x_0, k)$ and
-    $\delta\theta_1(x_0, L-1) = \sum_{j<x_0}\sum_k\delta(j, k)$ (module docstring).
-    """
-    L = delta.shape[-1]
-    cs = torch.cumsum(delta, dim=2)
-    d0 = torch.cat([torch.zeros_like(delta[:, :, :1]), -cs[:, :, :-1]], dim=2)
-    rows = delta.sum(dim=2)
-    col = torch.cumsum(rows, dim=1) - rows  # exclusive prefix sums over x0
-    d1 = torch.cat([torch.zeros_like(delta[:, :, : L - 1]), col.unsqueeze(-1)], dim=2)
-    return torch.stack([d0, d1], dim=1)
-
-
-class SharedCircularSplines(nn.Module):
-    r"""A composition of `num_splines` circular splines, each shared by all inputs.
-
-    The stored parameters are multiplied by `param_scale`: with Adam this multiplies their learning
-    rate, which these few shared parameters need to follow a sharply peaked marginal (e.g.
-    $e^{\beta\cos\theta}$ at β = 6) as fast as the conditioners learn.
-    """
-
-    def __init__(self, num_bins: int = 16, num_splines: int = 2, param_scale: float = 10.0):
-        super().__init__()
-        self.param_scale = float(param_scale)
-        init = torch.zeros(num_splines, 3, num_bins)
-        init[:, 2] = IDENTITY_DERIVATIVE / self.param_scale
-        self.params = nn.Parameter(init)
-
-    def fit_von_mises(
-        self, kappa: float, steps: int = 3000, n: int = 4096, lr: float = 1e-2, seed: int = 0
-    ) -> float:
-        r"""Fit $h$ so that it maps a uniform angle to the von Mises law
-        $p_1(\theta) = e^{\kappa\cos\theta}/(2\pi I_0(\kappa))$.
-
-        Minimises the one-dimensional reverse KL
-        $\mathbb E_{z\sim U}[-\log h'(z) - \kappa\cos h(z)] + \log I_0(\kappa)$ with Adam on
-        stratified uniform draws, then a cosine-decayed learning rate. For `PlaquetteTreeSpline`
-        under the uniform base, the lattice reverse KL of the layer is exactly `V - 1` times this
-        one-dimensional KL plus the sink's term, so this is the layer's own objective, solved
-        without lattice samples. Returns the fitted 1-D KL (nats), by the midpoint rule on 2¹⁶
-        points (converged to about 10⁻⁶ nats).
-        """
-        gen = torch.Generator(device=self.params.device).manual_seed(int(seed))
-        opt = torch.optim.Adam(self.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, int(steps))
-        log_i0 = math.log(torch.special.i0e(torch.tensor(float(kappa))).item()) + float(kappa)
-        dtype, dev = self.params.dtype, self.params.device
-
-        def kl(z: torch.Tensor) -> torch.Tensor:
-            """1-D KL estimated at uniform angles `z`."""
-            x, lad = self(z)
-            return (-lad - kappa * torch.cos(x)).mean() + log_i0
-
-        grid = (torch.arange(n, device=dev) + 0.5) / n
-        for _ in range(int(steps)):
-            jitter = torch.rand(n, generator=gen, device=dev) / n  # stratified draws
-            loss = kl(((grid + jitter - 0.5 / n) * 2.0 - 1.0).to(dtype) * math.pi)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-        with torch.no_grad():  # midpoint rule: spectrally accurate for this periodic integrand
-            z = torch.arange(1 << 16, dtype=dtype, device=dev)
-            return float(kl(((z + 0.5) / (1 << 15) - 1.0) * math.pi))
-
-    def forward(self, theta: torch.Tensor, inverse: bool = False):
-        """`(h(θ), log h'(θ))` elementwise (or the inverse map and its log-derivative)."""
-        p = self.params * self.param_scale
-        lad = torch.zeros_like(theta)
-        order = range(p.shape[0] - 1, -1, -1) if inverse else range(p.shape[0])
-        shape = (*theta.shape, p.shape[-1])
-        for i in order:
-            w, h, d = (q.expand(shape) for q in p[i])
-            theta, l = circular_rq_spline(theta, w, h, d, inverse=inverse)
-            lad = lad + l
-        return theta, lad
-
-
-class PlaquetteTreeSpline(_ByTransform):
-    """All plaquettes but the sink `(L-1, L-1)` through shared circular splines, links moved
-    along a maximal tree (module docstring). Starts as the identity.
-
-    Args:
-        L: lattice extent (any L ≥ 2).
-        num_bins, num_splines, param_scale: see `SharedCircularSplines`.
-    """
-
-    def __init__(self, L: int, num_bins: int = 16, num_splines: int = 2, param_scale=10.0):
-        super().__init__()
-        self.splines = SharedCircularSplines(num_bins, num_splines, param_scale)
-        keep = torch.ones(L, L)
-        keep[-1, -1] = 0.0
-        self.register_buffer("keep", keep.to(torch.get_default_dtype()), persistent=False)
-
-    def _transform(self, links, inverse):
-        plaq = wrap_angle(plaquettes(links))
-        new, lad = self.splines(plaq, inverse)
-        delta = (new - plaq) * self.keep
-        sink = -delta.sum(dim=(1, 2))
-        delta = delta + (1.0 - self.keep) * sink.view(-1, 1, 1)
-        out = wrap_angle(links + tree_link_shift(delta))
-        return TransformResult(out, (lad * self.keep).sum(dim=(1, 2)))
-
-
-class SinkSpline(_ByTransform):
-    r"""The sink plaquette through shared circular splines, its change spread over all others.
-
-    $\theta_s \to h(\theta_s)$ and every other plaquette moves by $-[h(\theta_s) - \theta_s]/(V-1)$
-    (links along the maximal tree), so the plaquette sum is kept. In the coordinates
-    $\{\theta_P\}_{P\ne s}$ the Jacobian is $I + \tfrac{h'-1}{V-1}\mathbf 1\mathbf 1^\top$, whose
-    determinant is $h'(\theta_s)$. After `PlaquetteTreeSpline` this gives the sink the marginal of
-    the others at a cost of shifts of order $\pi/V$ elsewhere.
-    """
-
-    def __init__(self, L: int, num_bins: int = 16, num_splines: int = 2, param_scale=10.0):
-        super().__init__()
-        self.splines = SharedCircularSplines(num_bins, num_splines, param_scale)
-
-    def _transform(self, links, inverse):
-        s = wrap_angle(plaquettes(links))[:, -1, -1]
-        new, lad = self.splines(s, inverse)
-        d = new - s
-        V = links.shape[-1] * links.shape[-2]
-        delta = (-d / (V - 1)).view(-1, 1, 1).expand(-1, *links.shape[-2:])
-        sink = torch.zeros_like(delta)
-        sink[:, -1, -1] = d * V / (V - 1)  # Σ delta = 0 to rounding, in the input's dtype
-        return TransformResult(wrap_angle(links + tree_link_shift(delta + sink)), lad)
-
-
-@functools.lru_cache(maxsize=16)
-def _von_mises_splines(kappa: float, dtype: torch.dtype) -> dict:
-    """State of a default `SharedCircularSplines` fitted to von Mises(κ), cached per κ."""
-    splines = SharedCircularSplines().to(dtype)
-    splines.fit_von_mises(kappa)
-    return {k: v.detach().clone() for k, v in splines.state_dict().items()}
 
 
 def u1_gauge_flow(

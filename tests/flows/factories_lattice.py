@@ -9,9 +9,11 @@ from boltzflow.flows.distributions import UniformTorus
 from boltzflow.flows.lattice import phi4_flow
 from boltzflow.flows.lattice_gauge import (
     GaugeEquivariantCoupling,
+    u1_gauge_flow,
+)
+from boltzflow.flows.lattice_tree import (
     PlaquetteTreeSpline,
     SinkSpline,
-    u1_gauge_flow,
 )
 
 from .registry import perturbed

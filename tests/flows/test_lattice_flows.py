@@ -13,14 +13,16 @@ from boltzflow.energies.lattice import gauge_transform, plaquettes, wrap_angle
 from boltzflow.flows.base import Compose, Flow
 from boltzflow.flows.circular import CircularSpline
 from boltzflow.flows.distributions import UniformTorus
-from boltzflow.flows.lattice import CircularConvNet, checkerboard, phi4_flow
+from boltzflow.flows.lattice import CircularConvNet, checkerboard, circular_pad, phi4_flow
 from boltzflow.flows.lattice_gauge import (
     GaugeEquivariantCoupling,
+    plaquette_masks,
+    u1_gauge_flow,
+)
+from boltzflow.flows.lattice_tree import (
     PlaquetteTreeSpline,
     SinkSpline,
-    plaquette_masks,
     tree_link_shift,
-    u1_gauge_flow,
 )
 
 from .registry import FLOW_FACTORIES, perturbed
@@ -214,6 +216,30 @@ def test_strided_conditioner_matches_full_convolution():
     torch.testing.assert_close(layer._spline_params(feats), expected)
 
 
+@pytest.mark.parametrize("r", [0, 1, 2, 4])
+def test_circular_pad_matches_torch_circular_padding(r):
+    x = torch.randn(2, 3, 4, 6, generator=_gen(8), dtype=DT)
+    padded = torch.nn.functional.pad(x, (r, r, r, r), mode="circular")
+    assert torch.equal(circular_pad(x, r), padded)
+    with pytest.raises(ValueError, match="circular padding"):
+        circular_pad(x, 5)
+
+
+def test_conv_net_matches_torch_circular_convolutions_with_gradients():
+    net = CircularConvNet(2, 3, hidden=[4, 4], zero_init=False).double()
+    x = torch.randn(3, 2, 8, 8, generator=_gen(9), dtype=DT, requires_grad=True)
+    mine, reference = net(x), net.net(x)  # nn.Conv2d's own padding_mode="circular"
+    torch.testing.assert_close(mine, reference, rtol=0, atol=1e-12)
+    cotangent = torch.randn(mine.shape, generator=_gen(10), dtype=DT)
+    inputs = [x, *net.parameters()]
+    for a, b in zip(
+        torch.autograd.grad(mine, inputs, cotangent),
+        torch.autograd.grad(reference, inputs, cotangent),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 def test_periodic_bias_is_periodic_and_learnable():
     net = CircularConvNet(1, 2, hidden=[3], bias_period=2).double()
     with torch.no_grad():
@@ -227,7 +253,7 @@ def test_periodic_bias_is_periodic_and_learnable():
 def test_von_mises_fit_of_the_shared_splines():
     """The fitted spline pushes a uniform angle to von Mises(κ): 1-D KL below 1e-3 nats and
     ⟨cos θ⟩ = I₁(κ)/I₀(κ); a fresh (identity) spline is the negative control."""
-    from boltzflow.flows.lattice_gauge import SharedCircularSplines
+    from boltzflow.flows.lattice_tree import SharedCircularSplines
 
     kappa = 6.0
     splines = SharedCircularSplines()
