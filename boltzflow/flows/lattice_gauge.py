@@ -153,10 +153,11 @@ class GaugeEquivariantCoupling(_ByTransform):
         active links."""
         return coupling_rule(z, score, self._scored, self._take, self._put)
 
-    def _scored(self, z):  # the active links enter as their own tensor za
-        za = self._take(z)
-        (y, lad), slope = self._transform(self._put(z, za), False, per_site=True, slope=True)
-        return za, y, self._take(y), lad, self.sign * slope  # θ_P moves by σ per unit of za
+    def _scored(self, z):
+        # the closed-form slope stands for the derivative along the active links, so they need
+        # not enter as a tensor of their own (`coupling_score` then differentiates through `z`)
+        (y, lad), slope = self._transform(z, False, per_site=True, slope=True)
+        return self._take(z), y, self._take(y), lad, self.sign * slope  # θ_P moves by σ per za
 
 
 def u1_gauge_flow(
