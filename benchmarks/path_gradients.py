@@ -32,7 +32,10 @@ Printed per system: the Kish ESS fraction of `--eval` fresh samples from each tr
 number of steps each arm managed, the cost per step of the path arm relative to the standard
 arm (wall-clock and CPU seconds of this process, over the whole arm; and "steady", over the steps
 that evaluated no more energies than the cheapest step: for `path_nll` on MD frames, the steps
-after the frames' forces were cached, i.e. the estimator's own cost), and the gradient variance
+after the frames' forces were cached, i.e. the estimator's own cost; and "interleaved": the
+median step of `--rounds` alternations of `--round-steps` steps of each arm on copies of the
+common start, measured side by side, which cancels the drift of a shared machine's speed
+between the two arms that run minutes apart), and the gradient variance
 (trace of the per-sample covariance, `boltzflow.training.path_monitor.gradient_variance`, 8
 micro-batches of 32) of both estimators at each arm's final flow, i.e. near convergence.
 The issue's acceptance asks for path >= standard ESS on at least 3 of 4 systems at a per-step
@@ -40,7 +43,8 @@ cost <= 1.5x standard.
 
 Usage: `nohup nice -n 19 python benchmarks/path_gradients.py [--systems
 u1-L8-b2,phi4-L8,alanine-dipeptide-vacuum,gmm40] [--seconds 120] [--clock cpu|wall]
-[--schedule cosine|constant] [--probe 10] [--warmup 300] [--pretrain 1000]
+[--schedule cosine|constant] [--probe 10] [--warmup 300] [--pretrain 1000] [--rounds 10]
+[--round-steps 5]
 [--alanine-start RUN_DIR] [--eval 20000] [--seed 0] [--out FILE]`
 (about 40 minutes at the defaults on 2 cores, alanine's maximum likelihood included).
 """
@@ -75,6 +79,11 @@ ARMS = {  # (standard, path) losses compared on each system
 FINE_TUNE_LR = {"alanine-dipeptide-vacuum": 2e-4}  # the recipe's path_nll stage
 
 
+def clock_now(clock: str) -> float:
+    """CPU seconds of this process (`"cpu"`) or wall-clock seconds (`"wall"`)."""
+    return time.process_time() if clock == "cpu" else time.perf_counter()
+
+
 class TimeBudget(Callback):
     """End the stage once `seconds` have passed: CPU seconds of this process (`clock="cpu"`,
     fair on a shared machine whose load changes during the run) or wall-clock seconds."""
@@ -84,7 +93,7 @@ class TimeBudget(Callback):
         self.start = None
 
     def _now(self) -> float:
-        return time.process_time() if self.clock == "cpu" else time.perf_counter()
+        return clock_now(self.clock)
 
     def on_train_begin(self, trainer) -> None:
         self.start = self._now()
@@ -194,11 +203,54 @@ def variances(flow, target, batch_kwargs: dict, data=None) -> dict:
         dtype = next(iter(flow.parameters())).dtype
 
         def batch_of(n, g):
-            if isinstance(data, str):
-                return target.sample(n, generator=g).to(dtype)
-            return data[torch.randint(len(data), (n,), generator=g)]
+            return _data_batch(target, data, n, g, dtype)
 
     return gradient_variance(flow, losses, batch_of, micro_batches=8, micro_batch_size=32)
+
+
+LOSS_FUNCTIONS = {f.__name__: f for f in (reverse_kl, path_reverse_kl, nll, path_nll)}
+
+
+def interleaved_cost(start, target, losses, batch: int, cap: dict, data, args) -> dict:
+    """Seconds per training step of both arms measured side by side: `--rounds` alternations of
+    `--round-steps` steps of each on copies of `start` (the trainer's step: Adam, gradient
+    clipping, backward to the parameters; fresh exact samples drawn within the step, and MD
+    frames' forces given to `path_nll`, as once the trainer's force cache holds them).
+    Alternating cancels the drift of a shared machine's speed between the two arms, which run
+    minutes apart; the first round is not counted."""
+    g = torch.Generator().manual_seed(args.seed + 7)
+    dtype = next(iter(start.parameters())).dtype
+    arms = {}
+    for arm, name in zip(("standard", "path"), losses, strict=True):
+        flow = copy.deepcopy(start).train()
+        params = [p for p in flow.parameters() if p.requires_grad]
+        arms[arm] = (flow, params, torch.optim.Adam(params, lr=1e-6), LOSS_FUNCTIONS[name])
+    times: dict = {arm: [] for arm in arms}
+    for r in range(args.rounds + 1):
+        for arm, (flow, params, opt, fn) in arms.items():
+            for _ in range(args.round_steps):
+                kwargs, b = dict(cap), batch
+                if isinstance(data, torch.Tensor):  # MD frames: forces from the trainer's cache
+                    b = _data_batch(target, data, batch, g, dtype)
+                    if fn is path_nll:
+                        kwargs["forces"] = target.force(b).detach()
+                start_time = clock_now(args.clock)
+                if isinstance(data, str):  # fresh exact samples (and their forces) every step
+                    b = _data_batch(target, data, batch, g, dtype)
+                opt.zero_grad(set_to_none=True)
+                fn(flow, target, b, generator=g, **kwargs).loss.backward(inputs=params)
+                torch.nn.utils.clip_grad_norm_(params, 100.0)
+                opt.step()
+                if r > 0:
+                    times[arm].append(clock_now(args.clock) - start_time)
+    cost = {arm: sorted(t)[len(t) // 2] for arm, t in times.items()}
+    return {**cost, "ratio": cost["path"] / cost["standard"]}
+
+
+def _data_batch(target, data, n: int, g, dtype):
+    if isinstance(data, str):
+        return target.sample(n, generator=g).to(dtype)
+    return data[torch.randint(len(data), (n,), generator=g)]
 
 
 def _arm(flow, target, stage: Stage, seed: int, args) -> tuple:
@@ -254,6 +306,8 @@ def compare(name: str, args) -> dict:
     row["cost_ratio_wall"] = row["path"]["seconds_per_step"] / row["standard"]["seconds_per_step"]
     row["cost_ratio_cpu"] = row["path"]["cpu_per_step"] / row["standard"]["cpu_per_step"]
     row["cost_ratio_steady"] = row["path"]["steady_per_step"] / row["standard"]["steady_per_step"]
+    row["cost_interleaved"] = interleaved_cost(start, target, losses, batch, cap, data, args)
+    row["cost_ratio_interleaved"] = row["cost_interleaved"]["ratio"]
     if hasattr(target, "close"):
         target.close()
     return row
@@ -267,7 +321,8 @@ def _print(row: dict) -> None:
         f"ESS standard {s['ess_fraction']:.3f} ({s['steps']} steps)  "
         f"path {p['ess_fraction']:.3f} ({p['steps']} steps) | "
         f"cost/step path/standard {row['cost_ratio_wall']:.2f} (CPU {row['cost_ratio_cpu']:.2f}; "
-        f"steady {row['cost_ratio_steady']:.2f}) | " + _variance_text(s, p),
+        f"steady {row['cost_ratio_steady']:.2f}; interleaved {row['cost_ratio_interleaved']:.2f})"
+        " | " + _variance_text(s, p),
         flush=True,
     )
 
@@ -293,6 +348,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
     parser.add_argument("--probe", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--round-steps", type=int, default=5)
     parser.add_argument("--alanine-start", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
@@ -306,6 +363,7 @@ def main() -> None:
     for ratio, label in (
         ("cost_ratio_cpu" if args.clock == "cpu" else "cost_ratio_wall", f"{args.clock} clock"),
         ("cost_ratio_steady", "steady, forces cached"),
+        ("cost_ratio_interleaved", "interleaved, side by side"),
     ):
         cheap = [r[ratio] <= 1.5 for r in rows]
         both = sum(w and c for w, c in zip(wins, cheap, strict=True))
