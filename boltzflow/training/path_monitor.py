@@ -115,8 +115,8 @@ def gradient_variance(
 class GradientVariance(Callback):
     """Trainer callback: gradient variance of the path and standard estimators.
 
-    On each evaluation step (every `eval_every` steps) of a stage whose loss contains a path
-    loss, or of every reverse-KL/NLL stage with `all_stages`, it adds `grad_var_path` and
+    Every `every` steps of a stage whose loss contains a path loss (or of every reverse-KL/NLL
+    stage with `all_stages`), and at its last step, it adds `grad_var_path` and
     `grad_var_standard` ([`gradient_variance`][boltzflow.training.path_monitor.gradient_variance])
     to the step's history record and counts the energy evaluations it spent. At the start of a
     path stage it logs the estimator once.
@@ -124,11 +124,19 @@ class GradientVariance(Callback):
     Args:
         micro_batches, micro_batch_size: $M$ and $b$ of the measurement.
         all_stages: measure standard `reverse_kl` and `nll` stages too (for comparisons).
+        every: steps between measurements; `None` (default): the trainer's `eval_every`, or a
+            tenth of the stage when the trainer does not evaluate (so a run without an
+            evaluation schedule still records about ten points per stage).
     """
 
-    def __init__(self, micro_batches: int = 8, micro_batch_size: int = 32, all_stages=False):
+    def __init__(
+        self, micro_batches: int = 8, micro_batch_size: int = 32, all_stages=False, every=None
+    ):
         self.micro_batches, self.micro_batch_size = int(micro_batches), int(micro_batch_size)
         self.all_stages = bool(all_stages)
+        if every is not None and int(every) < 1:
+            raise ValueError(f"every must be a positive number of steps, got {every}")
+        self.every = None if every is None else int(every)
         self.estimators: dict[int, str] = {}
 
     def _kind(self, stage) -> str | None:
@@ -152,12 +160,16 @@ class GradientVariance(Callback):
         )
         run_log.info("stage %d: path gradients, %s estimator%s", trainer.stage_index, name, note)
 
+    def _due(self, trainer, record: dict, stage) -> bool:
+        """Whether `record` is a measurement step of its stage."""
+        every = self.every or trainer.eval_every or max(1, int(stage.steps) // 10)
+        local = record["step"] - (trainer.global_step - trainer.stage_step)  # step in its stage
+        return local % every == 0 or local == int(stage.steps)
+
     def on_step_end(self, trainer, record: dict) -> None:
-        if "mean_loss" not in record:
-            return
         stage = trainer.stages[record["stage"]]
         kind = self._kind(stage)
-        if kind is None:
+        if kind is None or not self._due(trainer, record, stage):
             return
         target, kwargs = trainer.target, dict(stage.loss_kwargs)
         if kind == "reverse":

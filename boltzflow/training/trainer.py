@@ -181,8 +181,7 @@ class Trainer:
         if not isinstance(out, LossOutput):
             out = LossOutput(out, getattr(self.target, "n_evaluations", 0) - before, 0)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        # only the parameters' gradients: the backward pass skips whatever leads only to other
-        # leaves, such as the input copies of the path-gradient score rules (a few ms a step)
+        # to the parameters only: skips e.g. the input copies of the path-gradient score rules
         out.loss.backward(inputs=[p for p in params if p.requires_grad] or None)
         if self.world_size > 1:  # gradient of the mean loss over the global batch
             lo, hi = share(int(stage.batch_size), self.rank, self.world_size)

@@ -145,3 +145,30 @@ def test_early_stopping_validates_arguments():
         EarlyStopping(mode="up")
     assert EarlyStopping(monitor="loss").mode == "min"
     assert EarlyStopping(monitor="ess_fraction").mode == "max"
+
+
+@pytest.mark.parametrize(
+    ("eval_every", "every", "expected"),
+    [
+        (None, None, list(range(14, 33, 2))),  # a tenth of the 20-step stage
+        (5, None, [17, 22, 27, 32]),  # the trainer's evaluation steps
+        (None, 7, [19, 26, 32]),  # its own cadence, and the stage's last step
+    ],
+)
+def test_gradient_variance_is_measured_without_an_evaluation_schedule(eval_every, every, expected):
+    """A run that never evaluates still records the path/standard variance about ten times per
+    path stage (and at its last step); the first, maximum-likelihood stage is not measured."""
+    from boltzflow.training.path_monitor import GradientVariance
+
+    target = gaussian_target()
+    data = target.sample(64, generator=torch.Generator().manual_seed(0))
+    stages = [Stage("nll", 12, 1e-3, 16, data=data), Stage("path_reverse_kl", 20, 1e-3, 16)]
+    monitor = GradientVariance(micro_batches=2, micro_batch_size=4, every=every)
+    result = train(
+        affine_flow(), target, stages, callbacks=[monitor], eval_every=eval_every, progress=False
+    )
+    measured = [r["step"] for r in result.history if "grad_var_path" in r]
+    assert measured == expected
+    assert all(r["grad_var_standard"] > 0 for r in result.history if "grad_var_path" in r)
+    with pytest.raises(ValueError, match="positive"):
+        GradientVariance(every=0)
