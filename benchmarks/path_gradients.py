@@ -38,8 +38,7 @@ common start, measured side by side, which cancels the drift of a shared machine
 between the two arms that run minutes apart), and the gradient variance
 (trace of the per-sample covariance, `boltzflow.training.path_monitor.gradient_variance`, 8
 micro-batches of 32) of both estimators at each arm's final flow, i.e. near convergence.
-The issue's acceptance asks for path >= standard ESS on at least 3 of 4 systems at a per-step
-cost <= 1.5x standard.
+The goal: path >= standard ESS on at least 3 of 4 systems at a per-step cost <= 1.5x standard.
 
 Usage: `nohup nice -n 19 python benchmarks/path_gradients.py [--systems
 u1-L8-b2,phi4-L8,alanine-dipeptide-vacuum,gmm40] [--seconds 120] [--clock cpu|wall]
