@@ -82,8 +82,12 @@ def tree_shift_adjoint(g: torch.Tensor) -> torch.Tensor:
     r"""$S^\top g$ for the linear map $S$ of `tree_link_shift`: `[B, 2, L, L] -> [B, L, L]`,
     $(S^\top g)(x_0, j) = -\sum_{k>j} g_0(x_0, k) + \sum_{x_0' > x_0} g_1(x_0', L-1)$."""
     g0, g1 = g[:, 0], g[:, 1, :, -1]
-    after = lambda t, dim: torch.flip(torch.cumsum(torch.flip(t, (dim,)), dim), (dim,)) - t  # noqa: E731
-    return (-after(g0, 2) + after(g1, 1).unsqueeze(-1)).contiguous()
+    return (-_sum_after(g0, 2) + _sum_after(g1, 1).unsqueeze(-1)).contiguous()
+
+
+def _sum_after(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Exclusive suffix sums along `dim`: entry k holds the sum of the entries after k."""
+    return torch.flip(torch.cumsum(torch.flip(t, (dim,)), dim), (dim,)) - t
 
 
 def _tree_score(score, lad, slope, project) -> torch.Tensor:

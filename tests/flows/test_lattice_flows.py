@@ -22,7 +22,9 @@ from boltzflow.flows.lattice_gauge import (
 from boltzflow.flows.lattice_tree import (
     PlaquetteTreeSpline,
     SinkSpline,
+    plaquette_adjoint,
     tree_link_shift,
+    tree_shift_adjoint,
 )
 
 from .registry import FLOW_FACTORIES, perturbed
@@ -86,6 +88,19 @@ def _randomised(module, seed):
         for p in module.parameters():
             p.add_(0.3 * torch.randn(p.shape, generator=_gen(seed), dtype=DT))
     return module
+
+
+def test_adjoints_of_the_plaquette_and_tree_maps():
+    """`plaquette_adjoint` and `tree_shift_adjoint` are autograd's vector-Jacobian products of
+    the linear maps `plaquettes` and `tree_link_shift` (which the tree layers' score rules use)."""
+    links = torch.randn(2, 2, 4, 4, generator=_gen(11), dtype=DT, requires_grad=True)
+    delta = torch.randn(2, 4, 4, generator=_gen(12), dtype=DT, requires_grad=True)
+    a = torch.randn(2, 4, 4, generator=_gen(13), dtype=DT)
+    g = torch.randn(2, 2, 4, 4, generator=_gen(14), dtype=DT)
+    (expected,) = torch.autograd.grad(plaquettes(links), links, a)
+    torch.testing.assert_close(plaquette_adjoint(a), expected, rtol=0, atol=1e-12)
+    (expected,) = torch.autograd.grad(tree_link_shift(delta), delta, g)
+    torch.testing.assert_close(tree_shift_adjoint(g), expected, rtol=0, atol=1e-12)
 
 
 def test_plaquette_tree_spline_maps_every_plaquette_but_the_sink():
