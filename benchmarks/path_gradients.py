@@ -66,6 +66,7 @@ from boltzflow.training.losses import nll, reverse_kl
 from boltzflow.training.path_gradients import path_estimator, path_nll, path_reverse_kl
 from boltzflow.training.path_monitor import gradient_variance
 from boltzflow.training.trainer import Stage, Trainer
+from boltzflow.training.weighted import resolve_loss
 from boltzflow.weights import kish_ess, log_weights
 
 SYSTEMS = ("u1-L8-b2", "phi4-L8", "alanine-dipeptide-vacuum", "gmm40")
@@ -207,9 +208,6 @@ def variances(flow, target, batch_kwargs: dict, data=None) -> dict:
     return gradient_variance(flow, losses, batch_of, micro_batches=8, micro_batch_size=32)
 
 
-LOSS_FUNCTIONS = {f.__name__: f for f in (reverse_kl, path_reverse_kl, nll, path_nll)}
-
-
 def interleaved_cost(start, target, losses, batch: int, cap: dict, data, args) -> dict:
     """Seconds per training step of both arms measured side by side: `--rounds` alternations of
     `--round-steps` steps of each on copies of `start` (the trainer's step: Adam, gradient
@@ -223,15 +221,16 @@ def interleaved_cost(start, target, losses, batch: int, cap: dict, data, args) -
     for arm, name in zip(("standard", "path"), losses, strict=True):
         flow = copy.deepcopy(start).train()
         params = [p for p in flow.parameters() if p.requires_grad]
-        arms[arm] = (flow, params, torch.optim.Adam(params, lr=1e-6), LOSS_FUNCTIONS[name])
+        arms[arm] = (flow, params, torch.optim.Adam(params, lr=1e-6), name)
     times: dict = {arm: [] for arm in arms}
     for r in range(args.rounds + 1):
-        for arm, (flow, params, opt, fn) in arms.items():
+        for arm, (flow, params, opt, name) in arms.items():
+            fn = resolve_loss(name)
             for _ in range(args.round_steps):
                 kwargs, b = dict(cap), batch
                 if isinstance(data, torch.Tensor):  # MD frames: forces from the trainer's cache
                     b = _data_batch(target, data, batch, g, dtype)
-                    if fn is path_nll:
+                    if name == "path_nll":
                         kwargs["forces"] = target.force(b).detach()
                 start_time = clock_now(args.clock)
                 if isinstance(data, str):  # fresh exact samples (and their forces) every step

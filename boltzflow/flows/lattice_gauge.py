@@ -44,11 +44,13 @@ from boltzflow.flows.base import Compose, Flow, TransformResult
 from boltzflow.flows.circular import IDENTITY_DERIVATIVE, circular_rq_spline
 from boltzflow.flows.distributions import UniformTorus
 from boltzflow.flows.lattice import CircularConvNet, circular_conv2d
-from boltzflow.flows.lattice_tree import (  # the tree layers, also importable from here
+from boltzflow.flows.lattice_tree import (  # the tree layers stay importable from here
     PlaquetteTreeSpline,
+    SharedCircularSplines,  # noqa: F401
     SinkSpline,
     _ByTransform,
     _von_mises_splines,
+    tree_link_shift,  # noqa: F401
 )
 from boltzflow.flows.score_rules import coupling_rule
 
