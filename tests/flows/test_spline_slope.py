@@ -141,3 +141,19 @@ def test_non_finite_inputs_pass_through_the_linear_tails_as_in_nflows():
     )
     torch.testing.assert_close(out, ref_out, equal_nan=True)
     torch.testing.assert_close(lad, ref_lad)
+
+
+def test_knot_softmax_equals_torch_softmax_with_gradients_at_large_offsets():
+    from boltzflow.flows.spline_slope import _softmax
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 3, K, generator=g, dtype=torch.float64) * 4
+    x = (x + torch.tensor([0.0, 700.0, -700.0], dtype=torch.float64)[:, None]).requires_grad_(True)
+    weights = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    ours = _softmax(x)
+    ref = torch.softmax(x, -1)
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-15)
+    (g_ours,) = torch.autograd.grad((ours * weights).sum(), x)
+    (g_ref,) = torch.autograd.grad((ref * weights).sum(), x)
+    torch.testing.assert_close(g_ours, g_ref, rtol=0, atol=1e-14)
