@@ -13,6 +13,12 @@ candidates in `docs/path_gradients.md` ("In the recipes") was measured with it:
         --lr 3e-5 --steps 300
     python benchmarks/alanine_fine_tuning.py --loss path_nll --lr 2e-4 --steps 1000 \\
         --schedule cosine --every 1000
+    python benchmarks/alanine_fine_tuning.py --loss forward_kl_is --lr 1e-4 --steps 750 --every 250
+    python benchmarks/alanine_fine_tuning.py --loss forward_kl_is --lr 1e-4 --steps 2000 \\
+        --every 250 --start runs/alanine-dipeptide-vacuum-default-s1
+
+(`--start` takes the run directory of a default run without the `forward_kl_is` stage, i.e. a
+flow after maximum likelihood and `path_nll`.)
 
 Usage: `python benchmarks/alanine_fine_tuning.py [--loss NAME|JSON] [--lr 1e-4] [--steps 400]
 [--batch 256] [--every 100] [--eval 10000] [--schedule constant|cosine] [--kw JSON]
