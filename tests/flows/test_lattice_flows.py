@@ -218,17 +218,29 @@ def test_fresh_flows_are_the_identity(flow):
     assert ladj.abs().max() < 1e-6  # parameters were initialised in float32
 
 
-def test_strided_conditioner_matches_full_convolution():
+@pytest.mark.parametrize("mu", [0, 1])
+def test_strided_conditioner_matches_full_convolution_with_gradients(mu):
+    """Stripes along either axis (strides (1, 4) and (4, 1)) give the full convolution's values
+    at the active stripes, and the same input and parameter gradients."""
     L = 8
     layer = GaugeEquivariantCoupling(
-        L, mu=0, offset=3, num_bins=4, hidden=[4], positional=True, loops=True
+        L, mu=mu, offset=3, num_bins=4, hidden=[4], positional=True, loops=True
     )
     layer = perturbed(Flow(UniformTorus((2, L, L)), Compose(layer)), 3).transform.transforms[0]
-    feats = torch.randn(2, 4, L, L, generator=_gen(6), dtype=DT)
+    feats = torch.randn(2, 4, L, L, generator=_gen(6), dtype=DT, requires_grad=True)
     full = layer.net(feats)  # [B, 3K, L, L]
     rows = torch.arange(3, L, 4)
-    expected = full.index_select(3, rows).permute(0, 2, 3, 1)
-    torch.testing.assert_close(layer._spline_params(feats), expected)
+    expected = full.index_select(3 - mu, rows).permute(0, 2, 3, 1)
+    mine = layer._spline_params(feats)
+    torch.testing.assert_close(mine, expected, rtol=0, atol=1e-12)
+    cotangent = torch.randn(mine.shape, generator=_gen(7), dtype=DT)
+    inputs = [feats, *layer.net.parameters()]
+    for a, b in zip(
+        torch.autograd.grad(mine, inputs, cotangent),
+        torch.autograd.grad(expected, inputs, cotangent),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("r", [0, 1, 2, 4])
