@@ -221,16 +221,15 @@ def interleaved_cost(start, target, losses, batch: int, cap: dict, data, args) -
     for arm, name in zip(("standard", "path"), losses, strict=True):
         flow = copy.deepcopy(start).train()
         params = [p for p in flow.parameters() if p.requires_grad]
-        arms[arm] = (flow, params, torch.optim.Adam(params, lr=1e-6), name)
+        arms[arm] = (flow, params, torch.optim.Adam(params, lr=1e-6), resolve_loss(name))
     times: dict = {arm: [] for arm in arms}
     for r in range(args.rounds + 1):
-        for arm, (flow, params, opt, name) in arms.items():
-            fn = resolve_loss(name)
+        for arm, (flow, params, opt, fn) in arms.items():
             for _ in range(args.round_steps):
                 kwargs, b = dict(cap), batch
                 if isinstance(data, torch.Tensor):  # MD frames: forces from the trainer's cache
                     b = _data_batch(target, data, batch, g, dtype)
-                    if name == "path_nll":
+                    if getattr(fn, "takes_forces", False):
                         kwargs["forces"] = target.force(b).detach()
                 start_time = clock_now(args.clock)
                 if isinstance(data, str):  # fresh exact samples (and their forces) every step

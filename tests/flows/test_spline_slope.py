@@ -13,7 +13,7 @@ from nflows.transforms.splines.rational_quadratic import (
 )
 
 from boltzflow.flows.circular import circular_rq_spline
-from boltzflow.flows.spline_slope import inverse_local, rq_spline, unconstrained_rq_spline
+from boltzflow.flows.spline_slope import _softmax, inverse_local, rq_spline, unconstrained_rq_spline
 
 K = 6
 TAIL = 3.0
@@ -144,8 +144,6 @@ def test_non_finite_inputs_pass_through_the_linear_tails_as_in_nflows():
 
 
 def test_knot_softmax_equals_torch_softmax_with_gradients_at_large_offsets():
-    from boltzflow.flows.spline_slope import _softmax
-
     g = torch.Generator().manual_seed(5)
     x = torch.randn(64, 3, K, generator=g, dtype=torch.float64) * 4
     x = (x + torch.tensor([0.0, 700.0, -700.0], dtype=torch.float64)[:, None]).requires_grad_(True)
