@@ -48,34 +48,40 @@ __all__ = [
 
 
 @functools.lru_cache(maxsize=64)
-def _circular_pad_index(height: int, width: int, r: int, device: torch.device) -> torch.Tensor:
-    rows = torch.arange(-r, height + r) % height
-    cols = torch.arange(-r, width + r) % width
-    return (rows.view(-1, 1) * width + cols.view(1, -1)).flatten().to(device)
+def _circular_pad_index(shape: tuple[int, ...], r: int, device: torch.device) -> torch.Tensor:
+    """Flat indices of the periodically padded lattice `shape` (one or two dimensions)."""
+    index = torch.arange(-r, shape[-1] + r) % shape[-1]
+    if len(shape) == 2:
+        rows = torch.arange(-r, shape[0] + r) % shape[0]
+        index = (rows.view(-1, 1) * shape[1] + index.view(1, -1)).flatten()
+    return index.to(device)
 
 
-def circular_pad(x: torch.Tensor, r: int) -> torch.Tensor:
-    """Pad the last two dimensions of `x` by `r` sites on each side, periodically.
+def circular_pad(x: torch.Tensor, r: int, dims: int = 2) -> torch.Tensor:
+    """Pad the last `dims` (1 or 2) dimensions of `x` by `r` sites on each side, periodically.
 
-    The same values as `F.pad(x, (r, r, r, r), mode="circular")`, read with one `index_select`
-    of the flattened lattice: its backward is one `index_add`, where the padding of `F.pad` is
-    a chain of slice copies whose backward costs several times more. On the small lattices of
-    these flows the padding's backward is a sizeable share of a training step, and the
-    path-gradient score rules differentiate through it twice per step.
+    The same values as `F.pad(x, (r, r, r, r), mode="circular")` (`(r, r)` with `dims=1`), read
+    with one `index_select` of the flattened lattice: its backward is one `index_add`, where the
+    padding of `F.pad` is a chain of slice copies whose backward costs several times more. On the
+    small lattices of these flows the padding's backward is a sizeable share of a training step,
+    and the path-gradient score rules differentiate through it twice per step.
 
     Args:
-        x: `[..., H, W]`.
-        r: padding width, `0 <= r <= min(H, W)`.
+        x: `[..., H, W]` (`[..., W]` with `dims=1`).
+        r: padding width, `0 <= r <=` the smallest padded size.
+        dims: how many trailing dimensions to pad.
 
     Returns:
-        `[..., H + 2r, W + 2r]`.
+        `[..., H + 2r, W + 2r]` (`[..., W + 2r]` with `dims=1`).
     """
-    height, width = x.shape[-2:]
-    if not 0 <= r <= min(height, width):
-        raise ValueError(f"circular padding {r} needs 0 <= r <= min(H, W) = {min(height, width)}")
-    index = _circular_pad_index(int(height), int(width), int(r), x.device)
-    flat = x.flatten(-2).index_select(-1, index)
-    return flat.view(*x.shape[:-2], height + 2 * r, width + 2 * r)
+    if dims not in (1, 2):
+        raise ValueError(f"circular padding pads 1 or 2 trailing dimensions, got dims={dims}")
+    shape = tuple(int(n) for n in x.shape[-dims:])
+    if not 0 <= r <= min(shape):
+        raise ValueError(f"circular padding {r} needs 0 <= r <= {min(shape)} (sizes {shape})")
+    index = _circular_pad_index(shape, int(r), x.device)
+    flat = x.flatten(-dims).index_select(-1, index)
+    return flat.view(*x.shape[:-dims], *(n + 2 * r for n in shape))
 
 
 def circular_conv2d(x: torch.Tensor, conv: nn.Conv2d, stride=1) -> torch.Tensor:

@@ -33,7 +33,6 @@ from torch import nn
 from boltzflow.energies.lattice import plaquettes, wrap_angle
 from boltzflow.flows.base import ScoredResult, Transform, TransformResult
 from boltzflow.flows.circular import IDENTITY_DERIVATIVE, circular_rq_spline
-from boltzflow.flows.score_rules import scored_input
 
 __all__ = [
     "tree_link_shift",
@@ -164,17 +163,29 @@ class SharedCircularSplines(nn.Module):
             z = torch.arange(1 << 16, dtype=dtype, device=dev)
             return float(kl(((z + 0.5) / (1 << 15) - 1.0) * math.pi))
 
-    def forward(self, theta: torch.Tensor, inverse: bool = False):
-        """`(h(θ), log h'(θ))` elementwise (or the inverse map and its log-derivative)."""
+    def forward(self, theta: torch.Tensor, inverse: bool = False, slope: bool = False):
+        r"""`(h(θ), log h'(θ))` elementwise (or the inverse map and its log-derivative).
+
+        With `slope` (forward map only), also $\frac{d}{d\theta}\log h'(\theta)$, detached: for
+        $h = h_n \circ \dots \circ h_1$ with $\theta_i = h_i(\theta_{i-1})$ and
+        $l_i = \log h_i'(\theta_{i-1})$, it is $\sum_i (\log h_i')'(\theta_{i-1})\,
+        e^{\sum_{j<i} l_j}$ (each spline's closed-form slope,
+        [`rq_spline`][boltzflow.flows.spline_slope.rq_spline]).
+        """
+        if slope and inverse:
+            raise ValueError("the slope is that of the forward map")
         p = self.params * self.param_scale
         lad = torch.zeros_like(theta)
+        total_slope = torch.zeros_like(theta) if slope else None
         order = range(p.shape[0] - 1, -1, -1) if inverse else range(p.shape[0])
         shape = (*theta.shape, p.shape[-1])
         for i in order:
             w, h, d = (q.expand(shape) for q in p[i])
-            theta, l = circular_rq_spline(theta, w, h, d, inverse=inverse)
+            theta, l, *s = circular_rq_spline(theta, w, h, d, inverse=inverse, slope=slope)
+            if slope:
+                total_slope = total_slope + s[0] * torch.exp(lad.detach())
             lad = lad + l
-        return theta, lad
+        return (theta, lad, total_slope) if slope else (theta, lad)
 
 
 class PlaquetteTreeSpline(_ByTransform):
@@ -197,13 +208,10 @@ class PlaquetteTreeSpline(_ByTransform):
         r"""Score rule (`_tree_score`): $\Pi\delta = \delta - (\sum_P \delta_P)\,e_s$, so
         $\Pi^\top r = r - r_s$, and $(S^\top v)_s = 0$ (no tree string starts past the
         sink), so $\Pi^\top S^\top v = S^\top v$."""
-        with torch.enable_grad():
-            z = scored_input(z)
-            plaq = wrap_angle(plaquettes(z))
-            new, lad = self.splines(plaq)
-            lad = lad * self.keep
-            (slope,) = torch.autograd.grad(lad.sum(), plaq, retain_graph=True)
-            y, ladj = self._from_spline(z, plaq, new, lad)
+        plaq = wrap_angle(plaquettes(z))
+        new, lad, slope = self.splines(plaq, slope=True)
+        lad, slope = lad * self.keep, slope * self.keep
+        y, ladj = self._from_spline(z, plaq, new, lad)
 
         def project(r):
             return r
@@ -240,12 +248,9 @@ class SinkSpline(_ByTransform):
     def forward_and_score(self, z, score):
         r"""Score rule (`_tree_score`): the change is $d\,c$ with $c_s = 1$ and
         $c_P = -1/(V-1)$ elsewhere, so $\Pi^\top r = (c\cdot r)\,e_s$."""
-        with torch.enable_grad():
-            z = scored_input(z)
-            s = wrap_angle(plaquettes(z))[:, -1, -1]
-            new, lad = self.splines(s)
-            (slope,) = torch.autograd.grad(lad.sum(), s, retain_graph=True)
-            y = self._from_spline(z, s, new)
+        s = wrap_angle(plaquettes(z))[:, -1, -1]
+        new, lad, slope = self.splines(s, slope=True)
+        y = self._from_spline(z, s, new)
         at_sink = torch.zeros_like(z[:, 0])
         at_sink[:, -1, -1] = 1.0
         V = at_sink[0].numel()

@@ -248,8 +248,13 @@ def test_circular_pad_matches_torch_circular_padding(r):
     x = torch.randn(2, 3, 4, 6, generator=_gen(8), dtype=DT)
     padded = torch.nn.functional.pad(x, (r, r, r, r), mode="circular")
     assert torch.equal(circular_pad(x, r), padded)
+    padded_last = torch.nn.functional.pad(x.flatten(0, 1), (r, r), mode="circular")  # 3-D only
+    padded_last = padded_last.view(*x.shape[:-1], -1)
+    assert torch.equal(circular_pad(x, r, dims=1), padded_last)
     with pytest.raises(ValueError, match="circular padding"):
         circular_pad(x, 5)
+    with pytest.raises(ValueError, match="circular padding"):
+        circular_pad(x, 1, dims=3)
 
 
 def test_conv_net_matches_torch_circular_convolutions_with_gradients():
