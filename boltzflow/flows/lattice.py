@@ -84,12 +84,11 @@ def circular_pad(x: torch.Tensor, r: int, dims: int = 2) -> torch.Tensor:
     return flat.view(*x.shape[:-dims], *(n + 2 * r for n in shape))
 
 
-def circular_conv2d(x: torch.Tensor, conv: nn.Conv2d, stride=1) -> torch.Tensor:
-    """`conv` (odd square kernel, stride `stride`) applied with circular padding
-    ([`circular_pad`][boltzflow.flows.lattice.circular_pad]) that keeps the lattice size at
-    stride 1."""
+def circular_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """`conv` (odd square kernel) applied with circular padding
+    ([`circular_pad`][boltzflow.flows.lattice.circular_pad]) that keeps the lattice size."""
     r = conv.kernel_size[0] // 2
-    return F.conv2d(circular_pad(x, r), conv.weight, conv.bias, stride)
+    return F.conv2d(circular_pad(x, r), conv.weight, conv.bias)
 
 
 class CircularConvNet(nn.Module):
